@@ -1,0 +1,3 @@
+//! Userland sources: Debian packages, OCI images and host files, applied to a [`crate::tree::Tree`].
+
+pub mod tar_layer;

@@ -1,0 +1,4 @@
+//! The contracts between Keel's build time and boot time, in one light crate that the builder,
+//! the init and the vm-tests all import: minisign keys and signatures, the signed manifest,
+//! the profile schema, the disk layout and the boot-entry naming.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]

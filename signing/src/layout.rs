@@ -1,0 +1,300 @@
+//! The disk layout and boot-entry naming that the builder writes, the init boots from and the
+//! upgrade path rewrites. See DESIGN.md, "Disk layout" and "Boot and A/B".
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Partition alignment and the first partition's offset.
+pub const ALIGNMENT: u64 = 1024 * 1024;
+pub const SECTOR_SIZE: u64 = 512;
+
+/// GPT partition type GUIDs (upper-case textual form, as `sgdisk` prints them).
+pub mod type_guid {
+    /// EFI System Partition.
+    pub const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    /// Discoverable Partitions Specification: root partition, x86-64.
+    pub const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+    /// Linux filesystem data (STATE).
+    pub const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+    /// Discoverable Partitions Specification: variable data partition (`/var`, DATA).
+    pub const VAR: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+}
+
+/// The partitions of a Keel disk, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PartitionRole {
+    Esp,
+    SlotA,
+    SlotB,
+    State,
+    Data,
+}
+
+impl PartitionRole {
+    pub const ALL: [PartitionRole; 5] =
+        [Self::Esp, Self::SlotA, Self::SlotB, Self::State, Self::Data];
+
+    /// The GPT partition name (label) the init finds partitions by.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Esp => "ESP",
+            Self::SlotA => "KEEL-A",
+            Self::SlotB => "KEEL-B",
+            Self::State => "STATE",
+            Self::Data => "DATA",
+        }
+    }
+
+    /// 1-based partition number.
+    pub const fn number(self) -> u32 {
+        match self {
+            Self::Esp => 1,
+            Self::SlotA => 2,
+            Self::SlotB => 3,
+            Self::State => 4,
+            Self::Data => 5,
+        }
+    }
+
+    pub const fn type_guid(self) -> &'static str {
+        match self {
+            Self::Esp => type_guid::ESP,
+            Self::SlotA | Self::SlotB => type_guid::ROOT_X86_64,
+            Self::State => type_guid::LINUX_DATA,
+            Self::Data => type_guid::VAR,
+        }
+    }
+
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.label() == label)
+    }
+}
+
+/// A root slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub const fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    pub const fn letter(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+
+    pub const fn partition(self) -> PartitionRole {
+        match self {
+            Slot::A => PartitionRole::SlotA,
+            Slot::B => PartitionRole::SlotB,
+        }
+    }
+
+    /// Directory on the ESP holding this slot's kernel, initramfs and signed manifest.
+    pub fn esp_dir(self) -> String {
+        format!("/keel/{}", self.letter())
+    }
+    pub fn kernel_path(self) -> String {
+        format!("/keel/{}/vmlinuz", self.letter())
+    }
+    pub fn initramfs_path(self) -> String {
+        format!("/keel/{}/initramfs", self.letter())
+    }
+    pub fn manifest_path(self) -> String {
+        format!("/keel/{}/{}", self.letter(), MANIFEST_FILE)
+    }
+    pub fn signature_path(self) -> String {
+        format!("/keel/{}/{}", self.letter(), SIGNATURE_FILE)
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.letter())
+    }
+}
+
+impl FromStr for Slot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "a" | "A" => Ok(Slot::A),
+            "b" | "B" => Ok(Slot::B),
+            _ => Err(format!("invalid slot {s:?}: expected a or b")),
+        }
+    }
+}
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const SIGNATURE_FILE: &str = "manifest.json.minisig";
+
+/// Paths on the ESP.
+pub mod esp {
+    pub const BOOTLOADER: &str = "/EFI/BOOT/BOOTX64.EFI";
+    pub const LOADER_CONF: &str = "/loader/loader.conf";
+    pub const ENTRIES_DIR: &str = "/loader/entries";
+    /// Where systemd-boot-efi installs the loader in the userland.
+    pub const SYSTEMD_BOOT_IN_USERLAND: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+}
+
+/// Boot tries a fresh entry gets (systemd-boot Automatic Boot Assessment).
+pub const BOOT_TRIES: u32 = 3;
+/// `sort-key` shared by both slots' entries, so systemd-boot orders them by `version`.
+pub const SORT_KEY: &str = "keel";
+
+/// loader.conf: `default` is a glob so that an entry that ran out of tries falls back to the
+/// other slot (an exact id would keep booting it); no menu; no command-line editing.
+pub fn loader_conf() -> String {
+    "default keel-*\ntimeout 0\neditor no\nconsole-mode keep\n".to_owned()
+}
+
+/// The boot counter in an entry's file name: `keel-a+2-1.conf` has 2 tries left, 1 used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootCounter {
+    pub left: u32,
+    pub done: Option<u32>,
+}
+
+/// A parsed entry file name: `keel-<slot>[+LEFT[-DONE]].conf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryName {
+    pub slot: Slot,
+    /// `None` once blessed.
+    pub counter: Option<BootCounter>,
+}
+
+impl EntryName {
+    /// A fresh entry, as the builder and the upgrade path write it.
+    pub fn fresh(slot: Slot) -> Self {
+        EntryName { slot, counter: Some(BootCounter { left: BOOT_TRIES, done: None }) }
+    }
+
+    /// The blessed name (no counter).
+    pub fn blessed(slot: Slot) -> Self {
+        EntryName { slot, counter: None }
+    }
+
+    pub fn file_name(&self) -> String {
+        match self.counter {
+            None => format!("keel-{}.conf", self.slot),
+            Some(BootCounter { left, done: None }) => format!("keel-{}+{left}.conf", self.slot),
+            Some(BootCounter { left, done: Some(d) }) => format!("keel-{}+{left}-{d}.conf", self.slot),
+        }
+    }
+
+    pub fn parse(file_name: &str) -> Option<Self> {
+        let stem = file_name.strip_prefix("keel-")?.strip_suffix(".conf")?;
+        let (slot, counter) = match stem.split_once('+') {
+            None => (stem, None),
+            Some((slot, counter)) => {
+                let (left, done) = match counter.split_once('-') {
+                    None => (counter.parse().ok()?, None),
+                    Some((l, d)) => (l.parse().ok()?, Some(d.parse().ok()?)),
+                };
+                (slot, Some(BootCounter { left, done }))
+            }
+        };
+        Some(EntryName { slot: slot.parse().ok()?, counter })
+    }
+
+    /// True when systemd-boot will sort this entry last (no tries left).
+    pub fn exhausted(&self) -> bool {
+        matches!(self.counter, Some(BootCounter { left: 0, .. }))
+    }
+}
+
+/// Kernel command-line keys Keel sets.
+pub mod cmdline {
+    /// `keel.slot=a|b`: which slot this entry boots.
+    pub const SLOT: &str = "keel.slot";
+    /// `keel.roothash=<hex>`: the dm-verity root hash, cross-checked against the signed
+    /// manifest.
+    pub const ROOTHASH: &str = "keel.roothash";
+
+    /// Finds `key=value` on a command line (the last occurrence wins, as the kernel does).
+    pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+        cmdline
+            .split_ascii_whitespace()
+            .filter_map(|arg| arg.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .last()
+    }
+}
+
+/// A BLS Type #1 entry for one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootEntry {
+    pub slot: Slot,
+    pub os_name: String,
+    pub version: String,
+    pub options: Vec<String>,
+}
+
+impl BootEntry {
+    /// The kernel command line: Keel's own arguments first, then the profile's.
+    pub fn new(slot: Slot, os_name: &str, version: &str, root_hash: &str, extra: &[String]) -> Self {
+        let mut options = vec![
+            format!("{}={}", cmdline::SLOT, slot),
+            format!("{}={}", cmdline::ROOTHASH, root_hash),
+        ];
+        options.extend(extra.iter().cloned());
+        BootEntry { slot, os_name: os_name.to_owned(), version: version.to_owned(), options }
+    }
+
+    pub fn render(&self) -> String {
+        format!(
+            "title {name} {version} ({slot})\nversion {version}\nsort-key {SORT_KEY}\nlinux {kernel}\ninitrd {initrd}\noptions {options}\n",
+            name = self.os_name,
+            version = self.version,
+            slot = self.slot,
+            kernel = self.slot.kernel_path(),
+            initrd = self.slot.initramfs_path(),
+            options = self.options.join(" "),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_round_trip() {
+        for name in ["keel-a+3.conf", "keel-b+2-1.conf", "keel-a+0-3.conf", "keel-b.conf"] {
+            assert_eq!(EntryName::parse(name).unwrap().file_name(), name);
+        }
+        assert_eq!(EntryName::fresh(Slot::A).file_name(), "keel-a+3.conf");
+        assert!(EntryName::parse("keel-a+0-3.conf").unwrap().exhausted());
+        assert!(!EntryName::parse("keel-a+1-2.conf").unwrap().exhausted());
+        for bad in ["keel-c+3.conf", "keel-a+x.conf", "other.conf", "keel-a+3"] {
+            assert!(EntryName::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cmdline_lookup_takes_the_last_value() {
+        let line = "initrd=\\keel\\a\\initramfs keel.slot=a quiet keel.slot=b";
+        assert_eq!(cmdline::get(line, cmdline::SLOT), Some("b"));
+        assert_eq!(cmdline::get(line, cmdline::ROOTHASH), None);
+    }
+
+    #[test]
+    fn entry_renders_bls_fields() {
+        let e = BootEntry::new(Slot::B, "Keel", "1.2.0", "ab12", &["console=ttyS0".into()]);
+        let text = e.render();
+        assert!(text.contains("\nversion 1.2.0\n"));
+        assert!(text.contains("\nsort-key keel\n"));
+        assert!(text.contains("\nlinux /keel/b/vmlinuz\n"));
+        assert!(text.contains("\noptions keel.slot=b keel.roothash=ab12 console=ttyS0\n"));
+    }
+}

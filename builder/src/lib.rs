@@ -2,5 +2,16 @@
 //! initramfs -> ESP -> GPT disk -> signed manifest -> other formats.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod cpio;
+pub mod disk;
+pub mod esp;
+pub mod init_binary;
+pub mod initramfs;
+pub mod kernel;
+pub mod kmod;
+pub mod progress;
+pub mod qemu;
+pub mod rootfs;
 pub mod tree;
 pub mod userland;
+pub mod verity;

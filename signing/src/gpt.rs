@@ -24,8 +24,16 @@ pub enum GptError {
     EntriesCrc,
     #[error("GPT header is unsupported: {0}")]
     Unsupported(String),
-    #[error("partition {name:?} ({first}..={last}) does not fit the usable area {first_usable}..={last_usable}")]
-    OutOfRange { name: String, first: u64, last: u64, first_usable: u64, last_usable: u64 },
+    #[error(
+        "partition {name:?} ({first}..={last}) does not fit the usable area {first_usable}..={last_usable}"
+    )]
+    OutOfRange {
+        name: String,
+        first: u64,
+        last: u64,
+        first_usable: u64,
+        last_usable: u64,
+    },
     #[error("partitions {a:?} and {b:?} overlap")]
     Overlap { a: String, b: String },
     #[error("partition name {0:?} is longer than 36 UTF-16 units")]
@@ -73,7 +81,9 @@ impl Gpt {
     /// An empty table for a disk of `total_sectors`.
     pub fn new(disk_guid: Uuid, total_sectors: u64) -> Result<Self, GptError> {
         if total_sectors < 2 * (2 + ENTRY_SECTORS) + 1 {
-            return Err(GptError::DiskTooSmall { sectors: total_sectors });
+            return Err(GptError::DiskTooSmall {
+                sectors: total_sectors,
+            });
         }
         Ok(Gpt {
             disk_guid,
@@ -87,7 +97,10 @@ impl Gpt {
     /// Checks that every partition fits the usable area and none overlap.
     pub fn check(&self) -> Result<(), GptError> {
         for p in &self.partitions {
-            if p.first_lba < self.first_usable || p.last_lba > self.last_usable || p.last_lba < p.first_lba {
+            if p.first_lba < self.first_usable
+                || p.last_lba > self.last_usable
+                || p.last_lba < p.first_lba
+            {
                 return Err(GptError::OutOfRange {
                     name: p.name.clone(),
                     first: p.first_lba,
@@ -103,7 +116,10 @@ impl Gpt {
         for (i, a) in self.partitions.iter().enumerate() {
             for b in &self.partitions[i + 1..] {
                 if a.first_lba <= b.last_lba && b.first_lba <= a.last_lba {
-                    return Err(GptError::Overlap { a: a.name.clone(), b: b.name.clone() });
+                    return Err(GptError::Overlap {
+                        a: a.name.clone(),
+                        b: b.name.clone(),
+                    });
                 }
             }
         }
@@ -123,7 +139,11 @@ impl Gpt {
 
     /// Sector after the last partition (1 MiB aligned by the caller if it wants).
     pub fn end_of_partitions(&self) -> u64 {
-        self.partitions.iter().map(|p| p.last_lba + 1).max().unwrap_or(self.first_usable)
+        self.partitions
+            .iter()
+            .map(|p| p.last_lba + 1)
+            .max()
+            .unwrap_or(self.first_usable)
     }
 
     pub fn find(&self, name: &str) -> Option<(u32, &GptPartition)> {
@@ -215,7 +235,10 @@ impl Gpt {
     pub fn parse_primary(bytes: &[u8], total_sectors: u64) -> Result<Self, GptError> {
         let need = ((2 + ENTRY_SECTORS) * SECTOR) as usize;
         if bytes.len() < need {
-            return Err(GptError::Short { need, have: bytes.len() });
+            return Err(GptError::Short {
+                need,
+                have: bytes.len(),
+            });
         }
         let h = &bytes[SECTOR as usize..2 * SECTOR as usize];
         if &h[0..8] != SIGNATURE {
@@ -332,13 +355,19 @@ mod tests {
         let primary = sample().primary_region().unwrap();
         let mut bad = primary.clone();
         bad[512 + 40] ^= 1;
-        assert_eq!(Gpt::parse_primary(&bad, 8192), Err(GptError::HeaderCrc { lba: 1 }));
+        assert_eq!(
+            Gpt::parse_primary(&bad, 8192),
+            Err(GptError::HeaderCrc { lba: 1 })
+        );
         let mut bad = primary.clone();
         bad[1024 + 60] ^= 1;
         assert_eq!(Gpt::parse_primary(&bad, 8192), Err(GptError::EntriesCrc));
         let mut bad = primary;
         bad[512] = b'X';
-        assert_eq!(Gpt::parse_primary(&bad, 8192), Err(GptError::NoSignature { lba: 1 }));
+        assert_eq!(
+            Gpt::parse_primary(&bad, 8192),
+            Err(GptError::NoSignature { lba: 1 })
+        );
     }
 
     #[test]

@@ -175,19 +175,31 @@ pub struct EntryName {
 impl EntryName {
     /// A fresh entry, as the builder and the upgrade path write it.
     pub fn fresh(slot: Slot) -> Self {
-        EntryName { slot, counter: Some(BootCounter { left: BOOT_TRIES, done: None }) }
+        EntryName {
+            slot,
+            counter: Some(BootCounter {
+                left: BOOT_TRIES,
+                done: None,
+            }),
+        }
     }
 
     /// The blessed name (no counter).
     pub fn blessed(slot: Slot) -> Self {
-        EntryName { slot, counter: None }
+        EntryName {
+            slot,
+            counter: None,
+        }
     }
 
     pub fn file_name(&self) -> String {
         match self.counter {
             None => format!("keel-{}.conf", self.slot),
             Some(BootCounter { left, done: None }) => format!("keel-{}+{left}.conf", self.slot),
-            Some(BootCounter { left, done: Some(d) }) => format!("keel-{}+{left}-{d}.conf", self.slot),
+            Some(BootCounter {
+                left,
+                done: Some(d),
+            }) => format!("keel-{}+{left}-{d}.conf", self.slot),
         }
     }
 
@@ -203,7 +215,10 @@ impl EntryName {
                 (slot, Some(BootCounter { left, done }))
             }
         };
-        Some(EntryName { slot: slot.parse().ok()?, counter })
+        Some(EntryName {
+            slot: slot.parse().ok()?,
+            counter,
+        })
     }
 
     /// True when systemd-boot will sort this entry last (no tries left).
@@ -242,13 +257,24 @@ pub struct BootEntry {
 
 impl BootEntry {
     /// The kernel command line: Keel's own arguments first, then the profile's.
-    pub fn new(slot: Slot, os_name: &str, version: &str, root_hash: &str, extra: &[String]) -> Self {
+    pub fn new(
+        slot: Slot,
+        os_name: &str,
+        version: &str,
+        root_hash: &str,
+        extra: &[String],
+    ) -> Self {
         let mut options = vec![
             format!("{}={}", cmdline::SLOT, slot),
             format!("{}={}", cmdline::ROOTHASH, root_hash),
         ];
         options.extend(extra.iter().cloned());
-        BootEntry { slot, os_name: os_name.to_owned(), version: version.to_owned(), options }
+        BootEntry {
+            slot,
+            os_name: os_name.to_owned(),
+            version: version.to_owned(),
+            options,
+        }
     }
 
     pub fn render(&self) -> String {
@@ -270,7 +296,12 @@ mod tests {
 
     #[test]
     fn entry_names_round_trip() {
-        for name in ["keel-a+3.conf", "keel-b+2-1.conf", "keel-a+0-3.conf", "keel-b.conf"] {
+        for name in [
+            "keel-a+3.conf",
+            "keel-b+2-1.conf",
+            "keel-a+0-3.conf",
+            "keel-b.conf",
+        ] {
             assert_eq!(EntryName::parse(name).unwrap().file_name(), name);
         }
         assert_eq!(EntryName::fresh(Slot::A).file_name(), "keel-a+3.conf");

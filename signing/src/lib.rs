@@ -3,7 +3,7 @@
 //! the profile schema, the disk layout and the boot-entry naming.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod profile;
+pub mod gpt;
 pub mod layout;
 pub mod manifest;
-pub mod gpt;
+pub mod profile;

@@ -62,7 +62,9 @@ impl Serialize for Sha256Digest {
 
 impl<'de> Deserialize<'de> for Sha256Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -183,7 +185,10 @@ impl Manifest {
     /// that were signed must be the bytes that are read).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
         let value: serde_json::Value = serde_json::from_slice(bytes)?;
-        let schema = value.get("schema").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let schema = value
+            .get("schema")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
         if schema != u64::from(MANIFEST_SCHEMA) {
             return Err(ManifestError::UnsupportedSchema { found: schema });
         }
@@ -220,9 +225,19 @@ pub(crate) mod tests {
             builder: "keel 0.1.0".into(),
             source_date_epoch: 0,
             profile_sha256: d(1),
-            kernel: KernelFile { release: "6.1.0-50-cloud-amd64".into(), size: 10, sha256: d(2) },
-            initramfs: FileDigest { size: 11, sha256: d(3) },
-            bootloader: FileDigest { size: 12, sha256: d(4) },
+            kernel: KernelFile {
+                release: "6.1.0-50-cloud-amd64".into(),
+                size: 10,
+                sha256: d(2),
+            },
+            initramfs: FileDigest {
+                size: 11,
+                sha256: d(3),
+            },
+            bootloader: FileDigest {
+                size: 12,
+                sha256: d(4),
+            },
             cmdline: vec!["console=ttyS0".into()],
             root: RootFs {
                 format: "squashfs".into(),
@@ -239,7 +254,10 @@ pub(crate) mod tests {
                     uuid: "00000000-0000-0000-0000-000000000000".into(),
                 },
             },
-            slot_payload: FileDigest { size: 12288, sha256: d(6) },
+            slot_payload: FileDigest {
+                size: 12288,
+                sha256: d(6),
+            },
             disk: Disk {
                 size: 1 << 30,
                 guid: "00000000-0000-0000-0000-000000000001".into(),
@@ -250,7 +268,10 @@ pub(crate) mod tests {
                     guid: "00000000-0000-0000-0000-000000000002".into(),
                     offset: 1 << 20,
                     size: 1 << 26,
-                    content: Some(FileDigest { size: 12288, sha256: d(6) }),
+                    content: Some(FileDigest {
+                        size: 12288,
+                        sha256: d(6),
+                    }),
                 }],
             },
             sources: vec![],
@@ -261,7 +282,10 @@ pub(crate) mod tests {
     fn canonical_json_sorts_keys_and_has_no_whitespace() {
         let bytes = sample().to_canonical_json().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with("{\"arch\":\"x86_64\",\"bootloader\":{\"sha256\":"), "{text}");
+        assert!(
+            text.starts_with("{\"arch\":\"x86_64\",\"bootloader\":{\"sha256\":"),
+            "{text}"
+        );
         assert!(!text.contains("\": ") && !text.contains(", \"") && !text.contains('\n'));
         assert_eq!(Manifest::from_json(&bytes).unwrap(), sample());
     }
@@ -269,9 +293,17 @@ pub(crate) mod tests {
     #[test]
     fn non_canonical_and_unknown_schema_are_refused() {
         let bytes = sample().to_canonical_json().unwrap();
-        let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()).unwrap();
-        assert!(matches!(Manifest::from_json(&pretty), Err(ManifestError::NotCanonical)));
-        let text = String::from_utf8(bytes).unwrap().replace("\"schema\":1", "\"schema\":2");
+        let pretty = serde_json::to_vec_pretty(
+            &serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            Manifest::from_json(&pretty),
+            Err(ManifestError::NotCanonical)
+        ));
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replace("\"schema\":1", "\"schema\":2");
         assert!(matches!(
             Manifest::from_json(text.as_bytes()),
             Err(ManifestError::UnsupportedSchema { found: 2 })

@@ -36,7 +36,10 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("{}: cannot read profile: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}", Diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -102,8 +105,10 @@ impl LoadedProfile {
         let mut tables = Vec::new();
         let mut next = Some(path.to_path_buf());
         while let Some(file) = next.take() {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|source| ProfileError::Read { path: file.clone(), source })?;
+            let text = std::fs::read_to_string(&file).map_err(|source| ProfileError::Read {
+                path: file.clone(),
+                source,
+            })?;
             // Each file alone must fit the schema: unknown keys and wrong types are reported
             // here with the position in that file.
             let layer: Profile = toml::from_str(&text)
@@ -115,7 +120,9 @@ impl LoadedProfile {
             table.remove("extends");
             if let Some(base) = layer.extends {
                 let base_path = normalize(&dir.join(&base));
-                let cycle = layers.iter().any(|l: &Layer| same_file(&l.path, &base_path))
+                let cycle = layers
+                    .iter()
+                    .any(|l: &Layer| same_file(&l.path, &base_path))
                     || same_file(&file, &base_path);
                 let diag = |message: String| {
                     let position = locate(&text, &["extends"]);
@@ -127,10 +134,14 @@ impl LoadedProfile {
                     }])
                 };
                 if cycle {
-                    return Err(diag(format!("`{base}` is already in the extends chain (a cycle)")));
+                    return Err(diag(format!(
+                        "`{base}` is already in the extends chain (a cycle)"
+                    )));
                 }
                 if layers.len() + 1 >= MAX_EXTENDS_DEPTH {
-                    return Err(diag(format!("more than {MAX_EXTENDS_DEPTH} levels of extends")));
+                    return Err(diag(format!(
+                        "more than {MAX_EXTENDS_DEPTH} levels of extends"
+                    )));
                 }
                 if !base_path.is_file() {
                     return Err(diag(format!(
@@ -161,7 +172,10 @@ impl LoadedProfile {
             Ok(loaded)
         } else {
             Err(ProfileError::Invalid(
-                problems.into_iter().map(|p| loaded.diagnostic(&p.field, p.message)).collect(),
+                problems
+                    .into_iter()
+                    .map(|p| loaded.diagnostic(&p.field, p.message))
+                    .collect(),
             ))
         }
     }
@@ -173,12 +187,16 @@ impl LoadedProfile {
             .map_err(|e| ProfileError::Invalid(vec![parse_diagnostic(origin, text, &e)]))?;
         let loaded = LoadedProfile {
             profile,
-            layers: vec![Layer { path: origin.to_path_buf(), text: text.to_owned() }],
+            layers: vec![Layer {
+                path: origin.to_path_buf(),
+                text: text.to_owned(),
+            }],
         };
         if loaded.profile.extends.is_some() {
-            return Err(ProfileError::Invalid(vec![
-                loaded.diagnostic("extends", "not allowed here: this profile must stand alone".into()),
-            ]));
+            return Err(ProfileError::Invalid(vec![loaded.diagnostic(
+                "extends",
+                "not allowed here: this profile must stand alone".into(),
+            )]));
         }
         Ok(loaded)
     }
@@ -202,7 +220,11 @@ impl LoadedProfile {
             }
         }
         Diagnostic {
-            file: self.layers.first().map(|l| l.path.clone()).unwrap_or_default(),
+            file: self
+                .layers
+                .first()
+                .map(|l| l.path.clone())
+                .unwrap_or_default(),
             position: None,
             field: Some(field.to_owned()),
             message,
@@ -214,7 +236,11 @@ impl LoadedProfile {
     pub fn digest(&self) -> [u8; 32] {
         let mut hasher = Sha256::new();
         for layer in &self.layers {
-            let name = layer.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let name = layer
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
             hasher.update((name.len() as u64).to_le_bytes());
             hasher.update(name.as_bytes());
             hasher.update((layer.text.len() as u64).to_le_bytes());
@@ -225,7 +251,10 @@ impl LoadedProfile {
 
     /// The named file.
     pub fn path(&self) -> &Path {
-        self.layers.first().map(|l| l.path.as_path()).unwrap_or(Path::new(""))
+        self.layers
+            .first()
+            .map(|l| l.path.as_path())
+            .unwrap_or(Path::new(""))
     }
 }
 
@@ -238,9 +267,14 @@ fn normalize(path: &Path) -> PathBuf {
         match c {
             Component::CurDir => {}
             Component::ParentDir => {
-                if !matches!(out.components().next_back(), None | Some(Component::ParentDir | Component::RootDir)) {
+                if !matches!(
+                    out.components().next_back(),
+                    None | Some(Component::ParentDir | Component::RootDir)
+                ) {
                     out.pop();
-                } else if out.as_os_str().is_empty() || matches!(out.components().next_back(), Some(Component::ParentDir)) {
+                } else if out.as_os_str().is_empty()
+                    || matches!(out.components().next_back(), Some(Component::ParentDir))
+                {
                     out.push("..");
                 }
             }
@@ -358,7 +392,12 @@ pub(crate) fn locate(text: &str, segments: &[&str]) -> Option<(usize, usize)> {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -369,12 +408,19 @@ fn field_at(text: &str, offset: usize) -> Option<String> {
     }
     // Table spans do not always cover their bodies (a `[header]` section), so every branch is
     // searched and the deepest hit wins.
-    fn go(value: &toml::de::DeValue<'_>, offset: usize, path: &mut Vec<String>, best: &mut Option<Vec<String>>) {
+    fn go(
+        value: &toml::de::DeValue<'_>,
+        offset: usize,
+        path: &mut Vec<String>,
+        best: &mut Option<Vec<String>>,
+    ) {
         match value {
             toml::de::DeValue::Table(t) => {
                 for (k, v) in t.iter() {
                     path.push(k.get_ref().to_string());
-                    if contains(k.span(), offset) || (!v.get_ref().is_table() && contains(v.span(), offset)) {
+                    if contains(k.span(), offset)
+                        || (!v.get_ref().is_table() && contains(v.span(), offset))
+                    {
                         if best.as_ref().is_none_or(|b| b.len() <= path.len()) {
                             *best = Some(path.clone());
                         }
@@ -385,7 +431,9 @@ fn field_at(text: &str, offset: usize) -> Option<String> {
             }
             toml::de::DeValue::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    let Some(last) = path.last().cloned() else { continue };
+                    let Some(last) = path.last().cloned() else {
+                        continue;
+                    };
                     if let Some(l) = path.last_mut() {
                         l.push_str(&format!("[{i}]"));
                     }

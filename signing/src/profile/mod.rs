@@ -25,7 +25,9 @@ pub mod values;
 
 pub use load::{Diagnostic, Layer, LoadedProfile, ProfileError};
 pub use schema::*;
-pub use validate::{MIN_ESP_SIZE, MIN_SLOT_SIZE, MIN_STATE_SIZE, Problem, RESERVED_CMDLINE_KEYS, validate};
+pub use validate::{
+    MIN_ESP_SIZE, MIN_SLOT_SIZE, MIN_STATE_SIZE, Problem, RESERVED_CMDLINE_KEYS, validate,
+};
 pub use values::{ByteSize, Endpoint, FileMode, Hostname, ImageName, IpCidr};
 
 #[cfg(test)]

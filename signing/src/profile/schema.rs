@@ -32,7 +32,11 @@ pub struct Image {
     pub name: ImageName,
     /// OS version (semver). Upgrades only move to higher versions. `keel build --version`
     /// overrides it.
-    #[serde(default, deserialize_with = "version", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub version: Option<semver::Version>,
     /// CPU architecture. Only `x86_64` is supported.
     #[serde(default)]
@@ -209,7 +213,10 @@ pub enum KernelSpec {
     #[default]
     Auto,
     /// Host paths: the kernel image and its `lib/modules/<kver>` directory.
-    Path { path: PathBuf, modules: Option<PathBuf> },
+    Path {
+        path: PathBuf,
+        modules: Option<PathBuf>,
+    },
 }
 
 #[derive(Deserialize, Serialize)]
@@ -237,9 +244,16 @@ impl<'de> Deserialize<'de> for KernelSpec {
                     )))
                 }
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<KernelSpec, A::Error> {
-                let repr = KernelPathRepr::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(KernelSpec::Path { path: repr.path, modules: repr.modules })
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<KernelSpec, A::Error> {
+                let repr =
+                    KernelPathRepr::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(KernelSpec::Path {
+                    path: repr.path,
+                    modules: repr.modules,
+                })
             }
         }
         d.deserialize_any(V)
@@ -250,9 +264,11 @@ impl Serialize for KernelSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             KernelSpec::Auto => s.serialize_str("auto"),
-            KernelSpec::Path { path, modules } => {
-                KernelPathRepr { path: path.clone(), modules: modules.clone() }.serialize(s)
+            KernelSpec::Path { path, modules } => KernelPathRepr {
+                path: path.clone(),
+                modules: modules.clone(),
             }
+            .serialize(s),
         }
     }
 }

@@ -27,13 +27,19 @@ fn load_err(text: &str) -> (String, Vec<Diagnostic>) {
     let path = write(dir.path(), "p.toml", text);
     let err = LoadedProfile::load(&path).unwrap_err();
     let diags = err.diagnostics().to_vec();
-    (err.to_string().replace(&dir.path().display().to_string(), "DIR"), diags)
+    (
+        err.to_string()
+            .replace(&dir.path().display().to_string(), "DIR"),
+        diags,
+    )
 }
 
 #[test]
 fn good_profile_loads_with_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    let p = LoadedProfile::load(&write(dir.path(), "p.toml", GOOD)).unwrap().profile;
+    let p = LoadedProfile::load(&write(dir.path(), "p.toml", GOOD))
+        .unwrap()
+        .profile;
     assert_eq!(p.image.name.as_str(), "keel-test");
     assert_eq!(p.image.version, Some(semver::Version::new(1, 2, 3)));
     assert_eq!(p.image.slot_size, ByteSize::mib(512));
@@ -49,32 +55,165 @@ fn good_profile_loads_with_defaults() {
 #[test]
 fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
     let cases: &[(&str, &str, &str, &[&str])] = &[
-        ("unknown top-level key", "[imgae]\nname = \"x\"\n", "DIR/p.toml:1:2", &["unknown field `imgae`", "expected"]),
-        ("unknown image key", "[image]\nnmae = \"x\"\n", "DIR/p.toml:2:1", &["unknown field `nmae`", "`name`"]),
-        ("bad semver", "[image]\nversion = \"1.0\"\n", "DIR/p.toml:2:11", &["`image.version`", "semantic version"]),
-        ("wrong type", "[image]\nslot_size = true\n", "DIR/p.toml:2:13", &["`image.slot_size`", "512MiB"]),
-        ("bad size unit", "[image]\nslot_size = \"1GB\"\n", "DIR/p.toml:2:13", &["`image.slot_size`", "binary unit"]),
-        ("size too small", "[image]\nversion = \"1.0.0\"\nslot_size = \"16MiB\"\n[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [\"a1\"] }\n", "DIR/p.toml:3:13", &["`image.slot_size`", "at least 64MiB"]),
-        ("bad role", "[node]\nrole = \"master\"\n", "DIR/p.toml:2:8", &["`node.role`", "controlplane", "worker"]),
-        ("bad hostname", "[node]\nhostname = \"bad_host\"\n", "DIR/p.toml:2:12", &["`node.hostname`", "labels"]),
-        ("static without addresses", "[node.network]\nmode = \"static\"\n", "DIR/p.toml:1:7", &["`node.network.addresses`", "at least one address"]),
-        ("bad cidr", "[node.network]\nmode = \"static\"\naddresses = [\"10.0.0.2\"]\n", "DIR/p.toml:3:14", &["`node.network.addresses[0]`", "prefix length"]),
-        ("dhcp with gateway", "[node.network]\ngateway = \"10.0.0.1\"\n", "DIR/p.toml:2:11", &["`node.network.gateway`", "static"]),
-        ("bad endpoint", "[node.cluster]\nendpoint = \"http://x:6443\"\n", "DIR/p.toml:2:12", &["`node.cluster.endpoint`", "https"]),
-        ("unknown userland kind", "[[image.userland]]\ndocker = { image = \"x\" }\n", "DIR/p.toml:2:1", &["unknown variant `docker`", "`debian`", "`oci`"]),
-        ("oci with both", "[[image.userland]]\noci = { layout = \"a\", archive = \"b\" }\n", "DIR/p.toml:2:1", &["`image.userland[0].oci`", "exactly one"]),
-        ("empty packages", "[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [] }\n", "DIR/p.toml:2:32", &["`image.userland[0].debian.packages`", "at least one"]),
-        ("bad package name", "[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [\"ok\", \"Bad Name\"] }\n", "DIR/p.toml:2:50", &["`image.userland[0].debian.packages[1]`", "Debian package name"]),
-        ("reserved cmdline", "[image]\ncmdline = [\"quiet\", \"keel.slot=b\"]\n", "DIR/p.toml:2:21", &["`image.cmdline[1]`", "set by Keel"]),
-        ("duplicate format", "[image]\nformats = [\"raw\", \"qcow2\", \"raw\"]\n", "DIR/p.toml:2:28", &["`image.formats[2]`", "twice"]),
-        ("unknown format", "[image]\nformats = [\"vmdk\"]\n", "DIR/p.toml:2:12", &["unknown variant `vmdk`", "`qcow2`"]),
-        ("bad kernel", "[image]\nkernel = \"newest\"\n", "DIR/p.toml:2:10", &["`image.kernel`", "auto"]),
-        ("relative dst", "[[image.files]]\nsrc = \"a\"\ndst = \"etc/motd\"\n", "DIR/p.toml:3:7", &["`image.files[0].dst`", "absolute"]),
-        ("bad mode", "[[image.files]]\nsrc = \"a\"\ndst = \"/a\"\nmode = \"rw\"\n", "DIR/p.toml:4:8", &["`image.files[0].mode`", "octal"]),
-        ("level out of range", "[image.squashfs]\nlevel = 30\n", "DIR/p.toml:2:9", &["`image.squashfs.level`", "1 to 22"]),
-        ("block size", "[image.squashfs]\nblock_size = \"100KiB\"\n", "DIR/p.toml:2:14", &["`image.squashfs.block_size`", "power of two"]),
-        ("toml syntax", "[image\nname = 1\n", "DIR/p.toml:1:7", &["unclosed table", "expected `]`"]),
-        ("missing base", "extends = \"nope.toml\"\n", "DIR/p.toml:1:11", &["`extends`", "does not exist"]),
+        (
+            "unknown top-level key",
+            "[imgae]\nname = \"x\"\n",
+            "DIR/p.toml:1:2",
+            &["unknown field `imgae`", "expected"],
+        ),
+        (
+            "unknown image key",
+            "[image]\nnmae = \"x\"\n",
+            "DIR/p.toml:2:1",
+            &["unknown field `nmae`", "`name`"],
+        ),
+        (
+            "bad semver",
+            "[image]\nversion = \"1.0\"\n",
+            "DIR/p.toml:2:11",
+            &["`image.version`", "semantic version"],
+        ),
+        (
+            "wrong type",
+            "[image]\nslot_size = true\n",
+            "DIR/p.toml:2:13",
+            &["`image.slot_size`", "512MiB"],
+        ),
+        (
+            "bad size unit",
+            "[image]\nslot_size = \"1GB\"\n",
+            "DIR/p.toml:2:13",
+            &["`image.slot_size`", "binary unit"],
+        ),
+        (
+            "size too small",
+            "[image]\nversion = \"1.0.0\"\nslot_size = \"16MiB\"\n[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [\"a1\"] }\n",
+            "DIR/p.toml:3:13",
+            &["`image.slot_size`", "at least 64MiB"],
+        ),
+        (
+            "bad role",
+            "[node]\nrole = \"master\"\n",
+            "DIR/p.toml:2:8",
+            &["`node.role`", "controlplane", "worker"],
+        ),
+        (
+            "bad hostname",
+            "[node]\nhostname = \"bad_host\"\n",
+            "DIR/p.toml:2:12",
+            &["`node.hostname`", "labels"],
+        ),
+        (
+            "static without addresses",
+            "[node.network]\nmode = \"static\"\n",
+            "DIR/p.toml:1:7",
+            &["`node.network.addresses`", "at least one address"],
+        ),
+        (
+            "bad cidr",
+            "[node.network]\nmode = \"static\"\naddresses = [\"10.0.0.2\"]\n",
+            "DIR/p.toml:3:14",
+            &["`node.network.addresses[0]`", "prefix length"],
+        ),
+        (
+            "dhcp with gateway",
+            "[node.network]\ngateway = \"10.0.0.1\"\n",
+            "DIR/p.toml:2:11",
+            &["`node.network.gateway`", "static"],
+        ),
+        (
+            "bad endpoint",
+            "[node.cluster]\nendpoint = \"http://x:6443\"\n",
+            "DIR/p.toml:2:12",
+            &["`node.cluster.endpoint`", "https"],
+        ),
+        (
+            "unknown userland kind",
+            "[[image.userland]]\ndocker = { image = \"x\" }\n",
+            "DIR/p.toml:2:1",
+            &["unknown variant `docker`", "`debian`", "`oci`"],
+        ),
+        (
+            "oci with both",
+            "[[image.userland]]\noci = { layout = \"a\", archive = \"b\" }\n",
+            "DIR/p.toml:2:1",
+            &["`image.userland[0].oci`", "exactly one"],
+        ),
+        (
+            "empty packages",
+            "[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [] }\n",
+            "DIR/p.toml:2:32",
+            &["`image.userland[0].debian.packages`", "at least one"],
+        ),
+        (
+            "bad package name",
+            "[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [\"ok\", \"Bad Name\"] }\n",
+            "DIR/p.toml:2:50",
+            &[
+                "`image.userland[0].debian.packages[1]`",
+                "Debian package name",
+            ],
+        ),
+        (
+            "reserved cmdline",
+            "[image]\ncmdline = [\"quiet\", \"keel.slot=b\"]\n",
+            "DIR/p.toml:2:21",
+            &["`image.cmdline[1]`", "set by Keel"],
+        ),
+        (
+            "duplicate format",
+            "[image]\nformats = [\"raw\", \"qcow2\", \"raw\"]\n",
+            "DIR/p.toml:2:28",
+            &["`image.formats[2]`", "twice"],
+        ),
+        (
+            "unknown format",
+            "[image]\nformats = [\"vmdk\"]\n",
+            "DIR/p.toml:2:12",
+            &["unknown variant `vmdk`", "`qcow2`"],
+        ),
+        (
+            "bad kernel",
+            "[image]\nkernel = \"newest\"\n",
+            "DIR/p.toml:2:10",
+            &["`image.kernel`", "auto"],
+        ),
+        (
+            "relative dst",
+            "[[image.files]]\nsrc = \"a\"\ndst = \"etc/motd\"\n",
+            "DIR/p.toml:3:7",
+            &["`image.files[0].dst`", "absolute"],
+        ),
+        (
+            "bad mode",
+            "[[image.files]]\nsrc = \"a\"\ndst = \"/a\"\nmode = \"rw\"\n",
+            "DIR/p.toml:4:8",
+            &["`image.files[0].mode`", "octal"],
+        ),
+        (
+            "level out of range",
+            "[image.squashfs]\nlevel = 30\n",
+            "DIR/p.toml:2:9",
+            &["`image.squashfs.level`", "1 to 22"],
+        ),
+        (
+            "block size",
+            "[image.squashfs]\nblock_size = \"100KiB\"\n",
+            "DIR/p.toml:2:14",
+            &["`image.squashfs.block_size`", "power of two"],
+        ),
+        (
+            "toml syntax",
+            "[image\nname = 1\n",
+            "DIR/p.toml:1:7",
+            &["unclosed table", "expected `]`"],
+        ),
+        (
+            "missing base",
+            "extends = \"nope.toml\"\n",
+            "DIR/p.toml:1:11",
+            &["`extends`", "does not exist"],
+        ),
     ];
     let mut failures = Vec::new();
     for (what, text, at, words) in cases {
@@ -82,7 +221,9 @@ fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
         assert!(!diags.is_empty(), "{what}: no diagnostics: {msg}");
         let ok = msg.starts_with(&format!("{at}:")) && words.iter().all(|w| msg.contains(w));
         if !ok {
-            failures.push(format!("{what}: expected at {at} with {words:?}, got: {msg}"));
+            failures.push(format!(
+                "{what}: expected at {at} with {words:?}, got: {msg}"
+            ));
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -106,16 +247,26 @@ fn extends_merges_tables_and_reports_errors_in_the_file_that_sets_the_field() {
     let p = &loaded.profile;
     assert_eq!(p.image.slot_size, ByteSize::mib(256), "inherited");
     assert_eq!(p.image.version, Some(semver::Version::new(2, 0, 0)), "own");
-    assert_eq!(p.image.cmdline, vec!["console=ttyS0".to_string()], "arrays replace");
+    assert_eq!(
+        p.image.cmdline,
+        vec!["console=ttyS0".to_string()],
+        "arrays replace"
+    );
     assert_eq!(p.image.userland.len(), 1);
     // Paths are relative to the file that sets them.
-    assert_eq!(p.image.signing_key.as_deref(), Some(dir.path().join("keys/keel.key").as_path()));
+    assert_eq!(
+        p.image.signing_key.as_deref(),
+        Some(dir.path().join("keys/keel.key").as_path())
+    );
     assert_eq!(loaded.layers.len(), 2);
 
     // An invalid value inherited from the base is reported in the base.
     write(dir.path(), "base.toml", "[image]\nslot_size = \"16MiB\"\n");
     let err = LoadedProfile::load(&leaf).unwrap_err().to_string();
-    assert!(err.starts_with(&format!("{}:2:13:", dir.path().join("base.toml").display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:2:13:", dir.path().join("base.toml").display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -123,7 +274,9 @@ fn extends_cycle_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.toml", "extends = \"b.toml\"\n");
     write(dir.path(), "b.toml", "extends = \"a.toml\"\n");
-    let err = LoadedProfile::load(&dir.path().join("a.toml")).unwrap_err().to_string();
+    let err = LoadedProfile::load(&dir.path().join("a.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cycle"), "{err}");
     assert!(err.contains("b.toml:1:11"), "{err}");
 }
@@ -135,15 +288,20 @@ fn digest_depends_on_content_not_location() {
     let pa = LoadedProfile::load(&write(a.path(), "p.toml", GOOD)).unwrap();
     let pb = LoadedProfile::load(&write(b.path(), "p.toml", GOOD)).unwrap();
     assert_eq!(pa.digest(), pb.digest());
-    let pc = LoadedProfile::load(&write(b.path(), "p.toml", &GOOD.replace("1.2.3", "1.2.4"))).unwrap();
+    let pc =
+        LoadedProfile::load(&write(b.path(), "p.toml", &GOOD.replace("1.2.3", "1.2.4"))).unwrap();
     assert_ne!(pa.digest(), pc.digest());
 }
 
 #[test]
 fn node_section_round_trips_through_toml() {
     let dir = tempfile::tempdir().unwrap();
-    let p = LoadedProfile::load(&write(dir.path(), "p.toml", GOOD)).unwrap().profile;
+    let p = LoadedProfile::load(&write(dir.path(), "p.toml", GOOD))
+        .unwrap()
+        .profile;
     let text = toml::to_string(&p).unwrap();
-    let again = LoadedProfile::from_text(Path::new("baked"), &text).unwrap().profile;
+    let again = LoadedProfile::from_text(Path::new("baked"), &text)
+        .unwrap()
+        .profile;
     assert_eq!(p, again);
 }

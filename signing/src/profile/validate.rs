@@ -15,12 +15,21 @@ pub struct Problem {
 }
 
 fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { field: field.into(), message: message.into() }
+    Problem {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Kernel arguments Keel sets itself; a profile may not override them.
-pub const RESERVED_CMDLINE_KEYS: &[&str] =
-    &["keel.slot", "keel.roothash", "root", "init", "rdinit", "initrd"];
+pub const RESERVED_CMDLINE_KEYS: &[&str] = &[
+    "keel.slot",
+    "keel.roothash",
+    "root",
+    "init",
+    "rdinit",
+    "initrd",
+];
 
 pub const MIN_SLOT_SIZE: ByteSize = ByteSize::mib(64);
 /// FAT32 needs at least 65525 clusters; with room for two kernels and initramfs images
@@ -42,9 +51,15 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
         ("image.state_size", image.state_size, MIN_STATE_SIZE),
     ] {
         if size < min {
-            out.push(problem(field, format!("{size} is too small: expected at least {min}")));
+            out.push(problem(
+                field,
+                format!("{size} is too small: expected at least {min}"),
+            ));
         } else if size.bytes() % ByteSize::MIB != 0 {
-            out.push(problem(field, format!("{size} is not a whole number of MiB (partitions are 1MiB aligned)")));
+            out.push(problem(
+                field,
+                format!("{size} is not a whole number of MiB (partitions are 1MiB aligned)"),
+            ));
         }
     }
     for (i, source) in image.userland.iter().enumerate() {
@@ -52,10 +67,16 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
             UserlandSource::Debian(deb) => {
                 let field = format!("image.userland[{i}].debian");
                 if deb.suite.trim().is_empty() {
-                    out.push(problem(format!("{field}.suite"), "expected a suite name like \"bookworm\""));
+                    out.push(problem(
+                        format!("{field}.suite"),
+                        "expected a suite name like \"bookworm\"",
+                    ));
                 }
                 if deb.packages.is_empty() {
-                    out.push(problem(format!("{field}.packages"), "expected at least one package"));
+                    out.push(problem(
+                        format!("{field}.packages"),
+                        "expected at least one package",
+                    ));
                 }
                 for (j, name) in deb.packages.iter().chain(&deb.exclude).enumerate() {
                     if !valid_package_name(name) {
@@ -86,33 +107,51 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
         if !dst.is_absolute() || file.dst.split('/').any(|c| c == "..") || file.dst == "/" {
             out.push(problem(
                 format!("image.files[{i}].dst"),
-                format!("{:?} must be an absolute path inside the image, without `..`", file.dst),
+                format!(
+                    "{:?} must be an absolute path inside the image, without `..`",
+                    file.dst
+                ),
             ));
         }
     }
     for (i, arg) in image.cmdline.iter().enumerate() {
         let key = arg.split('=').next().unwrap_or_default();
         if arg.is_empty() || arg.chars().any(char::is_whitespace) {
-            out.push(problem(format!("image.cmdline[{i}]"), "expected one argument without spaces"));
+            out.push(problem(
+                format!("image.cmdline[{i}]"),
+                "expected one argument without spaces",
+            ));
         } else if RESERVED_CMDLINE_KEYS.contains(&key) {
-            out.push(problem(format!("image.cmdline[{i}]"), format!("`{key}` is set by Keel itself")));
+            out.push(problem(
+                format!("image.cmdline[{i}]"),
+                format!("`{key}` is set by Keel itself"),
+            ));
         }
     }
     let mut seen = HashSet::new();
     for (i, format) in image.formats.iter().enumerate() {
         if !seen.insert(format) {
-            out.push(problem(format!("image.formats[{i}]"), format!("{format:?} is listed twice")));
+            out.push(problem(
+                format!("image.formats[{i}]"),
+                format!("{format:?} is listed twice"),
+            ));
         }
     }
     let sq = &image.squashfs;
     if !(1..=22).contains(&sq.level) {
-        out.push(problem("image.squashfs.level", format!("{} is out of range: expected 1 to 22", sq.level)));
+        out.push(problem(
+            "image.squashfs.level",
+            format!("{} is out of range: expected 1 to 22", sq.level),
+        ));
     }
     let bs = sq.block_size.bytes();
     if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
         out.push(problem(
             "image.squashfs.block_size",
-            format!("{} is not a power of two between 4KiB and 1MiB", sq.block_size),
+            format!(
+                "{} is not a power of two between 4KiB and 1MiB",
+                sq.block_size
+            ),
         ));
     }
     for (i, m) in image.initramfs.modules.iter().enumerate() {
@@ -130,34 +169,58 @@ fn validate_node(node: &Node, out: &mut Vec<Problem>) {
     match net.mode {
         NetworkMode::Static => {
             if net.addresses.is_empty() {
-                out.push(problem("node.network.addresses", "static networking needs at least one address"));
+                out.push(problem(
+                    "node.network.addresses",
+                    "static networking needs at least one address",
+                ));
             }
             if let Some(gw) = net.gateway {
-                if !net.addresses.iter().any(|a| a.addr.is_ipv4() == gw.is_ipv4()) {
-                    out.push(problem("node.network.gateway", format!("{gw} has no address of its family to route through")));
+                if !net
+                    .addresses
+                    .iter()
+                    .any(|a| a.addr.is_ipv4() == gw.is_ipv4())
+                {
+                    out.push(problem(
+                        "node.network.gateway",
+                        format!("{gw} has no address of its family to route through"),
+                    ));
                 }
             }
         }
         NetworkMode::Dhcp => {
             if !net.addresses.is_empty() {
-                out.push(problem("node.network.addresses", "only allowed with mode = \"static\""));
+                out.push(problem(
+                    "node.network.addresses",
+                    "only allowed with mode = \"static\"",
+                ));
             }
             if net.gateway.is_some() {
-                out.push(problem("node.network.gateway", "only allowed with mode = \"static\""));
+                out.push(problem(
+                    "node.network.gateway",
+                    "only allowed with mode = \"static\"",
+                ));
             }
         }
     }
     if let Some(iface) = &net.interface {
         if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
-            out.push(problem("node.network.interface", format!("{iface:?} is not an interface name")));
+            out.push(problem(
+                "node.network.interface",
+                format!("{iface:?} is not an interface name"),
+            ));
         }
     }
     if let Some(name) = &node.cluster.name {
         let ok = !name.is_empty()
             && name.len() <= 63
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !ok {
-            out.push(problem("node.cluster.name", format!("{name:?}: expected 1-63 lower-case letters, digits or '-'")));
+            out.push(problem(
+                "node.cluster.name",
+                format!("{name:?}: expected 1-63 lower-case letters, digits or '-'"),
+            ));
         }
     }
 }
@@ -165,5 +228,7 @@ fn validate_node(node: &Node, out: &mut Vec<Problem>) {
 fn valid_package_name(name: &str) -> bool {
     name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }

@@ -56,9 +56,15 @@ impl ByteSize {
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let expected = || format!("invalid size {s:?}: expected a number with a binary unit, like \"512MiB\", \"2GiB\" or \"128KiB\"");
+        let expected = || {
+            format!(
+                "invalid size {s:?}: expected a number with a binary unit, like \"512MiB\", \"2GiB\" or \"128KiB\""
+            )
+        };
         let s_trim = s.trim();
-        let split = s_trim.find(|c: char| !c.is_ascii_digit()).unwrap_or(s_trim.len());
+        let split = s_trim
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s_trim.len());
         let (digits, unit) = s_trim.split_at(split);
         let n: u64 = digits.parse().map_err(|_| expected())?;
         let mult = match unit.trim() {
@@ -69,7 +75,9 @@ impl FromStr for ByteSize {
             "TiB" => Self::GIB * 1024,
             _ => return Err(expected()),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
@@ -97,7 +105,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 s.parse().map_err(E::custom)
             }
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
-                u64::try_from(n).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(n))
@@ -135,7 +145,8 @@ impl FromStr for ImageName {
         let ok = !s.is_empty()
             && s.len() <= 63
             && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if ok {
             Ok(ImageName(s.to_owned()))
         } else {
@@ -200,13 +211,19 @@ pub struct IpCidr {
 impl FromStr for IpCidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("invalid address {s:?}: expected an address with a prefix length, like \"10.0.2.15/24\"");
+        let err = || {
+            format!(
+                "invalid address {s:?}: expected an address with a prefix length, like \"10.0.2.15/24\""
+            )
+        };
         let (addr, prefix) = s.split_once('/').ok_or_else(err)?;
         let addr: IpAddr = addr.parse().map_err(|_| err())?;
         let prefix: u8 = prefix.parse().map_err(|_| err())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix > max {
-            return Err(format!("invalid address {s:?}: prefix length {prefix} exceeds {max}"));
+            return Err(format!(
+                "invalid address {s:?}: prefix length {prefix} exceeds {max}"
+            ));
         }
         Ok(IpCidr { addr, prefix })
     }
@@ -217,7 +234,10 @@ impl fmt::Display for IpCidr {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
-string_value!(IpCidr, "an address with a prefix length like \"10.0.2.15/24\"");
+string_value!(
+    IpCidr,
+    "an address with a prefix length like \"10.0.2.15/24\""
+);
 
 /// An HTTPS endpoint: `https://host[:port]` (the Kubernetes API endpoint of a cluster).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -229,8 +249,11 @@ pub struct Endpoint {
 impl FromStr for Endpoint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err = |why: &str| format!("invalid endpoint {s:?}: {why}; expected \"https://HOST:PORT\"");
-        let rest = s.strip_prefix("https://").ok_or_else(|| err("the scheme must be https"))?;
+        let err =
+            |why: &str| format!("invalid endpoint {s:?}: {why}; expected \"https://HOST:PORT\"");
+        let rest = s
+            .strip_prefix("https://")
+            .ok_or_else(|| err("the scheme must be https"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') {
             return Err(err("no path is allowed"));
@@ -238,7 +261,10 @@ impl FromStr for Endpoint {
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| err("unclosed '['"))?;
             let port = after.strip_prefix(':').map(str::parse::<u16>).transpose();
-            (h.to_owned(), port.map_err(|_| err("bad port"))?.unwrap_or(443))
+            (
+                h.to_owned(),
+                port.map_err(|_| err("bad port"))?.unwrap_or(443),
+            )
         } else {
             match rest.rsplit_once(':') {
                 Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| err("bad port"))?),
@@ -276,7 +302,9 @@ impl FromStr for FileMode {
         let digits = s.strip_prefix("0o").unwrap_or(s);
         match u16::from_str_radix(digits, 8) {
             Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(FileMode(m)),
-            _ => Err(format!("invalid mode {s:?}: expected an octal string like \"0644\"")),
+            _ => Err(format!(
+                "invalid mode {s:?}: expected an octal string like \"0644\""
+            )),
         }
     }
 }
@@ -309,7 +337,10 @@ mod tests {
         for bad in ["Keel", "1keel", "", "keel_worker", &"a".repeat(64)] {
             assert!(bad.parse::<ImageName>().is_err(), "{bad}");
         }
-        assert_eq!("Node-1.Example".parse::<Hostname>().unwrap().as_str(), "node-1.example");
+        assert_eq!(
+            "Node-1.Example".parse::<Hostname>().unwrap().as_str(),
+            "node-1.example"
+        );
         for bad in ["-a", "a-", "a..b", "a_b", ""] {
             assert!(bad.parse::<Hostname>().is_err(), "{bad}");
         }
@@ -325,8 +356,19 @@ mod tests {
         let e: Endpoint = "https://10.0.0.1:6443".parse().unwrap();
         assert_eq!((e.host.as_str(), e.port), ("10.0.0.1", 6443));
         assert_eq!("https://cp.example".parse::<Endpoint>().unwrap().port, 443);
-        assert_eq!("https://[fd00::1]:6443".parse::<Endpoint>().unwrap().to_string(), "https://[fd00::1]:6443");
-        for bad in ["http://a:1", "https://a:b", "https://a:1/path", "https://:1"] {
+        assert_eq!(
+            "https://[fd00::1]:6443"
+                .parse::<Endpoint>()
+                .unwrap()
+                .to_string(),
+            "https://[fd00::1]:6443"
+        );
+        for bad in [
+            "http://a:1",
+            "https://a:b",
+            "https://a:1/path",
+            "https://:1",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
         assert_eq!("0644".parse::<FileMode>().unwrap(), FileMode(0o644));

@@ -1,0 +1,216 @@
+//! The initramfs: cpio newc (uncompressed: the kernel unpacks it fastest) holding the init,
+//! the kernel modules needed to reach and verify the root, the trusted public keys and an
+//! optional baked node profile.
+
+use std::collections::BTreeSet;
+
+use crate::cpio::CpioWriter;
+use crate::kmod::{KmodError, ModuleIndex};
+use crate::tree::{NodeKind, Tree};
+
+/// Modules stage 1 cannot do without: the root is squashfs under dm-verity and the manifest
+/// is read from the FAT ESP (Debian's default FAT charsets: cp437 and ascii).
+pub const REQUIRED_MODULES: &[&str] = &["squashfs", "dm_verity", "vfat", "nls_cp437", "nls_ascii"];
+/// Disk drivers taken when the kernel has them: QEMU and clouds (virtio, NVMe, SCSI).
+pub const OPTIONAL_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "nvme",
+    "ahci",
+    "xen_blkfront",
+    "hv_storvsc",
+];
+
+/// Paths inside the initramfs that the init reads.
+pub mod paths {
+    pub const INIT: &str = "/init";
+    pub const TRUSTED_KEYS: &str = "/etc/keel/trusted.pub";
+    pub const PROFILE: &str = "/etc/keel/profile.toml";
+    /// Module files to load, one absolute path per line, dependencies first.
+    pub const MODULES_LOAD: &str = "/etc/keel/modules.load";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    #[error(transparent)]
+    Module(#[from] KmodError),
+    #[error("kernel module file {0} vanished from the tree")]
+    MissingModuleFile(String),
+    #[error("writing the initramfs: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct InitramfsSpec<'a> {
+    pub init: &'a [u8],
+    pub trusted_keys: &'a str,
+    pub profile: Option<&'a str>,
+    /// Extra modules from the profile (required).
+    pub extra_modules: &'a [String],
+    pub mtime: u32,
+}
+
+#[derive(Debug)]
+pub struct Initramfs {
+    pub bytes: Vec<u8>,
+    /// Module names in load order.
+    pub modules: Vec<String>,
+}
+
+pub fn build(
+    tree: &Tree,
+    index: &ModuleIndex,
+    spec: &InitramfsSpec<'_>,
+) -> Result<Initramfs, InitramfsError> {
+    let mut wanted: Vec<&str> = REQUIRED_MODULES.to_vec();
+    wanted.extend(OPTIONAL_MODULES.iter().filter(|m| index.contains(m)));
+    wanted.extend(spec.extra_modules.iter().map(String::as_str));
+    let order = index.load_order(&wanted)?;
+
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for module in &order {
+        let path = format!("{}/{}", index.dir, module.rel_path);
+        match tree.get(&path).map(|n| &n.kind) {
+            Some(NodeKind::File(content)) => files.push((path, content.bytes().to_vec())),
+            _ => return Err(InitramfsError::MissingModuleFile(path)),
+        }
+    }
+    let load_list: String = order
+        .iter()
+        .map(|m| format!("{}/{}\n", index.dir, m.rel_path))
+        .collect();
+    let dep: String = {
+        let mut lines = String::new();
+        for module in &order {
+            let deps = index.load_order(&[module.name.as_str()])?;
+            lines.push_str(&module.rel_path);
+            lines.push(':');
+            for d in deps.iter().rev().filter(|d| d.name != module.name) {
+                lines.push(' ');
+                lines.push_str(&d.rel_path);
+            }
+            lines.push('\n');
+        }
+        lines
+    };
+    files.push((format!("{}/modules.dep", index.dir), dep.into_bytes()));
+    files.push((paths::MODULES_LOAD.into(), load_list.into_bytes()));
+    files.push((
+        paths::TRUSTED_KEYS.into(),
+        spec.trusted_keys.as_bytes().to_vec(),
+    ));
+    if let Some(profile) = spec.profile {
+        files.push((paths::PROFILE.into(), profile.as_bytes().to_vec()));
+    }
+
+    // Parents before children; the fixed mount points first.
+    let mut dirs: BTreeSet<String> = [
+        "/dev", "/proc", "/sys", "/run", "/sysroot", "/etc", "/usr", "/usr/lib",
+    ]
+    .map(String::from)
+    .into();
+    for (path, _) in &files {
+        let mut p = path.as_str();
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            dirs.insert(parent.to_owned());
+            p = parent;
+        }
+    }
+    let mut w = CpioWriter::new(Vec::new(), spec.mtime);
+    for dir in &dirs {
+        w.dir(dir, 0o755)?;
+    }
+    w.symlink("/lib", "usr/lib")?;
+    // The kernel opens /dev/console for init's stdin/stdout before anything is mounted.
+    w.char_device("/dev/console", 0o600, 5, 1)?;
+    w.file(paths::INIT, 0o755, spec.init)?;
+    for (path, bytes) in &files {
+        w.file(path, 0o644, bytes)?;
+    }
+    let bytes = w.finish()?;
+    Ok(Initramfs {
+        bytes,
+        modules: order.iter().map(|m| m.name.clone()).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kmod::tests::tree_with_modules;
+
+    #[test]
+    fn contains_init_keys_and_modules_in_load_order() {
+        let tree = tree_with_modules(
+            "6.1.0-t",
+            &[
+                ("kernel/drivers/md/dm-verity.ko", "dm-bufio,dm-mod"),
+                ("kernel/drivers/md/dm-bufio.ko", "dm-mod"),
+                ("kernel/drivers/md/dm-mod.ko", ""),
+                ("kernel/fs/squashfs/squashfs.ko", ""),
+                ("kernel/fs/fat/vfat.ko", "fat"),
+                ("kernel/fs/fat/fat.ko", ""),
+                ("kernel/fs/nls/nls_cp437.ko", ""),
+                ("kernel/fs/nls/nls_ascii.ko", ""),
+                ("kernel/drivers/block/virtio_blk.ko", "virtio"),
+                ("kernel/drivers/virtio/virtio.ko", ""),
+            ],
+            &[],
+        );
+        let index = ModuleIndex::from_tree(&tree, "6.1.0-t").unwrap();
+        let spec = InitramfsSpec {
+            init: b"\x7fELF init",
+            trusted_keys: "keys",
+            profile: Some("[node]\n"),
+            extra_modules: &[],
+            mtime: 5,
+        };
+        let out = build(&tree, &index, &spec).unwrap();
+        assert_eq!(
+            out.modules,
+            [
+                "squashfs",
+                "dm_mod",
+                "dm_bufio",
+                "dm_verity",
+                "fat",
+                "vfat",
+                "nls_cp437",
+                "nls_ascii",
+                "virtio",
+                "virtio_blk"
+            ]
+        );
+        let text = String::from_utf8_lossy(&out.bytes);
+        for name in [
+            "init\0",
+            "dev/console\0",
+            "etc/keel/trusted.pub\0",
+            "etc/keel/profile.toml\0",
+            "usr/lib/modules/6.1.0-t/kernel/drivers/md/dm-verity.ko\0",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+        assert!(text.contains("/usr/lib/modules/6.1.0-t/kernel/fs/squashfs/squashfs.ko\n/usr/lib/modules/6.1.0-t/kernel/drivers/md/dm-mod.ko\n"));
+        assert_eq!(
+            build(&tree, &index, &spec).unwrap().bytes,
+            out.bytes,
+            "reproducible"
+        );
+        let extra = vec!["not_a_module".to_string()];
+        let err = build(
+            &tree,
+            &index,
+            &InitramfsSpec {
+                extra_modules: &extra,
+                ..spec
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not_a_module"), "{err}");
+    }
+}

@@ -1,0 +1,130 @@
+//! Progress reporting: indicatif bars and spinners when stderr is a terminal, one plain line
+//! per phase otherwise (CI logs), nothing with `--quiet`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Quiet,
+    Plain,
+    Terminal,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    mode: Mode,
+}
+
+impl Reporter {
+    pub fn new(quiet: bool) -> Self {
+        let mode = if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Terminal
+        } else {
+            Mode::Plain
+        };
+        Reporter { mode }
+    }
+
+    pub fn quiet() -> Self {
+        Reporter { mode: Mode::Quiet }
+    }
+
+    /// Starts a phase; `total` bytes when the work is measurable, for a bar.
+    pub fn phase(&self, name: &str, total: Option<u64>) -> Phase {
+        let bar = match (self.mode, total) {
+            (Mode::Terminal, Some(total)) => {
+                let bar = ProgressBar::new(total);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(name.to_owned());
+                Some(bar)
+            }
+            (Mode::Terminal, None) => {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix:>12} {spinner} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(name.to_owned());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                Some(bar)
+            }
+            _ => None,
+        };
+        Phase {
+            name: name.to_owned(),
+            mode: self.mode,
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    /// A line of information outside any phase.
+    pub fn note(&self, text: &str) {
+        if self.mode != Mode::Quiet {
+            eprintln!("{text}");
+        }
+    }
+}
+
+pub struct Phase {
+    name: String,
+    mode: Mode,
+    bar: Option<ProgressBar>,
+    started: Instant,
+}
+
+impl Phase {
+    pub fn set_position(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    pub fn message(&self, text: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(text.to_owned());
+        }
+    }
+
+    /// Ends the phase with a one-line summary.
+    pub fn finish(self, summary: &str) {
+        let secs = self.started.elapsed().as_secs_f64();
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Plain => eprintln!("{:>12} {summary} ({secs:.1}s)", self.name),
+            Mode::Terminal => {
+                if let Some(bar) = &self.bar {
+                    bar.finish_and_clear();
+                }
+                eprintln!("{:>12} {summary} ({secs:.1}s)", self.name);
+            }
+        }
+    }
+}
+
+/// `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

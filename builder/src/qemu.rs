@@ -1,0 +1,322 @@
+//! The one QEMU launcher, shared by `keel run` and the vm-tests harness: UEFI (OVMF) on a
+//! q35 machine, the disk on virtio-blk, user networking on virtio-net, the serial console on
+//! a unix socket (logged to a file), and a QMP socket to press the power button.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("OVMF firmware not found (looked for {looked}); install the `ovmf` package")]
+    NoOvmf { looked: String },
+    #[error("qemu-system-x86_64 not found; install the `qemu-system-x86` package")]
+    NoQemu,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("QEMU did not create {path} within {secs}s")]
+    SocketTimeout { path: String, secs: u64 },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> QemuError {
+    let what = what.into();
+    move |source| QemuError::Io { what, source }
+}
+
+/// OVMF code (read-only) and the pristine variable store to copy per VM.
+#[derive(Debug, Clone)]
+pub struct Ovmf {
+    pub code: PathBuf,
+    pub vars_template: PathBuf,
+}
+
+pub fn find_ovmf() -> Result<Ovmf, QemuError> {
+    let candidates = [
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+    ];
+    for (code, vars) in candidates {
+        if Path::new(code).is_file() && Path::new(vars).is_file() {
+            return Ok(Ovmf {
+                code: code.into(),
+                vars_template: vars.into(),
+            });
+        }
+    }
+    Err(QemuError::NoOvmf {
+        looked: candidates
+            .iter()
+            .map(|c| c.0)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// How to accelerate: KVM only where it really works (nested KVM here fails at the first
+/// guest instruction even though /dev/kvm exists), TCG otherwise. `KEEL_QEMU_ACCEL` overrides.
+pub fn accelerator() -> String {
+    if let Ok(accel) = std::env::var("KEEL_QEMU_ACCEL") {
+        return accel;
+    }
+    "tcg".to_owned()
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub disk: PathBuf,
+    /// Directory for this VM's sockets, variable store and console log.
+    pub state_dir: PathBuf,
+    pub memory_mib: u32,
+    /// Host TCP port -> guest TCP port forwards (on 127.0.0.1).
+    pub forwards: Vec<(u16, u16)>,
+    /// `-fw_cfg name=...,file=...` entries.
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// Exit instead of rebooting (kernel panics then end the VM).
+    pub no_reboot: bool,
+    pub extra_args: Vec<String>,
+}
+
+impl VmConfig {
+    pub fn new(disk: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            disk: disk.into(),
+            state_dir: state_dir.into(),
+            memory_mib: 1024,
+            forwards: Vec::new(),
+            fw_cfg: Vec::new(),
+            no_reboot: false,
+            extra_args: Vec::new(),
+        }
+    }
+
+    pub fn serial_socket(&self) -> PathBuf {
+        self.state_dir.join("serial.sock")
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.state_dir.join("qmp.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.state_dir.join("console.log")
+    }
+    pub fn stderr_log(&self) -> PathBuf {
+        self.state_dir.join("qemu.log")
+    }
+    pub fn vars_file(&self) -> PathBuf {
+        self.state_dir.join("OVMF_VARS.fd")
+    }
+
+    /// The full command line. The variable store must exist (see [`Vm::start`]).
+    pub fn command(&self, ovmf: &Ovmf) -> Command {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut netdev = "user,id=n0".to_owned();
+        for (host, guest) in &self.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        cmd.args([
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-user-config",
+        ])
+        .args([
+            "-accel",
+            &accelerator(),
+            "-smp",
+            "1",
+            "-m",
+            &self.memory_mib.to_string(),
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            ovmf.code.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            self.vars_file().display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=disk0,format=raw,file={}",
+            self.disk.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
+        .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"])
+        .args(["-device", "virtio-rng-pci"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=serial0,path={},server=on,wait=off,logfile={}",
+            self.serial_socket().display(),
+            self.console_log().display()
+        ))
+        .args(["-serial", "chardev:serial0"])
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            self.qmp_socket().display()
+        ));
+        for (name, file) in &self.fw_cfg {
+            cmd.arg("-fw_cfg")
+                .arg(format!("name={name},file={}", file.display()));
+        }
+        if self.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        cmd.args(&self.extra_args);
+        cmd
+    }
+}
+
+/// A running VM. Dropping it kills QEMU.
+pub struct Vm {
+    pub config: VmConfig,
+    child: Child,
+}
+
+impl Vm {
+    /// Copies a fresh OVMF variable store (unless one exists: a rebooted VM keeps its
+    /// variables) and starts QEMU in its own process group, so a Ctrl-C at the terminal
+    /// reaches the caller, which decides how to power off.
+    pub fn start(config: VmConfig) -> Result<Self, QemuError> {
+        use std::os::unix::process::CommandExt;
+        let ovmf = find_ovmf()?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
+        if !config.vars_file().exists() {
+            std::fs::copy(&ovmf.vars_template, config.vars_file())
+                .map_err(io_err(format!("copying {}", ovmf.vars_template.display())))?;
+        }
+        for sock in [config.serial_socket(), config.qmp_socket()] {
+            let _ = std::fs::remove_file(sock);
+        }
+        let mut cmd = config.command(&ovmf);
+        // A file, not a pipe: nobody drains a pipe while the VM runs.
+        let stderr =
+            std::fs::File::create(config.stderr_log()).map_err(io_err("creating the QEMU log"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                QemuError::NoQemu
+            } else {
+                QemuError::Io {
+                    what: "starting QEMU".into(),
+                    source: e,
+                }
+            }
+        })?;
+        let vm = Vm { config, child };
+        vm.wait_for_socket(&vm.config.serial_socket(), Duration::from_secs(20))?;
+        Ok(vm)
+    }
+
+    fn wait_for_socket(&self, path: &Path, timeout: Duration) -> Result<(), QemuError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if path.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(QemuError::SocketTimeout {
+            path: path.display().to_string(),
+            secs: timeout.as_secs(),
+        })
+    }
+
+    /// A connection to the serial console.
+    pub fn serial(&self) -> Result<UnixStream, QemuError> {
+        UnixStream::connect(self.config.serial_socket())
+            .map_err(io_err("connecting to the serial console"))
+    }
+
+    /// Sends one QMP command and returns the reply line.
+    pub fn qmp(&self, command: &str) -> Result<String, QemuError> {
+        let stream =
+            UnixStream::connect(self.config.qmp_socket()).map_err(io_err("connecting to QMP"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io_err("QMP"))?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(io_err("QMP"))?);
+        let mut writer = stream;
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(io_err("QMP greeting"))?;
+        for cmd in ["qmp_capabilities", command] {
+            writeln!(writer, "{{\"execute\":\"{cmd}\"}}").map_err(io_err("QMP"))?;
+            loop {
+                line.clear();
+                reader.read_line(&mut line).map_err(io_err("QMP reply"))?;
+                if line.is_empty() {
+                    return Err(QemuError::Qmp("connection closed".into()));
+                }
+                if line.contains("\"return\"") || line.contains("\"error\"") {
+                    break;
+                }
+            }
+            if line.contains("\"error\"") {
+                return Err(QemuError::Qmp(line.trim().to_owned()));
+            }
+        }
+        Ok(line)
+    }
+
+    /// Presses the ACPI power button.
+    pub fn powerdown(&self) -> Result<(), QemuError> {
+        self.qmp("system_powerdown").map(|_| ())
+    }
+
+    /// Waits for QEMU to exit; `None` on timeout.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What QEMU printed on stderr, for error reports.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.config.stderr_log()).unwrap_or_default()
+    }
+
+    /// Pulls the plug.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -15,3 +15,7 @@ pub mod rootfs;
 pub mod tree;
 pub mod userland;
 pub mod verity;
+pub mod keys;
+pub mod cli;
+pub mod build;
+pub mod commands;

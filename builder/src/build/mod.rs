@@ -1,0 +1,341 @@
+//! `keel build`: the pipeline from a profile to a signed output directory.
+//!
+//! Everything that can be checked cheaply (profile, key, passphrase, init binary, referenced
+//! files) is checked before the long work starts. Outputs are written into a temporary
+//! directory beside the destination and moved into place only when everything succeeded.
+
+mod output;
+mod payload;
+
+use std::path::{Path, PathBuf};
+
+use keel_signing::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
+use keel_signing::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest, SourceItem};
+use keel_signing::minisign::{SecretKey, TrustedKeys};
+use keel_signing::profile::{LoadedProfile, ProfileError};
+use sha2::{Digest, Sha256};
+
+use crate::esp::{FatEntry, FatSpec, Window};
+use crate::progress::{Reporter, human_bytes};
+use crate::tree::Tree;
+
+pub use output::OutputDir;
+
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub profile: PathBuf,
+    pub output: PathBuf,
+    pub key: Option<PathBuf>,
+    pub version: Option<semver::Version>,
+    pub init: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub source_date_epoch: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Init(#[from] crate::init_binary::InitBinaryError),
+    #[error("userland: {0}")]
+    Userland(String),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    #[error(transparent)]
+    Kmod(#[from] crate::kmod::KmodError),
+    #[error(transparent)]
+    Initramfs(#[from] crate::initramfs::InitramfsError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error("root filesystem: {0}")]
+    Payload(String),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    #[error("FAT: {0}")]
+    Fat(#[from] crate::esp::FatError),
+    #[error("manifest: {0}")]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("signing the manifest: {0}")]
+    Sign(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("output format {format}: {message}")]
+    Format { format: String, message: String },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl BuildError {
+    /// Bad input (exit code 2) as opposed to a failure while building (exit code 1).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, BuildError::Profile(_) | BuildError::Input(_) | BuildError::Key(_) | BuildError::Init(_))
+    }
+}
+
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io { path: path.to_path_buf(), source }
+}
+
+fn sha256(bytes: &[u8]) -> Sha256Digest {
+    Sha256Digest(Sha256::digest(bytes).into())
+}
+
+/// Inputs checked and loaded before any long work.
+struct Prepared {
+    loaded: LoadedProfile,
+    version: semver::Version,
+    secret: SecretKey,
+    trusted: TrustedKeys,
+    init: Vec<u8>,
+}
+
+fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
+    let loaded = LoadedProfile::load(&req.profile)?;
+    let image = &loaded.profile.image;
+    let version = match (&req.version, &image.version) {
+        (Some(v), _) | (None, Some(v)) => v.clone(),
+        (None, None) => {
+            return Err(BuildError::Profile(ProfileError::Invalid(vec![loaded.diagnostic(
+                "image.version",
+                "not set: expected a semantic version like \"1.0.0\" here or --version".into(),
+            )])));
+        }
+    };
+    if image.userland.is_empty() {
+        return Err(BuildError::Profile(ProfileError::Invalid(vec![
+            loaded.diagnostic("image.userland", "expected at least one userland source".into()),
+        ])));
+    }
+    let missing = crate::commands::missing_profile_paths(&loaded);
+    if !missing.is_empty() {
+        return Err(BuildError::Profile(ProfileError::Invalid(missing)));
+    }
+    let key_path = req.key.clone().or_else(|| image.signing_key.clone()).ok_or_else(|| {
+        BuildError::Profile(ProfileError::Invalid(vec![loaded.diagnostic(
+            "image.signing_key",
+            "no signing key: set image.signing_key or pass --key (create one with `keel key gen`)".into(),
+        )]))
+    })?;
+    let secret = crate::keys::load_secret(&key_path)?;
+    let (_, public) = crate::keys::public_for_secret(&key_path, &secret)?;
+    let trusted = crate::keys::trusted_set(&public, &image.trusted_keys)?;
+    let (_, init) = crate::init_binary::load(req.init.as_deref())?;
+    Ok(Prepared { loaded, version, secret, trusted, init })
+}
+
+/// What a finished build reports.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub output: PathBuf,
+    pub manifest: Manifest,
+    pub files: Vec<(String, u64)>,
+}
+
+pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildError> {
+    let prepared = prepare(req)?;
+    let profile = &prepared.loaded.profile;
+    let image = &profile.image;
+    let name = image.name.as_str();
+    let version = prepared.version.to_string();
+    let sde = req.source_date_epoch;
+    let sde32 = u32::try_from(sde).map_err(|_| BuildError::Input(format!("SOURCE_DATE_EPOCH {sde} does not fit 32 bits")))?;
+    rep.note(&format!("building {name} {version} from {}", req.profile.display()));
+    let out = OutputDir::create(&req.output)?;
+
+    // Userland.
+    let mut tree = Tree::with_merged_usr();
+    let sources = crate::userland::apply_sources(&image.userland, &req.cache_dir, &mut tree, rep)
+        .map_err(|e| BuildError::Userland(e.to_string()))?;
+
+    // Kernel and modules.
+    let phase = rep.phase("kernel", None);
+    let kernel = crate::kernel::locate(&mut tree, &image.kernel)?;
+    let index = crate::kmod::ModuleIndex::from_tree(&tree, &kernel.release)?;
+    let bootloader = match tree.get(layout::esp::SYSTEMD_BOOT_IN_USERLAND).map(|n| &n.kind) {
+        Some(crate::tree::NodeKind::File(c)) => c.bytes().to_vec(),
+        _ => {
+            return Err(BuildError::Input(format!(
+                "systemd-boot not found at {} in the userland: add the systemd-boot-efi package",
+                layout::esp::SYSTEMD_BOOT_IN_USERLAND
+            )));
+        }
+    };
+    phase.finish(&format!("{} ({} modules)", kernel.release, index.modules.len()));
+
+    // Root tree -> squashfs + verity.
+    crate::rootfs::finish(
+        &mut tree,
+        &crate::rootfs::RootfsSpec {
+            image_name: name,
+            version: &version,
+            init: &prepared.init,
+            kernel_release: &kernel.release,
+            modules_dep: index.modules_dep(),
+            files: &image.files,
+            source_date_epoch: sde32,
+        },
+    )?;
+
+    // Initramfs.
+    let phase = rep.phase("initramfs", None);
+    let baked = crate::commands::baked_profile(profile);
+    let trusted_text = prepared.trusted.to_file_string();
+    let initramfs = crate::initramfs::build(
+        &tree,
+        &index,
+        &crate::initramfs::InitramfsSpec {
+            init: &prepared.init,
+            trusted_keys: &trusted_text,
+            profile: Some(&baked),
+            extra_modules: &image.initramfs.modules,
+            mtime: sde32,
+        },
+    )?;
+    phase.finish(&format!("{} ({} modules)", human_bytes(initramfs.bytes.len() as u64), initramfs.modules.len()));
+
+    let payload = payload::build(&tree, &image.squashfs, sde32, rep)?;
+    drop(tree);
+
+    // Disk plan, STATE, manifest.
+    let plan = crate::disk::plan(name, image.esp_size.bytes(), image.slot_size.bytes(), image.state_size.bytes())?;
+    let slot_a = plan.partition(PartitionRole::SlotA).ok_or_else(|| BuildError::Input("no slot A".into()))?;
+    if payload.bytes_len() > slot_a.size {
+        return Err(BuildError::Input(format!(
+            "the root needs {} but image.slot_size is {}: raise image.slot_size",
+            human_bytes(payload.bytes_len()),
+            human_bytes(slot_a.size)
+        )));
+    }
+    let state_image = state_partition(&plan, name, sde)?;
+    let cmdline = image.cmdline.clone();
+    let manifest = Manifest {
+        schema: manifest::MANIFEST_SCHEMA,
+        name: name.to_owned(),
+        version: version.clone(),
+        arch: image.arch.as_str().to_owned(),
+        builder: format!("keel {}", env!("CARGO_PKG_VERSION")),
+        source_date_epoch: sde,
+        profile_sha256: Sha256Digest(prepared.loaded.digest()),
+        kernel: KernelFile { release: kernel.release.clone(), size: kernel.image.len() as u64, sha256: sha256(&kernel.image) },
+        initramfs: FileDigest { size: initramfs.bytes.len() as u64, sha256: sha256(&initramfs.bytes) },
+        bootloader: FileDigest { size: bootloader.len() as u64, sha256: sha256(&bootloader) },
+        cmdline: cmdline.clone(),
+        root: payload.root_fs(image.squashfs.compression),
+        slot_payload: payload.digest(),
+        disk: manifest::Disk {
+            size: plan.total_size,
+            guid: plan.disk_guid.hyphenated().to_string().to_uppercase(),
+            partitions: plan
+                .partitions
+                .iter()
+                .map(|p| manifest::Partition {
+                    number: p.role.number(),
+                    label: p.role.label().to_owned(),
+                    type_guid: p.role.type_guid().to_owned(),
+                    guid: p.guid.hyphenated().to_string().to_uppercase(),
+                    offset: p.offset,
+                    size: p.size,
+                    content: match p.role {
+                        PartitionRole::SlotA => Some(payload.digest()),
+                        PartitionRole::State => Some(FileDigest { size: state_image.len() as u64, sha256: sha256(&state_image) }),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        },
+        sources,
+    };
+    let manifest_bytes = manifest.to_canonical_json()?;
+    let comment = format!("timestamp:{sde}\tfile:{}\tkeel:{name} {version}", layout::MANIFEST_FILE);
+    let signature = keel_signing::minisign::sign_bytes(&prepared.secret, &manifest_bytes, &comment)
+        .map_err(|e| BuildError::Sign(e.to_string()))?
+        .to_file_string();
+
+    // The disk.
+    let phase = rep.phase("disk", Some(plan.total_size));
+    let disk_path = out.path().join("disk.raw");
+    let mut disk = crate::disk::create_disk(&disk_path, &plan)?;
+    let entry = BootEntry::new(Slot::A, "Keel", &version, &payload.root_hash_hex(), &cmdline);
+    let esp_entries = vec![
+        FatEntry::Dir("/EFI".into()),
+        FatEntry::Dir("/EFI/BOOT".into()),
+        FatEntry::File(layout::esp::BOOTLOADER.into(), bootloader.clone()),
+        FatEntry::Dir("/loader".into()),
+        FatEntry::File(layout::esp::LOADER_CONF.into(), layout::loader_conf().into_bytes()),
+        FatEntry::Dir(layout::esp::ENTRIES_DIR.into()),
+        FatEntry::File(format!("{}/{}", layout::esp::ENTRIES_DIR, EntryName::fresh(Slot::A).file_name()), entry.render().into_bytes()),
+        FatEntry::Dir("/keel".into()),
+        FatEntry::Dir(Slot::A.esp_dir()),
+        FatEntry::File(Slot::A.kernel_path(), kernel.image.clone()),
+        FatEntry::File(Slot::A.initramfs_path(), initramfs.bytes.clone()),
+        FatEntry::File(Slot::A.manifest_path(), manifest_bytes.clone()),
+        FatEntry::File(Slot::A.signature_path(), signature.clone().into_bytes()),
+    ];
+    let esp = plan.partition(PartitionRole::Esp).ok_or_else(|| BuildError::Input("no ESP".into()))?;
+    crate::esp::write_fat(
+        Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?,
+        &FatSpec {
+            label: *b"ESP        ",
+            volume_id: volume_id(&plan.disk_guid, "ESP"),
+            fat_type: Some(fatfs::FatType::Fat32),
+            source_date_epoch: sde,
+            entries: &esp_entries,
+        },
+    )?;
+    phase.set_position(esp.offset + esp.size);
+    payload.write_at(&mut disk, slot_a.offset).map_err(io_at(&disk_path))?;
+    let state = plan.partition(PartitionRole::State).ok_or_else(|| BuildError::Input("no STATE".into()))?;
+    write_at(&mut disk, state.offset, &state_image).map_err(io_at(&disk_path))?;
+    disk.sync_all().map_err(io_at(&disk_path))?;
+    drop(disk);
+    phase.finish(&format!("disk.raw {} (root {}, initramfs {})", human_bytes(plan.total_size), human_bytes(payload.bytes_len()), human_bytes(initramfs.bytes.len() as u64)));
+
+    out.write("manifest.json", &manifest_bytes)?;
+    out.write(layout::SIGNATURE_FILE, signature.as_bytes())?;
+    out.write("vmlinuz", &kernel.image)?;
+    out.write("initramfs", &initramfs.bytes)?;
+
+    // Other formats.
+    for format in &image.formats {
+        crate::commands::convert_format(*format, &disk_path, out.path(), sde, &plan.disk_guid, rep)?;
+    }
+    let files = out.list()?;
+    let output = out.commit()?;
+    Ok(BuildReport { output, manifest, files })
+}
+
+fn write_at(file: &mut std::fs::File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes)
+}
+
+/// A FAT volume id derived from the disk GUID and the partition's name.
+fn volume_id(disk_guid: &uuid::Uuid, what: &str) -> u32 {
+    let digest = Sha256::digest([disk_guid.as_bytes().as_slice(), what.as_bytes()].concat());
+    u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// STATE: an empty FAT filesystem labelled STATE with a format marker. The node keeps its
+/// applied profile, identity and upgrade journal there.
+fn state_partition(plan: &crate::disk::DiskPlan, name: &str, sde: u64) -> Result<Vec<u8>, BuildError> {
+    let state = plan.partition(PartitionRole::State).ok_or_else(|| BuildError::Input("no STATE".into()))?;
+    let mut image = std::io::Cursor::new(vec![0u8; state.size as usize]);
+    let entries = vec![FatEntry::File("/keel-state".into(), format!("1\n{name}\n").into_bytes())];
+    crate::esp::write_fat(
+        &mut image,
+        &FatSpec {
+            label: *b"STATE      ",
+            volume_id: volume_id(&plan.disk_guid, "STATE"),
+            fat_type: None,
+            source_date_epoch: sde,
+            entries: &entries,
+        },
+    )?;
+    Ok(image.into_inner())
+}

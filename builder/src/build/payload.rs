@@ -1,0 +1,108 @@
+//! The slot payload: the root tree as squashfs, followed by its dm-verity hash tree.
+//!
+//! The squashfs is built in memory (the tree already is), its superblock patched in, and then
+//! hashed once: one SHA-256 pass gives the squashfs digest (for the salt), and continuing over
+//! the verity tree gives the payload digest; the verity leaves are hashed in parallel.
+
+use std::io::{Seek, SeekFrom, Write};
+
+use keel_signing::manifest::{FileDigest, RootFs, Sha256Digest, Verity};
+use keel_signing::profile::{Compression, Squashfs};
+use sha2::{Digest, Sha256};
+
+use super::BuildError;
+use crate::progress::{Reporter, human_bytes};
+use crate::squashfs::{SquashfsCompression, SquashfsOptions};
+use crate::tree::Tree;
+use crate::verity::{self, VerityParams, VerityTree};
+
+pub struct Payload {
+    squashfs: Vec<u8>,
+    verity: VerityTree,
+    payload_sha256: [u8; 32],
+}
+
+pub fn build(tree: &Tree, spec: &Squashfs, mkfs_time: u32, rep: &Reporter) -> Result<Payload, BuildError> {
+    let total = tree.content_bytes();
+    let phase = rep.phase("squashfs", Some(total));
+    let options = SquashfsOptions {
+        block_size: spec.block_size.bytes() as u32,
+        compression: match spec.compression {
+            Compression::Zstd => SquashfsCompression::Zstd { level: i32::from(spec.level) },
+            Compression::None => SquashfsCompression::None,
+        },
+        mkfs_time,
+        ..SquashfsOptions::default()
+    };
+    let mut squashfs = Vec::with_capacity((total / 2) as usize);
+    let summary = crate::squashfs::write_squashfs_with_progress(tree, &options, &mut squashfs, &mut |done| phase.set_position(done))
+        .map_err(|e| BuildError::Payload(e.to_string()))?;
+    squashfs[..summary.superblock.len()].copy_from_slice(&summary.superblock);
+    phase.finish(&format!(
+        "{} from {} in {} inodes",
+        human_bytes(squashfs.len() as u64),
+        human_bytes(total),
+        summary.inode_count
+    ));
+
+    let phase = rep.phase("verity", None);
+    let mut hasher = Sha256::new();
+    hasher.update(&squashfs);
+    let squashfs_sha256: [u8; 32] = hasher.clone().finalize().into();
+    // Salt and UUID are derived from the content, never random.
+    let salt: [u8; 32] = Sha256::digest([b"keel verity salt\0".as_slice(), &squashfs_sha256].concat()).into();
+    let uuid = crate::disk::derive_uuid(&["verity", &hex::encode(squashfs_sha256)]);
+    let verity = verity::build(&squashfs, &VerityParams { salt, uuid }).map_err(|e| BuildError::Payload(e.to_string()))?;
+    hasher.update(&verity.bytes);
+    let payload_sha256 = hasher.finalize().into();
+    phase.finish(&format!("root hash {}", hex::encode(verity.root_hash)));
+    Ok(Payload { squashfs, verity, payload_sha256 })
+}
+
+impl Payload {
+    pub fn bytes_len(&self) -> u64 {
+        (self.squashfs.len() + self.verity.bytes.len()) as u64
+    }
+
+    pub fn digest(&self) -> FileDigest {
+        FileDigest { size: self.bytes_len(), sha256: Sha256Digest(self.payload_sha256) }
+    }
+
+    pub fn root_hash_hex(&self) -> String {
+        hex::encode(self.verity.root_hash)
+    }
+
+    pub fn root_fs(&self, compression: Compression) -> RootFs {
+        RootFs {
+            format: "squashfs".into(),
+            compression: match compression {
+                Compression::Zstd => "zstd".into(),
+                Compression::None => "none".into(),
+            },
+            size: self.squashfs.len() as u64,
+            verity: Verity {
+                algorithm: "sha256".into(),
+                data_block_size: verity::BLOCK_SIZE as u32,
+                hash_block_size: verity::BLOCK_SIZE as u32,
+                data_blocks: self.verity.data_blocks,
+                hash_offset: self.squashfs.len() as u64,
+                salt: hex::encode(self.verity.params.salt),
+                root_hash: Sha256Digest(self.verity.root_hash),
+                uuid: self.verity.params.uuid.hyphenated().to_string(),
+            },
+        }
+    }
+
+    /// Writes squashfs then verity tree at `offset`.
+    pub fn write_at<W: Write + Seek>(&self, out: &mut W, offset: u64) -> std::io::Result<()> {
+        out.seek(SeekFrom::Start(offset))?;
+        out.write_all(&self.squashfs)?;
+        out.write_all(&self.verity.bytes)
+    }
+
+    /// The payload as one stream (for update bundles).
+    pub fn write_to<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
+        out.write_all(&self.squashfs)?;
+        out.write_all(&self.verity.bytes)
+    }
+}

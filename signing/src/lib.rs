@@ -2,3 +2,4 @@
 //! the init and the vm-tests all import: minisign keys and signatures, the signed manifest,
 //! the profile schema, the disk layout and the boot-entry naming.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+pub mod minisign;

@@ -4,15 +4,28 @@
 //! them with the stock `minisign` tool, and so that keys made with `minisign -G` can sign
 //! Keel images. Everything here follows minisign 0.11 byte for byte:
 //!
-//! * public key: `untrusted comment: …` then base64(`"Ed"` ‖ key id[8] ‖ Ed25519 key[32]);
-//! * secret key: `untrusted comment: …` then base64(`"Ed"` ‖ kdf ‖ `"B2"` ‖ salt[32] ‖
-//!   opslimit[8, LE] ‖ memlimit[8, LE] ‖ key id[8] ‖ seed+pk[64] ‖ BLAKE2b-256 checksum[32]),
-//!   the last 104 bytes XORed with scrypt output when the key is passphrase-protected;
-//! * signature: an untrusted comment, base64(`"ED"` ‖ key id ‖ Ed25519(BLAKE2b-512(data))),
-//!   `trusted comment: …`, and base64(Ed25519(signature ‖ trusted comment)).
+//! ```text
+//! public key:  untrusted comment: …
+//!              base64("Ed" ‖ key id (8) ‖ Ed25519 public key (32))
+//! secret key:  untrusted comment: …
+//!              base64("Ed" ‖ kdf ("Sc" or 0,0) ‖ "B2" ‖ salt (32) ‖ opslimit (8, LE) ‖
+//!                     memlimit (8, LE) ‖ key id (8) ‖ seed+pk (64) ‖ BLAKE2b-256 checksum (32))
+//!              the last 104 bytes XORed with scrypt output when passphrase-protected
+//! signature:   untrusted comment: …
+//!              base64("ED" ‖ key id (8) ‖ Ed25519(BLAKE2b-512(data)))
+//!              trusted comment: …
+//!              base64(Ed25519(signature ‖ trusted comment))
+//! ```
 //!
 //! Only verification is available without the `secret-keys` feature, which keeps the init
 //! free of scrypt and of any randomness source.
+//!
+//! Deliberate differences, all on the strict side: a file may not carry anything but blank
+//! lines after its last line (minisign ignores trailing content, which would let a
+//! signature file smuggle unauthenticated text); comments may not contain `\r` or `\0`
+//! (minisign silently cuts the comment there, so it would check a different trusted comment
+//! than we do); base64 must be canonical. Unencrypted secret keys we write carry a real
+//! checksum where `minisign -G -W` leaves zeros; minisign ignores it either way.
 //!
 //! Key ids are shown the way minisign shows them: the 8 bytes read as a little-endian
 //! integer, in upper-case hexadecimal, so the text matches `minisign public key XXXX…`.

@@ -287,6 +287,8 @@ pub fn sign(
     data: impl Read,
     trusted_comment: &str,
 ) -> Result<SignatureFile, SignError> {
+    // Checked here as well as in sign_message so that a bad comment fails before gigabytes
+    // are hashed.
     text::validate_comment(trusted_comment, TRUSTED_PREFIX)?;
     let hash = signature::hash_reader(data).map_err(|error| SignError::Read { error })?;
     sign_message(secret, &hash, true, trusted_comment)

@@ -34,7 +34,7 @@ pub struct SignatureFile {
 }
 
 impl SignatureFile {
-    /// Assembles a prehashed signature; the caller has already made both signatures.
+    /// Assembles a signature file from signatures the caller has made and checked.
     #[cfg(feature = "secret-keys")]
     pub(crate) fn new(
         key_id: KeyId,

@@ -6,4 +6,5 @@
 pub mod gpt;
 pub mod layout;
 pub mod manifest;
+pub mod minisign;
 pub mod profile;

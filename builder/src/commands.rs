@@ -153,3 +153,45 @@ pub fn source_date_epoch() -> Result<u64, CommandError> {
         Err(_) => Ok(0),
     }
 }
+
+/// `keel sign FILE --key K`: writes FILE.minisig.
+pub fn sign(file: &Path, key: &Path, trusted_comment: Option<&str>, rep: &Reporter) -> Result<(), CommandError> {
+    let secret = crate::keys::load_secret(key).map_err(|e| CommandError::BadInput(e.to_string()))?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let comment = match trusted_comment {
+        Some(c) => c.to_owned(),
+        None => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            format!("timestamp:{now}\tfile:{name}\thashed")
+        }
+    };
+    let sig = keel_signing::minisign::sign_file(&secret, file, &comment).map_err(|e| CommandError::BadInput(e.to_string()))?;
+    let mut out = file.as_os_str().to_owned();
+    out.push(".minisig");
+    let out = PathBuf::from(out);
+    std::fs::write(&out, sig.to_file_string()).map_err(|e| CommandError::Failed(format!("{}: {e}", out.display())))?;
+    rep.note(&format!("signed {} with key ID {}: {}", file.display(), secret.key_id(), out.display()));
+    Ok(())
+}
+
+/// `keel verify PATH --pub P...`.
+pub fn verify(path: &Path, public: &[PathBuf], rep: &Reporter) -> Result<(), CommandError> {
+    let trusted = crate::verify::load_trusted(public)?;
+    if path.is_dir() {
+        let report = crate::verify::verify_output_dir(path, &trusted)?;
+        for item in &report.checked {
+            rep.note(&format!("ok  {item}"));
+        }
+        rep.note(&format!(
+            "verified {} {}: signed by key ID {} ({})",
+            report.manifest.name, report.manifest.version, report.verified.key_id, report.verified.trusted_comment
+        ));
+    } else {
+        if !path.exists() {
+            return Err(CommandError::BadInput(format!("{}: no such file or directory", path.display())));
+        }
+        let verified = crate::verify::verify_file(path, &trusted)?;
+        rep.note(&format!("verified {}: signed by key ID {} ({})", path.display(), verified.key_id, verified.trusted_comment));
+    }
+    Ok(())
+}

@@ -19,3 +19,6 @@ pub mod keys;
 pub mod cli;
 pub mod build;
 pub mod commands;
+pub mod inspect;
+pub mod verify;
+pub mod run;

@@ -1,1 +1,183 @@
-//! vm-tests harness
+//! The vm-tests harness: builds images with the real builder, boots them in QEMU under OVMF
+//! (through the same launcher as `keel run`), and drives the serial console with rexpect.
+//! Every VM's console log is kept under `target/vm-tests/<test>/`; QEMU is always killed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use keel_builder::build::{BuildReport, BuildRequest};
+use keel_builder::progress::Reporter;
+use keel_builder::qemu::{Vm, VmConfig};
+use rexpect::reader::{NBReader, Options, ReadUntil};
+
+/// The workspace root (vm-tests/..).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `target/vm-tests`, where images, disks and console logs of tests go.
+pub fn work_dir() -> PathBuf {
+    let dir = workspace_root().join("target").join("vm-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A fresh directory for one test: `target/vm-tests/<name>`.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = work_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Builds the static init once per test process (cargo itself makes concurrent builds wait),
+/// in its own target directory so the outer `cargo test` lock is never in the way.
+pub fn init_binary() -> PathBuf {
+    static INIT: OnceLock<PathBuf> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let target_dir = workspace_root().join("target").join("keel-init");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args(["build", "--release", "-p", "keel-init", "--target", keel_builder::init_binary::TARGET])
+            .status()
+            .expect("running cargo to build keel-init");
+        assert!(status.success(), "building the static keel-init failed");
+        target_dir.join(keel_builder::init_binary::TARGET).join("release").join("keel-init")
+    })
+    .clone()
+}
+
+/// An unencrypted key pair in `dir` (tests cannot answer a passphrase prompt).
+pub fn test_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let (secret, public, _) = keel_builder::keys::generate(dir, true).unwrap();
+    (secret, public)
+}
+
+/// The package cache shared by all tests (and with `keel build`'s default).
+pub fn cache_dir() -> PathBuf {
+    keel_builder::commands::default_cache_dir()
+}
+
+/// Builds `profile` into `out` with `key`.
+pub fn build(profile: &Path, out: &Path, key: &Path, version: Option<&str>, sde: u64) -> BuildReport {
+    let request = BuildRequest {
+        profile: profile.to_path_buf(),
+        output: out.to_path_buf(),
+        key: Some(key.to_path_buf()),
+        version: version.map(|v| v.parse().unwrap()),
+        init: Some(init_binary()),
+        cache_dir: cache_dir(),
+        source_date_epoch: sde,
+    };
+    match keel_builder::build::build(&request, &Reporter::new(false)) {
+        Ok(report) => report,
+        Err(e) => panic!("building {}: {e}", profile.display()),
+    }
+}
+
+/// The stock profile `profiles/<name>.toml` built once per test process, with a key made for
+/// the purpose; returns the output directory and the public key.
+pub fn stock_image(name: &str) -> (PathBuf, PathBuf) {
+    static IMAGES: Mutex<Vec<(String, PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+    let mut images = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, out, public)) = images.iter().find(|(n, _, _)| n == name) {
+        return (out.clone(), public.clone());
+    }
+    let dir = work_dir().join("images").join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (secret, public) = test_key(&dir.join("keys"));
+    let out = dir.join("out");
+    build(&workspace_root().join("profiles").join(format!("{name}.toml")), &out, &secret, None, 1_700_000_000);
+    images.push((name.to_owned(), out.clone(), public.clone()));
+    (out, public)
+}
+
+/// Copies a built disk into `dir` as the VM's disk, grown to `size` bytes like a real disk.
+pub fn vm_disk(image_dir: &Path, dir: &Path, size: u64) -> PathBuf {
+    let disk = dir.join("disk.raw");
+    keel_builder::run::sparse_copy(&image_dir.join("disk.raw"), &disk, size).unwrap();
+    disk
+}
+
+/// A booted VM with its console.
+pub struct Machine {
+    pub vm: Vm,
+    reader: NBReader,
+    writer: std::os::unix::net::UnixStream,
+    pub name: String,
+    seen: String,
+}
+
+impl Machine {
+    /// Starts QEMU on `disk` with state (sockets, firmware variables, logs) in `dir`.
+    pub fn start(name: &str, disk: &Path, dir: &Path, configure: impl FnOnce(&mut VmConfig)) -> Machine {
+        let mut config = VmConfig::new(disk, dir);
+        config.memory_mib = 1024;
+        configure(&mut config);
+        let vm = Vm::start(config).unwrap_or_else(|e| panic!("{name}: starting QEMU: {e}"));
+        let serial = vm.serial().unwrap();
+        let reader = NBReader::new(serial.try_clone().unwrap(), Options { timeout_ms: Some(500), strip_ansi_escape_codes: true });
+        Machine { vm, reader, writer: serial, name: name.to_owned(), seen: String::new() }
+    }
+
+    /// Waits up to `timeout` for `needle` on the console; returns what came before it.
+    /// On timeout the test fails with the end of the console log.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        self.try_expect(needle, timeout).unwrap_or_else(|why| self.fail(&format!("waiting for {needle:?}: {why}")))
+    }
+
+    /// Like [`Machine::expect`] but returns an error instead of failing.
+    pub fn try_expect(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let start = Instant::now();
+        loop {
+            match self.reader.read_until(&ReadUntil::String(needle.to_owned())) {
+                Ok((before, matched)) => {
+                    self.seen.push_str(&before);
+                    self.seen.push_str(&matched);
+                    return Ok(before);
+                }
+                Err(rexpect::error::Error::Timeout { .. }) if start.elapsed() < timeout => {
+                    if !self.vm.is_running() {
+                        return Err("QEMU exited".into());
+                    }
+                }
+                Err(rexpect::error::Error::Timeout { .. }) => return Err(format!("timed out after {}s", timeout.as_secs())),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Sends text to the console.
+    pub fn send(&mut self, text: &str) {
+        use std::io::Write;
+        let _ = self.writer.write_all(text.as_bytes());
+    }
+
+    /// The whole console log so far (QEMU's own log file).
+    pub fn console_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.vm.config.console_log()).unwrap_or_default()).into_owned()
+    }
+
+    /// Fails the test with the tail of the console log; the full log stays on disk.
+    pub fn fail(&self, why: &str) -> ! {
+        let log = self.console_log();
+        let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!(
+            "{}: {why}\n--- console (last 60 lines; full log {}) ---\n{tail}\n--- qemu stderr ---\n{}",
+            self.name,
+            self.vm.config.console_log().display(),
+            self.vm.stderr()
+        );
+    }
+
+    /// Pulls the plug.
+    pub fn kill(mut self) {
+        self.vm.kill();
+    }
+}

@@ -1,4 +1,83 @@
 //! Userland sources: Debian packages, OCI images and host files, applied to a [`crate::tree::Tree`].
 
+pub mod deb;
+pub mod debian;
 pub mod oci;
+pub mod shlibs;
 pub mod tar_layer;
+
+use std::path::Path;
+
+use keel_signing::manifest::{Sha256Digest, SourceItem};
+use keel_signing::profile::UserlandSource;
+
+use crate::progress::{Reporter, human_bytes};
+use crate::tree::Tree;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserlandError {
+    #[error("image.userland[{index}] (debian): {message}")]
+    Debian { index: usize, message: String },
+    #[error("image.userland[{index}] (oci): {message}")]
+    Oci { index: usize, message: String },
+}
+
+fn digest_from_hex(hex_text: &str) -> Sha256Digest {
+    let hex_text = hex_text.strip_prefix("sha256:").unwrap_or(hex_text);
+    hex_text.parse().unwrap_or_default()
+}
+
+/// Applies every source in order and returns what went in, for the manifest.
+pub fn apply_sources(
+    sources: &[UserlandSource],
+    cache_dir: &Path,
+    tree: &mut Tree,
+    rep: &Reporter,
+) -> Result<Vec<SourceItem>, UserlandError> {
+    let mut items = Vec::new();
+    for (index, source) in sources.iter().enumerate() {
+        match source {
+            UserlandSource::Debian(deb) => {
+                let phase = rep.phase("debian", None);
+                let src = debian::DebianSource {
+                    suite: deb.suite.clone(),
+                    packages: deb.packages.clone(),
+                    exclude: deb.exclude.clone(),
+                };
+                let resolved = debian::resolve_and_download(&src, cache_dir, &mut |line| phase.message(line))
+                    .map_err(|e| UserlandError::Debian { index, message: e.to_string() })?;
+                let stats = debian::install(&resolved, tree)
+                    .map_err(|e| UserlandError::Debian { index, message: e.to_string() })?;
+                let bytes: u64 = resolved.iter().map(|r| r.size).sum();
+                phase.finish(&format!("{} packages ({}) from {}, {} files", resolved.len(), human_bytes(bytes), deb.suite, stats.iter().map(|s| s.entries).sum::<usize>()));
+                items.extend(resolved.iter().map(|r| SourceItem {
+                    kind: "deb".into(),
+                    name: r.package.clone(),
+                    version: r.version.clone(),
+                    sha256: digest_from_hex(&r.sha256),
+                }));
+            }
+            UserlandSource::Oci(spec) => {
+                let phase = rep.phase("oci", None);
+                let mut src = match (&spec.layout, &spec.archive) {
+                    (Some(l), _) => oci::OciSource::layout(l),
+                    (None, Some(a)) => oci::OciSource::archive(a),
+                    (None, None) => return Err(UserlandError::Oci { index, message: "neither layout nor archive given".into() }),
+                };
+                if let Some(r) = &spec.reference {
+                    src = src.with_ref(r);
+                }
+                let image = oci::apply_oci(tree, &src).map_err(|e| UserlandError::Oci { index, message: e.to_string() })?;
+                phase.finish(&format!("{} ({} layers)", src.path().display(), image.layers.len()));
+                let name = spec.reference.clone().unwrap_or_else(|| src.path().display().to_string());
+                items.extend(image.layers.iter().map(|l| SourceItem {
+                    kind: "oci-layer".into(),
+                    name: name.clone(),
+                    version: image.manifest_digest.clone(),
+                    sha256: digest_from_hex(&l.digest),
+                }));
+            }
+        }
+    }
+    Ok(items)
+}

@@ -62,10 +62,21 @@ pub fn apply_tar(
             if name == OPAQUE_WHITEOUT {
                 hide_lower_entries(tree, parent, &added).map_err(tree_err)?;
             } else {
-                let mut victim = parent.to_vec();
-                victim.push(b'/');
-                victim.extend_from_slice(&name[WHITEOUT_PREFIX.len()..]);
-                tree.remove(&victim).map_err(tree_err)?;
+                let victim_name = &name[WHITEOUT_PREFIX.len()..];
+                // A whiteout only hides what lower layers put there, never an entry of its
+                // own layer that happens to come first in the archive.
+                let own = tree.canonical(parent).is_ok_and(|canonical| {
+                    let mut key = canonical.join(&b'/');
+                    key.push(b'/');
+                    key.extend_from_slice(victim_name);
+                    added.contains(&key)
+                });
+                if !own {
+                    let mut victim = parent.to_vec();
+                    victim.push(b'/');
+                    victim.extend_from_slice(victim_name);
+                    tree.remove(&victim).map_err(tree_err)?;
+                }
             }
             continue;
         }
@@ -263,6 +274,16 @@ mod tests {
         assert_eq!(content(&tree, "/d/new").as_deref(), Some(&b"new"[..]));
         assert!(tree.get("/d/old").is_none());
         assert!(tree.get("/d/sub").is_none());
+    }
+
+    #[test]
+    fn whiteout_does_not_remove_an_entry_of_its_own_layer() {
+        let mut tree = Tree::new();
+        let lower = tar_of(&[("d/x", F, "old")]);
+        apply_tar(&mut tree, &lower[..], Whiteouts::Honour).unwrap();
+        let upper = tar_of(&[("d/x", F, "new"), ("d/.wh.x", F, "")]);
+        apply_tar(&mut tree, &upper[..], Whiteouts::Honour).unwrap();
+        assert_eq!(content(&tree, "/d/x").as_deref(), Some(&b"new"[..]));
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! `keel run`: boots a built image in QEMU with the serial console on this terminal.
+//! Ctrl-C presses the VM's power button (an orderly shutdown); a second Ctrl-C, or a VM that
+//! does not stop within a minute, pulls the plug.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_signing::profile::ByteSize;
+
+use crate::commands::CommandError;
+use crate::qemu::{Vm, VmConfig};
+
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn install_sigint_handler() {
+    // SAFETY: the handler only touches an atomic, which is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigint as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+    }
+}
+
+/// Copies `src` to `dst` without writing the zero blocks (the image is mostly empty space),
+/// then extends `dst` to `size` bytes.
+pub fn sparse_copy(src: &Path, dst: &Path, size: u64) -> std::io::Result<()> {
+    let mut input = std::fs::File::open(src)?;
+    let mut output = std::fs::File::create(dst)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            output.seek(SeekFrom::Start(offset))?;
+            output.write_all(&buf[..n])?;
+        }
+        offset += n as u64;
+    }
+    output.set_len(offset.max(size))?;
+    output.sync_all()
+}
+
+pub struct RunOptions {
+    pub keep_disk: bool,
+    pub disk_size: String,
+    pub memory: u32,
+    pub forwards: Vec<String>,
+}
+
+pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
+    let bad = |m: String| CommandError::BadInput(m);
+    let failed = |m: String| CommandError::Failed(m);
+    let image = if path.is_dir() { path.join("disk.raw") } else { path.to_path_buf() };
+    if !image.is_file() {
+        return Err(bad(format!("{}: no disk image (expected a keel build output directory or a disk.raw)", image.display())));
+    }
+    let size: ByteSize = opts.disk_size.parse().map_err(|e: String| bad(format!("--disk-size: {e}")))?;
+    let mut forwards = Vec::new();
+    for f in &opts.forwards {
+        let parsed = f.split_once(':').and_then(|(h, g)| Some((h.parse().ok()?, g.parse().ok()?)));
+        forwards.push(parsed.ok_or_else(|| bad(format!("--forward {f:?}: expected HOST:GUEST port numbers")))?);
+    }
+    let _temp;
+    let state_dir: PathBuf = if opts.keep_disk {
+        let base = if path.is_dir() { path.to_path_buf() } else { image.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        base.join("run")
+    } else {
+        let t = tempfile::Builder::new().prefix("keel-run-").tempdir().map_err(|e| failed(format!("temporary directory: {e}")))?;
+        let p = t.path().to_path_buf();
+        _temp = t;
+        p
+    };
+    std::fs::create_dir_all(&state_dir).map_err(|e| failed(format!("{}: {e}", state_dir.display())))?;
+    let disk = state_dir.join("disk.raw");
+    if !disk.exists() {
+        sparse_copy(&image, &disk, size.bytes()).map_err(|e| failed(format!("copying {}: {e}", image.display())))?;
+    }
+    let mut config = VmConfig::new(&disk, &state_dir);
+    config.memory_mib = opts.memory;
+    config.forwards = forwards;
+    install_sigint_handler();
+    let mut vm = Vm::start(config).map_err(|e| failed(e.to_string()))?;
+    eprintln!("keel run: {} on {} (Ctrl-C powers off; console log {})", image.display(), disk.display(), vm.config.console_log().display());
+    let serial = vm.serial().map_err(|e| failed(e.to_string()))?;
+    let mut from_vm = serial.try_clone().map_err(|e| failed(e.to_string()))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut stdout = std::io::stdout();
+        while let Ok(n) = from_vm.read(&mut buf) {
+            if n == 0 || stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut to_vm = serial;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        let mut stdin = std::io::stdin();
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || to_vm.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut powerdown_at: Option<Instant> = None;
+    loop {
+        if vm.wait_timeout(Duration::from_millis(200)).is_some() {
+            break;
+        }
+        let interrupts = INTERRUPTS.load(Ordering::SeqCst);
+        if interrupts >= 2 || powerdown_at.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+            eprintln!("\nkeel run: stopping QEMU");
+            vm.kill();
+            break;
+        }
+        if interrupts == 1 && powerdown_at.is_none() {
+            eprintln!("\nkeel run: pressing the power button (Ctrl-C again to pull the plug)");
+            if vm.powerdown().is_err() {
+                vm.kill();
+                break;
+            }
+            powerdown_at = Some(Instant::now());
+        }
+    }
+    let qemu_errors = vm.stderr();
+    if !qemu_errors.trim().is_empty() {
+        eprintln!("{}", qemu_errors.trim());
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `keel verify`: a signed file, or a build output directory checked against its signed
+//! manifest (signature first, then every digest it lists against what is on disk).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use keel_signing::gpt::Gpt;
+use keel_signing::layout::{self, Slot};
+use keel_signing::manifest::{Manifest, Sha256Digest};
+use keel_signing::minisign::{self, SignatureFile, TrustedKeys, Verified};
+use sha2::{Digest, Sha256};
+
+use crate::commands::CommandError;
+use crate::esp::Window;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Signature(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("partition {label}: {message}")]
+    Partition { label: String, message: String },
+    #[error("{what} on the ESP: {message}")]
+    EspFile { what: String, message: String },
+    #[error("{path}: {message}")]
+    Output { path: PathBuf, message: String },
+}
+
+impl From<VerifyError> for CommandError {
+    fn from(e: VerifyError) -> Self {
+        CommandError::Failed(e.to_string())
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError + '_ {
+    move |source| VerifyError::Io { path: path.to_path_buf(), source }
+}
+
+/// Reads every public key file into one trusted set.
+pub fn load_trusted(files: &[PathBuf]) -> Result<TrustedKeys, CommandError> {
+    let mut keys = Vec::new();
+    for f in files {
+        let set = TrustedKeys::from_file(f).map_err(|e| CommandError::BadInput(e.to_string()))?;
+        for k in set.iter() {
+            if !keys.iter().any(|have: &minisign::PublicKey| have.key_id() == k.key_id()) {
+                keys.push(k.clone());
+            }
+        }
+    }
+    TrustedKeys::new(keys).map_err(|e| CommandError::BadInput(e.to_string()))
+}
+
+/// A file with `FILE.minisig` beside it.
+pub fn verify_file(path: &Path, trusted: &TrustedKeys) -> Result<Verified, VerifyError> {
+    let mut sig_path = path.as_os_str().to_owned();
+    sig_path.push(".minisig");
+    minisign::verify_file(trusted, PathBuf::from(sig_path), path).map_err(|e| VerifyError::Signature(e.to_string()))
+}
+
+/// Everything checked in an output directory.
+#[derive(Debug)]
+pub struct DirReport {
+    pub verified: Verified,
+    pub manifest: Manifest,
+    pub checked: Vec<String>,
+}
+
+fn sha256_of(reader: &mut impl Read, len: u64) -> std::io::Result<Sha256Digest> {
+    let mut hasher = Sha256::new();
+    let mut left = len;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        reader.read_exact(&mut buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(Sha256Digest(hasher.finalize().into()))
+}
+
+pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport, VerifyError> {
+    let manifest_path = dir.join(layout::MANIFEST_FILE);
+    let sig_path = dir.join(layout::SIGNATURE_FILE);
+    let manifest_bytes = std::fs::read(&manifest_path).map_err(io_at(&manifest_path))?;
+    let sig_text = std::fs::read_to_string(&sig_path).map_err(io_at(&sig_path))?;
+    let sig = SignatureFile::parse(&sig_text)
+        .map_err(|e| VerifyError::Signature(format!("{}: {e}", sig_path.display())))?;
+    let verified = minisign::verify_bytes(trusted, &sig, &manifest_bytes)
+        .map_err(|e| VerifyError::Signature(format!("{}: {e}", manifest_path.display())))?;
+    let manifest = Manifest::from_json(&manifest_bytes)
+        .map_err(|e| VerifyError::Manifest { path: manifest_path.clone(), message: e.to_string() })?;
+    let mut checked = vec![format!("manifest signature (key ID {})", verified.key_id)];
+
+    let disk_path = dir.join("disk.raw");
+    let mut disk = File::options().read(true).write(true).open(&disk_path).map_err(io_at(&disk_path))?;
+    let size = disk.metadata().map_err(io_at(&disk_path))?.len();
+    if size != manifest.disk.size {
+        return Err(VerifyError::Output { path: disk_path, message: format!("{size} bytes, the manifest says {}", manifest.disk.size) });
+    }
+    let mut head = vec![0u8; 34 * 512];
+    disk.read_exact(&mut head).map_err(io_at(&disk_path))?;
+    let gpt = Gpt::parse_primary(&head, size / 512)
+        .map_err(|e| VerifyError::Output { path: disk_path.clone(), message: format!("partition table: {e}") })?;
+    if gpt.disk_guid.hyphenated().to_string().to_uppercase() != manifest.disk.guid {
+        return Err(VerifyError::Output { path: disk_path.clone(), message: "disk GUID differs from the manifest".into() });
+    }
+    for part in &manifest.disk.partitions {
+        let label = part.label.clone();
+        let err = |message: String| VerifyError::Partition { label: label.clone(), message };
+        let (number, found) = gpt.find(&part.label).ok_or_else(|| err("missing from the partition table".into()))?;
+        let same = number == part.number
+            && found.offset() == part.offset
+            && found.size() == part.size
+            && found.guid.hyphenated().to_string().to_uppercase() == part.guid
+            && found.type_guid.hyphenated().to_string().to_uppercase() == part.type_guid;
+        if !same {
+            return Err(err("partition table entry differs from the manifest".into()));
+        }
+        if let Some(content) = &part.content {
+            disk.seek(SeekFrom::Start(part.offset)).map_err(io_at(&disk_path))?;
+            let digest = sha256_of(&mut disk, content.size).map_err(io_at(&disk_path))?;
+            if digest != content.sha256 {
+                return Err(err(format!(
+                    "content does not match the signed manifest (sha256 {digest}, expected {})",
+                    content.sha256
+                )));
+            }
+            checked.push(format!("{} ({} bytes)", part.label, content.size));
+        }
+    }
+
+    let esp = manifest
+        .partition(layout::PartitionRole::Esp.label())
+        .ok_or_else(|| VerifyError::Manifest { path: manifest_path.clone(), message: "no ESP partition".into() })?;
+    let files = [
+        ("kernel", Slot::A.kernel_path(), manifest.kernel.sha256),
+        ("initramfs", Slot::A.initramfs_path(), manifest.initramfs.sha256),
+        ("bootloader", layout::esp::BOOTLOADER.to_owned(), manifest.bootloader.sha256),
+    ];
+    for (what, path, expected) in files {
+        let window = Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?;
+        let bytes = crate::esp::read_fat_file(window, &path)
+            .map_err(|e| VerifyError::EspFile { what: format!("{what} {path}"), message: e.to_string() })?;
+        let digest = Sha256Digest(Sha256::digest(&bytes).into());
+        if digest != expected {
+            return Err(VerifyError::EspFile {
+                what: format!("{what} {path}"),
+                message: format!("does not match the signed manifest (sha256 {digest}, expected {expected})"),
+            });
+        }
+        checked.push(format!("ESP {path}"));
+    }
+    let window = Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?;
+    let on_disk = crate::esp::read_fat_file(window, &Slot::A.manifest_path())
+        .map_err(|e| VerifyError::EspFile { what: "manifest".into(), message: e.to_string() })?;
+    if on_disk != manifest_bytes {
+        return Err(VerifyError::EspFile { what: Slot::A.manifest_path(), message: "differs from manifest.json".into() });
+    }
+    for (name, expected) in [("vmlinuz", manifest.kernel.sha256), ("initramfs", manifest.initramfs.sha256)] {
+        let path = dir.join(name);
+        if let Ok(bytes) = std::fs::read(&path) {
+            let digest = Sha256Digest(Sha256::digest(&bytes).into());
+            if digest != expected {
+                return Err(VerifyError::Output { path, message: "does not match the signed manifest".into() });
+            }
+            checked.push(name.to_owned());
+        }
+    }
+    Ok(DirReport { verified, manifest, checked })
+}

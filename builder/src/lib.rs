@@ -2,5 +2,7 @@
 //! initramfs -> ESP -> GPT disk -> signed manifest -> other formats.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod formats;
+pub mod io;
 pub mod tree;
 pub mod userland;

@@ -12,6 +12,8 @@ pub mod kmod;
 pub mod progress;
 pub mod qemu;
 pub mod rootfs;
+pub mod formats;
+pub mod io;
 pub mod tree;
 pub mod userland;
 pub mod verity;

@@ -97,13 +97,12 @@ pub fn apply_tar(
             }
             tar::EntryType::Link => {
                 let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                let linked = tree.get_no_follow(&target).cloned().ok_or_else(|| {
+                tree.get_no_follow(&target).cloned().ok_or_else(|| {
                     LayerError::DanglingHardLink {
                         path: shown.clone(),
                         target: String::from_utf8_lossy(&target).into_owned(),
                     }
-                })?;
-                linked
+                })?
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 let major = header.device_major()?.unwrap_or(0);
@@ -135,13 +134,15 @@ pub fn apply_tar(
             continue;
         }
         tree.insert(&path, node).map_err(tree_err)?;
-        if whiteouts == Whiteouts::Honour {
-            if let Ok(canonical) = tree.canonical(parent) {
-                let mut key = canonical.join(&b'/');
-                key.push(b'/');
-                key.extend_from_slice(name);
-                added.insert(key);
-            }
+        let canonical_parent = match whiteouts {
+            Whiteouts::Honour => tree.canonical(parent).ok(),
+            Whiteouts::Literal => None,
+        };
+        if let Some(canonical) = canonical_parent {
+            let mut key = canonical.join(&b'/');
+            key.push(b'/');
+            key.extend_from_slice(name);
+            added.insert(key);
         }
         stats.entries += 1;
     }

@@ -32,7 +32,8 @@ impl From<BuildError> for CommandError {
 }
 
 /// Host paths the profile names that do not exist, as diagnostics pointing at the field.
-pub fn missing_profile_paths(loaded: &LoadedProfile) -> Vec<Diagnostic> {
+/// With `key_overridden` (a `--key` on the command line) the profile's own key is not needed.
+pub fn missing_profile_paths(loaded: &LoadedProfile, key_overridden: bool) -> Vec<Diagnostic> {
     let image = &loaded.profile.image;
     let mut out = Vec::new();
     let mut check = |field: String, path: &Path, want_dir: bool| {
@@ -42,7 +43,7 @@ pub fn missing_profile_paths(loaded: &LoadedProfile) -> Vec<Diagnostic> {
             out.push(loaded.diagnostic(&field, format!("{} does not exist (expected a {kind})", path.display())));
         }
     };
-    if let Some(key) = &image.signing_key {
+    if let Some(key) = image.signing_key.as_ref().filter(|_| !key_overridden) {
         check("image.signing_key".into(), key, false);
     }
     for (i, k) in image.trusted_keys.iter().enumerate() {
@@ -82,7 +83,7 @@ pub fn baked_profile(profile: &Profile) -> String {
 /// `keel profile check`.
 pub fn profile_check(file: &Path, rep: &Reporter) -> Result<(), CommandError> {
     let loaded = LoadedProfile::load(file).map_err(|e| CommandError::BadInput(e.to_string()))?;
-    let missing = missing_profile_paths(&loaded);
+    let missing = missing_profile_paths(&loaded, false);
     if !missing.is_empty() {
         let text: Vec<String> = missing.iter().map(ToString::to_string).collect();
         return Err(CommandError::BadInput(text.join("\n")));

@@ -39,15 +39,17 @@ pub fn inspect(path: &Path) -> Result<String, CommandError> {
         return Ok(out);
     };
     let (offset, len) = (esp.offset(), esp.size());
-    let window = |d: &mut File| Window::new(d, offset, len);
-    if let Ok(entries) = window(&mut disk).map_err(|e| failed("ESP", &e)).and_then(|w| {
+    fn window(d: &mut File, offset: u64, len: u64) -> std::io::Result<Window<&mut File>> {
+        Window::new(d, offset, len)
+    }
+    if let Ok(entries) = window(&mut disk, offset, len).map_err(|e| failed("ESP", &e)).and_then(|w| {
         crate::esp::list_fat_dir(w, layout::esp::ENTRIES_DIR).map_err(|e| failed("ESP", &e))
     }) {
         out.push_str(&format!("boot entries: {}\n", entries.join(", ")));
     }
     for slot in [Slot::A, Slot::B] {
         let read = |d: &mut File, p: &str| -> Option<Vec<u8>> {
-            let w = window(d).ok()?;
+            let w = window(d, offset, len).ok()?;
             crate::esp::read_fat_file(w, p).ok()
         };
         let Some(bytes) = read(&mut disk, &slot.manifest_path()) else {

@@ -10,7 +10,7 @@ mod payload;
 use std::path::{Path, PathBuf};
 
 use keel_signing::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
-use keel_signing::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest, SourceItem};
+use keel_signing::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest};
 use keel_signing::minisign::{SecretKey, TrustedKeys};
 use keel_signing::profile::{LoadedProfile, ProfileError};
 use sha2::{Digest, Sha256};
@@ -111,7 +111,7 @@ fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
             loaded.diagnostic("image.userland", "expected at least one userland source".into()),
         ])));
     }
-    let missing = crate::commands::missing_profile_paths(&loaded);
+    let missing = crate::commands::missing_profile_paths(&loaded, req.key.is_some());
     if !missing.is_empty() {
         return Err(BuildError::Profile(ProfileError::Invalid(missing)));
     }

@@ -36,21 +36,8 @@ use sha2::{Digest, Sha256};
 use super::deb::{self, DebError, DebStats};
 use crate::tree::Tree;
 
-/// A `[[image.userland]] debian = { .. }` entry of a profile.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DebianSource {
-    /// A release the host's apt sources know, by codename (`bookworm`) or archive name
-    /// (`oldstable`). Its `-updates` and `-security` companions are used too when the host has
-    /// them, so the image gets the same security fixes `apt-get upgrade` would.
-    pub suite: String,
-    /// Packages to install; their `Depends` and `Pre-Depends` are followed, `Recommends` not.
-    pub packages: Vec<String>,
-    /// Packages treated as already installed, so neither they nor what only they need are
-    /// downloaded (no maintainer scripts run, so e.g. initramfs-tools is dead weight).
-    #[serde(default)]
-    pub exclude: Vec<String>,
-}
+/// The profile's `[[image.userland]] debian = { .. }` entry; the schema lives in the contract crate.
+pub use keel_signing::profile::DebianSource;
 
 /// One package apt chose, downloaded and verified.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,17 +39,12 @@ pub fn apply_sources(
         match source {
             UserlandSource::Debian(deb) => {
                 let phase = rep.phase("debian", None);
-                let src = debian::DebianSource {
-                    suite: deb.suite.clone(),
-                    packages: deb.packages.clone(),
-                    exclude: deb.exclude.clone(),
-                };
-                let resolved = debian::resolve_and_download(&src, cache_dir, &mut |line| phase.message(line))
+                let resolved = debian::resolve_and_download(deb, cache_dir, &mut |line| phase.message(line))
                     .map_err(|e| UserlandError::Debian { index, message: e.to_string() })?;
                 let stats = debian::install(&resolved, tree)
                     .map_err(|e| UserlandError::Debian { index, message: e.to_string() })?;
                 let bytes: u64 = resolved.iter().map(|r| r.size).sum();
-                phase.finish(&format!("{} packages ({}) from {}, {} files", resolved.len(), human_bytes(bytes), deb.suite, stats.iter().map(|s| s.entries).sum::<usize>()));
+                phase.finish(&format!("{} packages ({}) from {}, {} files", resolved.len(), human_bytes(bytes), deb.suite, stats.iter().map(|s| s.layer.entries).sum::<usize>()));
                 items.extend(resolved.iter().map(|r| SourceItem {
                     kind: "deb".into(),
                     name: r.package.clone(),

@@ -163,10 +163,12 @@ pub enum UserlandSource {
 }
 
 /// Debian packages, resolved and downloaded with the build host's apt.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DebianSource {
-    /// The suite the host's apt sources carry, e.g. `bookworm`.
+    /// A release the host's apt sources know, by codename (`bookworm`) or archive name
+    /// (`oldstable`). Its `-updates` and `-security` companions are used too when the host has
+    /// them, so the image gets the same security fixes `apt-get upgrade` would.
     pub suite: String,
     /// Packages to install, with their dependencies (recommends excluded).
     pub packages: Vec<String>,

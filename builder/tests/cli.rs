@@ -1,0 +1,146 @@
+//! The `keel` binary as users run it: help, completions, profile checking, keys, signing and
+//! verifying (with the real minisign as the peer), and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn keel(args: &[&str]) -> Output {
+    keel_env(args, &[])
+}
+
+fn keel_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.args(args).stdin(Stdio::null()).env_remove("KEEL_KEY_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn minisign(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("minisign")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("minisign is installed (see .ci/run)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn help_and_completions() {
+    let out = keel(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["build", "profile", "key", "sign", "verify", "inspect", "run", "completions"] {
+        assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
+    }
+    let out = keel(&["build", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--output"));
+    let out = keel(&["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("complete -F"), "bash completion script");
+    let out = keel(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn profile_check_accepts_the_stock_profiles_and_locates_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    for name in ["base.toml", "worker.toml", "controlplane.toml"] {
+        std::fs::copy(profiles.join(name), dir.path().join(name)).unwrap();
+    }
+    // The stock profiles name a dev key; without it the check says so and where.
+    let out = keel(&["profile", "check", p(&dir.path().join("worker.toml"))]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("base.toml:") && err.contains("`image.signing_key`") && err.contains("does not exist"), "{err}");
+    assert!(keel(&["key", "gen", "-o", p(&dir.path().join("dev-keys")), "--unencrypted"]).status.success());
+    for name in ["worker.toml", "controlplane.toml"] {
+        let out = keel(&["profile", "check", p(&dir.path().join(name))]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    std::fs::write(dir.path().join("bad.toml"), "extends = \"worker.toml\"\n[node.network]\nmode = \"static\"\naddresses = [\"10.0.0.5\"]\n").unwrap();
+    let out = keel(&["profile", "check", p(&dir.path().join("bad.toml"))]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml:4:14: `node.network.addresses[0]`: invalid address \"10.0.0.5\""), "{err}");
+}
+
+#[test]
+fn key_gen_writes_0600_refuses_overwrite_and_needs_a_choice_about_encryption() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("k");
+    let out = keel(&["key", "gen", "-o", p(&keys)]);
+    assert_eq!(out.status.code(), Some(2), "no tty, no passphrase, no --unencrypted");
+    assert!(stderr(&out).contains("--unencrypted"), "{}", stderr(&out));
+    assert!(!keys.join("keel.key").exists(), "nothing half-written");
+    assert!(keel(&["key", "gen", "-o", p(&keys), "--unencrypted"]).status.success());
+    let mode = std::fs::metadata(keys.join("keel.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read(keys.join("keel.key")).unwrap();
+    let out = keel(&["key", "gen", "-o", p(&keys), "--unencrypted"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(keys.join("keel.key")).unwrap(), before);
+}
+
+#[test]
+fn sign_and_verify_interoperate_with_minisign_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    assert!(keel_env(&["key", "gen", "-o", p(&keys)], &[("KEEL_KEY_PASSPHRASE", "correct horse")]).status.success());
+    let file = dir.path().join("payload.bin");
+    std::fs::write(&file, b"keel payload\n".repeat(1000)).unwrap();
+
+    // Keel signs with its encrypted key; minisign verifies.
+    let out = keel_env(&["sign", p(&file), "--key", p(&keys.join("keel.key"))], &[("KEEL_KEY_PASSPHRASE", "correct horse")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ms = minisign(&["-Vm", p(&file), "-p", p(&keys.join("keel.pub"))], "");
+    assert!(ms.status.success(), "minisign rejected keel's signature: {}", String::from_utf8_lossy(&ms.stderr));
+    assert!(keel(&["verify", p(&file), "--pub", p(&keys.join("keel.pub"))]).status.success());
+
+    // Wrong passphrase: a distinct error, exit 2, no signature written.
+    let other = dir.path().join("other.bin");
+    std::fs::write(&other, b"x").unwrap();
+    let out = keel_env(&["sign", p(&other), "--key", p(&keys.join("keel.key"))], &[("KEEL_KEY_PASSPHRASE", "wrong")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).to_lowercase().contains("passphrase"), "{}", stderr(&out));
+    assert!(!dir.path().join("other.bin.minisig").exists());
+
+    // minisign signs with the key keel made (it reads our encrypted format); keel verifies.
+    std::fs::remove_file(dir.path().join("payload.bin.minisig")).unwrap();
+    let ms = minisign(&["-S", "-s", p(&keys.join("keel.key")), "-m", p(&file), "-t", "signed by minisign"], "correct horse\n");
+    assert!(ms.status.success(), "minisign could not sign with keel's key: {}", String::from_utf8_lossy(&ms.stderr));
+    let out = keel(&["verify", p(&file), "--pub", p(&keys.join("keel.pub"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("signed by minisign"));
+
+    // Altered file, wrong key: non-zero exit and distinct messages.
+    std::fs::write(&file, b"altered").unwrap();
+    let altered = keel(&["verify", p(&file), "--pub", p(&keys.join("keel.pub"))]);
+    assert_eq!(altered.status.code(), Some(1));
+    assert!(keel(&["key", "gen", "-o", p(&dir.path().join("k2")), "--unencrypted"]).status.success());
+    let wrong = keel(&["verify", p(&file), "--pub", p(&dir.path().join("k2/keel.pub"))]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert_ne!(stderr(&altered), stderr(&wrong));
+    assert!(stderr(&wrong).contains("key"), "{}", stderr(&wrong));
+    // A secret key where a public key is expected.
+    let kind = keel(&["verify", p(&file), "--pub", p(&keys.join("keel.key"))]);
+    assert_eq!(kind.status.code(), Some(2));
+    assert!(stderr(&kind).to_lowercase().contains("secret"), "{}", stderr(&kind));
+}

@@ -1,0 +1,34 @@
+//! Same profile, inputs and SOURCE_DATE_EPOCH: identical bytes in every output, even when
+//! built in different directories at different times.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use keel_vm_tests::{build, test_dir, test_key, workspace_root};
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn two_builds_are_bit_identical() {
+    let dir = test_dir("reproducible");
+    let (secret, _) = test_key(&dir.join("keys"));
+    let profile = workspace_root().join("profiles/worker.toml");
+    let a = dir.join("first/out");
+    let b = dir.join("second/elsewhere/out");
+    build(&profile, &a, &secret, None, 1_700_000_000);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    build(&profile, &b, &secret, None, 1_700_000_000);
+    assert_eq!(files(&a), files(&b));
+    for name in files(&a) {
+        let (x, y) = (std::fs::read(a.join(&name)).unwrap(), std::fs::read(b.join(&name)).unwrap());
+        assert!(x == y, "{name} differs between the two builds");
+    }
+    // And SOURCE_DATE_EPOCH is an input: another value gives another image.
+    let c = dir.join("third/out");
+    build(&profile, &c, &secret, None, 1_700_000_001);
+    assert_ne!(std::fs::read(a.join("manifest.json")).unwrap(), std::fs::read(c.join("manifest.json")).unwrap());
+}

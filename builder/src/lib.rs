@@ -2,5 +2,6 @@
 //! initramfs -> ESP -> GPT disk -> signed manifest -> other formats.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod squashfs;
 pub mod tree;
 pub mod userland;

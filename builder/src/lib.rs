@@ -14,6 +14,7 @@ pub mod qemu;
 pub mod rootfs;
 pub mod formats;
 pub mod io;
+pub mod squashfs;
 pub mod tree;
 pub mod userland;
 pub mod verity;

@@ -64,9 +64,7 @@ pub struct BuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
     /// Validate a profile (and the files it names) without building.
-    Check {
-        file: PathBuf,
-    },
+    Check { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_signing::profile::{Diagnostic, KernelSpec, LoadedProfile, OutputFormat, Profile, UserlandSource};
+use keel_signing::profile::{
+    Diagnostic, KernelSpec, LoadedProfile, OutputFormat, Profile, UserlandSource,
+};
 
 use crate::build::BuildError;
 use crate::progress::Reporter;
@@ -27,7 +29,11 @@ impl CommandError {
 
 impl From<BuildError> for CommandError {
     fn from(e: BuildError) -> Self {
-        if e.is_bad_input() { CommandError::BadInput(e.to_string()) } else { CommandError::Failed(e.to_string()) }
+        if e.is_bad_input() {
+            CommandError::BadInput(e.to_string())
+        } else {
+            CommandError::Failed(e.to_string())
+        }
     }
 }
 
@@ -37,10 +43,17 @@ pub fn missing_profile_paths(loaded: &LoadedProfile, key_overridden: bool) -> Ve
     let image = &loaded.profile.image;
     let mut out = Vec::new();
     let mut check = |field: String, path: &Path, want_dir: bool| {
-        let ok = if want_dir { path.is_dir() } else { path.exists() };
+        let ok = if want_dir {
+            path.is_dir()
+        } else {
+            path.exists()
+        };
         if !ok {
             let kind = if want_dir { "directory" } else { "file" };
-            out.push(loaded.diagnostic(&field, format!("{} does not exist (expected a {kind})", path.display())));
+            out.push(loaded.diagnostic(
+                &field,
+                format!("{} does not exist (expected a {kind})", path.display()),
+            ));
         }
     };
     if let Some(key) = image.signing_key.as_ref().filter(|_| !key_overridden) {
@@ -77,7 +90,10 @@ pub fn baked_profile(profile: &Profile) -> String {
     struct Baked<'a> {
         node: &'a keel_signing::profile::Node,
     }
-    toml::to_string(&Baked { node: &profile.node }).unwrap_or_default()
+    toml::to_string(&Baked {
+        node: &profile.node,
+    })
+    .unwrap_or_default()
 }
 
 /// `keel profile check`.
@@ -95,13 +111,24 @@ pub fn profile_check(file: &Path, rep: &Reporter) -> Result<(), CommandError> {
         ));
     }
     if image.userland.is_empty() {
-        return Err(CommandError::BadInput(loaded.diagnostic("image.userland", "expected at least one userland source".into()).to_string()));
+        return Err(CommandError::BadInput(
+            loaded
+                .diagnostic(
+                    "image.userland",
+                    "expected at least one userland source".into(),
+                )
+                .to_string(),
+        ));
     }
     rep.note(&format!(
         "{}: ok ({} {}, role {}, {} file(s) in the extends chain)",
         file.display(),
         image.name,
-        image.version.as_ref().map(ToString::to_string).unwrap_or_default(),
+        image
+            .version
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         loaded.profile.node.role.as_str(),
         loaded.layers.len()
     ));
@@ -129,10 +156,20 @@ pub fn convert_format(
         raw,
         format,
         &dest,
-        &crate::formats::ConvertOptions { source_date_epoch: sde, unique_id_seed: *disk_guid.as_bytes() },
+        &crate::formats::ConvertOptions {
+            source_date_epoch: sde,
+            unique_id_seed: *disk_guid.as_bytes(),
+        },
     )
-    .map_err(|e| BuildError::Format { format: format.name().to_owned(), message: e.to_string() })?;
-    phase.finish(&format!("{} {}", format.file_name(), crate::progress::human_bytes(summary.size)));
+    .map_err(|e| BuildError::Format {
+        format: format.name().to_owned(),
+        message: e.to_string(),
+    })?;
+    phase.finish(&format!(
+        "{} {}",
+        format.file_name(),
+        crate::progress::human_bytes(summary.size)
+    ));
     Ok(())
 }
 
@@ -144,34 +181,59 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("keel");
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/keel")).unwrap_or_else(|| PathBuf::from(".keel-cache"))
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/keel"))
+        .unwrap_or_else(|| PathBuf::from(".keel-cache"))
 }
 
 /// SOURCE_DATE_EPOCH, or 0 so that builds are reproducible by default.
 pub fn source_date_epoch() -> Result<u64, CommandError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.trim().parse().map_err(|_| CommandError::BadInput(format!("SOURCE_DATE_EPOCH={v:?}: expected a number of seconds"))),
+        Ok(v) => v.trim().parse().map_err(|_| {
+            CommandError::BadInput(format!(
+                "SOURCE_DATE_EPOCH={v:?}: expected a number of seconds"
+            ))
+        }),
         Err(_) => Ok(0),
     }
 }
 
 /// `keel sign FILE --key K`: writes FILE.minisig.
-pub fn sign(file: &Path, key: &Path, trusted_comment: Option<&str>, rep: &Reporter) -> Result<(), CommandError> {
-    let secret = crate::keys::load_secret(key).map_err(|e| CommandError::BadInput(e.to_string()))?;
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+pub fn sign(
+    file: &Path,
+    key: &Path,
+    trusted_comment: Option<&str>,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    let secret =
+        crate::keys::load_secret(key).map_err(|e| CommandError::BadInput(e.to_string()))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let comment = match trusted_comment {
         Some(c) => c.to_owned(),
         None => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             format!("timestamp:{now}\tfile:{name}\thashed")
         }
     };
-    let sig = keel_signing::minisign::sign_file(&secret, file, &comment).map_err(|e| CommandError::BadInput(e.to_string()))?;
+    let sig = keel_signing::minisign::sign_file(&secret, file, &comment)
+        .map_err(|e| CommandError::BadInput(e.to_string()))?;
     let mut out = file.as_os_str().to_owned();
     out.push(".minisig");
     let out = PathBuf::from(out);
-    std::fs::write(&out, sig.to_file_string()).map_err(|e| CommandError::Failed(format!("{}: {e}", out.display())))?;
-    rep.note(&format!("signed {} with key ID {}: {}", file.display(), secret.key_id(), out.display()));
+    std::fs::write(&out, sig.to_file_string())
+        .map_err(|e| CommandError::Failed(format!("{}: {e}", out.display())))?;
+    rep.note(&format!(
+        "signed {} with key ID {}: {}",
+        file.display(),
+        secret.key_id(),
+        out.display()
+    ));
     Ok(())
 }
 
@@ -185,14 +247,25 @@ pub fn verify(path: &Path, public: &[PathBuf], rep: &Reporter) -> Result<(), Com
         }
         rep.note(&format!(
             "verified {} {}: signed by key ID {} ({})",
-            report.manifest.name, report.manifest.version, report.verified.key_id, report.verified.trusted_comment
+            report.manifest.name,
+            report.manifest.version,
+            report.verified.key_id,
+            report.verified.trusted_comment
         ));
     } else {
         if !path.exists() {
-            return Err(CommandError::BadInput(format!("{}: no such file or directory", path.display())));
+            return Err(CommandError::BadInput(format!(
+                "{}: no such file or directory",
+                path.display()
+            )));
         }
         let verified = crate::verify::verify_file(path, &trusted)?;
-        rep.note(&format!("verified {}: signed by key ID {} ({})", path.display(), verified.key_id, verified.trusted_comment));
+        rep.note(&format!(
+            "verified {}: signed by key ID {} ({})",
+            path.display(),
+            verified.key_id,
+            verified.trusted_comment
+        ));
     }
     Ok(())
 }

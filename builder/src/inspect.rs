@@ -14,14 +14,30 @@ use crate::esp::Window;
 use crate::progress::human_bytes;
 
 pub fn inspect(path: &Path) -> Result<String, CommandError> {
-    let disk_path = if path.is_dir() { path.join("disk.raw") } else { path.to_path_buf() };
-    let failed = |what: &str, e: &dyn std::fmt::Display| CommandError::Failed(format!("{}: {what}: {e}", disk_path.display()));
-    let mut disk = File::options().read(true).write(true).open(&disk_path).map_err(|e| failed("open", &e))?;
+    let disk_path = if path.is_dir() {
+        path.join("disk.raw")
+    } else {
+        path.to_path_buf()
+    };
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        CommandError::Failed(format!("{}: {what}: {e}", disk_path.display()))
+    };
+    let mut disk = File::options()
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .map_err(|e| failed("open", &e))?;
     let size = disk.metadata().map_err(|e| failed("stat", &e))?.len();
     let mut head = vec![0u8; 34 * 512];
     disk.read_exact(&mut head).map_err(|e| failed("read", &e))?;
     let gpt = Gpt::parse_primary(&head, size / 512).map_err(|e| failed("partition table", &e))?;
-    let mut out = format!("{}: {} ({} bytes), disk GUID {}\n", disk_path.display(), human_bytes(size), size, gpt.disk_guid);
+    let mut out = format!(
+        "{}: {} ({} bytes), disk GUID {}\n",
+        disk_path.display(),
+        human_bytes(size),
+        size,
+        gpt.disk_guid
+    );
     out.push_str("  #  label    offset       size  type                                  GUID\n");
     for (i, p) in gpt.partitions.iter().enumerate() {
         out.push_str(&format!(
@@ -42,9 +58,12 @@ pub fn inspect(path: &Path) -> Result<String, CommandError> {
     fn window(d: &mut File, offset: u64, len: u64) -> std::io::Result<Window<&mut File>> {
         Window::new(d, offset, len)
     }
-    if let Ok(entries) = window(&mut disk, offset, len).map_err(|e| failed("ESP", &e)).and_then(|w| {
-        crate::esp::list_fat_dir(w, layout::esp::ENTRIES_DIR).map_err(|e| failed("ESP", &e))
-    }) {
+    if let Ok(entries) = window(&mut disk, offset, len)
+        .map_err(|e| failed("ESP", &e))
+        .and_then(|w| {
+            crate::esp::list_fat_dir(w, layout::esp::ENTRIES_DIR).map_err(|e| failed("ESP", &e))
+        })
+    {
         out.push_str(&format!("boot entries: {}\n", entries.join(", ")));
     }
     for slot in [Slot::A, Slot::B] {
@@ -66,8 +85,17 @@ pub fn inspect(path: &Path) -> Result<String, CommandError> {
                     "slot {slot}: {} {} ({}), signed by key ID {signer} (signature not checked here: use keel verify)\n",
                     m.name, m.version, m.arch
                 ));
-                out.push_str(&format!("  kernel     {} ({}, sha256 {})\n", m.kernel.release, human_bytes(m.kernel.size), m.kernel.sha256));
-                out.push_str(&format!("  initramfs  {} (sha256 {})\n", human_bytes(m.initramfs.size), m.initramfs.sha256));
+                out.push_str(&format!(
+                    "  kernel     {} ({}, sha256 {})\n",
+                    m.kernel.release,
+                    human_bytes(m.kernel.size),
+                    m.kernel.sha256
+                ));
+                out.push_str(&format!(
+                    "  initramfs  {} (sha256 {})\n",
+                    human_bytes(m.initramfs.size),
+                    m.initramfs.sha256
+                ));
                 out.push_str(&format!(
                     "  root       squashfs/{} {}, verity root {} salt {}\n",
                     m.root.compression,
@@ -76,7 +104,10 @@ pub fn inspect(path: &Path) -> Result<String, CommandError> {
                     m.root.verity.salt
                 ));
                 out.push_str(&format!("  cmdline    {}\n", m.cmdline.join(" ")));
-                out.push_str(&format!("  built by   {} at SOURCE_DATE_EPOCH {}, profile sha256 {}\n", m.builder, m.source_date_epoch, m.profile_sha256));
+                out.push_str(&format!(
+                    "  built by   {} at SOURCE_DATE_EPOCH {}, profile sha256 {}\n",
+                    m.builder, m.source_date_epoch, m.profile_sha256
+                ));
                 out.push_str(&format!("  sources    {} items\n", m.sources.len()));
             }
             Err(e) => out.push_str(&format!("slot {slot}: unreadable manifest: {e}\n")),

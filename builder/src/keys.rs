@@ -5,7 +5,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use keel_signing::minisign::{FileError, PublicKey, SecretKey, SecretKeyError, SecretKeyFile, TrustedKeys};
+use keel_signing::minisign::{
+    FileError, PublicKey, SecretKey, SecretKeyError, SecretKeyFile, TrustedKeys,
+};
 
 pub const SECRET_FILE: &str = "keel.key";
 pub const PUBLIC_FILE: &str = "keel.pub";
@@ -17,26 +19,46 @@ pub enum KeyError {
     #[error("{0} already exists; refusing to overwrite a key")]
     Exists(PathBuf),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     File(#[from] FileError),
     #[error("{path}: {source}")]
-    Secret { path: PathBuf, source: SecretKeyError },
-    #[error("{path} is passphrase-protected: set {PASSPHRASE_ENV} or run keel from a terminal to be asked")]
+    Secret {
+        path: PathBuf,
+        source: SecretKeyError,
+    },
+    #[error(
+        "{path} is passphrase-protected: set {PASSPHRASE_ENV} or run keel from a terminal to be asked"
+    )]
     NoPassphrase { path: PathBuf },
-    #[error("refusing to write an unprotected secret key without --unencrypted (or give a passphrase with {PASSPHRASE_ENV} or at the prompt)")]
+    #[error(
+        "refusing to write an unprotected secret key without --unencrypted (or give a passphrase with {PASSPHRASE_ENV} or at the prompt)"
+    )]
     NeedPassphraseOrUnencrypted,
     #[error("the passphrases do not match")]
     Mismatch,
     #[error("no public key found for the signing key {secret}: expected {candidates}")]
     NoPublicKey { secret: PathBuf, candidates: String },
-    #[error("{public} (key ID {public_id}) is not the public half of {secret} (key ID {secret_id})")]
-    WrongPublicKey { public: PathBuf, public_id: String, secret: PathBuf, secret_id: String },
+    #[error(
+        "{public} (key ID {public_id}) is not the public half of {secret} (key ID {secret_id})"
+    )]
+    WrongPublicKey {
+        public: PathBuf,
+        public_id: String,
+        secret: PathBuf,
+        secret_id: String,
+    },
 }
 
 /// Reads a line from the terminal with echo off.
 pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
-    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")?;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tty);
     // SAFETY: termios calls on a valid, open terminal descriptor with a zeroed struct that
     // tcgetattr fills in.
@@ -79,7 +101,10 @@ pub fn generate(dir: &Path, unencrypted: bool) -> Result<(PathBuf, PathBuf, Publ
     } else if let Some(p) = passphrase_from_env() {
         Some(p)
     } else if std::io::stdin().is_terminal() {
-        let io = |source| KeyError::Io { path: PathBuf::from("/dev/tty"), source };
+        let io = |source| KeyError::Io {
+            path: PathBuf::from("/dev/tty"),
+            source,
+        };
         let first = prompt_hidden("Passphrase for the new key: ").map_err(io)?;
         let second = prompt_hidden("Passphrase again: ").map_err(io)?;
         if first != second {
@@ -89,25 +114,48 @@ pub fn generate(dir: &Path, unencrypted: bool) -> Result<(PathBuf, PathBuf, Publ
     } else {
         return Err(KeyError::NeedPassphraseOrUnencrypted);
     };
-    let (secret, public) =
-        SecretKey::generate().map_err(|source| KeyError::Secret { path: secret_path.clone(), source })?;
+    let (secret, public) = SecretKey::generate().map_err(|source| KeyError::Secret {
+        path: secret_path.clone(),
+        source,
+    })?;
     let secret_text = secret
         .to_file_string(passphrase.as_deref())
-        .map_err(|source| KeyError::Secret { path: secret_path.clone(), source })?;
+        .map_err(|source| KeyError::Secret {
+            path: secret_path.clone(),
+            source,
+        })?;
     let public_text = public
         .to_file_string(&format!("keel public key {}", public.key_id()))
-        .map_err(|e| KeyError::Io { path: public_path.clone(), source: std::io::Error::other(e.to_string()) })?;
-    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io { path: dir.to_path_buf(), source })?;
+        .map_err(|e| KeyError::Io {
+            path: public_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     write_new(&secret_path, secret_text.as_bytes(), 0o600)?;
     write_new(&public_path, public_text.as_bytes(), 0o644)?;
     Ok((secret_path, public_path, public))
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io { path: path.to_path_buf(), source };
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists { KeyError::Exists(path.to_path_buf()) } else { io(e) }
-    })?;
+    let io = |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists(path.to_path_buf())
+            } else {
+                io(e)
+            }
+        })?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)
 }
@@ -119,25 +167,50 @@ pub fn load_secret(path: &Path) -> Result<SecretKey, KeyError> {
         match passphrase_from_env() {
             Some(p) => Some(p),
             None if std::io::stdin().is_terminal() => Some(
-                prompt_hidden(&format!("Passphrase for {}: ", path.display()))
-                    .map_err(|source| KeyError::Io { path: path.to_path_buf(), source })?,
+                prompt_hidden(&format!("Passphrase for {}: ", path.display())).map_err(
+                    |source| KeyError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                )?,
             ),
-            None => return Err(KeyError::NoPassphrase { path: path.to_path_buf() }),
+            None => {
+                return Err(KeyError::NoPassphrase {
+                    path: path.to_path_buf(),
+                });
+            }
         }
     } else {
         None
     };
-    file.decrypt(passphrase.as_deref()).map_err(|source| KeyError::Secret { path: path.to_path_buf(), source })
+    file.decrypt(passphrase.as_deref())
+        .map_err(|source| KeyError::Secret {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The public key file that goes with a secret key: `X.pub` for `X.key`, or `keel.pub` beside
 /// it. It must match the secret key.
-pub fn public_for_secret(secret_path: &Path, secret: &SecretKey) -> Result<(PathBuf, PublicKey), KeyError> {
-    let candidates = [secret_path.with_extension("pub"), secret_path.with_file_name(PUBLIC_FILE)];
-    let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| KeyError::NoPublicKey {
-        secret: secret_path.to_path_buf(),
-        candidates: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or "),
-    })?;
+pub fn public_for_secret(
+    secret_path: &Path,
+    secret: &SecretKey,
+) -> Result<(PathBuf, PublicKey), KeyError> {
+    let candidates = [
+        secret_path.with_extension("pub"),
+        secret_path.with_file_name(PUBLIC_FILE),
+    ];
+    let path = candidates
+        .iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| KeyError::NoPublicKey {
+            secret: secret_path.to_path_buf(),
+            candidates: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or "),
+        })?;
     let public = PublicKey::from_file(path)?;
     if public.key_id() != secret.key_id() || public.to_bytes() != secret.public_key().to_bytes() {
         return Err(KeyError::WrongPublicKey {
@@ -160,5 +233,8 @@ pub fn trusted_set(signing: &PublicKey, extra: &[PathBuf]) -> Result<TrustedKeys
             }
         }
     }
-    TrustedKeys::new(keys).map_err(|e| KeyError::Io { path: PathBuf::from("trusted keys"), source: std::io::Error::other(e.to_string()) })
+    TrustedKeys::new(keys).map_err(|e| KeyError::Io {
+        path: PathBuf::from("trusted keys"),
+        source: std::io::Error::other(e.to_string()),
+    })
 }

@@ -2,26 +2,26 @@
 //! initramfs -> ESP -> GPT disk -> signed manifest -> other formats.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod build;
+pub mod cli;
+pub mod commands;
 pub mod cpio;
 pub mod disk;
 pub mod esp;
+pub mod formats;
 pub mod init_binary;
 pub mod initramfs;
+pub mod inspect;
+pub mod io;
 pub mod kernel;
+pub mod keys;
 pub mod kmod;
 pub mod progress;
 pub mod qemu;
 pub mod rootfs;
-pub mod formats;
-pub mod io;
+pub mod run;
 pub mod squashfs;
 pub mod tree;
 pub mod userland;
-pub mod verity;
-pub mod keys;
-pub mod cli;
-pub mod build;
-pub mod commands;
-pub mod inspect;
 pub mod verify;
-pub mod run;
+pub mod verity;

@@ -35,18 +35,31 @@ fn dispatch(command: Command, rep: &Reporter) -> Result<(), CommandError> {
                 report.manifest.root.verity.root_hash
             ));
             for (name, size) in report.files {
-                rep.note(&format!("  {name:<24} {}", keel_builder::progress::human_bytes(size)));
+                rep.note(&format!(
+                    "  {name:<24} {}",
+                    keel_builder::progress::human_bytes(size)
+                ));
             }
             Ok(())
         }
         Command::Profile(ProfileCommand::Check { file }) => commands::profile_check(&file, rep),
-        Command::Key(KeyCommand::Gen { output, unencrypted }) => {
+        Command::Key(KeyCommand::Gen {
+            output,
+            unencrypted,
+        }) => {
             let (secret, public, key) = keel_builder::keys::generate(&output, unencrypted)
                 .map_err(|e| CommandError::BadInput(e.to_string()))?;
-            rep.note(&format!("key ID {}: secret {} (mode 0600), public {}", key.key_id(), secret.display(), public.display()));
+            rep.note(&format!(
+                "key ID {}: secret {} (mode 0600), public {}",
+                key.key_id(),
+                secret.display(),
+                public.display()
+            ));
             Ok(())
         }
-        Command::Sign(args) => commands::sign(&args.file, &args.key, args.trusted_comment.as_deref(), rep),
+        Command::Sign(args) => {
+            commands::sign(&args.file, &args.key, args.trusted_comment.as_deref(), rep)
+        }
         Command::Verify(args) => commands::verify(&args.path, &args.public, rep),
         Command::Inspect(args) => {
             print!("{}", keel_builder::inspect::inspect(&args.path)?);

@@ -60,44 +60,78 @@ pub struct RunOptions {
 pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
     let bad = |m: String| CommandError::BadInput(m);
     let failed = |m: String| CommandError::Failed(m);
-    let image = if path.is_dir() { path.join("disk.raw") } else { path.to_path_buf() };
+    let image = if path.is_dir() {
+        path.join("disk.raw")
+    } else {
+        path.to_path_buf()
+    };
     if !image.is_file() {
-        return Err(bad(format!("{}: no disk image (expected a keel build output directory or a disk.raw)", image.display())));
+        return Err(bad(format!(
+            "{}: no disk image (expected a keel build output directory or a disk.raw)",
+            image.display()
+        )));
     }
-    let size: ByteSize = opts.disk_size.parse().map_err(|e: String| bad(format!("--disk-size: {e}")))?;
+    let size: ByteSize = opts
+        .disk_size
+        .parse()
+        .map_err(|e: String| bad(format!("--disk-size: {e}")))?;
     let mut forwards = Vec::new();
     for f in &opts.forwards {
-        let parsed = f.split_once(':').and_then(|(h, g)| Some((h.parse().ok()?, g.parse().ok()?)));
-        forwards.push(parsed.ok_or_else(|| bad(format!("--forward {f:?}: expected HOST:GUEST port numbers")))?);
+        let parsed = f
+            .split_once(':')
+            .and_then(|(h, g)| Some((h.parse().ok()?, g.parse().ok()?)));
+        forwards
+            .push(parsed.ok_or_else(|| {
+                bad(format!("--forward {f:?}: expected HOST:GUEST port numbers"))
+            })?);
     }
     let _temp;
     let state_dir: PathBuf = if opts.keep_disk {
-        let base = if path.is_dir() { path.to_path_buf() } else { image.parent().unwrap_or(Path::new(".")).to_path_buf() };
+        let base = if path.is_dir() {
+            path.to_path_buf()
+        } else {
+            image.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
         base.join("run")
     } else {
-        let t = tempfile::Builder::new().prefix("keel-run-").tempdir().map_err(|e| failed(format!("temporary directory: {e}")))?;
+        let t = tempfile::Builder::new()
+            .prefix("keel-run-")
+            .tempdir()
+            .map_err(|e| failed(format!("temporary directory: {e}")))?;
         let p = t.path().to_path_buf();
         _temp = t;
         p
     };
-    std::fs::create_dir_all(&state_dir).map_err(|e| failed(format!("{}: {e}", state_dir.display())))?;
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| failed(format!("{}: {e}", state_dir.display())))?;
     let disk = state_dir.join("disk.raw");
     if !disk.exists() {
-        sparse_copy(&image, &disk, size.bytes()).map_err(|e| failed(format!("copying {}: {e}", image.display())))?;
+        sparse_copy(&image, &disk, size.bytes())
+            .map_err(|e| failed(format!("copying {}: {e}", image.display())))?;
     }
     let mut config = VmConfig::new(&disk, &state_dir);
     config.memory_mib = opts.memory;
     config.forwards = forwards;
     install_sigint_handler();
     let mut vm = Vm::start(config).map_err(|e| failed(e.to_string()))?;
-    eprintln!("keel run: {} on {} (Ctrl-C powers off; console log {})", image.display(), disk.display(), vm.config.console_log().display());
+    eprintln!(
+        "keel run: {} on {} (Ctrl-C powers off; console log {})",
+        image.display(),
+        disk.display(),
+        vm.config.console_log().display()
+    );
     let serial = vm.serial().map_err(|e| failed(e.to_string()))?;
     let mut from_vm = serial.try_clone().map_err(|e| failed(e.to_string()))?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut stdout = std::io::stdout();
         while let Ok(n) = from_vm.read(&mut buf) {
-            if n == 0 || stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+            if n == 0
+                || stdout
+                    .write_all(&buf[..n])
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+            {
                 break;
             }
         }

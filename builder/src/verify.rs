@@ -19,7 +19,10 @@ pub enum VerifyError {
     #[error("{0}")]
     Signature(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Manifest { path: PathBuf, message: String },
     #[error("partition {label}: {message}")]
@@ -37,7 +40,10 @@ impl From<VerifyError> for CommandError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError + '_ {
-    move |source| VerifyError::Io { path: path.to_path_buf(), source }
+    move |source| VerifyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Reads every public key file into one trusted set.
@@ -46,7 +52,10 @@ pub fn load_trusted(files: &[PathBuf]) -> Result<TrustedKeys, CommandError> {
     for f in files {
         let set = TrustedKeys::from_file(f).map_err(|e| CommandError::BadInput(e.to_string()))?;
         for k in set.iter() {
-            if !keys.iter().any(|have: &minisign::PublicKey| have.key_id() == k.key_id()) {
+            if !keys
+                .iter()
+                .any(|have: &minisign::PublicKey| have.key_id() == k.key_id())
+            {
                 keys.push(k.clone());
             }
         }
@@ -58,7 +67,8 @@ pub fn load_trusted(files: &[PathBuf]) -> Result<TrustedKeys, CommandError> {
 pub fn verify_file(path: &Path, trusted: &TrustedKeys) -> Result<Verified, VerifyError> {
     let mut sig_path = path.as_os_str().to_owned();
     sig_path.push(".minisig");
-    minisign::verify_file(trusted, PathBuf::from(sig_path), path).map_err(|e| VerifyError::Signature(e.to_string()))
+    minisign::verify_file(trusted, PathBuf::from(sig_path), path)
+        .map_err(|e| VerifyError::Signature(e.to_string()))
 }
 
 /// Everything checked in an output directory.
@@ -91,27 +101,46 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
         .map_err(|e| VerifyError::Signature(format!("{}: {e}", sig_path.display())))?;
     let verified = minisign::verify_bytes(trusted, &sig, &manifest_bytes)
         .map_err(|e| VerifyError::Signature(format!("{}: {e}", manifest_path.display())))?;
-    let manifest = Manifest::from_json(&manifest_bytes)
-        .map_err(|e| VerifyError::Manifest { path: manifest_path.clone(), message: e.to_string() })?;
+    let manifest = Manifest::from_json(&manifest_bytes).map_err(|e| VerifyError::Manifest {
+        path: manifest_path.clone(),
+        message: e.to_string(),
+    })?;
     let mut checked = vec![format!("manifest signature (key ID {})", verified.key_id)];
 
     let disk_path = dir.join("disk.raw");
-    let mut disk = File::options().read(true).write(true).open(&disk_path).map_err(io_at(&disk_path))?;
+    let mut disk = File::options()
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .map_err(io_at(&disk_path))?;
     let size = disk.metadata().map_err(io_at(&disk_path))?.len();
     if size != manifest.disk.size {
-        return Err(VerifyError::Output { path: disk_path, message: format!("{size} bytes, the manifest says {}", manifest.disk.size) });
+        return Err(VerifyError::Output {
+            path: disk_path,
+            message: format!("{size} bytes, the manifest says {}", manifest.disk.size),
+        });
     }
     let mut head = vec![0u8; 34 * 512];
     disk.read_exact(&mut head).map_err(io_at(&disk_path))?;
-    let gpt = Gpt::parse_primary(&head, size / 512)
-        .map_err(|e| VerifyError::Output { path: disk_path.clone(), message: format!("partition table: {e}") })?;
+    let gpt = Gpt::parse_primary(&head, size / 512).map_err(|e| VerifyError::Output {
+        path: disk_path.clone(),
+        message: format!("partition table: {e}"),
+    })?;
     if gpt.disk_guid.hyphenated().to_string().to_uppercase() != manifest.disk.guid {
-        return Err(VerifyError::Output { path: disk_path.clone(), message: "disk GUID differs from the manifest".into() });
+        return Err(VerifyError::Output {
+            path: disk_path.clone(),
+            message: "disk GUID differs from the manifest".into(),
+        });
     }
     for part in &manifest.disk.partitions {
         let label = part.label.clone();
-        let err = |message: String| VerifyError::Partition { label: label.clone(), message };
-        let (number, found) = gpt.find(&part.label).ok_or_else(|| err("missing from the partition table".into()))?;
+        let err = |message: String| VerifyError::Partition {
+            label: label.clone(),
+            message,
+        };
+        let (number, found) = gpt
+            .find(&part.label)
+            .ok_or_else(|| err("missing from the partition table".into()))?;
         let same = number == part.number
             && found.offset() == part.offset
             && found.size() == part.size
@@ -121,7 +150,8 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
             return Err(err("partition table entry differs from the manifest".into()));
         }
         if let Some(content) = &part.content {
-            disk.seek(SeekFrom::Start(part.offset)).map_err(io_at(&disk_path))?;
+            disk.seek(SeekFrom::Start(part.offset))
+                .map_err(io_at(&disk_path))?;
             let digest = sha256_of(&mut disk, content.size).map_err(io_at(&disk_path))?;
             if digest != content.sha256 {
                 return Err(err(format!(
@@ -135,40 +165,72 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
 
     let esp = manifest
         .partition(layout::PartitionRole::Esp.label())
-        .ok_or_else(|| VerifyError::Manifest { path: manifest_path.clone(), message: "no ESP partition".into() })?;
+        .ok_or_else(|| VerifyError::Manifest {
+            path: manifest_path.clone(),
+            message: "no ESP partition".into(),
+        })?;
     let files = [
         ("kernel", Slot::A.kernel_path(), manifest.kernel.sha256),
-        ("initramfs", Slot::A.initramfs_path(), manifest.initramfs.sha256),
-        ("bootloader", layout::esp::BOOTLOADER.to_owned(), manifest.bootloader.sha256),
+        (
+            "initramfs",
+            Slot::A.initramfs_path(),
+            manifest.initramfs.sha256,
+        ),
+        (
+            "bootloader",
+            layout::esp::BOOTLOADER.to_owned(),
+            manifest.bootloader.sha256,
+        ),
     ];
     for (what, path, expected) in files {
         let window = Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?;
-        let bytes = crate::esp::read_fat_file(window, &path)
-            .map_err(|e| VerifyError::EspFile { what: format!("{what} {path}"), message: e.to_string() })?;
+        let bytes = crate::esp::read_fat_file(window, &path).map_err(|e| VerifyError::EspFile {
+            what: format!("{what} {path}"),
+            message: e.to_string(),
+        })?;
         let digest = Sha256Digest(Sha256::digest(&bytes).into());
         if digest != expected {
             return Err(VerifyError::EspFile {
                 what: format!("{what} {path}"),
-                message: format!("does not match the signed manifest (sha256 {digest}, expected {expected})"),
+                message: format!(
+                    "does not match the signed manifest (sha256 {digest}, expected {expected})"
+                ),
             });
         }
         checked.push(format!("ESP {path}"));
     }
     let window = Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?;
-    let on_disk = crate::esp::read_fat_file(window, &Slot::A.manifest_path())
-        .map_err(|e| VerifyError::EspFile { what: "manifest".into(), message: e.to_string() })?;
+    let on_disk = crate::esp::read_fat_file(window, &Slot::A.manifest_path()).map_err(|e| {
+        VerifyError::EspFile {
+            what: "manifest".into(),
+            message: e.to_string(),
+        }
+    })?;
     if on_disk != manifest_bytes {
-        return Err(VerifyError::EspFile { what: Slot::A.manifest_path(), message: "differs from manifest.json".into() });
+        return Err(VerifyError::EspFile {
+            what: Slot::A.manifest_path(),
+            message: "differs from manifest.json".into(),
+        });
     }
-    for (name, expected) in [("vmlinuz", manifest.kernel.sha256), ("initramfs", manifest.initramfs.sha256)] {
+    for (name, expected) in [
+        ("vmlinuz", manifest.kernel.sha256),
+        ("initramfs", manifest.initramfs.sha256),
+    ] {
         let path = dir.join(name);
         if let Ok(bytes) = std::fs::read(&path) {
             let digest = Sha256Digest(Sha256::digest(&bytes).into());
             if digest != expected {
-                return Err(VerifyError::Output { path, message: "does not match the signed manifest".into() });
+                return Err(VerifyError::Output {
+                    path,
+                    message: "does not match the signed manifest".into(),
+                });
             }
             checked.push(name.to_owned());
         }
     }
-    Ok(DirReport { verified, manifest, checked })
+    Ok(DirReport {
+        verified,
+        manifest,
+        checked,
+    })
 }

@@ -12,7 +12,9 @@ fn keel(args: &[&str]) -> Output {
 
 fn keel_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-    cmd.args(args).stdin(Stdio::null()).env_remove("KEEL_KEY_PASSPHRASE");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env_remove("KEEL_KEY_PASSPHRASE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -32,7 +34,12 @@ fn minisign(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("minisign is installed (see .ci/run)");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -45,14 +52,26 @@ fn help_and_completions() {
     let out = keel(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["build", "profile", "key", "sign", "verify", "inspect", "run", "completions"] {
+    for cmd in [
+        "build",
+        "profile",
+        "key",
+        "sign",
+        "verify",
+        "inspect",
+        "run",
+        "completions",
+    ] {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
     }
     let out = keel(&["build", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--output"));
     let out = keel(&["completions", "bash"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("complete -F"), "bash completion script");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("complete -F"),
+        "bash completion script"
+    );
     let out = keel(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -68,8 +87,23 @@ fn profile_check_accepts_the_stock_profiles_and_locates_errors() {
     let out = keel(&["profile", "check", p(&dir.path().join("worker.toml"))]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("base.toml:") && err.contains("`image.signing_key`") && err.contains("does not exist"), "{err}");
-    assert!(keel(&["key", "gen", "-o", p(&dir.path().join("dev-keys")), "--unencrypted"]).status.success());
+    assert!(
+        err.contains("base.toml:")
+            && err.contains("`image.signing_key`")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(
+        keel(&[
+            "key",
+            "gen",
+            "-o",
+            p(&dir.path().join("dev-keys")),
+            "--unencrypted"
+        ])
+        .status
+        .success()
+    );
     for name in ["worker.toml", "controlplane.toml"] {
         let out = keel(&["profile", "check", p(&dir.path().join(name))]);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
@@ -78,7 +112,10 @@ fn profile_check_accepts_the_stock_profiles_and_locates_errors() {
     let out = keel(&["profile", "check", p(&dir.path().join("bad.toml"))]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("bad.toml:4:14: `node.network.addresses[0]`: invalid address \"10.0.0.5\""), "{err}");
+    assert!(
+        err.contains("bad.toml:4:14: `node.network.addresses[0]`: invalid address \"10.0.0.5\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -86,11 +123,23 @@ fn key_gen_writes_0600_refuses_overwrite_and_needs_a_choice_about_encryption() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("k");
     let out = keel(&["key", "gen", "-o", p(&keys)]);
-    assert_eq!(out.status.code(), Some(2), "no tty, no passphrase, no --unencrypted");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no tty, no passphrase, no --unencrypted"
+    );
     assert!(stderr(&out).contains("--unencrypted"), "{}", stderr(&out));
     assert!(!keys.join("keel.key").exists(), "nothing half-written");
-    assert!(keel(&["key", "gen", "-o", p(&keys), "--unencrypted"]).status.success());
-    let mode = std::fs::metadata(keys.join("keel.key")).unwrap().permissions().mode() & 0o777;
+    assert!(
+        keel(&["key", "gen", "-o", p(&keys), "--unencrypted"])
+            .status
+            .success()
+    );
+    let mode = std::fs::metadata(keys.join("keel.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let before = std::fs::read(keys.join("keel.key")).unwrap();
     let out = keel(&["key", "gen", "-o", p(&keys), "--unencrypted"]);
@@ -103,29 +152,69 @@ fn key_gen_writes_0600_refuses_overwrite_and_needs_a_choice_about_encryption() {
 fn sign_and_verify_interoperate_with_minisign_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
-    assert!(keel_env(&["key", "gen", "-o", p(&keys)], &[("KEEL_KEY_PASSPHRASE", "correct horse")]).status.success());
+    assert!(
+        keel_env(
+            &["key", "gen", "-o", p(&keys)],
+            &[("KEEL_KEY_PASSPHRASE", "correct horse")]
+        )
+        .status
+        .success()
+    );
     let file = dir.path().join("payload.bin");
     std::fs::write(&file, b"keel payload\n".repeat(1000)).unwrap();
 
     // Keel signs with its encrypted key; minisign verifies.
-    let out = keel_env(&["sign", p(&file), "--key", p(&keys.join("keel.key"))], &[("KEEL_KEY_PASSPHRASE", "correct horse")]);
+    let out = keel_env(
+        &["sign", p(&file), "--key", p(&keys.join("keel.key"))],
+        &[("KEEL_KEY_PASSPHRASE", "correct horse")],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let ms = minisign(&["-Vm", p(&file), "-p", p(&keys.join("keel.pub"))], "");
-    assert!(ms.status.success(), "minisign rejected keel's signature: {}", String::from_utf8_lossy(&ms.stderr));
-    assert!(keel(&["verify", p(&file), "--pub", p(&keys.join("keel.pub"))]).status.success());
+    assert!(
+        ms.status.success(),
+        "minisign rejected keel's signature: {}",
+        String::from_utf8_lossy(&ms.stderr)
+    );
+    assert!(
+        keel(&["verify", p(&file), "--pub", p(&keys.join("keel.pub"))])
+            .status
+            .success()
+    );
 
     // Wrong passphrase: a distinct error, exit 2, no signature written.
     let other = dir.path().join("other.bin");
     std::fs::write(&other, b"x").unwrap();
-    let out = keel_env(&["sign", p(&other), "--key", p(&keys.join("keel.key"))], &[("KEEL_KEY_PASSPHRASE", "wrong")]);
+    let out = keel_env(
+        &["sign", p(&other), "--key", p(&keys.join("keel.key"))],
+        &[("KEEL_KEY_PASSPHRASE", "wrong")],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).to_lowercase().contains("passphrase"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("passphrase"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dir.path().join("other.bin.minisig").exists());
 
     // minisign signs with the key keel made (it reads our encrypted format); keel verifies.
     std::fs::remove_file(dir.path().join("payload.bin.minisig")).unwrap();
-    let ms = minisign(&["-S", "-s", p(&keys.join("keel.key")), "-m", p(&file), "-t", "signed by minisign"], "correct horse\n");
-    assert!(ms.status.success(), "minisign could not sign with keel's key: {}", String::from_utf8_lossy(&ms.stderr));
+    let ms = minisign(
+        &[
+            "-S",
+            "-s",
+            p(&keys.join("keel.key")),
+            "-m",
+            p(&file),
+            "-t",
+            "signed by minisign",
+        ],
+        "correct horse\n",
+    );
+    assert!(
+        ms.status.success(),
+        "minisign could not sign with keel's key: {}",
+        String::from_utf8_lossy(&ms.stderr)
+    );
     let out = keel(&["verify", p(&file), "--pub", p(&keys.join("keel.pub"))]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("signed by minisign"));
@@ -134,13 +223,32 @@ fn sign_and_verify_interoperate_with_minisign_both_ways() {
     std::fs::write(&file, b"altered").unwrap();
     let altered = keel(&["verify", p(&file), "--pub", p(&keys.join("keel.pub"))]);
     assert_eq!(altered.status.code(), Some(1));
-    assert!(keel(&["key", "gen", "-o", p(&dir.path().join("k2")), "--unencrypted"]).status.success());
-    let wrong = keel(&["verify", p(&file), "--pub", p(&dir.path().join("k2/keel.pub"))]);
+    assert!(
+        keel(&[
+            "key",
+            "gen",
+            "-o",
+            p(&dir.path().join("k2")),
+            "--unencrypted"
+        ])
+        .status
+        .success()
+    );
+    let wrong = keel(&[
+        "verify",
+        p(&file),
+        "--pub",
+        p(&dir.path().join("k2/keel.pub")),
+    ]);
     assert_eq!(wrong.status.code(), Some(1));
     assert_ne!(stderr(&altered), stderr(&wrong));
     assert!(stderr(&wrong).contains("key"), "{}", stderr(&wrong));
     // A secret key where a public key is expected.
     let kind = keel(&["verify", p(&file), "--pub", p(&keys.join("keel.key"))]);
     assert_eq!(kind.status.code(), Some(2));
-    assert!(stderr(&kind).to_lowercase().contains("secret"), "{}", stderr(&kind));
+    assert!(
+        stderr(&kind).to_lowercase().contains("secret"),
+        "{}",
+        stderr(&kind)
+    );
 }

@@ -15,7 +15,10 @@ use rexpect::reader::{NBReader, Options, ReadUntil};
 
 /// The workspace root (vm-tests/..).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `target/vm-tests`, where images, disks and console logs of tests go.
@@ -43,11 +46,21 @@ pub fn init_binary() -> PathBuf {
             .current_dir(workspace_root())
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .env("CARGO_TARGET_DIR", &target_dir)
-            .args(["build", "--release", "-p", "keel-init", "--target", keel_builder::init_binary::TARGET])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "keel-init",
+                "--target",
+                keel_builder::init_binary::TARGET,
+            ])
             .status()
             .expect("running cargo to build keel-init");
         assert!(status.success(), "building the static keel-init failed");
-        target_dir.join(keel_builder::init_binary::TARGET).join("release").join("keel-init")
+        target_dir
+            .join(keel_builder::init_binary::TARGET)
+            .join("release")
+            .join("keel-init")
     })
     .clone()
 }
@@ -64,7 +77,13 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Builds `profile` into `out` with `key`.
-pub fn build(profile: &Path, out: &Path, key: &Path, version: Option<&str>, sde: u64) -> BuildReport {
+pub fn build(
+    profile: &Path,
+    out: &Path,
+    key: &Path,
+    version: Option<&str>,
+    sde: u64,
+) -> BuildReport {
     let request = BuildRequest {
         profile: profile.to_path_buf(),
         output: out.to_path_buf(),
@@ -88,12 +107,22 @@ pub fn stock_image(name: &str) -> (PathBuf, PathBuf) {
     if let Some((_, out, public)) = images.iter().find(|(n, _, _)| n == name) {
         return (out.clone(), public.clone());
     }
-    let dir = work_dir().join("images").join(format!("{name}-{}", std::process::id()));
+    let dir = work_dir()
+        .join("images")
+        .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (secret, public) = test_key(&dir.join("keys"));
     let out = dir.join("out");
-    build(&workspace_root().join("profiles").join(format!("{name}.toml")), &out, &secret, None, 1_700_000_000);
+    build(
+        &workspace_root()
+            .join("profiles")
+            .join(format!("{name}.toml")),
+        &out,
+        &secret,
+        None,
+        1_700_000_000,
+    );
     images.push((name.to_owned(), out.clone(), public.clone()));
     (out, public)
 }
@@ -116,27 +145,48 @@ pub struct Machine {
 
 impl Machine {
     /// Starts QEMU on `disk` with state (sockets, firmware variables, logs) in `dir`.
-    pub fn start(name: &str, disk: &Path, dir: &Path, configure: impl FnOnce(&mut VmConfig)) -> Machine {
+    pub fn start(
+        name: &str,
+        disk: &Path,
+        dir: &Path,
+        configure: impl FnOnce(&mut VmConfig),
+    ) -> Machine {
         let mut config = VmConfig::new(disk, dir);
         config.memory_mib = 1024;
         configure(&mut config);
         let vm = Vm::start(config).unwrap_or_else(|e| panic!("{name}: starting QEMU: {e}"));
         let serial = vm.serial().unwrap();
-        let reader = NBReader::new(serial.try_clone().unwrap(), Options { timeout_ms: Some(500), strip_ansi_escape_codes: true });
-        Machine { vm, reader, writer: serial, name: name.to_owned(), seen: String::new() }
+        let reader = NBReader::new(
+            serial.try_clone().unwrap(),
+            Options {
+                timeout_ms: Some(500),
+                strip_ansi_escape_codes: true,
+            },
+        );
+        Machine {
+            vm,
+            reader,
+            writer: serial,
+            name: name.to_owned(),
+            seen: String::new(),
+        }
     }
 
     /// Waits up to `timeout` for `needle` on the console; returns what came before it.
     /// On timeout the test fails with the end of the console log.
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-        self.try_expect(needle, timeout).unwrap_or_else(|why| self.fail(&format!("waiting for {needle:?}: {why}")))
+        self.try_expect(needle, timeout)
+            .unwrap_or_else(|why| self.fail(&format!("waiting for {needle:?}: {why}")))
     }
 
     /// Like [`Machine::expect`] but returns an error instead of failing.
     pub fn try_expect(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let start = Instant::now();
         loop {
-            match self.reader.read_until(&ReadUntil::String(needle.to_owned())) {
+            match self
+                .reader
+                .read_until(&ReadUntil::String(needle.to_owned()))
+            {
                 Ok((before, matched)) => {
                     self.seen.push_str(&before);
                     self.seen.push_str(&matched);
@@ -147,7 +197,9 @@ impl Machine {
                         return Err("QEMU exited".into());
                     }
                 }
-                Err(rexpect::error::Error::Timeout { .. }) => return Err(format!("timed out after {}s", timeout.as_secs())),
+                Err(rexpect::error::Error::Timeout { .. }) => {
+                    return Err(format!("timed out after {}s", timeout.as_secs()));
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -161,13 +213,22 @@ impl Machine {
 
     /// The whole console log so far (QEMU's own log file).
     pub fn console_log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.vm.config.console_log()).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&std::fs::read(self.vm.config.console_log()).unwrap_or_default())
+            .into_owned()
     }
 
     /// Fails the test with the tail of the console log; the full log stays on disk.
     pub fn fail(&self, why: &str) -> ! {
         let log = self.console_log();
-        let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         panic!(
             "{}: {why}\n--- console (last 60 lines; full log {}) ---\n{tail}\n--- qemu stderr ---\n{}",
             self.name,

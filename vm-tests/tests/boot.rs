@@ -14,9 +14,15 @@ fn ovmf_boots_the_image_into_our_init() {
     // systemd-boot runs the entry by itself (timeout 0) and the kernel prints to ttyS0.
     vm.expect("Linux version", Duration::from_secs(120));
     let before = vm.expect("keel: init ", Duration::from_secs(120));
-    assert!(before.contains("Run /init as init process"), "the kernel should start our /init");
+    assert!(
+        before.contains("Run /init as init process"),
+        "the kernel should start our /init"
+    );
     vm.expect("booted slot a", Duration::from_secs(30));
     let log = vm.console_log();
-    assert!(log.contains("keel.slot=a keel.roothash="), "the BLS entry's options reach the kernel:\n{log}");
+    assert!(
+        log.contains("keel.slot=a keel.roothash="),
+        "the BLS entry's options reach the kernel:\n{log}"
+    );
     vm.kill();
 }

@@ -23,8 +23,14 @@ fn extract(disk: &Path, offset: u64, len: u64, to: &Path) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (is the tool installed? see .ci/run)"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is the tool installed? see .ci/run)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }
@@ -50,18 +56,52 @@ fn esp_passes_fsck_vfat_and_holds_boot_files() {
     let m = manifest(&out);
     let esp = m.partition("ESP").unwrap();
     let dir = test_dir("esp_fsck");
-    let img = extract(&out.join("disk.raw"), esp.offset, esp.size, &dir.join("esp.img"));
+    let img = extract(
+        &out.join("disk.raw"),
+        esp.offset,
+        esp.size,
+        &dir.join("esp.img"),
+    );
     run(Command::new("fsck.vfat").arg("-n").arg(&img));
-    let listing = run(Command::new("mdir").args(["-/", "-b", "-i"]).arg(format!("{}", img.display())).arg("::/"));
-    for path in ["::/EFI/BOOT/BOOTX64.EFI", "::/loader/loader.conf", "::/loader/entries/keel-a+3.conf", "::/keel/a/vmlinuz", "::/keel/a/initramfs", "::/keel/a/manifest.json", "::/keel/a/manifest.json.minisig"] {
-        assert!(listing.to_uppercase().contains(&path.to_uppercase()), "{path} missing:\n{listing}");
+    let listing = run(Command::new("mdir")
+        .args(["-/", "-b", "-i"])
+        .arg(format!("{}", img.display()))
+        .arg("::/"));
+    for path in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/loader/loader.conf",
+        "::/loader/entries/keel-a+3.conf",
+        "::/keel/a/vmlinuz",
+        "::/keel/a/initramfs",
+        "::/keel/a/manifest.json",
+        "::/keel/a/manifest.json.minisig",
+    ] {
+        assert!(
+            listing.to_uppercase().contains(&path.to_uppercase()),
+            "{path} missing:\n{listing}"
+        );
     }
-    let conf = run(Command::new("mtype").arg("-i").arg(&img).arg("::/loader/loader.conf"));
-    assert!(conf.contains("default keel-*") && conf.contains("timeout 0"), "{conf}");
-    let entry = run(Command::new("mtype").arg("-i").arg(&img).arg("::/loader/entries/keel-a+3.conf"));
+    let conf = run(Command::new("mtype")
+        .arg("-i")
+        .arg(&img)
+        .arg("::/loader/loader.conf"));
+    assert!(
+        conf.contains("default keel-*") && conf.contains("timeout 0"),
+        "{conf}"
+    );
+    let entry = run(Command::new("mtype")
+        .arg("-i")
+        .arg(&img)
+        .arg("::/loader/entries/keel-a+3.conf"));
     assert!(entry.contains("sort-key keel"), "{entry}");
     assert!(entry.contains(&format!("version {}", m.version)), "{entry}");
-    assert!(entry.contains(&format!("keel.slot=a keel.roothash={}", m.root.verity.root_hash)), "{entry}");
+    assert!(
+        entry.contains(&format!(
+            "keel.slot=a keel.roothash={}",
+            m.root.verity.root_hash
+        )),
+        "{entry}"
+    );
 }
 
 #[test]
@@ -70,11 +110,30 @@ fn root_passes_unsquashfs_and_veritysetup() {
     let m = manifest(&out);
     let slot = m.partition("KEEL-A").unwrap();
     let dir = test_dir("root_peers");
-    let payload = extract(&out.join("disk.raw"), slot.offset, m.slot_payload.size, &dir.join("slot.img"));
-    let squashfs = extract(&out.join("disk.raw"), slot.offset, m.root.size, &dir.join("root.squashfs"));
+    let payload = extract(
+        &out.join("disk.raw"),
+        slot.offset,
+        m.slot_payload.size,
+        &dir.join("slot.img"),
+    );
+    let squashfs = extract(
+        &out.join("disk.raw"),
+        slot.offset,
+        m.root.size,
+        &dir.join("root.squashfs"),
+    );
     let listing = run(Command::new("unsquashfs").arg("-l").arg(&squashfs));
-    for path in ["squashfs-root/usr/lib/keel/keel-init", "squashfs-root/usr/bin/containerd", "squashfs-root/usr/sbin/runc", "squashfs-root/usr/sbin/mkfs.ext4", "squashfs-root/usr/lib/os-release"] {
-        assert!(listing.lines().any(|l| l == path), "{path} missing from the squashfs listing");
+    for path in [
+        "squashfs-root/usr/lib/keel/keel-init",
+        "squashfs-root/usr/bin/containerd",
+        "squashfs-root/usr/sbin/runc",
+        "squashfs-root/usr/sbin/mkfs.ext4",
+        "squashfs-root/usr/lib/os-release",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == path),
+            "{path} missing from the squashfs listing"
+        );
     }
     let stats = run(Command::new("unsquashfs").arg("-s").arg(&squashfs));
     assert!(stats.contains("Compression zstd"), "{stats}");
@@ -94,25 +153,52 @@ fn root_passes_unsquashfs_and_veritysetup() {
         .arg(format!("--hash-offset={}", m.root.verity.hash_offset))
         .output()
         .unwrap();
-    assert!(!status.status.success(), "veritysetup accepted a corrupted root");
+    assert!(
+        !status.status.success(),
+        "veritysetup accepted a corrupted root"
+    );
 }
 
 #[test]
 fn initramfs_passes_cpio_and_has_what_stage_one_needs() {
     let (out, _) = stock_image("worker");
-    let text = run(Command::new("sh").arg("-c").arg(format!("cpio -t < {}", out.join("initramfs").display())));
-    for entry in ["init", "dev/console", "etc/keel/trusted.pub", "etc/keel/profile.toml", "etc/keel/modules.load"] {
-        assert!(text.lines().any(|l| l == entry), "{entry} missing from the initramfs:\n{text}");
+    let text = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("cpio -t < {}", out.join("initramfs").display())));
+    for entry in [
+        "init",
+        "dev/console",
+        "etc/keel/trusted.pub",
+        "etc/keel/profile.toml",
+        "etc/keel/modules.load",
+    ] {
+        assert!(
+            text.lines().any(|l| l == entry),
+            "{entry} missing from the initramfs:\n{text}"
+        );
     }
-    for module in ["squashfs.ko", "dm-verity.ko", "dm-mod.ko", "vfat.ko", "virtio_blk.ko"] {
-        assert!(text.lines().any(|l| l.ends_with(module)), "{module} missing from the initramfs");
+    for module in [
+        "squashfs.ko",
+        "dm-verity.ko",
+        "dm-mod.ko",
+        "vfat.ko",
+        "virtio_blk.ko",
+    ] {
+        assert!(
+            text.lines().any(|l| l.ends_with(module)),
+            "{module} missing from the initramfs"
+        );
     }
 }
 
 #[test]
 fn manifest_signature_verifies_with_minisign() {
     let (out, public) = stock_image("worker");
-    run(Command::new("minisign").arg("-Vm").arg(out.join("manifest.json")).arg("-p").arg(&public));
+    run(Command::new("minisign")
+        .arg("-Vm")
+        .arg(out.join("manifest.json"))
+        .arg("-p")
+        .arg(&public));
 }
 
 #[test]
@@ -123,19 +209,30 @@ fn keel_verify_passes_then_names_the_altered_partition() {
 
     // A copy with one byte flipped inside KEEL-A.
     let dir = test_dir("verify_tamper");
-    for name in ["manifest.json", "manifest.json.minisig", "vmlinuz", "initramfs"] {
+    for name in [
+        "manifest.json",
+        "manifest.json.minisig",
+        "vmlinuz",
+        "initramfs",
+    ] {
         std::fs::copy(out.join(name), dir.join(name)).unwrap();
     }
     keel_builder::run::sparse_copy(&out.join("disk.raw"), &dir.join("disk.raw"), 0).unwrap();
     let m = manifest(&out);
     let slot = m.partition("KEEL-A").unwrap();
     flip(&dir.join("disk.raw"), slot.offset + m.root.size / 3);
-    let err = keel_builder::verify::verify_output_dir(&dir, &trusted).unwrap_err().to_string();
+    let err = keel_builder::verify::verify_output_dir(&dir, &trusted)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("KEEL-A"), "{err}");
 }
 
 fn flip(path: &Path, at: u64) {
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut byte = [0u8];
     f.seek(SeekFrom::Start(at)).unwrap();
     f.read_exact(&mut byte).unwrap();

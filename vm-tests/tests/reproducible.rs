@@ -7,7 +7,10 @@ use std::path::Path;
 use keel_vm_tests::{build, test_dir, test_key, workspace_root};
 
 fn files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -24,11 +27,17 @@ fn two_builds_are_bit_identical() {
     build(&profile, &b, &secret, None, 1_700_000_000);
     assert_eq!(files(&a), files(&b));
     for name in files(&a) {
-        let (x, y) = (std::fs::read(a.join(&name)).unwrap(), std::fs::read(b.join(&name)).unwrap());
+        let (x, y) = (
+            std::fs::read(a.join(&name)).unwrap(),
+            std::fs::read(b.join(&name)).unwrap(),
+        );
         assert!(x == y, "{name} differs between the two builds");
     }
     // And SOURCE_DATE_EPOCH is an input: another value gives another image.
     let c = dir.join("third/out");
     build(&profile, &c, &secret, None, 1_700_000_001);
-    assert_ne!(std::fs::read(a.join("manifest.json")).unwrap(), std::fs::read(c.join("manifest.json")).unwrap());
+    assert_ne!(
+        std::fs::read(a.join("manifest.json")).unwrap(),
+        std::fs::read(c.join("manifest.json")).unwrap()
+    );
 }

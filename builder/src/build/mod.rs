@@ -63,7 +63,10 @@ pub enum BuildError {
     #[error("signing the manifest: {0}")]
     Sign(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("output format {format}: {message}")]
     Format { format: String, message: String },
     #[error("interrupted")]
@@ -73,12 +76,21 @@ pub enum BuildError {
 impl BuildError {
     /// Bad input (exit code 2) as opposed to a failure while building (exit code 1).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, BuildError::Profile(_) | BuildError::Input(_) | BuildError::Key(_) | BuildError::Init(_))
+        matches!(
+            self,
+            BuildError::Profile(_)
+                | BuildError::Input(_)
+                | BuildError::Key(_)
+                | BuildError::Init(_)
+        )
     }
 }
 
 pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io { path: path.to_path_buf(), source }
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn sha256(bytes: &[u8]) -> Sha256Digest {
@@ -100,15 +112,20 @@ fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
     let version = match (&req.version, &image.version) {
         (Some(v), _) | (None, Some(v)) => v.clone(),
         (None, None) => {
-            return Err(BuildError::Profile(ProfileError::Invalid(vec![loaded.diagnostic(
-                "image.version",
-                "not set: expected a semantic version like \"1.0.0\" here or --version".into(),
-            )])));
+            return Err(BuildError::Profile(ProfileError::Invalid(vec![
+                loaded.diagnostic(
+                    "image.version",
+                    "not set: expected a semantic version like \"1.0.0\" here or --version".into(),
+                ),
+            ])));
         }
     };
     if image.userland.is_empty() {
         return Err(BuildError::Profile(ProfileError::Invalid(vec![
-            loaded.diagnostic("image.userland", "expected at least one userland source".into()),
+            loaded.diagnostic(
+                "image.userland",
+                "expected at least one userland source".into(),
+            ),
         ])));
     }
     let missing = crate::commands::missing_profile_paths(&loaded, req.key.is_some());
@@ -125,7 +142,13 @@ fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
     let (_, public) = crate::keys::public_for_secret(&key_path, &secret)?;
     let trusted = crate::keys::trusted_set(&public, &image.trusted_keys)?;
     let (_, init) = crate::init_binary::load(req.init.as_deref())?;
-    Ok(Prepared { loaded, version, secret, trusted, init })
+    Ok(Prepared {
+        loaded,
+        version,
+        secret,
+        trusted,
+        init,
+    })
 }
 
 /// What a finished build reports.
@@ -143,8 +166,12 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     let name = image.name.as_str();
     let version = prepared.version.to_string();
     let sde = req.source_date_epoch;
-    let sde32 = u32::try_from(sde).map_err(|_| BuildError::Input(format!("SOURCE_DATE_EPOCH {sde} does not fit 32 bits")))?;
-    rep.note(&format!("building {name} {version} from {}", req.profile.display()));
+    let sde32 = u32::try_from(sde)
+        .map_err(|_| BuildError::Input(format!("SOURCE_DATE_EPOCH {sde} does not fit 32 bits")))?;
+    rep.note(&format!(
+        "building {name} {version} from {}",
+        req.profile.display()
+    ));
     let out = OutputDir::create(&req.output)?;
 
     // Userland.
@@ -156,7 +183,10 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     let phase = rep.phase("kernel", None);
     let kernel = crate::kernel::locate(&mut tree, &image.kernel)?;
     let index = crate::kmod::ModuleIndex::from_tree(&tree, &kernel.release)?;
-    let bootloader = match tree.get(layout::esp::SYSTEMD_BOOT_IN_USERLAND).map(|n| &n.kind) {
+    let bootloader = match tree
+        .get(layout::esp::SYSTEMD_BOOT_IN_USERLAND)
+        .map(|n| &n.kind)
+    {
         Some(crate::tree::NodeKind::File(c)) => c.bytes().to_vec(),
         _ => {
             return Err(BuildError::Input(format!(
@@ -165,7 +195,11 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
             )));
         }
     };
-    phase.finish(&format!("{} ({} modules)", kernel.release, index.modules.len()));
+    phase.finish(&format!(
+        "{} ({} modules)",
+        kernel.release,
+        index.modules.len()
+    ));
 
     // Root tree -> squashfs + verity.
     crate::rootfs::finish(
@@ -196,14 +230,25 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
             mtime: sde32,
         },
     )?;
-    phase.finish(&format!("{} ({} modules)", human_bytes(initramfs.bytes.len() as u64), initramfs.modules.len()));
+    phase.finish(&format!(
+        "{} ({} modules)",
+        human_bytes(initramfs.bytes.len() as u64),
+        initramfs.modules.len()
+    ));
 
     let payload = payload::build(&tree, &image.squashfs, sde32, rep)?;
     drop(tree);
 
     // Disk plan, STATE, manifest.
-    let plan = crate::disk::plan(name, image.esp_size.bytes(), image.slot_size.bytes(), image.state_size.bytes())?;
-    let slot_a = plan.partition(PartitionRole::SlotA).ok_or_else(|| BuildError::Input("no slot A".into()))?;
+    let plan = crate::disk::plan(
+        name,
+        image.esp_size.bytes(),
+        image.slot_size.bytes(),
+        image.state_size.bytes(),
+    )?;
+    let slot_a = plan
+        .partition(PartitionRole::SlotA)
+        .ok_or_else(|| BuildError::Input("no slot A".into()))?;
     if payload.bytes_len() > slot_a.size {
         return Err(BuildError::Input(format!(
             "the root needs {} but image.slot_size is {}: raise image.slot_size",
@@ -221,9 +266,19 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         builder: format!("keel {}", env!("CARGO_PKG_VERSION")),
         source_date_epoch: sde,
         profile_sha256: Sha256Digest(prepared.loaded.digest()),
-        kernel: KernelFile { release: kernel.release.clone(), size: kernel.image.len() as u64, sha256: sha256(&kernel.image) },
-        initramfs: FileDigest { size: initramfs.bytes.len() as u64, sha256: sha256(&initramfs.bytes) },
-        bootloader: FileDigest { size: bootloader.len() as u64, sha256: sha256(&bootloader) },
+        kernel: KernelFile {
+            release: kernel.release.clone(),
+            size: kernel.image.len() as u64,
+            sha256: sha256(&kernel.image),
+        },
+        initramfs: FileDigest {
+            size: initramfs.bytes.len() as u64,
+            sha256: sha256(&initramfs.bytes),
+        },
+        bootloader: FileDigest {
+            size: bootloader.len() as u64,
+            sha256: sha256(&bootloader),
+        },
         cmdline: cmdline.clone(),
         root: payload.root_fs(image.squashfs.compression),
         slot_payload: payload.digest(),
@@ -242,7 +297,10 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
                     size: p.size,
                     content: match p.role {
                         PartitionRole::SlotA => Some(payload.digest()),
-                        PartitionRole::State => Some(FileDigest { size: state_image.len() as u64, sha256: sha256(&state_image) }),
+                        PartitionRole::State => Some(FileDigest {
+                            size: state_image.len() as u64,
+                            sha256: sha256(&state_image),
+                        }),
                         _ => None,
                     },
                 })
@@ -251,7 +309,10 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         sources,
     };
     let manifest_bytes = manifest.to_canonical_json()?;
-    let comment = format!("timestamp:{sde}\tfile:{}\tkeel:{name} {version}", layout::MANIFEST_FILE);
+    let comment = format!(
+        "timestamp:{sde}\tfile:{}\tkeel:{name} {version}",
+        layout::MANIFEST_FILE
+    );
     let signature = keel_signing::minisign::sign_bytes(&prepared.secret, &manifest_bytes, &comment)
         .map_err(|e| BuildError::Sign(e.to_string()))?
         .to_file_string();
@@ -260,15 +321,31 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     let phase = rep.phase("disk", Some(plan.total_size));
     let disk_path = out.path().join("disk.raw");
     let mut disk = crate::disk::create_disk(&disk_path, &plan)?;
-    let entry = BootEntry::new(Slot::A, "Keel", &version, &payload.root_hash_hex(), &cmdline);
+    let entry = BootEntry::new(
+        Slot::A,
+        "Keel",
+        &version,
+        &payload.root_hash_hex(),
+        &cmdline,
+    );
     let esp_entries = vec![
         FatEntry::Dir("/EFI".into()),
         FatEntry::Dir("/EFI/BOOT".into()),
         FatEntry::File(layout::esp::BOOTLOADER.into(), bootloader.clone()),
         FatEntry::Dir("/loader".into()),
-        FatEntry::File(layout::esp::LOADER_CONF.into(), layout::loader_conf().into_bytes()),
+        FatEntry::File(
+            layout::esp::LOADER_CONF.into(),
+            layout::loader_conf().into_bytes(),
+        ),
         FatEntry::Dir(layout::esp::ENTRIES_DIR.into()),
-        FatEntry::File(format!("{}/{}", layout::esp::ENTRIES_DIR, EntryName::fresh(Slot::A).file_name()), entry.render().into_bytes()),
+        FatEntry::File(
+            format!(
+                "{}/{}",
+                layout::esp::ENTRIES_DIR,
+                EntryName::fresh(Slot::A).file_name()
+            ),
+            entry.render().into_bytes(),
+        ),
         FatEntry::Dir("/keel".into()),
         FatEntry::Dir(Slot::A.esp_dir()),
         FatEntry::File(Slot::A.kernel_path(), kernel.image.clone()),
@@ -276,7 +353,9 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         FatEntry::File(Slot::A.manifest_path(), manifest_bytes.clone()),
         FatEntry::File(Slot::A.signature_path(), signature.clone().into_bytes()),
     ];
-    let esp = plan.partition(PartitionRole::Esp).ok_or_else(|| BuildError::Input("no ESP".into()))?;
+    let esp = plan
+        .partition(PartitionRole::Esp)
+        .ok_or_else(|| BuildError::Input("no ESP".into()))?;
     crate::esp::write_fat(
         Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?,
         &FatSpec {
@@ -288,12 +367,21 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         },
     )?;
     phase.set_position(esp.offset + esp.size);
-    payload.write_at(&mut disk, slot_a.offset).map_err(io_at(&disk_path))?;
-    let state = plan.partition(PartitionRole::State).ok_or_else(|| BuildError::Input("no STATE".into()))?;
+    payload
+        .write_at(&mut disk, slot_a.offset)
+        .map_err(io_at(&disk_path))?;
+    let state = plan
+        .partition(PartitionRole::State)
+        .ok_or_else(|| BuildError::Input("no STATE".into()))?;
     write_at(&mut disk, state.offset, &state_image).map_err(io_at(&disk_path))?;
     disk.sync_all().map_err(io_at(&disk_path))?;
     drop(disk);
-    phase.finish(&format!("disk.raw {} (root {}, initramfs {})", human_bytes(plan.total_size), human_bytes(payload.bytes_len()), human_bytes(initramfs.bytes.len() as u64)));
+    phase.finish(&format!(
+        "disk.raw {} (root {}, initramfs {})",
+        human_bytes(plan.total_size),
+        human_bytes(payload.bytes_len()),
+        human_bytes(initramfs.bytes.len() as u64)
+    ));
 
     out.write("manifest.json", &manifest_bytes)?;
     out.write(layout::SIGNATURE_FILE, signature.as_bytes())?;
@@ -302,11 +390,22 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
 
     // Other formats.
     for format in &image.formats {
-        crate::commands::convert_format(*format, &disk_path, out.path(), sde, &plan.disk_guid, rep)?;
+        crate::commands::convert_format(
+            *format,
+            &disk_path,
+            out.path(),
+            sde,
+            &plan.disk_guid,
+            rep,
+        )?;
     }
     let files = out.list()?;
     let output = out.commit()?;
-    Ok(BuildReport { output, manifest, files })
+    Ok(BuildReport {
+        output,
+        manifest,
+        files,
+    })
 }
 
 fn write_at(file: &mut std::fs::File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
@@ -323,10 +422,19 @@ fn volume_id(disk_guid: &uuid::Uuid, what: &str) -> u32 {
 
 /// STATE: an empty FAT filesystem labelled STATE with a format marker. The node keeps its
 /// applied profile, identity and upgrade journal there.
-fn state_partition(plan: &crate::disk::DiskPlan, name: &str, sde: u64) -> Result<Vec<u8>, BuildError> {
-    let state = plan.partition(PartitionRole::State).ok_or_else(|| BuildError::Input("no STATE".into()))?;
+fn state_partition(
+    plan: &crate::disk::DiskPlan,
+    name: &str,
+    sde: u64,
+) -> Result<Vec<u8>, BuildError> {
+    let state = plan
+        .partition(PartitionRole::State)
+        .ok_or_else(|| BuildError::Input("no STATE".into()))?;
     let mut image = std::io::Cursor::new(vec![0u8; state.size as usize]);
-    let entries = vec![FatEntry::File("/keel-state".into(), format!("1\n{name}\n").into_bytes())];
+    let entries = vec![FatEntry::File(
+        "/keel-state".into(),
+        format!("1\n{name}\n").into_bytes(),
+    )];
     crate::esp::write_fat(
         &mut image,
         &FatSpec {

@@ -17,12 +17,18 @@ impl OutputDir {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}.partial-"))
             .tempdir_in(&parent)
             .map_err(io_at(&parent))?;
-        Ok(OutputDir { temp, dest: dest.to_path_buf() })
+        Ok(OutputDir {
+            temp,
+            dest: dest.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -60,7 +66,9 @@ impl OutputDir {
         if dest.exists() {
             let old = temp.with_file_name(format!(
                 ".{}.old-{}",
-                dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                dest.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 std::process::id()
             ));
             std::fs::rename(&dest, &old).map_err(io_at(&dest))?;

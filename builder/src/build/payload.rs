@@ -22,20 +22,30 @@ pub struct Payload {
     payload_sha256: [u8; 32],
 }
 
-pub fn build(tree: &Tree, spec: &Squashfs, mkfs_time: u32, rep: &Reporter) -> Result<Payload, BuildError> {
+pub fn build(
+    tree: &Tree,
+    spec: &Squashfs,
+    mkfs_time: u32,
+    rep: &Reporter,
+) -> Result<Payload, BuildError> {
     let total = tree.content_bytes();
     let phase = rep.phase("squashfs", Some(total));
     let options = SquashfsOptions {
         block_size: spec.block_size.bytes() as u32,
         compression: match spec.compression {
-            Compression::Zstd => SquashfsCompression::Zstd { level: i32::from(spec.level) },
+            Compression::Zstd => SquashfsCompression::Zstd {
+                level: i32::from(spec.level),
+            },
             Compression::None => SquashfsCompression::None,
         },
         mkfs_time,
         ..SquashfsOptions::default()
     };
     let mut squashfs = Vec::with_capacity((total / 2) as usize);
-    let summary = crate::squashfs::write_squashfs_with_progress(tree, &options, &mut squashfs, &mut |done| phase.set_position(done))
+    let summary =
+        crate::squashfs::write_squashfs_with_progress(tree, &options, &mut squashfs, &mut |done| {
+            phase.set_position(done)
+        })
         .map_err(|e| BuildError::Payload(e.to_string()))?;
     squashfs[..summary.superblock.len()].copy_from_slice(&summary.superblock);
     phase.finish(&format!(
@@ -50,13 +60,19 @@ pub fn build(tree: &Tree, spec: &Squashfs, mkfs_time: u32, rep: &Reporter) -> Re
     hasher.update(&squashfs);
     let squashfs_sha256: [u8; 32] = hasher.clone().finalize().into();
     // Salt and UUID are derived from the content, never random.
-    let salt: [u8; 32] = Sha256::digest([b"keel verity salt\0".as_slice(), &squashfs_sha256].concat()).into();
+    let salt: [u8; 32] =
+        Sha256::digest([b"keel verity salt\0".as_slice(), &squashfs_sha256].concat()).into();
     let uuid = crate::disk::derive_uuid(&["verity", &hex::encode(squashfs_sha256)]);
-    let verity = verity::build(&squashfs, &VerityParams { salt, uuid }).map_err(|e| BuildError::Payload(e.to_string()))?;
+    let verity = verity::build(&squashfs, &VerityParams { salt, uuid })
+        .map_err(|e| BuildError::Payload(e.to_string()))?;
     hasher.update(&verity.bytes);
     let payload_sha256 = hasher.finalize().into();
     phase.finish(&format!("root hash {}", hex::encode(verity.root_hash)));
-    Ok(Payload { squashfs, verity, payload_sha256 })
+    Ok(Payload {
+        squashfs,
+        verity,
+        payload_sha256,
+    })
 }
 
 impl Payload {
@@ -65,7 +81,10 @@ impl Payload {
     }
 
     pub fn digest(&self) -> FileDigest {
-        FileDigest { size: self.bytes_len(), sha256: Sha256Digest(self.payload_sha256) }
+        FileDigest {
+            size: self.bytes_len(),
+            sha256: Sha256Digest(self.payload_sha256),
+        }
     }
 
     pub fn root_hash_hex(&self) -> String {
@@ -96,12 +115,6 @@ impl Payload {
     /// Writes squashfs then verity tree at `offset`.
     pub fn write_at<W: Write + Seek>(&self, out: &mut W, offset: u64) -> std::io::Result<()> {
         out.seek(SeekFrom::Start(offset))?;
-        out.write_all(&self.squashfs)?;
-        out.write_all(&self.verity.bytes)
-    }
-
-    /// The payload as one stream (for update bundles).
-    pub fn write_to<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
         out.write_all(&self.squashfs)?;
         out.write_all(&self.verity.bytes)
     }

@@ -39,12 +39,25 @@ pub fn apply_sources(
         match source {
             UserlandSource::Debian(deb) => {
                 let phase = rep.phase("debian", None);
-                let resolved = debian::resolve_and_download(deb, cache_dir, &mut |line| phase.message(line))
-                    .map_err(|e| UserlandError::Debian { index, message: e.to_string() })?;
-                let stats = debian::install(&resolved, tree)
-                    .map_err(|e| UserlandError::Debian { index, message: e.to_string() })?;
+                let resolved =
+                    debian::resolve_and_download(deb, cache_dir, &mut |line| phase.message(line))
+                        .map_err(|e| UserlandError::Debian {
+                        index,
+                        message: e.to_string(),
+                    })?;
+                let stats =
+                    debian::install(&resolved, tree).map_err(|e| UserlandError::Debian {
+                        index,
+                        message: e.to_string(),
+                    })?;
                 let bytes: u64 = resolved.iter().map(|r| r.size).sum();
-                phase.finish(&format!("{} packages ({}) from {}, {} files", resolved.len(), human_bytes(bytes), deb.suite, stats.iter().map(|s| s.layer.entries).sum::<usize>()));
+                phase.finish(&format!(
+                    "{} packages ({}) from {}, {} files",
+                    resolved.len(),
+                    human_bytes(bytes),
+                    deb.suite,
+                    stats.iter().map(|s| s.layer.entries).sum::<usize>()
+                ));
                 items.extend(resolved.iter().map(|r| SourceItem {
                     kind: "deb".into(),
                     name: r.package.clone(),
@@ -57,14 +70,29 @@ pub fn apply_sources(
                 let mut src = match (&spec.layout, &spec.archive) {
                     (Some(l), _) => oci::OciSource::layout(l),
                     (None, Some(a)) => oci::OciSource::archive(a),
-                    (None, None) => return Err(UserlandError::Oci { index, message: "neither layout nor archive given".into() }),
+                    (None, None) => {
+                        return Err(UserlandError::Oci {
+                            index,
+                            message: "neither layout nor archive given".into(),
+                        });
+                    }
                 };
                 if let Some(r) = &spec.reference {
                     src = src.with_ref(r);
                 }
-                let image = oci::apply_oci(tree, &src).map_err(|e| UserlandError::Oci { index, message: e.to_string() })?;
-                phase.finish(&format!("{} ({} layers)", src.path().display(), image.layers.len()));
-                let name = spec.reference.clone().unwrap_or_else(|| src.path().display().to_string());
+                let image = oci::apply_oci(tree, &src).map_err(|e| UserlandError::Oci {
+                    index,
+                    message: e.to_string(),
+                })?;
+                phase.finish(&format!(
+                    "{} ({} layers)",
+                    src.path().display(),
+                    image.layers.len()
+                ));
+                let name = spec
+                    .reference
+                    .clone()
+                    .unwrap_or_else(|| src.path().display().to_string());
                 items.extend(image.layers.iter().map(|l| SourceItem {
                     kind: "oci-layer".into(),
                     name: name.clone(),

@@ -31,20 +31,20 @@ pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("KEEL_INIT") {
         return vec![PathBuf::from(p)];
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            out.push(dir.join("keel-init"));
-            // target/{release,debug}/keel -> target/<triple>/release/keel-init
-            if let Some(target) = dir.parent() {
-                out.push(target.join(TARGET).join("release").join("keel-init"));
-                out.push(
-                    target
-                        .join("keel-init")
-                        .join(TARGET)
-                        .join("release")
-                        .join("keel-init"),
-                );
-            }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        out.push(dir.join("keel-init"));
+        // target/{release,debug}/keel -> target/<triple>/release/keel-init
+        if let Some(target) = dir.parent() {
+            out.push(target.join(TARGET).join("release").join("keel-init"));
+            out.push(
+                target
+                    .join("keel-init")
+                    .join(TARGET)
+                    .join("release")
+                    .join("keel-init"),
+            );
         }
     }
     out.push(

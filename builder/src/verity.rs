@@ -79,7 +79,7 @@ pub fn build(data: &[u8], params: &VerityParams) -> Result<VerityTree, VerityErr
     if data.is_empty() {
         return Err(VerityError::Empty);
     }
-    if data.len() % BLOCK_SIZE != 0 {
+    if !data.len().is_multiple_of(BLOCK_SIZE) {
         return Err(VerityError::Unaligned { len: data.len() });
     }
     let mut levels = vec![level(&params.salt, data)];

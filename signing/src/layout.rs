@@ -242,7 +242,7 @@ pub mod cmdline {
             .filter_map(|arg| arg.split_once('='))
             .filter(|(k, _)| *k == key)
             .map(|(_, v)| v)
-            .last()
+            .next_back()
     }
 }
 

@@ -158,10 +158,9 @@ impl Machine {
         let serial = vm.serial().unwrap();
         let reader = NBReader::new(
             serial.try_clone().unwrap(),
-            Options {
-                timeout_ms: Some(500),
-                strip_ansi_escape_codes: true,
-            },
+            Options::new()
+                .timeout_ms(Some(500))
+                .strip_ansi_escape_codes(true),
         );
         Machine {
             vm,

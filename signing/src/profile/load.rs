@@ -322,10 +322,10 @@ fn absolutize_paths(table: &mut toml::Table, dir: &Path) {
                 }
             }
             Some((key, rest)) => {
-                if let toml::Value::Table(t) = value {
-                    if let Some(v) = t.get_mut(*key) {
-                        visit(v, rest, dir);
-                    }
+                if let toml::Value::Table(t) = value
+                    && let Some(v) = t.get_mut(*key)
+                {
+                    visit(v, rest, dir);
                 }
             }
         }
@@ -378,7 +378,7 @@ pub(crate) fn locate(text: &str, segments: &[&str]) -> Option<(usize, usize)> {
             value = Some(v.get_ref());
         } else if let Some(toml::de::DeValue::Array(items)) = value {
             let idx: usize = seg.parse().ok()?;
-            let item = items.iter().nth(idx)?;
+            let item = items.get(idx)?;
             span = Some(item.span());
             value = Some(item.get_ref());
         } else {
@@ -418,12 +418,11 @@ fn field_at(text: &str, offset: usize) -> Option<String> {
             toml::de::DeValue::Table(t) => {
                 for (k, v) in t.iter() {
                     path.push(k.get_ref().to_string());
-                    if contains(k.span(), offset)
-                        || (!v.get_ref().is_table() && contains(v.span(), offset))
+                    if (contains(k.span(), offset)
+                        || (!v.get_ref().is_table() && contains(v.span(), offset)))
+                        && best.as_ref().is_none_or(|b| b.len() <= path.len())
                     {
-                        if best.as_ref().is_none_or(|b| b.len() <= path.len()) {
-                            *best = Some(path.clone());
-                        }
+                        *best = Some(path.clone());
                     }
                     go(v.get_ref(), offset, path, best);
                     path.pop();

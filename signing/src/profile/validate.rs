@@ -174,17 +174,16 @@ fn validate_node(node: &Node, out: &mut Vec<Problem>) {
                     "static networking needs at least one address",
                 ));
             }
-            if let Some(gw) = net.gateway {
-                if !net
+            if let Some(gw) = net.gateway
+                && !net
                     .addresses
                     .iter()
                     .any(|a| a.addr.is_ipv4() == gw.is_ipv4())
-                {
-                    out.push(problem(
-                        "node.network.gateway",
-                        format!("{gw} has no address of its family to route through"),
-                    ));
-                }
+            {
+                out.push(problem(
+                    "node.network.gateway",
+                    format!("{gw} has no address of its family to route through"),
+                ));
             }
         }
         NetworkMode::Dhcp => {
@@ -202,13 +201,13 @@ fn validate_node(node: &Node, out: &mut Vec<Problem>) {
             }
         }
     }
-    if let Some(iface) = &net.interface {
-        if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
-            out.push(problem(
-                "node.network.interface",
-                format!("{iface:?} is not an interface name"),
-            ));
-        }
+    if let Some(iface) = &net.interface
+        && (iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']))
+    {
+        out.push(problem(
+            "node.network.interface",
+            format!("{iface:?} is not an interface name"),
+        ));
     }
     if let Some(name) = &node.cluster.name {
         let ok = !name.is_empty()

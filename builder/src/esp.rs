@@ -1,12 +1,10 @@
-//! FAT filesystems written natively with `fatfs`: the EFI system partition (FAT32) and the
-//! STATE partition. Times come from SOURCE_DATE_EPOCH and volume ids are derived, so the
-//! bytes are reproducible.
+//! The FAT partitions (ESP and STATE): what goes in them, a window onto a partition inside
+//! the disk image, and reading files back with `fatfs` (for inspect and verify). Writing is
+//! done by [`crate::fat32`].
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use fatfs::{
-    Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
-};
+use fatfs::{Date, DateTime, FileSystem, FsOptions, Time};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FatError {
@@ -85,19 +83,6 @@ impl<F: Seek> Seek for Window<F> {
     }
 }
 
-/// Every timestamp is SOURCE_DATE_EPOCH (FAT cannot go below 1980, so earlier times clamp).
-#[derive(Debug)]
-struct FixedTime(DateTime);
-
-impl TimeProvider for FixedTime {
-    fn get_current_date(&self) -> Date {
-        self.0.date
-    }
-    fn get_current_date_time(&self) -> DateTime {
-        self.0
-    }
-}
-
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -141,58 +126,30 @@ pub struct FatSpec<'a> {
     /// 11 bytes, space padded.
     pub label: [u8; 11],
     pub volume_id: u32,
-    pub fat_type: Option<FatType>,
     pub source_date_epoch: u64,
     pub entries: &'a [FatEntry],
 }
 
-/// Formats `storage` (a whole partition) and writes the entries in order.
-pub fn write_fat<S: Read + Write + Seek>(storage: S, spec: &FatSpec<'_>) -> Result<(), FatError> {
-    let mut storage = storage;
-    let mut options = FormatVolumeOptions::new()
-        .volume_id(spec.volume_id)
-        .volume_label(spec.label);
-    if let Some(fat_type) = spec.fat_type {
-        options = options.fat_type(fat_type);
-    }
-    fatfs::format_volume(&mut storage, options).map_err(io_err("formatting FAT"))?;
+/// Formats `storage` (a whole partition) as FAT32 holding the entries.
+pub fn write_fat<S: Write + Seek>(mut storage: S, spec: &FatSpec<'_>) -> Result<(), FatError> {
+    let size = storage
+        .seek(SeekFrom::End(0))
+        .map_err(io_err("sizing the partition"))?;
     storage
         .seek(SeekFrom::Start(0))
         .map_err(io_err("seeking"))?;
-    // fatfs wants a 'static time provider; one small leak per filesystem written.
-    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(spec.source_date_epoch))));
-    let fs = FileSystem::new(
-        storage,
-        FsOptions::new()
-            .time_provider(time)
-            .update_accessed_date(false),
+    crate::fat32::write(
+        &mut storage,
+        size,
+        &spec.label,
+        spec.volume_id,
+        spec.source_date_epoch,
+        spec.entries,
     )
-    .map_err(io_err("opening FAT"))?;
-    {
-        let root = fs.root_dir();
-        for entry in spec.entries {
-            match entry {
-                FatEntry::Dir(path) => {
-                    let rel = relative(path)?;
-                    root.create_dir(rel)
-                        .map_err(io_err(format!("creating {path}")))?;
-                }
-                FatEntry::File(path, bytes) => {
-                    let rel = relative(path)?;
-                    let mut file = root
-                        .create_file(rel)
-                        .map_err(io_err(format!("creating {path}")))?;
-                    file.truncate()
-                        .map_err(io_err(format!("truncating {path}")))?;
-                    file.write_all(bytes)
-                        .map_err(io_err(format!("writing {path}")))?;
-                    file.flush().map_err(io_err(format!("writing {path}")))?;
-                }
-            }
-        }
-    }
-    fs.unmount().map_err(io_err("unmounting FAT"))?;
-    Ok(())
+    .map_err(|e| FatError::Io {
+        what: "writing FAT32".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 fn relative(path: &str) -> Result<&str, FatError> {
@@ -284,7 +241,6 @@ mod tests {
         let spec = FatSpec {
             label: *b"ESP        ",
             volume_id: 0x1234_5678,
-            fat_type: Some(FatType::Fat32),
             source_date_epoch: 1_700_000_000,
             entries: &entries,
         };

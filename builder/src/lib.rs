@@ -8,6 +8,7 @@ pub mod commands;
 pub mod cpio;
 pub mod disk;
 pub mod esp;
+pub mod fat32;
 pub mod formats;
 pub mod init_binary;
 pub mod initramfs;

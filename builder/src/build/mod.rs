@@ -361,7 +361,6 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         &FatSpec {
             label: *b"ESP        ",
             volume_id: volume_id(&plan.disk_guid, "ESP"),
-            fat_type: Some(fatfs::FatType::Fat32),
             source_date_epoch: sde,
             entries: &esp_entries,
         },
@@ -440,7 +439,6 @@ fn state_partition(
         &FatSpec {
             label: *b"STATE      ",
             volume_id: volume_id(&plan.disk_guid, "STATE"),
-            fat_type: None,
             source_date_epoch: sde,
             entries: &entries,
         },

@@ -59,7 +59,7 @@ pub struct Image {
     /// Size of the EFI system partition (FAT32, so at least 64MiB).
     #[serde(default = "default_esp_size")]
     pub esp_size: ByteSize,
-    /// Size of the STATE partition.
+    /// Size of the STATE partition (FAT32, so at least 64MiB).
     #[serde(default = "default_state_size")]
     pub state_size: ByteSize,
     /// Output formats besides the raw disk: `raw`, `qcow2`, `vhd`, `gce`.
@@ -120,7 +120,7 @@ fn default_esp_size() -> ByteSize {
     ByteSize::mib(256)
 }
 fn default_state_size() -> ByteSize {
-    ByteSize::mib(32)
+    ByteSize::mib(64)
 }
 fn default_formats() -> Vec<OutputFormat> {
     vec![OutputFormat::Raw]

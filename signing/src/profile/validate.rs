@@ -32,10 +32,10 @@ pub const RESERVED_CMDLINE_KEYS: &[&str] = &[
 ];
 
 pub const MIN_SLOT_SIZE: ByteSize = ByteSize::mib(64);
-/// FAT32 needs at least 65525 clusters; with room for two kernels and initramfs images
-/// 64MiB is the practical floor.
+/// The ESP and STATE are FAT32, which needs at least 65525 clusters; with room for two
+/// kernels and initramfs images 64MiB is the practical floor.
 pub const MIN_ESP_SIZE: ByteSize = ByteSize::mib(64);
-pub const MIN_STATE_SIZE: ByteSize = ByteSize::mib(8);
+pub const MIN_STATE_SIZE: ByteSize = ByteSize::mib(64);
 
 pub fn validate(profile: &Profile) -> Vec<Problem> {
     let mut out = Vec::new();

@@ -57,7 +57,7 @@ impl Geometry {
                 let clusters = data / spc;
                 let need = ((clusters + 2) * 4).div_ceil(SECTOR);
                 if need <= fat_sectors {
-                    if clusters >= MIN_CLUSTERS + 16 && clusters < 0x0FFF_FFF5 {
+                    if (MIN_CLUSTERS + 16..0x0FFF_FFF5).contains(&clusters) {
                         return Ok(Geometry {
                             total_sectors,
                             sectors_per_cluster: spc,

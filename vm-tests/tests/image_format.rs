@@ -227,6 +227,58 @@ fn keel_verify_passes_then_names_the_altered_partition() {
     assert!(err.contains("KEEL-A"), "{err}");
 }
 
+/// A sample of single-byte flips across everything the manifest covers: the root payload, the
+/// kernel and initramfs inside the ESP, STATE and the partition table. Each must fail
+/// `keel verify`.
+#[test]
+fn sampled_flips_across_the_image_are_all_rejected() {
+    let (out, public) = stock_image("worker");
+    let trusted = keel_builder::verify::load_trusted(std::slice::from_ref(&public)).unwrap();
+    let m = manifest(&out);
+    let disk = std::fs::read(out.join("disk.raw")).unwrap();
+    let find = |needle: &[u8], from: u64, len: u64| -> u64 {
+        let hay = &disk[from as usize..(from + len) as usize];
+        from + hay.windows(needle.len()).position(|w| w == needle).expect("file data inside the ESP") as u64
+    };
+    let esp = m.partition("ESP").unwrap();
+    let slot = m.partition("KEEL-A").unwrap();
+    let state = m.partition("STATE").unwrap();
+    let kernel = std::fs::read(out.join("vmlinuz")).unwrap();
+    let initramfs = std::fs::read(out.join("initramfs")).unwrap();
+    let kernel_at = find(&kernel[..4096], esp.offset, esp.size);
+    let initramfs_at = find(&initramfs[..4096], esp.offset, esp.size);
+    let mut offsets = vec![512 + 16, 1024 + 32]; // GPT header and entries
+    for i in 0..6 {
+        offsets.push(slot.offset + m.slot_payload.size * i / 6 + 7);
+    }
+    offsets.push(slot.offset + m.slot_payload.size - 1);
+    offsets.extend([kernel_at + 100, kernel_at + kernel.len() as u64 / 2, initramfs_at + 4000, initramfs_at + initramfs.len() as u64 - 1]);
+    offsets.extend([state.offset + 3, state.offset + (1 << 20)]);
+    drop(disk);
+    let dir = test_dir("sampled_flips");
+    for name in ["manifest.json", "manifest.json.minisig"] {
+        std::fs::copy(out.join(name), dir.join(name)).unwrap();
+    }
+    for at in offsets {
+        keel_builder::run::sparse_copy(&out.join("disk.raw"), &dir.join("disk.raw"), 0).unwrap();
+        flip(&dir.join("disk.raw"), at);
+        assert!(
+            keel_builder::verify::verify_output_dir(&dir, &trusted).is_err(),
+            "a flipped byte at offset {at} was not noticed"
+        );
+    }
+}
+
+#[test]
+fn inspect_reads_the_manifest_back_from_the_disk() {
+    let (out, _) = stock_image("worker");
+    let m = manifest(&out);
+    let text = keel_builder::inspect::inspect(&out.join("disk.raw")).unwrap();
+    for want in ["KEEL-A", "KEEL-B", "STATE", "keel-a+3.conf", &format!("slot a: keel-worker {}", m.version), &m.root.verity.root_hash.to_hex(), &m.kernel.release, "slot b: no manifest"] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+}
+
 fn flip(path: &Path, at: u64) {
     let mut f = std::fs::OpenOptions::new()
         .read(true)

@@ -19,13 +19,27 @@ fn files(dir: &Path) -> Vec<String> {
 fn two_builds_are_bit_identical() {
     let dir = test_dir("reproducible");
     let (secret, _) = test_key(&dir.join("keys"));
-    let profile = workspace_root().join("profiles/worker.toml");
+    // The stock worker with every output format, so those are covered too.
+    let profile = dir.join("all-formats.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "extends = \"{}\"\n[image]\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\"]\n",
+            workspace_root().join("profiles/worker.toml").display()
+        ),
+    )
+    .unwrap();
     let a = dir.join("first/out");
     let b = dir.join("second/elsewhere/out");
     build(&profile, &a, &secret, None, 1_700_000_000);
     std::thread::sleep(std::time::Duration::from_secs(2));
     build(&profile, &b, &secret, None, 1_700_000_000);
     assert_eq!(files(&a), files(&b));
+    for name in ["disk.raw", "disk.qcow2", "disk.vhd", "disk.tar.gz", "manifest.json", "manifest.json.minisig", "vmlinuz", "initramfs"] {
+        assert!(files(&a).contains(&name.to_string()), "{name} missing: {:?}", files(&a));
+    }
+    let check = std::process::Command::new("qemu-img").arg("check").arg(a.join("disk.qcow2")).output().unwrap();
+    assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
     for name in files(&a) {
         let (x, y) = (
             std::fs::read(a.join(&name)).unwrap(),

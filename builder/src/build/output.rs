@@ -21,6 +21,18 @@ impl OutputDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
+        // A build killed before it could clean up leaves its partial directory behind; the
+        // next build of the same OUTDIR removes it. (Two concurrent builds into one OUTDIR are
+        // not supported.)
+        let stale = [format!(".{name}.partial-"), format!(".{name}.old-")];
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for entry in entries.flatten() {
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if stale.iter().any(|p| file_name.starts_with(p.as_str())) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}.partial-"))
             .tempdir_in(&parent)

@@ -78,6 +78,14 @@ pub fn missing_profile_paths(loaded: &LoadedProfile, key_overridden: bool) -> Ve
             }
         }
     }
+    for (i, img) in image.container_images.iter().enumerate() {
+        if let Some(l) = &img.layout {
+            check(format!("image.container_images[{i}].layout"), l, true);
+        }
+        if let Some(a) = &img.archive {
+            check(format!("image.container_images[{i}].archive"), a, false);
+        }
+    }
     for (i, f) in image.files.iter().enumerate() {
         check(format!("image.files[{i}].src"), &f.src, false);
     }

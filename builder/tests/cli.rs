@@ -259,19 +259,42 @@ fn sign_and_verify_interoperate_with_minisign_both_ways() {
 fn interrupted_or_failed_builds_leave_no_output_directory() {
     let dir = tempfile::tempdir().unwrap();
     let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
-    assert!(keel(&["key", "gen", "-o", p(&dir.path().join("keys")), "--unencrypted"]).status.success());
+    assert!(
+        keel(&[
+            "key",
+            "gen",
+            "-o",
+            p(&dir.path().join("keys")),
+            "--unencrypted"
+        ])
+        .status
+        .success()
+    );
     // Any static executable will do as the init for a build that never boots.
     let init = "/sbin/ldconfig";
     let out = dir.path().join("out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["build", p(&profiles.join("worker.toml")), "-o", p(&out), "--key", p(&dir.path().join("keys/keel.key")), "--init", init])
+        .args([
+            "build",
+            p(&profiles.join("worker.toml")),
+            "-o",
+            p(&out),
+            "--key",
+            p(&dir.path().join("keys/keel.key")),
+            "--init",
+            init,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // Wait until the build is under way (its partial directory exists), then pull the plug.
     let started = std::time::Instant::now();
-    while !std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".out.partial-")) {
+    while !std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".out.partial-"))
+    {
         assert!(started.elapsed().as_secs() < 60, "the build never started");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -284,13 +307,34 @@ fn interrupted_or_failed_builds_leave_no_output_directory() {
     // clears the killed build's leftovers.
     std::fs::write(
         dir.path().join("broken.toml"),
-        format!("extends = \"{}\"\n[image.initramfs]\nmodules = [\"no_such_module\"]\n", profiles.join("worker.toml").display()),
+        format!(
+            "extends = \"{}\"\n[image.initramfs]\nmodules = [\"no_such_module\"]\n",
+            profiles.join("worker.toml").display()
+        ),
     )
     .unwrap();
-    let failed = keel(&["build", p(&dir.path().join("broken.toml")), "-o", p(&out), "--key", p(&dir.path().join("keys/keel.key")), "--init", init]);
+    let failed = keel(&[
+        "build",
+        p(&dir.path().join("broken.toml")),
+        "-o",
+        p(&out),
+        "--key",
+        p(&dir.path().join("keys/keel.key")),
+        "--init",
+        init,
+    ]);
     assert_eq!(failed.status.code(), Some(1));
-    assert!(stderr(&failed).contains("no_such_module"), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains("no_such_module"),
+        "{}",
+        stderr(&failed)
+    );
     assert!(!out.exists());
-    let leftovers: Vec<String> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".out.")).collect();
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".out."))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -2,7 +2,9 @@
 //! what was signed) before anything reads the content.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keel_signing::manifest::{self, Disk, FileDigest, KernelFile, Manifest, Partition, RootFs, Sha256Digest, Verity};
+use keel_signing::manifest::{
+    self, Disk, FileDigest, KernelFile, Manifest, Partition, RootFs, Sha256Digest, Verity,
+};
 use keel_signing::minisign::{SecretKey, SignatureFile, TrustedKeys, sign_bytes, verify_bytes};
 
 fn sample() -> Manifest {
@@ -15,9 +17,19 @@ fn sample() -> Manifest {
         builder: "keel 0.1.0".into(),
         source_date_epoch: 1_700_000_000,
         profile_sha256: d(1),
-        kernel: KernelFile { release: "6.1.0-56-cloud-amd64".into(), size: 14_000_000, sha256: d(2) },
-        initramfs: FileDigest { size: 4_000_000, sha256: d(3) },
-        bootloader: FileDigest { size: 100_000, sha256: d(4) },
+        kernel: KernelFile {
+            release: "6.1.0-56-cloud-amd64".into(),
+            size: 14_000_000,
+            sha256: d(2),
+        },
+        initramfs: FileDigest {
+            size: 4_000_000,
+            sha256: d(3),
+        },
+        bootloader: FileDigest {
+            size: 100_000,
+            sha256: d(4),
+        },
         cmdline: vec!["console=ttyS0,115200".into()],
         root: RootFs {
             format: "squashfs".into(),
@@ -34,7 +46,10 @@ fn sample() -> Manifest {
                 uuid: "8a9c0000-0000-5000-8000-000000000000".into(),
             },
         },
-        slot_payload: FileDigest { size: 76_700_000, sha256: d(6) },
+        slot_payload: FileDigest {
+            size: 76_700_000,
+            sha256: d(6),
+        },
         disk: Disk {
             size: 1 << 31,
             guid: "11111111-2222-5333-8444-555555555555".into(),
@@ -45,7 +60,10 @@ fn sample() -> Manifest {
                 guid: "66666666-7777-5888-8999-000000000000".into(),
                 offset: 257 << 20,
                 size: 768 << 20,
-                content: Some(FileDigest { size: 76_700_000, sha256: d(6) }),
+                content: Some(FileDigest {
+                    size: 76_700_000,
+                    sha256: d(6),
+                }),
             }],
         },
         sources: vec![],
@@ -57,13 +75,21 @@ fn flipping_any_byte_of_a_signed_manifest_is_rejected() {
     let (secret, public) = SecretKey::generate().unwrap();
     let keys = TrustedKeys::new([public]).unwrap();
     let bytes = sample().to_canonical_json().unwrap();
-    let sig = SignatureFile::parse(&sign_bytes(&secret, &bytes, "keel manifest").unwrap().to_file_string()).unwrap();
+    let sig = SignatureFile::parse(
+        &sign_bytes(&secret, &bytes, "keel manifest")
+            .unwrap()
+            .to_file_string(),
+    )
+    .unwrap();
     verify_bytes(&keys, &sig, &bytes).unwrap();
     for i in 0..bytes.len() {
         for bit in [0x01u8, 0x80] {
             let mut altered = bytes.clone();
             altered[i] ^= bit;
-            assert!(verify_bytes(&keys, &sig, &altered).is_err(), "flip of bit {bit:#x} at byte {i} accepted");
+            assert!(
+                verify_bytes(&keys, &sig, &altered).is_err(),
+                "flip of bit {bit:#x} at byte {i} accepted"
+            );
         }
     }
     // Truncation and extension too.

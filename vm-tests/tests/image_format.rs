@@ -238,7 +238,10 @@ fn sampled_flips_across_the_image_are_all_rejected() {
     let disk = std::fs::read(out.join("disk.raw")).unwrap();
     let find = |needle: &[u8], from: u64, len: u64| -> u64 {
         let hay = &disk[from as usize..(from + len) as usize];
-        from + hay.windows(needle.len()).position(|w| w == needle).expect("file data inside the ESP") as u64
+        from + hay
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("file data inside the ESP") as u64
     };
     let esp = m.partition("ESP").unwrap();
     let slot = m.partition("KEEL-A").unwrap();
@@ -252,7 +255,12 @@ fn sampled_flips_across_the_image_are_all_rejected() {
         offsets.push(slot.offset + m.slot_payload.size * i / 6 + 7);
     }
     offsets.push(slot.offset + m.slot_payload.size - 1);
-    offsets.extend([kernel_at + 100, kernel_at + kernel.len() as u64 / 2, initramfs_at + 4000, initramfs_at + initramfs.len() as u64 - 1]);
+    offsets.extend([
+        kernel_at + 100,
+        kernel_at + kernel.len() as u64 / 2,
+        initramfs_at + 4000,
+        initramfs_at + initramfs.len() as u64 - 1,
+    ]);
     offsets.extend([state.offset + 3, state.offset + (1 << 20)]);
     drop(disk);
     let dir = test_dir("sampled_flips");
@@ -274,7 +282,16 @@ fn inspect_reads_the_manifest_back_from_the_disk() {
     let (out, _) = stock_image("worker");
     let m = manifest(&out);
     let text = keel_builder::inspect::inspect(&out.join("disk.raw")).unwrap();
-    for want in ["KEEL-A", "KEEL-B", "STATE", "keel-a+3.conf", &format!("slot a: keel-worker {}", m.version), &m.root.verity.root_hash.to_hex(), &m.kernel.release, "slot b: no manifest"] {
+    for want in [
+        "KEEL-A",
+        "KEEL-B",
+        "STATE",
+        "keel-a+3.conf",
+        &format!("slot a: keel-worker {}", m.version),
+        &m.root.verity.root_hash.to_hex(),
+        &m.kernel.release,
+        "slot b: no manifest",
+    ] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
 }

@@ -35,11 +35,32 @@ fn two_builds_are_bit_identical() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     build(&profile, &b, &secret, None, 1_700_000_000);
     assert_eq!(files(&a), files(&b));
-    for name in ["disk.raw", "disk.qcow2", "disk.vhd", "disk.tar.gz", "manifest.json", "manifest.json.minisig", "vmlinuz", "initramfs"] {
-        assert!(files(&a).contains(&name.to_string()), "{name} missing: {:?}", files(&a));
+    for name in [
+        "disk.raw",
+        "disk.qcow2",
+        "disk.vhd",
+        "disk.tar.gz",
+        "manifest.json",
+        "manifest.json.minisig",
+        "vmlinuz",
+        "initramfs",
+    ] {
+        assert!(
+            files(&a).contains(&name.to_string()),
+            "{name} missing: {:?}",
+            files(&a)
+        );
     }
-    let check = std::process::Command::new("qemu-img").arg("check").arg(a.join("disk.qcow2")).output().unwrap();
-    assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
+    let check = std::process::Command::new("qemu-img")
+        .arg("check")
+        .arg(a.join("disk.qcow2"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "qemu-img check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     for name in files(&a) {
         let (x, y) = (
             std::fs::read(a.join(&name)).unwrap(),

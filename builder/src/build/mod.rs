@@ -176,8 +176,13 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
 
     // Userland.
     let mut tree = Tree::with_merged_usr();
-    let sources = crate::userland::apply_sources(&image.userland, &req.cache_dir, &mut tree, rep)
-        .map_err(|e| BuildError::Userland(e.to_string()))?;
+    let mut sources =
+        crate::userland::apply_sources(&image.userland, &req.cache_dir, &mut tree, rep)
+            .map_err(|e| BuildError::Userland(e.to_string()))?;
+    sources.extend(
+        crate::userland::bake_container_images(&image.container_images, &mut tree, rep)
+            .map_err(|e| BuildError::Userland(e.to_string()))?,
+    );
 
     // Kernel and modules.
     let phase = rep.phase("kernel", None);

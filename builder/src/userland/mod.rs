@@ -9,13 +9,23 @@ pub mod tar_layer;
 use std::path::Path;
 
 use keel_signing::manifest::{Sha256Digest, SourceItem};
-use keel_signing::profile::UserlandSource;
+use keel_signing::profile::{ContainerImage, UserlandSource};
 
 use crate::progress::{Reporter, human_bytes};
 use crate::tree::Tree;
 
+/// Where baked container images go in the root (one oci-archive per image); the init
+/// imports every archive there into containerd at boot.
+pub const BAKED_IMAGES_DIR: &str = "/usr/share/keel/images";
+
 #[derive(Debug, thiserror::Error)]
 pub enum UserlandError {
+    #[error("image.container_images[{index}] ({name}): {message}")]
+    ContainerImage {
+        index: usize,
+        name: String,
+        message: String,
+    },
     #[error("image.userland[{index}] (debian): {message}")]
     Debian { index: usize, message: String },
     #[error("image.userland[{index}] (oci): {message}")]
@@ -101,6 +111,51 @@ pub fn apply_sources(
                 }));
             }
         }
+    }
+    Ok(items)
+}
+
+/// Exports each baked image from its layout or archive into the root as
+/// `<BAKED_IMAGES_DIR>/<name>.tar`, named `keel.local/<name>:latest` for containerd.
+pub fn bake_container_images(
+    images: &[ContainerImage],
+    tree: &mut Tree,
+    rep: &Reporter,
+) -> Result<Vec<SourceItem>, UserlandError> {
+    let mut items = Vec::new();
+    for (index, image) in images.iter().enumerate() {
+        let err = |message: String| UserlandError::ContainerImage {
+            index,
+            name: image.name.clone(),
+            message,
+        };
+        let phase = rep.phase("image", None);
+        let mut src = match (&image.layout, &image.archive) {
+            (Some(l), _) => oci::OciSource::layout(l),
+            (None, Some(a)) => oci::OciSource::archive(a),
+            (None, None) => return Err(err("neither layout nor archive given".into())),
+        };
+        if let Some(r) = &image.reference {
+            src = src.with_ref(r);
+        }
+        let mut archive = Vec::new();
+        let name = ContainerImage::containerd_name(&image.name);
+        let exported = oci::export_oci_archive_named(&src, Some(&name), &mut archive)
+            .map_err(|e| err(e.to_string()))?;
+        let path = format!("{BAKED_IMAGES_DIR}/{}.tar", image.name);
+        let size = archive.len() as u64;
+        tree.insert(
+            &path,
+            crate::tree::Node::file(crate::tree::Meta::root(0o644), archive),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        phase.finish(&format!("{name} ({}) -> {path}", human_bytes(size)));
+        items.push(SourceItem {
+            kind: "oci-image".into(),
+            name: image.name.clone(),
+            version: exported.manifest_digest.clone(),
+            sha256: digest_from_hex(&exported.manifest_digest),
+        });
     }
     Ok(items)
 }

@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use crate::tree::Tree;
 use crate::userland::tar_layer::{LayerError, LayerStats, Whiteouts, apply_tar};
 
-pub use export::{ExportedImage, export_oci_archive};
+pub use export::{ExportedImage, export_oci_archive, export_oci_archive_named};
 pub use select::{
     Compression, ManifestKind, REF_NAME_ANNOTATION, SelectError, TARGET_ARCH, TARGET_OS,
     layer_compression, manifest_kind, select_entry, select_platform,

@@ -93,6 +93,8 @@ const PATH_FIELDS: &[&[&str]] = &[
     &["image", "userland", "*", "oci", "layout"],
     &["image", "userland", "*", "oci", "archive"],
     &["image", "files", "*", "src"],
+    &["image", "container_images", "*", "layout"],
+    &["image", "container_images", "*", "archive"],
 ];
 
 const MAX_EXTENDS_DEPTH: usize = 16;

@@ -77,6 +77,10 @@ pub struct Image {
     pub squashfs: Squashfs,
     #[serde(default)]
     pub initramfs: Initramfs,
+    /// Container images baked into the root and imported into containerd at boot, so
+    /// air-gapped nodes need no registry.
+    #[serde(default)]
+    pub container_images: Vec<ContainerImage>,
 }
 
 impl Default for Image {
@@ -97,6 +101,7 @@ impl Default for Image {
             trusted_keys: Vec::new(),
             squashfs: Squashfs::default(),
             initramfs: Initramfs::default(),
+            container_images: Vec::new(),
         }
     }
 }
@@ -275,6 +280,29 @@ impl Serialize for KernelSpec {
     }
 }
 
+/// `[[image.container_images]]`: an OCI image (layout or oci-archive) baked into the root as
+/// `/usr/share/keel/images/<name>.tar` and imported at boot as `keel.local/<name>:latest`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerImage {
+    /// Short name: lower-case letters, digits and `-`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<PathBuf>,
+    /// Ref name in the layout; optional when it holds one image.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+impl ContainerImage {
+    /// The name containerd knows the image by after the node imported it.
+    pub fn containerd_name(name: &str) -> String {
+        format!("keel.local/{name}:latest")
+    }
+}
+
 /// `[image.squashfs]`: the root filesystem's compression.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -338,6 +366,46 @@ pub struct Node {
     pub network: Network,
     #[serde(default)]
     pub cluster: Cluster,
+    /// System containers the node runs through containerd (Talos calls these extension
+    /// services).
+    #[serde(default)]
+    pub containers: Vec<SystemContainer>,
+}
+
+/// `[[node.containers]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemContainer {
+    /// Container and service name: lower-case letters, digits and `-`.
+    pub name: String,
+    /// A baked image's short name (see `image.container_images`) or a full image reference
+    /// already present in containerd.
+    pub image: String,
+    /// Arguments after the image's entrypoint (replacing its default command).
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+impl SystemContainer {
+    /// The image reference to run: short names are baked images.
+    pub fn image_ref(&self) -> String {
+        if self.image.contains(['/', ':', '@']) {
+            self.image.clone()
+        } else {
+            ContainerImage::containerd_name(&self.image)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -209,6 +209,27 @@ fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
             &["unclosed table", "expected `]`"],
         ),
         (
+            "container image both",
+            "[[image.container_images]]\nname = \"x\"\nlayout = \"a\"\narchive = \"b\"\n",
+            "DIR/p.toml:1:1",
+            &["`image.container_images[0]`", "exactly one"],
+        ),
+        (
+            "container unknown image",
+            "[[node.containers]]\nname = \"web\"\nimage = \"nginx\"\n",
+            "DIR/p.toml:3:9",
+            &[
+                "`node.containers[0].image`",
+                "not one of image.container_images",
+            ],
+        ),
+        (
+            "container bad restart",
+            "[[node.containers]]\nname = \"web\"\nimage = \"a/b:c\"\nrestart = \"sometimes\"\n",
+            "DIR/p.toml:4:11",
+            &["unknown variant `sometimes`", "`on-failure`"],
+        ),
+        (
             "missing base",
             "extends = \"nope.toml\"\n",
             "DIR/p.toml:1:11",

@@ -41,7 +41,32 @@ pub fn validate(profile: &Profile) -> Vec<Problem> {
     let mut out = Vec::new();
     validate_image(&profile.image, &mut out);
     validate_node(&profile.node, &mut out);
+    for (i, c) in profile.node.containers.iter().enumerate() {
+        let short = !c.image.contains(['/', ':', '@']);
+        if short
+            && !c.image.is_empty()
+            && !profile
+                .image
+                .container_images
+                .iter()
+                .any(|img| img.name == c.image)
+        {
+            out.push(problem(
+                format!("node.containers[{i}].image"),
+                format!("{:?} is not one of image.container_images (use a full reference for an image already on the node)", c.image),
+            ));
+        }
+    }
     out
+}
+
+fn short_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn validate_image(image: &Image, out: &mut Vec<Problem>) {
@@ -137,6 +162,30 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
             ));
         }
     }
+    let mut names = HashSet::new();
+    for (i, img) in image.container_images.iter().enumerate() {
+        let field = format!("image.container_images[{i}]");
+        if !short_name_ok(&img.name) {
+            out.push(problem(
+                format!("{field}.name"),
+                format!(
+                    "{:?}: expected 1-63 lower-case letters, digits or '-', starting with a letter",
+                    img.name
+                ),
+            ));
+        } else if !names.insert(img.name.as_str()) {
+            out.push(problem(
+                format!("{field}.name"),
+                format!("{:?} is used twice", img.name),
+            ));
+        }
+        if img.layout.is_some() == img.archive.is_some() {
+            out.push(problem(
+                field,
+                "expected exactly one of `layout` (a directory) or `archive` (a tar file)",
+            ));
+        }
+    }
     let sq = &image.squashfs;
     if !(1..=22).contains(&sq.level) {
         out.push(problem(
@@ -208,6 +257,29 @@ fn validate_node(node: &Node, out: &mut Vec<Problem>) {
             "node.network.interface",
             format!("{iface:?} is not an interface name"),
         ));
+    }
+    let mut names = HashSet::new();
+    for (i, c) in node.containers.iter().enumerate() {
+        if !short_name_ok(&c.name) {
+            out.push(problem(
+                format!("node.containers[{i}].name"),
+                format!(
+                    "{:?}: expected 1-63 lower-case letters, digits or '-', starting with a letter",
+                    c.name
+                ),
+            ));
+        } else if !names.insert(c.name.as_str()) {
+            out.push(problem(
+                format!("node.containers[{i}].name"),
+                format!("{:?} is used twice", c.name),
+            ));
+        }
+        if c.image.trim().is_empty() {
+            out.push(problem(
+                format!("node.containers[{i}].image"),
+                "expected an image name",
+            ));
+        }
     }
     if let Some(name) = &node.cluster.name {
         let ok = !name.is_empty()

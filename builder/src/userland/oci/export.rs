@@ -65,6 +65,17 @@ enum Blob<'a> {
 /// The index.json entry keeps the annotations (the ref name) of the source's entry. Blobs
 /// are verified as they are copied; on error `dest` holds a partial archive to discard.
 pub fn export_oci_archive(src: &OciSource, dest: impl Write) -> Result<ExportedImage, OciError> {
+    export_oci_archive_named(src, None, dest)
+}
+
+/// [`export_oci_archive`], naming the image `name` in the archive's index (both
+/// `org.opencontainers.image.ref.name` and containerd's `io.containerd.image.name`), so that
+/// `ctr images import` on the node registers it under that name.
+pub fn export_oci_archive_named(
+    src: &OciSource,
+    name: Option<&str>,
+    dest: impl Write,
+) -> Result<ExportedImage, OciError> {
     let store = Store::open(src)?;
     let image = store.resolve(src.reference.as_deref())?;
     let export_err = |source| OciError::Export {
@@ -111,7 +122,7 @@ pub fn export_oci_archive(src: &OciSource, dest: impl Write) -> Result<ExportedI
             }
         }
     }
-    let index = index_json(&image).map_err(|e| export_err(e.into()))?;
+    let index = index_json(&image, name).map_err(|e| export_err(e.into()))?;
     for (path, bytes) in [("index.json", &index[..]), ("oci-layout", OCI_LAYOUT)] {
         let header =
             header(path, tar::EntryType::Regular, 0o644, bytes.len() as u64).map_err(export_err)?;
@@ -140,14 +151,18 @@ fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> io::Result<
     Ok(header)
 }
 
-fn index_json(image: &Resolved) -> serde_json::Result<Vec<u8>> {
-    let annotations = image
+fn index_json(image: &Resolved, name: Option<&str>) -> serde_json::Result<Vec<u8>> {
+    let mut annotations: BTreeMap<&str, &str> = image
         .entry
         .annotations()
         .iter()
         .flatten()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    if let Some(name) = name {
+        annotations.insert("org.opencontainers.image.ref.name", name);
+        annotations.insert("io.containerd.image.name", name);
+    }
     let index = Index {
         schema_version: 2,
         media_type: OCI_INDEX_MEDIA_TYPE,

@@ -241,3 +241,102 @@ impl Machine {
         self.vm.kill();
     }
 }
+
+/// A tiny OCI image layout (built with umoci) whose entrypoint is a static program printing
+/// `keel-marker: <args>` and then sleeping: what a system container test runs.
+pub fn marker_image(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = dir.join("marker.rs");
+    std::fs::write(
+        &src,
+        r#"fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    println!("keel-marker: {}", args.join(" "));
+    loop { std::thread::sleep(std::time::Duration::from_secs(3600)); }
+}
+"#,
+    )
+    .unwrap();
+    let bin = dir.join("marker");
+    run_tool(Command::new("rustc").args(["-O", "-C", "target-feature=+crt-static", "-o"]).arg(&bin).arg(&src));
+    let layout = dir.join("layout");
+    let bundle = dir.join("bundle");
+    let _ = std::fs::remove_dir_all(&layout);
+    let _ = std::fs::remove_dir_all(&bundle);
+    let image = format!("{}:latest", layout.display());
+    run_tool(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run_tool(Command::new("umoci").args(["new", "--image", &image]));
+    run_tool(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    std::fs::copy(&bin, bundle.join("rootfs/marker")).unwrap();
+    run_tool(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    run_tool(Command::new("umoci").args(["config", "--image", &image, "--config.entrypoint", "/marker"]));
+    layout
+}
+
+fn run_tool(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (installed? see vm-tests/install-host-packages)"));
+    assert!(out.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Writes a profile that extends `profiles/<base>.toml` with `extra` TOML appended.
+pub fn derived_profile(dir: &Path, base: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{base}-test.toml"));
+    let text = format!("extends = \"{}\"\n{extra}", workspace_root().join("profiles").join(format!("{base}.toml")).display());
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Reads a file from the ESP of a (stopped) VM disk.
+pub fn esp_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
+    let (offset, size) = esp_window(disk)?;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(disk).ok()?;
+    let window = keel_builder::esp::Window::new(file, offset, size).ok()?;
+    keel_builder::esp::read_fat_file(window, path).ok()
+}
+
+/// Lists a directory of the ESP of a (stopped) VM disk.
+pub fn esp_list(disk: &Path, dir: &str) -> Vec<String> {
+    let Some((offset, size)) = esp_window(disk) else { return Vec::new() };
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(disk) else { return Vec::new() };
+    let Ok(window) = keel_builder::esp::Window::new(file, offset, size) else { return Vec::new() };
+    let mut names = keel_builder::esp::list_fat_dir(window, dir).unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn esp_window(disk: &Path) -> Option<(u64, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(disk).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut head = vec![0u8; 34 * 512];
+    f.read_exact(&mut head).ok()?;
+    let gpt = keel_signing::gpt::Gpt::parse_primary(&head, size / 512).ok()?;
+    let (_, esp) = gpt.find("ESP")?;
+    Some((esp.offset(), esp.size()))
+}
+
+/// Disk offset of the first data block of `file` inside KEEL-A's squashfs, found by storing
+/// that block the way the builder's squashfs writer does and searching for the bytes.
+pub fn root_file_block_offset(out: &Path, file: &[u8]) -> Option<u64> {
+    let manifest = keel_signing::manifest::Manifest::from_json(&std::fs::read(out.join("manifest.json")).ok()?).ok()?;
+    let slot = manifest.partition("KEEL-A")?;
+    let options = keel_builder::squashfs::SquashfsOptions::default();
+    let block = file.get(..options.block_size as usize)?;
+    let stored = keel_builder::squashfs::stored_block(block, &options).ok()?;
+    let disk = std::fs::read(out.join("disk.raw")).ok()?;
+    let root = disk.get(slot.offset as usize..(slot.offset + manifest.root.size) as usize)?;
+    let at = root.windows(stored.len()).position(|w| w == stored.as_slice())?;
+    Some(slot.offset + at as u64 + stored.len() as u64 / 2)
+}
+
+/// Flips every bit of the byte at `at`.
+pub fn flip_byte(path: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[!byte[0]]).unwrap();
+}

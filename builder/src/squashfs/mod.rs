@@ -140,13 +140,7 @@ pub fn write_squashfs_with_progress<W: Write>(
     if !block_size.is_power_of_two() || !(4096..=1 << 20).contains(&block_size) {
         return Err(SquashfsError::InvalidBlockSize(block_size));
     }
-    let codec = match options.compression {
-        SquashfsCompression::Zstd { level } if (1..=22).contains(&level) => Codec::Zstd(level),
-        SquashfsCompression::Zstd { level } => {
-            return Err(SquashfsError::InvalidCompressionLevel(level));
-        }
-        SquashfsCompression::None => Codec::None,
-    };
+    let codec = codec(options)?;
     let flat = flatten::flatten(tree)?;
     let mut out = Output { inner: out, pos: 0 };
     out.write(&[0; SUPERBLOCK_SIZE])?;
@@ -276,4 +270,18 @@ fn write_indexed_table<W: Write>(
     }
     out.write(&index)?;
     Ok(index_start)
+}
+
+fn codec(options: &SquashfsOptions) -> Result<Codec, SquashfsError> {
+    match options.compression {
+        SquashfsCompression::Zstd { level } if (1..=22).contains(&level) => Ok(Codec::Zstd(level)),
+        SquashfsCompression::Zstd { level } => Err(SquashfsError::InvalidCompressionLevel(level)),
+        SquashfsCompression::None => Ok(Codec::None),
+    }
+}
+
+/// The bytes this writer stores for one full data block with these options (the block as
+/// it is when compression would not shrink it). Lets a test find a file's data in an image.
+pub fn stored_block(data: &[u8], options: &SquashfsOptions) -> Result<Vec<u8>, SquashfsError> {
+    Ok(codec(options)?.compress(data).map_err(SquashfsError::Compress)?.unwrap_or_else(|| data.to_vec()))
 }

@@ -1,0 +1,119 @@
+//! containerd on the node: its generated configuration, importing the images baked into the
+//! root, and the commands that run system containers.
+
+use std::path::{Path, PathBuf};
+
+use keel_signing::profile::SystemContainer;
+
+pub const CONFIG: &str = "/etc/containerd/config.toml";
+pub const SOCKET: &str = "/run/containerd/containerd.sock";
+pub const BAKED_IMAGES: &str = "/usr/share/keel/images";
+/// containerd namespace for Keel's system containers (kubelet-managed pods use `k8s.io`).
+pub const NAMESPACE: &str = "keel";
+
+/// containerd 1.6 configuration (version 2): state on /var and /run, cgroupfs (no systemd),
+/// the CRI plugin on, and the `opt` plugin off (it wants to create /opt on the read-only root).
+pub fn config() -> String {
+    r#"version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+disabled_plugins = ["io.containerd.internal.v1.opt"]
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/cni/net.d"
+"#
+    .to_owned()
+}
+
+pub fn write_config() -> std::io::Result<()> {
+    std::fs::create_dir_all("/etc/containerd")?;
+    std::fs::write(CONFIG, config())
+}
+
+/// The daemon's command line.
+pub fn daemon_argv() -> Vec<String> {
+    vec!["/usr/bin/containerd".into(), "--config".into(), CONFIG.into()]
+}
+
+/// The oci-archives the builder baked into the root, sorted.
+pub fn baked_archives(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+pub fn import_argv(archive: &Path) -> Vec<String> {
+    vec![
+        "/usr/bin/ctr".into(),
+        "--address".into(),
+        SOCKET.into(),
+        "-n".into(),
+        NAMESPACE.into(),
+        "images".into(),
+        "import".into(),
+        "--platform".into(),
+        "linux/amd64".into(),
+        archive.display().to_string(),
+    ]
+}
+
+/// Removes a container left from an earlier boot (its metadata lives on /var); failures
+/// are expected when there is none.
+pub fn remove_stale_argv(name: &str) -> Vec<String> {
+    vec!["/usr/bin/ctr".into(), "--address".into(), SOCKET.into(), "-n".into(), NAMESPACE.into(), "containers".into(), "rm".into(), name.into()]
+}
+
+/// `ctr run` in the foreground: the container's output is ctr's output, so the supervisor
+/// captures it like any service's; SIGTERM to ctr is passed to the task.
+pub fn run_argv(c: &SystemContainer) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "/usr/bin/ctr".into(),
+        "--address".into(),
+        SOCKET.into(),
+        "-n".into(),
+        NAMESPACE.into(),
+        "run".into(),
+        "--rm".into(),
+        "--net-host".into(),
+        c.image_ref(),
+        c.name.clone(),
+    ];
+    argv.extend(c.args.iter().cloned());
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_signing::profile::RestartPolicy;
+
+    #[test]
+    fn config_parses_as_toml_with_the_opt_plugin_disabled() {
+        let value: toml::Table = toml::from_str(&config()).unwrap();
+        assert_eq!(value["version"].as_integer(), Some(2));
+        assert_eq!(value["disabled_plugins"][0].as_str(), Some("io.containerd.internal.v1.opt"));
+        assert_eq!(value["root"].as_str(), Some("/var/lib/containerd"));
+    }
+
+    #[test]
+    fn run_command_uses_the_baked_name() {
+        let c = SystemContainer { name: "marker".into(), image: "marker".into(), args: vec!["hello".into()], restart: RestartPolicy::Always };
+        let argv = run_argv(&c);
+        assert!(argv.ends_with(&["keel.local/marker:latest".into(), "marker".into(), "hello".into()]));
+    }
+}

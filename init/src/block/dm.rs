@@ -147,8 +147,8 @@ const fn align8(n: usize) -> usize {
 }
 
 /// Builds a request: header, then `targets` (only DM_TABLE_LOAD sends any). `name` selects the
-/// device; `uuid` is only meaningful for DM_DEV_CREATE. The buffer is at least
-/// [`min_size`](DM_IOCTL_SIZE) bytes plus `room` so the kernel has space for its reply.
+/// device; `uuid` is only meaningful for DM_DEV_CREATE. `room` adds bytes after the request
+/// for commands whose reply is longer than the header (none of ours).
 pub fn encode(
     name: &str,
     uuid: Option<&str>,
@@ -401,7 +401,7 @@ pub struct DmDevice {
     pub name: String,
     pub major: u32,
     pub minor: u32,
-    /// `/dev/dm-<minor>`, which devtmpfs creates (the /dev/mapper/<name> link is udev's).
+    /// `/dev/dm-<minor>`, which devtmpfs creates (the `/dev/mapper/<name>` link is udev's).
     pub path: PathBuf,
 }
 

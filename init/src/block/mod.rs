@@ -162,8 +162,7 @@ pub fn open_read(path: &Path) -> Result<File> {
 pub const EXT4_MAGIC_OFFSET: u64 = 1080;
 pub const EXT4_MAGIC: u16 = 0xEF53;
 
-/// Whether `sector` (the bytes from [`EXT4_MAGIC_OFFSET`]) starts with the ext superblock
-/// magic.
+/// Whether the bytes read at [`EXT4_MAGIC_OFFSET`] are the ext superblock magic.
 pub fn has_ext4_magic(bytes_at_magic: &[u8]) -> bool {
     bytes_at_magic.len() >= 2
         && u16::from_le_bytes([bytes_at_magic[0], bytes_at_magic[1]]) == EXT4_MAGIC

@@ -2,6 +2,7 @@
 //! systemd-boot -> kernel -> our initramfs -> this binary, and holds the machine there.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod block;
 pub mod console;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,56 +1,48 @@
-//! Keel's init (PID 1). This first version proves the boot chain: UEFI firmware ->
-//! systemd-boot -> kernel -> our initramfs -> this binary, and holds the machine there.
+//! Keel's init (PID 1).
+//!
+//! Stage 1 runs from the initramfs: it verifies the booted slot's signed manifest, puts
+//! dm-verity over the slot and switches into it. Stage 2 is the same binary executed from
+//! the verified root: mounts, DATA at /var, network, containerd and system containers under
+//! a supervisor, the health gate and blessing, and an orderly shutdown.
+//!
+//! PID 1 never panics and never exits: every error ends in [`fatal::fatal`], which prints
+//! the reason, waits, and reboots.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod bless;
 pub mod block;
+pub mod bootinfo;
 pub mod console;
+pub mod containerd;
+pub mod fatal;
+pub mod history;
+pub mod kmod;
+pub mod mounts;
+pub mod power;
+pub mod stage1;
+pub mod sys;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The init inside the root filesystem, executed by stage 1 (the builder puts it there).
+pub const INIT_IN_ROOT: &str = "/usr/lib/keel/keel-init";
+pub const STAGE2_ARG: &str = "--stage2";
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Reads the kernel command line, if /proc is mounted.
-fn cmdline() -> String {
-    std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
-}
-
-fn mount_proc() {
-    let _ = std::fs::create_dir_all("/proc");
-    // SAFETY: plain mount(2) with NUL-terminated literals.
-    unsafe {
-        libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            0,
-            std::ptr::null(),
-        );
+/// The entry point of the binary.
+pub fn main() -> ! {
+    // A panic anywhere (a bug) must not kill PID 1: print it and let fatal() reboot.
+    std::panic::set_hook(Box::new(|info| {
+        console::line(&format!("BUG: {info}"));
+    }));
+    let stage2 = std::env::args().any(|a| a == STAGE2_ARG);
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        console::line("keel-init is the node's PID 1; it does nothing as an ordinary process");
+        std::process::exit(2);
     }
-}
-
-/// Reaps any child that exits; PID 1 inherits every orphan.
-fn reap() {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid with a valid out pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            break;
-        }
-    }
-}
-
-/// Never returns: PID 1 exiting panics the kernel.
-pub fn run() -> ! {
-    console::line(&format!(
-        "init {VERSION} starting (pid {})",
-        std::process::id()
-    ));
-    mount_proc();
-    let cmdline = cmdline();
-    let slot = keel_signing::layout::cmdline::get(&cmdline, keel_signing::layout::cmdline::SLOT);
-    console::line(&format!("booted slot {}", slot.unwrap_or("?")));
-    console::line("stage 1 is not implemented in this version; holding");
-    loop {
-        reap();
-        std::thread::sleep(std::time::Duration::from_secs(1));
+    let result = std::panic::catch_unwind(|| if stage2 { stage2::main() } else { stage1::main() });
+    match result {
+        Ok(never) => never,
+        Err(_) => fatal::fatal("the init panicked (see BUG above)"),
     }
 }

@@ -1,3 +1,3 @@
 fn main() {
-    keel_init::run()
+    keel_init::main()
 }

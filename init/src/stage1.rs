@@ -57,13 +57,16 @@ fn run() -> Result<Handoff, String> {
     console::line(&format!("booted slot {slot}"));
     let loaded = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m)).map_err(|e| e.to_string())?;
 
-    let slot_part = block::wait_for_partition(slot.partition().label(), DEVICE_TIMEOUT)
+    let roots = block::Roots::default();
+    let slot_part = block::wait_for_partition(&roots, slot.partition().label(), DEVICE_TIMEOUT)
         .map_err(|e| format!("slot {slot}: {e}"))?;
-    let esp = block::wait_for_partition_on(PartitionRole::Esp.label(), &slot_part.disk, DEVICE_TIMEOUT)
-        .map_err(|e| format!("ESP: {e}"))?;
-    console::line(&format!("{loaded} modules loaded; slot {slot} is {}, ESP {}", slot_part.device.display(), esp.device.display()));
+    // The ESP of the disk we booted from, even if another disk carries Keel too.
+    let esp = block::sysfs::find_partition_on(&roots, &slot_part.disk, PartitionRole::Esp.label())
+        .map_err(|e| format!("ESP: {e}"))?
+        .ok_or_else(|| format!("no ESP on {}", slot_part.disk.path.display()))?;
+    console::line(&format!("{loaded} modules loaded; slot {slot} is {}, ESP {}", slot_part.path.display(), esp.path.display()));
 
-    let (manifest, manifest_bytes, signer) = verified_manifest(&esp.device.display().to_string(), slot)?;
+    let (manifest, manifest_bytes, signer) = verified_manifest(&esp.path.display().to_string(), slot)?;
     let root_hash = manifest.root.verity.root_hash.to_hex();
     if let Some(from_entry) = layout::cmdline::get(&cmdline, layout::cmdline::ROOTHASH) {
         if from_entry != root_hash {
@@ -74,9 +77,18 @@ fn run() -> Result<Handoff, String> {
     }
     console::line(&format!("manifest {} {} verified (key ID {signer}); root hash {root_hash}", manifest.name, manifest.version));
 
-    let verity = block::verity::open(&slot_part.device, &manifest.root.verity, "keel-root")
-        .map_err(|e| format!("dm-verity on {}: {e}", slot_part.device.display()))?;
-    sys::mount(&verity.display().to_string(), SYSROOT, "squashfs", libc::MS_RDONLY | libc::MS_NODEV, None)
+    // A corrupted block restarts the machine rather than handing back an error some program
+    // might ignore: the boot counter then moves on to the other slot.
+    let verity = block::create_verity_root(
+        &roots,
+        block::ROOT_NAME,
+        &manifest.root.verity.uuid,
+        &slot_part.path,
+        &manifest.root.verity,
+        block::OnCorruption::Restart,
+    )
+    .map_err(|e| format!("dm-verity on {}: {e}", slot_part.path.display()))?;
+    sys::mount(&verity.path.display().to_string(), SYSROOT, "squashfs", libc::MS_RDONLY | libc::MS_NODEV, None)
         .map_err(|e| e.to_string())?;
 
     // What stage 2 needs from the initramfs, which is about to go away.
@@ -92,9 +104,9 @@ fn run() -> Result<Handoff, String> {
         name: manifest.name.clone(),
         root_hash,
         signer,
-        disk: slot_part.disk.display().to_string(),
-        slot_device: slot_part.device.display().to_string(),
-        esp_device: esp.device.display().to_string(),
+        disk: slot_part.disk.path.display().to_string(),
+        slot_device: slot_part.path.display().to_string(),
+        esp_device: esp.path.display().to_string(),
         stage1_start: started,
         stage1_end: sys::boottime(),
     };

@@ -18,6 +18,7 @@ pub mod fatal;
 pub mod history;
 pub mod kmod;
 pub mod mounts;
+pub mod net;
 pub mod power;
 pub mod stage1;
 pub mod sys;

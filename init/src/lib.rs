@@ -3,6 +3,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod console;
+pub mod supervisor;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -3,7 +3,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -98,9 +100,9 @@ pub(crate) fn check(
 ) -> Result<(), String> {
     match health {
         Health::ProcessAlive => Ok(()),
-        Health::UnixSocket(path) => UnixStream::connect(path)
-            .map(drop)
-            .map_err(|e| format!("cannot connect to {}: {e}", path.display())),
+        Health::UnixSocket(path) => {
+            unix_connect(path).map_err(|e| format!("cannot connect to {}: {e}", path.display()))
+        }
         Health::Http { port, path } => http_get(*port, path, timeout),
         Health::Exec(argv) => {
             let spec = ProcessSpec {
@@ -118,6 +120,46 @@ pub(crate) fn check(
             }
         }
     }
+}
+
+/// A non-blocking connect: a blocking one waits forever when the listener's backlog is full
+/// (a wedged service), which would freeze the checker instead of reporting it.
+fn unix_connect(path: &Path) -> std::io::Result<()> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a usable socket path",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(socket.as_raw_fd(), (&raw const addr).cast(), len) };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EAGAIN) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "the listener's backlog is full",
+            ));
+        }
+        return Err(err);
+    }
+    Ok(())
 }
 
 fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
@@ -221,6 +263,26 @@ mod tests {
             .port();
         let err = http_get(port, "/", Duration::from_secs(1)).unwrap_err();
         assert!(err.contains("cannot connect"), "{err}");
+    }
+
+    #[test]
+    fn unix_socket_checks() {
+        let dir = std::env::temp_dir().join(format!("keel-health-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let err = unix_connect(&path).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        unix_connect(&path).unwrap();
+        // Never accepting: the backlog fills up and the check fails instead of hanging.
+        let start = Instant::now();
+        let full = (0..20_000).find_map(|_| unix_connect(&path).err()).unwrap();
+        assert!(full.to_string().contains("backlog is full"), "{full}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(listener);
+        assert!(unix_connect(&dir.join("x".repeat(200))).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -154,9 +154,7 @@ impl ServiceLog {
             }
         }
     }
-}
 
-impl ServiceLog {
     fn reopen(&mut self, path: &Path) -> bool {
         match open(path) {
             Ok((file, size)) => {

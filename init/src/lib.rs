@@ -21,6 +21,7 @@ pub mod mounts;
 pub mod net;
 pub mod power;
 pub mod stage1;
+pub mod supervisor;
 pub mod sys;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -23,13 +23,22 @@ pub fn bless(entries_dir: &Path, slot: Slot, counted: Option<&str>) -> Result<Bl
         Some((file, entry)) if entry.slot == slot && entry.counter.is_some() => {
             let from: PathBuf = entries_dir.join(file);
             let to = entries_dir.join(&blessed);
-            std::fs::rename(&from, &to).map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))?;
+            std::fs::rename(&from, &to)
+                .map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))?;
             sys::fsync_dir(entries_dir).map_err(|e| e.to_string())?;
-            Ok(Blessing::Blessed { from: file.to_owned(), to: blessed })
+            Ok(Blessing::Blessed {
+                from: file.to_owned(),
+                to: blessed,
+            })
         }
-        Some((file, _)) => Err(format!("systemd-boot booted {file}, which is not slot {slot}'s entry")),
+        Some((file, _)) => Err(format!(
+            "systemd-boot booted {file}, which is not slot {slot}'s entry"
+        )),
         None if entries_dir.join(&blessed).exists() => Ok(Blessing::AlreadyBlessed(blessed)),
-        None => Err(format!("no boot counter for slot {slot} and no {blessed} in {}", entries_dir.display())),
+        None => Err(format!(
+            "no boot counter for slot {slot} and no {blessed} in {}",
+            entries_dir.display()
+        )),
     }
 }
 
@@ -42,10 +51,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("keel-a+2-1.conf"), "title a\n").unwrap();
         let result = bless(dir.path(), Slot::A, Some("keel-a+2-1.conf")).unwrap();
-        assert_eq!(result, Blessing::Blessed { from: "keel-a+2-1.conf".into(), to: "keel-a.conf".into() });
+        assert_eq!(
+            result,
+            Blessing::Blessed {
+                from: "keel-a+2-1.conf".into(),
+                to: "keel-a.conf".into()
+            }
+        );
         assert!(dir.path().join("keel-a.conf").exists());
         assert!(!dir.path().join("keel-a+2-1.conf").exists());
-        assert_eq!(bless(dir.path(), Slot::A, None).unwrap(), Blessing::AlreadyBlessed("keel-a.conf".into()));
+        assert_eq!(
+            bless(dir.path(), Slot::A, None).unwrap(),
+            Blessing::AlreadyBlessed("keel-a.conf".into())
+        );
         assert!(bless(dir.path(), Slot::B, None).is_err());
         assert!(bless(dir.path(), Slot::B, Some("keel-a+1-2.conf")).is_err());
     }

@@ -53,7 +53,9 @@ pub fn cmdline() -> String {
 }
 
 pub fn booted_slot(cmdline: &str) -> Option<Slot> {
-    layout::cmdline::get(cmdline, layout::cmdline::SLOT)?.parse().ok()
+    layout::cmdline::get(cmdline, layout::cmdline::SLOT)?
+        .parse()
+        .ok()
 }
 
 /// Reads a systemd-boot EFI variable (UTF-16LE string after 4 attribute bytes).
@@ -63,7 +65,12 @@ pub fn loader_variable(name: &str) -> Option<String> {
 
 fn read_utf16_variable(dir: &Path, name: &str) -> Option<String> {
     let bytes = std::fs::read(dir.join(format!("{name}-{LOADER_GUID}"))).ok()?;
-    let units: Vec<u16> = bytes.get(4..)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+    let units: Vec<u16> = bytes
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
     Some(String::from_utf16_lossy(&units))
 }
 
@@ -87,11 +94,22 @@ mod tests {
     fn reads_utf16_variables() {
         let dir = tempfile::tempdir().unwrap();
         let mut bytes = vec![6, 0, 0, 0];
-        for u in "\\loader\\entries\\keel-a+2-1.conf".encode_utf16().chain([0]) {
+        for u in "\\loader\\entries\\keel-a+2-1.conf"
+            .encode_utf16()
+            .chain([0])
+        {
             bytes.extend(u.to_le_bytes());
         }
-        std::fs::write(dir.path().join(format!("LoaderBootCountPath-{LOADER_GUID}")), bytes).unwrap();
-        assert_eq!(read_utf16_variable(dir.path(), "LoaderBootCountPath").as_deref(), Some("\\loader\\entries\\keel-a+2-1.conf"));
+        std::fs::write(
+            dir.path()
+                .join(format!("LoaderBootCountPath-{LOADER_GUID}")),
+            bytes,
+        )
+        .unwrap();
+        assert_eq!(
+            read_utf16_variable(dir.path(), "LoaderBootCountPath").as_deref(),
+            Some("\\loader\\entries\\keel-a+2-1.conf")
+        );
         assert!(read_utf16_variable(dir.path(), "Missing").is_none());
     }
 

@@ -22,6 +22,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt"]
 [grpc]
   address = "/run/containerd/containerd.sock"
 
+# Warnings and errors only: the console is a slow serial line on many machines.
+[debug]
+  level = "warn"
+
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.9"
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -45,13 +49,23 @@ pub fn write_config() -> std::io::Result<()> {
 
 /// The daemon's command line.
 pub fn daemon_argv() -> Vec<String> {
-    vec!["/usr/bin/containerd".into(), "--config".into(), CONFIG.into()]
+    vec![
+        "/usr/bin/containerd".into(),
+        "--config".into(),
+        CONFIG.into(),
+    ]
 }
 
 /// The oci-archives the builder baked into the root, sorted.
 pub fn baked_archives(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "tar")).collect())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out
@@ -75,7 +89,16 @@ pub fn import_argv(archive: &Path) -> Vec<String> {
 /// Removes a container left from an earlier boot (its metadata lives on /var); failures
 /// are expected when there is none.
 pub fn remove_stale_argv(name: &str) -> Vec<String> {
-    vec!["/usr/bin/ctr".into(), "--address".into(), SOCKET.into(), "-n".into(), NAMESPACE.into(), "containers".into(), "rm".into(), name.into()]
+    vec![
+        "/usr/bin/ctr".into(),
+        "--address".into(),
+        SOCKET.into(),
+        "-n".into(),
+        NAMESPACE.into(),
+        "containers".into(),
+        "rm".into(),
+        name.into(),
+    ]
 }
 
 /// `ctr run` in the foreground: the container's output is ctr's output, so the supervisor
@@ -106,14 +129,26 @@ mod tests {
     fn config_parses_as_toml_with_the_opt_plugin_disabled() {
         let value: toml::Table = toml::from_str(&config()).unwrap();
         assert_eq!(value["version"].as_integer(), Some(2));
-        assert_eq!(value["disabled_plugins"][0].as_str(), Some("io.containerd.internal.v1.opt"));
+        assert_eq!(
+            value["disabled_plugins"][0].as_str(),
+            Some("io.containerd.internal.v1.opt")
+        );
         assert_eq!(value["root"].as_str(), Some("/var/lib/containerd"));
     }
 
     #[test]
     fn run_command_uses_the_baked_name() {
-        let c = SystemContainer { name: "marker".into(), image: "marker".into(), args: vec!["hello".into()], restart: RestartPolicy::Always };
+        let c = SystemContainer {
+            name: "marker".into(),
+            image: "marker".into(),
+            args: vec!["hello".into()],
+            restart: RestartPolicy::Always,
+        };
         let argv = run_argv(&c);
-        assert!(argv.ends_with(&["keel.local/marker:latest".into(), "marker".into(), "hello".into()]));
+        assert!(argv.ends_with(&[
+            "keel.local/marker:latest".into(),
+            "marker".into(),
+            "hello".into()
+        ]));
     }
 }

@@ -8,13 +8,21 @@ pub const HISTORY: &str = "/var/lib/keel/boots";
 
 /// Appends this boot and returns its number (1 for the first boot on this disk).
 pub fn record(path: &Path, slot: &str, version: &str, boot_id: &str) -> std::io::Result<u64> {
-    let previous = std::fs::read_to_string(path).map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64).unwrap_or(0);
+    let previous = std::fs::read_to_string(path)
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+        .unwrap_or(0);
     let number = previous + 1;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    writeln!(file, "boot={number} slot={slot} version={version} id={boot_id}")?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(
+        file,
+        "boot={number} slot={slot} version={version} id={boot_id}"
+    )?;
     file.sync_all()?;
     Ok(number)
 }
@@ -29,6 +37,10 @@ mod tests {
         let path = dir.path().join("lib/keel/boots");
         assert_eq!(record(&path, "a", "1.0.0", "x").unwrap(), 1);
         assert_eq!(record(&path, "b", "1.1.0", "y").unwrap(), 2);
-        assert!(std::fs::read_to_string(&path).unwrap().ends_with("boot=2 slot=b version=1.1.0 id=y\n"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("boot=2 slot=b version=1.1.0 id=y\n")
+        );
     }
 }

@@ -6,17 +6,34 @@ use std::path::{Path, PathBuf};
 
 use crate::sys;
 
-/// Loads every module listed (one absolute path per line, dependencies first).
-pub fn load_list(list: &Path, log: &dyn Fn(&str)) -> Result<usize, sys::SysError> {
-    let text = std::fs::read_to_string(list).map_err(|source| sys::SysError { what: format!("read {}", list.display()), source })?;
-    let mut n = 0;
+/// What loading a list of modules did.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub loaded: usize,
+    /// Drivers for hardware this machine does not have (ENODEV), and modules whose
+    /// dependencies therefore did not load (ENOENT): expected for the cloud drivers every
+    /// image carries.
+    pub not_for_this_machine: Vec<String>,
+}
+
+/// Loads every module listed (one absolute path per line, dependencies first). Other
+/// failures are logged as warnings.
+pub fn load_list(list: &Path, log: &dyn Fn(&str)) -> Result<Loaded, sys::SysError> {
+    let text = std::fs::read_to_string(list).map_err(|source| sys::SysError {
+        what: format!("read {}", list.display()),
+        source,
+    })?;
+    let mut out = Loaded::default();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         match sys::finit_module(Path::new(line), "") {
-            Ok(()) => n += 1,
+            Ok(()) => out.loaded += 1,
+            Err(e) if matches!(e.source.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
+                out.not_for_this_machine.push(name_of(line));
+            }
             Err(e) => log(&format!("warning: {e}")),
         }
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// The modules of the running kernel, from `/usr/lib/modules/<release>/modules.dep`.
@@ -35,11 +52,16 @@ impl ModuleDeps {
     pub fn parse(dir: &Path, text: &str) -> Self {
         let mut entries = BTreeMap::new();
         for line in text.lines() {
-            let Some((path, deps)) = line.split_once(':') else { continue };
+            let Some((path, deps)) = line.split_once(':') else {
+                continue;
+            };
             let deps = deps.split_whitespace().map(str::to_owned).collect();
             entries.insert(name_of(path), (path.to_owned(), deps));
         }
-        ModuleDeps { dir: dir.to_path_buf(), entries }
+        ModuleDeps {
+            dir: dir.to_path_buf(),
+            entries,
+        }
     }
 
     pub fn for_running_kernel() -> Option<Self> {
@@ -63,10 +85,10 @@ impl ModuleDeps {
             match self.load_order(name) {
                 Some(files) => {
                     for f in files {
-                        if loaded.insert(f.clone()) {
-                            if let Err(e) = sys::finit_module(&f, "") {
-                                log(&format!("warning: {e}"));
-                            }
+                        if loaded.insert(f.clone())
+                            && let Err(e) = sys::finit_module(&f, "")
+                        {
+                            log(&format!("warning: {e}"));
                         }
                     }
                 }
@@ -87,7 +109,12 @@ mod tests {
         let order = deps.load_order("dm_verity").unwrap();
         assert_eq!(
             order,
-            ["/m/kernel/drivers/md/dm-bufio.ko", "/m/kernel/drivers/md/dm-mod.ko", "/m/kernel/drivers/md/dm-verity.ko"].map(PathBuf::from)
+            [
+                "/m/kernel/drivers/md/dm-bufio.ko",
+                "/m/kernel/drivers/md/dm-mod.ko",
+                "/m/kernel/drivers/md/dm-verity.ko"
+            ]
+            .map(PathBuf::from)
         );
         assert!(deps.load_order("nope").is_none());
     }

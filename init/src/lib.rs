@@ -21,6 +21,7 @@ pub mod mounts;
 pub mod net;
 pub mod power;
 pub mod stage1;
+pub mod stage2;
 pub mod supervisor;
 pub mod sys;
 
@@ -42,7 +43,13 @@ pub fn main() -> ! {
         console::line("keel-init is the node's PID 1; it does nothing as an ordinary process");
         std::process::exit(2);
     }
-    let result = std::panic::catch_unwind(|| if stage2 { stage2::main() } else { stage1::main() });
+    let result = std::panic::catch_unwind(|| {
+        if stage2 {
+            stage2::main()
+        } else {
+            stage1::main()
+        }
+    });
     match result {
         Ok(never) => never,
         Err(_) => fatal::fatal("the init panicked (see BUG above)"),

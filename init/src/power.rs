@@ -47,13 +47,16 @@ pub fn pending() -> Option<Request> {
 
 /// Finds the "Power Button" input devices and watches them on threads.
 pub fn watch_power_button(log: fn(&str)) {
-    let Ok(entries) = std::fs::read_dir("/sys/class/input") else { return };
+    let Ok(entries) = std::fs::read_dir("/sys/class/input") else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with("event") {
             continue;
         }
-        let device_name = std::fs::read_to_string(entry.path().join("device/name")).unwrap_or_default();
+        let device_name =
+            std::fs::read_to_string(entry.path().join("device/name")).unwrap_or_default();
         if device_name.trim() != "Power Button" {
             continue;
         }

@@ -22,29 +22,58 @@ const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn mount_early_filesystems() -> Result<(), String> {
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    sys::mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, Some("mode=0755")).map_err(|e| e.to_string())?;
+    sys::mount(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        libc::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .map_err(|e| e.to_string())?;
     sys::mount("proc", "/proc", "proc", nosuid, None).map_err(|e| e.to_string())?;
     sys::mount("sysfs", "/sys", "sysfs", nosuid, None).map_err(|e| e.to_string())?;
-    sys::mount("tmpfs", "/run", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755")).map_err(|e| e.to_string())?;
+    sys::mount(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(|e| e.to_string())?;
     sys::mkdir_p(bootinfo::RUN_DIR, 0o755).map_err(|e| e.to_string())
 }
 
 /// Reads and verifies the slot's signed manifest from the ESP.
 fn verified_manifest(esp_device: &str, slot: Slot) -> Result<(Manifest, Vec<u8>, String), String> {
     sys::mkdir_p(ESP_MOUNT, 0o700).map_err(|e| e.to_string())?;
-    sys::mount(esp_device, ESP_MOUNT, "vfat", libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
-        .map_err(|e| e.to_string())?;
-    let read = |p: String| std::fs::read(format!("{ESP_MOUNT}{p}")).map_err(|e| format!("{p} on the ESP: {e}"));
+    sys::mount(
+        esp_device,
+        ESP_MOUNT,
+        "vfat",
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let read = |p: String| {
+        std::fs::read(format!("{ESP_MOUNT}{p}")).map_err(|e| format!("{p} on the ESP: {e}"))
+    };
     let manifest = read(slot.manifest_path());
     let signature = read(slot.signature_path());
     let _ = sys::umount(ESP_MOUNT, 0);
     let (manifest_bytes, signature) = (manifest?, signature?);
-    let keys_text = std::fs::read_to_string(INITRAMFS_KEYS).map_err(|e| format!("{INITRAMFS_KEYS}: {e}"))?;
+    let keys_text =
+        std::fs::read_to_string(INITRAMFS_KEYS).map_err(|e| format!("{INITRAMFS_KEYS}: {e}"))?;
     let keys = TrustedKeys::parse(&keys_text).map_err(|e| format!("{INITRAMFS_KEYS}: {e}"))?;
-    let sig = SignatureFile::parse(&String::from_utf8_lossy(&signature)).map_err(|e| format!("{}: {e}", slot.signature_path()))?;
-    let verified = minisign::verify_bytes(&keys, &sig, &manifest_bytes)
-        .map_err(|e| format!("{}: signature does not verify with the trusted keys: {e}", slot.manifest_path()))?;
-    let manifest = Manifest::from_json(&manifest_bytes).map_err(|e| format!("{}: {e}", slot.manifest_path()))?;
+    let sig = SignatureFile::parse(&String::from_utf8_lossy(&signature))
+        .map_err(|e| format!("{}: {e}", slot.signature_path()))?;
+    let verified = minisign::verify_bytes(&keys, &sig, &manifest_bytes).map_err(|e| {
+        format!(
+            "{}: signature does not verify with the trusted keys: {e}",
+            slot.manifest_path()
+        )
+    })?;
+    let manifest = Manifest::from_json(&manifest_bytes)
+        .map_err(|e| format!("{}: {e}", slot.manifest_path()))?;
     Ok((manifest, manifest_bytes, verified.key_id.to_string()))
 }
 
@@ -55,7 +84,8 @@ fn run() -> Result<Handoff, String> {
     let cmdline = bootinfo::cmdline();
     let slot = bootinfo::booted_slot(&cmdline).ok_or("no keel.slot= on the kernel command line")?;
     console::line(&format!("booted slot {slot}"));
-    let loaded = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m)).map_err(|e| e.to_string())?;
+    let loaded = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))
+        .map_err(|e| e.to_string())?;
 
     let roots = block::Roots::default();
     let slot_part = block::wait_for_partition(&roots, slot.partition().label(), DEVICE_TIMEOUT)
@@ -64,18 +94,35 @@ fn run() -> Result<Handoff, String> {
     let esp = block::sysfs::find_partition_on(&roots, &slot_part.disk, PartitionRole::Esp.label())
         .map_err(|e| format!("ESP: {e}"))?
         .ok_or_else(|| format!("no ESP on {}", slot_part.disk.path.display()))?;
-    console::line(&format!("{loaded} modules loaded; slot {slot} is {}, ESP {}", slot_part.path.display(), esp.path.display()));
+    let skipped = if loaded.not_for_this_machine.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (not for this machine: {})",
+            loaded.not_for_this_machine.join(", ")
+        )
+    };
+    console::line(&format!(
+        "{} modules loaded{skipped}; slot {slot} is {}, ESP {}",
+        loaded.loaded,
+        slot_part.path.display(),
+        esp.path.display()
+    ));
 
-    let (manifest, manifest_bytes, signer) = verified_manifest(&esp.path.display().to_string(), slot)?;
+    let (manifest, manifest_bytes, signer) =
+        verified_manifest(&esp.path.display().to_string(), slot)?;
     let root_hash = manifest.root.verity.root_hash.to_hex();
-    if let Some(from_entry) = layout::cmdline::get(&cmdline, layout::cmdline::ROOTHASH) {
-        if from_entry != root_hash {
-            return Err(format!(
-                "the boot entry's keel.roothash={from_entry} differs from the signed manifest's {root_hash}"
-            ));
-        }
+    if let Some(from_entry) = layout::cmdline::get(&cmdline, layout::cmdline::ROOTHASH)
+        && from_entry != root_hash
+    {
+        return Err(format!(
+            "the boot entry's keel.roothash={from_entry} differs from the signed manifest's {root_hash}"
+        ));
     }
-    console::line(&format!("manifest {} {} verified (key ID {signer}); root hash {root_hash}", manifest.name, manifest.version));
+    console::line(&format!(
+        "manifest {} {} verified (key ID {signer}); root hash {root_hash}",
+        manifest.name, manifest.version
+    ));
 
     // A corrupted block restarts the machine rather than handing back an error some program
     // might ignore: the boot counter then moves on to the other slot.
@@ -88,12 +135,23 @@ fn run() -> Result<Handoff, String> {
         block::OnCorruption::Restart,
     )
     .map_err(|e| format!("dm-verity on {}: {e}", slot_part.path.display()))?;
-    sys::mount(&verity.path.display().to_string(), SYSROOT, "squashfs", libc::MS_RDONLY | libc::MS_NODEV, None)
-        .map_err(|e| e.to_string())?;
+    sys::mount(
+        &verity.path.display().to_string(),
+        SYSROOT,
+        "squashfs",
+        libc::MS_RDONLY | libc::MS_NODEV,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
 
     // What stage 2 needs from the initramfs, which is about to go away.
-    let copy = |from: &str, to: &str| std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("{from}: {e}"));
-    std::fs::write(bootinfo::MANIFEST, &manifest_bytes).map_err(|e| format!("{}: {e}", bootinfo::MANIFEST))?;
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(from, to)
+            .map(|_| ())
+            .map_err(|e| format!("{from}: {e}"))
+    };
+    std::fs::write(bootinfo::MANIFEST, &manifest_bytes)
+        .map_err(|e| format!("{}: {e}", bootinfo::MANIFEST))?;
     copy(INITRAMFS_KEYS, bootinfo::TRUSTED_KEYS)?;
     if Path::new(INITRAMFS_PROFILE).exists() {
         copy(INITRAMFS_PROFILE, bootinfo::BAKED_PROFILE)?;
@@ -110,7 +168,9 @@ fn run() -> Result<Handoff, String> {
         stage1_start: started,
         stage1_end: sys::boottime(),
     };
-    handoff.write().map_err(|e| format!("{}: {e}", bootinfo::HANDOFF))?;
+    handoff
+        .write()
+        .map_err(|e| format!("{}: {e}", bootinfo::HANDOFF))?;
     Ok(handoff)
 }
 
@@ -119,10 +179,14 @@ fn run() -> Result<Handoff, String> {
 fn free_initramfs() {
     use std::os::unix::fs::MetadataExt;
     fn remove(dir: &Path, dev: u64) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             if meta.dev() != dev {
                 continue;
             }
@@ -159,7 +223,16 @@ pub fn main() -> ! {
     if let Err(e) = switch_root() {
         crate::fatal::fatal(&format!("switching root: {e}"));
     }
-    console::line(&format!("switching to {} {} (stage 1 took {:.2}s)", handoff.name, handoff.version, handoff.stage1_end - handoff.stage1_start));
-    let err = sys::exec(crate::INIT_IN_ROOT, &["keel-init", crate::STAGE2_ARG], &[("PATH", crate::PATH)]);
+    console::line(&format!(
+        "switching to {} {} (stage 1 took {:.2}s)",
+        handoff.name,
+        handoff.version,
+        handoff.stage1_end - handoff.stage1_start
+    ));
+    let err = sys::exec(
+        crate::INIT_IN_ROOT,
+        &["keel-init", crate::STAGE2_ARG],
+        &[("PATH", crate::PATH)],
+    );
     crate::fatal::fatal(&format!("starting stage 2: {err}"))
 }

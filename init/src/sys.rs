@@ -25,18 +25,39 @@ fn cstr(s: impl AsRef<OsStr>) -> SysResult<CString> {
 }
 
 fn check(ret: libc::c_int, what: impl FnOnce() -> String) -> SysResult<()> {
-    if ret == 0 { Ok(()) } else { Err(SysError { what: what(), source: io::Error::last_os_error() }) }
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(SysError {
+            what: what(),
+            source: io::Error::last_os_error(),
+        })
+    }
 }
 
-pub fn mount(source: &str, target: impl AsRef<Path>, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> SysResult<()> {
+pub fn mount(
+    source: &str,
+    target: impl AsRef<Path>,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> SysResult<()> {
     let target = target.as_ref();
     let (s, t, f) = (cstr(source)?, cstr(target)?, cstr(fstype)?);
     let d = data.map(cstr).transpose()?;
     // SAFETY: all pointers are valid NUL-terminated strings or null for data.
     let ret = unsafe {
-        libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()))
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            flags,
+            d.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
     };
-    check(ret, || format!("mount {source} on {} ({fstype})", target.display()))
+    check(ret, || {
+        format!("mount {source} on {} ({fstype})", target.display())
+    })
 }
 
 /// Moves an existing mount (MS_MOVE).
@@ -44,8 +65,18 @@ pub fn move_mount(from: impl AsRef<Path>, to: impl AsRef<Path>) -> SysResult<()>
     let (from, to) = (from.as_ref(), to.as_ref());
     let (f, t) = (cstr(from)?, cstr(to)?);
     // SAFETY: valid strings; fstype and data may be null for MS_MOVE.
-    let ret = unsafe { libc::mount(f.as_ptr(), t.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) };
-    check(ret, || format!("move mount {} to {}", from.display(), to.display()))
+    let ret = unsafe {
+        libc::mount(
+            f.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    };
+    check(ret, || {
+        format!("move mount {} to {}", from.display(), to.display())
+    })
 }
 
 pub fn umount(target: impl AsRef<Path>, flags: libc::c_int) -> SysResult<()> {
@@ -63,19 +94,35 @@ pub fn mkdir_p(path: impl AsRef<Path>, mode: u32) -> SysResult<()> {
         .recursive(true)
         .mode(mode)
         .create(path)
-        .map_err(|source| SysError { what: format!("mkdir {}", path.display()), source })
+        .map_err(|source| SysError {
+            what: format!("mkdir {}", path.display()),
+            source,
+        })
 }
 
 /// Loads a kernel module from a file. Already loaded is not an error.
 pub fn finit_module(path: &Path, params: &str) -> SysResult<()> {
-    let file = std::fs::File::open(path).map_err(|source| SysError { what: format!("open {}", path.display()), source })?;
+    let file = std::fs::File::open(path).map_err(|source| SysError {
+        what: format!("open {}", path.display()),
+        source,
+    })?;
     let p = cstr(params)?;
     // SAFETY: a valid fd and NUL-terminated params string.
-    let ret = unsafe { libc::syscall(libc::SYS_finit_module, std::os::fd::AsRawFd::as_raw_fd(&file), p.as_ptr(), 0) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            p.as_ptr(),
+            0,
+        )
+    };
     if ret == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
         Ok(())
     } else {
-        Err(SysError { what: format!("load module {}", path.display()), source: io::Error::last_os_error() })
+        Err(SysError {
+            what: format!("load module {}", path.display()),
+            source: io::Error::last_os_error(),
+        })
     }
 }
 
@@ -89,22 +136,37 @@ pub fn chdir(path: impl AsRef<Path>) -> SysResult<()> {
     let path = path.as_ref();
     let p = cstr(path)?;
     // SAFETY: valid string.
-    check(unsafe { libc::chdir(p.as_ptr()) }, || format!("chdir {}", path.display()))
+    check(unsafe { libc::chdir(p.as_ptr()) }, || {
+        format!("chdir {}", path.display())
+    })
 }
 
 pub fn chroot(path: impl AsRef<Path>) -> SysResult<()> {
     let path = path.as_ref();
     let p = cstr(path)?;
     // SAFETY: valid string.
-    check(unsafe { libc::chroot(p.as_ptr()) }, || format!("chroot {}", path.display()))
+    check(unsafe { libc::chroot(p.as_ptr()) }, || {
+        format!("chroot {}", path.display())
+    })
 }
 
 /// Replaces this process (PID 1 stays PID 1). Returns only on failure.
 pub fn exec(path: &str, args: &[&str], env: &[(&str, &str)]) -> SysError {
-    let fail = |what: String| SysError { what, source: io::Error::from(io::ErrorKind::InvalidInput) };
-    let Ok(prog) = cstr(path) else { return fail(format!("exec {path}")) };
-    let Ok(argv) = args.iter().map(cstr).collect::<SysResult<Vec<_>>>() else { return fail(format!("exec {path}")) };
-    let Ok(envp) = env.iter().map(|(k, v)| cstr(format!("{k}={v}"))).collect::<SysResult<Vec<_>>>() else {
+    let fail = |what: String| SysError {
+        what,
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    };
+    let Ok(prog) = cstr(path) else {
+        return fail(format!("exec {path}"));
+    };
+    let Ok(argv) = args.iter().map(cstr).collect::<SysResult<Vec<_>>>() else {
+        return fail(format!("exec {path}"));
+    };
+    let Ok(envp) = env
+        .iter()
+        .map(|(k, v)| cstr(format!("{k}={v}")))
+        .collect::<SysResult<Vec<_>>>()
+    else {
         return fail(format!("exec {path}"));
     };
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -113,12 +175,18 @@ pub fn exec(path: &str, args: &[&str], env: &[(&str, &str)]) -> SysError {
     env_ptrs.push(std::ptr::null());
     // SAFETY: null-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(prog.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
-    SysError { what: format!("exec {path}"), source: io::Error::last_os_error() }
+    SysError {
+        what: format!("exec {path}"),
+        source: io::Error::last_os_error(),
+    }
 }
 
 /// CLOCK_BOOTTIME in seconds: time since the kernel started, suspend included.
 pub fn boottime() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
@@ -134,7 +202,10 @@ pub fn reboot(cmd: libc::c_int) -> SysError {
     sync();
     // SAFETY: plain syscall.
     unsafe { libc::reboot(cmd) };
-    SysError { what: "reboot".into(), source: io::Error::last_os_error() }
+    SysError {
+        what: "reboot".into(),
+        source: io::Error::last_os_error(),
+    }
 }
 
 /// Makes Ctrl-Alt-Del send SIGINT to PID 1 instead of rebooting at once.
@@ -155,6 +226,12 @@ pub fn rss_bytes() -> Option<u64> {
 /// fsync a directory, so a rename in it is durable.
 pub fn fsync_dir(path: impl AsRef<Path>) -> SysResult<()> {
     let path = path.as_ref();
-    let dir = std::fs::File::open(path).map_err(|source| SysError { what: format!("open {}", path.display()), source })?;
-    dir.sync_all().map_err(|source| SysError { what: format!("fsync {}", path.display()), source })
+    let dir = std::fs::File::open(path).map_err(|source| SysError {
+        what: format!("open {}", path.display()),
+        source,
+    })?;
+    dir.sync_all().map_err(|source| SysError {
+        what: format!("fsync {}", path.display()),
+        source,
+    })
 }

@@ -258,31 +258,67 @@ pub fn marker_image(dir: &Path) -> PathBuf {
     )
     .unwrap();
     let bin = dir.join("marker");
-    run_tool(Command::new("rustc").args(["-O", "-C", "target-feature=+crt-static", "-o"]).arg(&bin).arg(&src));
+    run_tool(
+        Command::new("rustc")
+            .args(["-O", "-C", "target-feature=+crt-static", "-o"])
+            .arg(&bin)
+            .arg(&src),
+    );
     let layout = dir.join("layout");
     let bundle = dir.join("bundle");
     let _ = std::fs::remove_dir_all(&layout);
     let _ = std::fs::remove_dir_all(&bundle);
     let image = format!("{}:latest", layout.display());
-    run_tool(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run_tool(
+        Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout),
+    );
     run_tool(Command::new("umoci").args(["new", "--image", &image]));
-    run_tool(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    run_tool(
+        Command::new("umoci")
+            .args(["unpack", "--image", &image])
+            .arg(&bundle),
+    );
     std::fs::copy(&bin, bundle.join("rootfs/marker")).unwrap();
-    run_tool(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
-    run_tool(Command::new("umoci").args(["config", "--image", &image, "--config.entrypoint", "/marker"]));
+    run_tool(
+        Command::new("umoci")
+            .args(["repack", "--image", &image])
+            .arg(&bundle),
+    );
+    run_tool(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.entrypoint",
+        "/marker",
+    ]));
     layout
 }
 
 fn run_tool(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (installed? see vm-tests/install-host-packages)"));
-    assert!(out.status.success(), "{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (installed? see vm-tests/install-host-packages)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes a profile that extends `profiles/<base>.toml` with `extra` TOML appended.
 pub fn derived_profile(dir: &Path, base: &str, extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join(format!("{base}-test.toml"));
-    let text = format!("extends = \"{}\"\n{extra}", workspace_root().join("profiles").join(format!("{base}.toml")).display());
+    let text = format!(
+        "extends = \"{}\"\n{extra}",
+        workspace_root()
+            .join("profiles")
+            .join(format!("{base}.toml"))
+            .display()
+    );
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -290,16 +326,30 @@ pub fn derived_profile(dir: &Path, base: &str, extra: &str) -> PathBuf {
 /// Reads a file from the ESP of a (stopped) VM disk.
 pub fn esp_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
     let (offset, size) = esp_window(disk)?;
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(disk).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .ok()?;
     let window = keel_builder::esp::Window::new(file, offset, size).ok()?;
     keel_builder::esp::read_fat_file(window, path).ok()
 }
 
 /// Lists a directory of the ESP of a (stopped) VM disk.
 pub fn esp_list(disk: &Path, dir: &str) -> Vec<String> {
-    let Some((offset, size)) = esp_window(disk) else { return Vec::new() };
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(disk) else { return Vec::new() };
-    let Ok(window) = keel_builder::esp::Window::new(file, offset, size) else { return Vec::new() };
+    let Some((offset, size)) = esp_window(disk) else {
+        return Vec::new();
+    };
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+    else {
+        return Vec::new();
+    };
+    let Ok(window) = keel_builder::esp::Window::new(file, offset, size) else {
+        return Vec::new();
+    };
     let mut names = keel_builder::esp::list_fat_dir(window, dir).unwrap_or_default();
     names.sort();
     names
@@ -319,21 +369,30 @@ fn esp_window(disk: &Path) -> Option<(u64, u64)> {
 /// Disk offset of the first data block of `file` inside KEEL-A's squashfs, found by storing
 /// that block the way the builder's squashfs writer does and searching for the bytes.
 pub fn root_file_block_offset(out: &Path, file: &[u8]) -> Option<u64> {
-    let manifest = keel_signing::manifest::Manifest::from_json(&std::fs::read(out.join("manifest.json")).ok()?).ok()?;
+    let manifest = keel_signing::manifest::Manifest::from_json(
+        &std::fs::read(out.join("manifest.json")).ok()?,
+    )
+    .ok()?;
     let slot = manifest.partition("KEEL-A")?;
     let options = keel_builder::squashfs::SquashfsOptions::default();
     let block = file.get(..options.block_size as usize)?;
     let stored = keel_builder::squashfs::stored_block(block, &options).ok()?;
     let disk = std::fs::read(out.join("disk.raw")).ok()?;
     let root = disk.get(slot.offset as usize..(slot.offset + manifest.root.size) as usize)?;
-    let at = root.windows(stored.len()).position(|w| w == stored.as_slice())?;
+    let at = root
+        .windows(stored.len())
+        .position(|w| w == stored.as_slice())?;
     Some(slot.offset + at as u64 + stored.len() as u64 / 2)
 }
 
 /// Flips every bit of the byte at `at`.
 pub fn flip_byte(path: &Path, at: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut byte = [0u8];
     f.seek(SeekFrom::Start(at)).unwrap();
     f.read_exact(&mut byte).unwrap();

@@ -6,7 +6,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use keel_vm_tests::{Machine, build, derived_profile, esp_list, marker_image, test_dir, test_key, vm_disk};
+use keel_vm_tests::{
+    Machine, build, derived_profile, esp_list, marker_image, test_dir, test_key, vm_disk,
+};
 
 const BOOT: Duration = Duration::from_secs(240);
 
@@ -38,9 +40,20 @@ fn boots_to_ready_runs_a_system_container_blesses_and_keeps_var_across_reboots()
         dir = dir.display()
     )).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.contains("squashfs-root/usr/bin/containerd"), "could not list the root");
-    for shell in ["usr/bin/sh", "usr/bin/bash", "usr/bin/dash", "usr/bin/busybox"] {
-        assert!(!listing.lines().any(|l| l.ends_with(shell)), "{shell} is in the image");
+    assert!(
+        listing.contains("squashfs-root/usr/bin/containerd"),
+        "could not list the root"
+    );
+    for shell in [
+        "usr/bin/sh",
+        "usr/bin/bash",
+        "usr/bin/dash",
+        "usr/bin/busybox",
+    ] {
+        assert!(
+            !listing.lines().any(|l| l.ends_with(shell)),
+            "{shell} is in the image"
+        );
     }
 
     let disk = vm_disk(&out, &dir, 6 << 30);
@@ -50,12 +63,18 @@ fn boots_to_ready_runs_a_system_container_blesses_and_keeps_var_across_reboots()
     vm.expect("creating DATA", BOOT);
     vm.expect("boot 1 ", BOOT);
     let before_ready = vm.expect("keel: ready", BOOT);
-    assert!(before_ready.contains("blessed keel-a+2-1.conf -> keel-a.conf"), "the entry must be blessed before ready:\n{before_ready}");
+    assert!(
+        before_ready.contains("blessed keel-a+2-1.conf -> keel-a.conf"),
+        "the entry must be blessed before ready:\n{before_ready}"
+    );
     vm.expect("keel-marker: hello from keel", Duration::from_secs(120));
     vm.send("\n");
     vm.vm.powerdown().unwrap();
     vm.expect("powering off", Duration::from_secs(60));
-    assert!(vm.vm.wait_timeout(Duration::from_secs(60)).is_some(), "the VM did not power off");
+    assert!(
+        vm.vm.wait_timeout(Duration::from_secs(60)).is_some(),
+        "the VM did not power off"
+    );
     assert_eq!(esp_list(&disk, "/loader/entries"), ["keel-a.conf"]);
 
     // Second boot from the same disk and firmware variables: still blessed, /var kept.
@@ -63,7 +82,10 @@ fn boots_to_ready_runs_a_system_container_blesses_and_keeps_var_across_reboots()
     vm.expect("boot 2 ", BOOT);
     let before_ready = vm.expect("keel: ready", BOOT);
     assert!(before_ready.contains("already blessed"), "{before_ready}");
-    assert!(!before_ready.contains("creating DATA"), "DATA must be reused");
+    assert!(
+        !before_ready.contains("creating DATA"),
+        "DATA must be reused"
+    );
     vm.expect("keel-marker: hello from keel", Duration::from_secs(120));
     vm.kill();
     assert_eq!(esp_list(&disk, "/loader/entries"), ["keel-a.conf"]);
@@ -74,21 +96,39 @@ fn a_flipped_byte_in_the_root_never_runs() {
     let dir = test_dir("node_verity");
     let (secret, _) = test_key(&dir.join("keys"));
     let out = dir.join("out");
-    build(&keel_vm_tests::workspace_root().join("profiles/worker.toml"), &out, &secret, None, 1_700_000_000);
+    build(
+        &keel_vm_tests::workspace_root().join("profiles/worker.toml"),
+        &out,
+        &secret,
+        None,
+        1_700_000_000,
+    );
     let disk = vm_disk(&out, &dir, 4 << 30);
     // Corrupt the compressed data of the stage-2 init in KEEL-A: the first thing the node
     // executes from the root.
     let init = std::fs::read(keel_vm_tests::init_binary()).unwrap();
-    let at = keel_vm_tests::root_file_block_offset(&out, &init).expect("the init's first block in the root");
+    let at = keel_vm_tests::root_file_block_offset(&out, &init)
+        .expect("the init's first block in the root");
     keel_vm_tests::flip_byte(&disk, at);
-    let mut vm = Machine::start("node_verity", &disk, &dir.join("vm"), |c| c.no_reboot = true);
+    let mut vm = Machine::start("node_verity", &disk, &dir.join("vm"), |c| {
+        c.no_reboot = true
+    });
     // dm-verity reports the block and, with restart_on_corruption, restarts the machine
     // (QEMU exits here because of -no-reboot) before the corrupted code can run.
     let before = vm.expect("is corrupted", BOOT);
-    assert!(before.contains("verified (key ID"), "stage 1 verified the manifest first:\n{before}");
-    assert!(vm.vm.wait_timeout(Duration::from_secs(60)).is_some(), "the node must restart on corruption");
+    assert!(
+        before.contains("verified (key ID"),
+        "stage 1 verified the manifest first:\n{before}"
+    );
+    assert!(
+        vm.vm.wait_timeout(Duration::from_secs(60)).is_some(),
+        "the node must restart on corruption"
+    );
     let log = vm.console_log();
     assert!(log.contains("device-mapper: verity"), "{log}");
     assert!(!log.contains("keel: ready"));
-    assert!(!log.contains("stage 2"), "nothing from the corrupted root may run");
+    assert!(
+        !log.contains("stage 2"),
+        "nothing from the corrupted root may run"
+    );
 }

@@ -283,5 +283,8 @@ fn codec(options: &SquashfsOptions) -> Result<Codec, SquashfsError> {
 /// The bytes this writer stores for one full data block with these options (the block as
 /// it is when compression would not shrink it). Lets a test find a file's data in an image.
 pub fn stored_block(data: &[u8], options: &SquashfsOptions) -> Result<Vec<u8>, SquashfsError> {
-    Ok(codec(options)?.compress(data).map_err(SquashfsError::Compress)?.unwrap_or_else(|| data.to_vec()))
+    Ok(codec(options)?
+        .compress(data)
+        .map_err(SquashfsError::Compress)?
+        .unwrap_or_else(|| data.to_vec()))
 }

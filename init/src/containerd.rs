@@ -101,9 +101,26 @@ pub fn remove_stale_argv(name: &str) -> Vec<String> {
     ]
 }
 
+/// The entrypoint of a baked image, from the config the builder put beside its archive.
+pub fn baked_entrypoint(dir: &Path, image: &str) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(dir.join(format!("{image}.config.json"))) else {
+        return Vec::new();
+    };
+    let Ok(config) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Vec::new();
+    };
+    config
+        .pointer("/config/Entrypoint")
+        .and_then(|e| e.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
 /// `ctr run` in the foreground: the container's output is ctr's output, so the supervisor
-/// captures it like any service's; SIGTERM to ctr is passed to the task.
-pub fn run_argv(c: &SystemContainer) -> Vec<String> {
+/// captures it like any service's; SIGTERM to ctr is passed to the task. A command given to
+/// `ctr run` replaces the image's whole command line, so with `args` the image's entrypoint
+/// goes in front of them (as Kubernetes' `args` keep the entrypoint).
+pub fn run_argv(c: &SystemContainer, entrypoint: &[String]) -> Vec<String> {
     let mut argv: Vec<String> = vec![
         "/usr/bin/ctr".into(),
         "--address".into(),
@@ -116,7 +133,10 @@ pub fn run_argv(c: &SystemContainer) -> Vec<String> {
         c.image_ref(),
         c.name.clone(),
     ];
-    argv.extend(c.args.iter().cloned());
+    if !c.args.is_empty() {
+        argv.extend(entrypoint.iter().cloned());
+        argv.extend(c.args.iter().cloned());
+    }
     argv
 }
 
@@ -137,18 +157,29 @@ mod tests {
     }
 
     #[test]
-    fn run_command_uses_the_baked_name() {
+    fn run_command_keeps_the_entrypoint_before_args() {
         let c = SystemContainer {
             name: "marker".into(),
             image: "marker".into(),
             args: vec!["hello".into()],
             restart: RestartPolicy::Always,
         };
-        let argv = run_argv(&c);
-        assert!(argv.ends_with(&[
-            "keel.local/marker:latest".into(),
-            "marker".into(),
-            "hello".into()
-        ]));
+        let argv = run_argv(&c, &["/marker".into()]);
+        let tail: Vec<&str> = argv.iter().rev().take(4).rev().map(String::as_str).collect();
+        assert_eq!(tail, ["keel.local/marker:latest", "marker", "/marker", "hello"]);
+        let no_args = SystemContainer { args: vec![], ..c };
+        assert_eq!(run_argv(&no_args, &["/marker".into()]).last().map(String::as_str), Some("marker"));
+    }
+
+    #[test]
+    fn entrypoint_comes_from_the_baked_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("m.config.json"),
+            r#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/marker","-v"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(baked_entrypoint(dir.path(), "m"), ["/marker", "-v"]);
+        assert!(baked_entrypoint(dir.path(), "missing").is_empty());
     }
 }

@@ -213,9 +213,10 @@ fn start_services(node: &Node) -> Result<(Supervisor, Option<Supervisor>), Strin
             RestartPolicy::OnFailure => Restart::OnFailure,
             RestartPolicy::Never => Restart::Never,
         };
+        let entrypoint = containerd::baked_entrypoint(Path::new(containerd::BAKED_IMAGES), &c.image);
         specs.push(service(
             &c.name,
-            containerd::run_argv(c),
+            containerd::run_argv(c, &entrypoint),
             &[],
             Health::ProcessAlive,
             restart,

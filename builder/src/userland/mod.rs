@@ -149,6 +149,14 @@ pub fn bake_container_images(
             crate::tree::Node::file(crate::tree::Meta::root(0o644), archive),
         )
         .map_err(|e| err(e.to_string()))?;
+        // The config beside it: the node needs the entrypoint to run the image with arguments
+        // of its own (`ctr run` replaces the whole command line).
+        let config_path = format!("{BAKED_IMAGES_DIR}/{}.config.json", image.name);
+        tree.insert(
+            &config_path,
+            crate::tree::Node::file(crate::tree::Meta::root(0o644), exported.config.clone()),
+        )
+        .map_err(|e| err(e.to_string()))?;
         phase.finish(&format!("{name} ({}) -> {path}", human_bytes(size)));
         items.push(SourceItem {
             kind: "oci-image".into(),

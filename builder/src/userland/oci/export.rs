@@ -21,6 +21,8 @@ const ENTRY_MTIME: u64 = 0;
 /// What was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportedImage {
+    /// The image's config blob (OCI image configuration JSON), verified.
+    pub config: Vec<u8>,
     /// `sha256:...` of the (platform) manifest the archive's index.json points at.
     pub manifest_digest: String,
     /// Every blob written, `sha256:...`, sorted.
@@ -133,6 +135,7 @@ pub fn export_oci_archive_named(
         .map_err(export_err)?;
 
     Ok(ExportedImage {
+        config: image.config_bytes.clone(),
         manifest_digest: image.manifest_desc.digest().to_string(),
         blobs: blobs.keys().map(|hex| format!("sha256:{hex}")).collect(),
     })

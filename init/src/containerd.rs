@@ -112,7 +112,11 @@ pub fn baked_entrypoint(dir: &Path, image: &str) -> Vec<String> {
     config
         .pointer("/config/Entrypoint")
         .and_then(|e| e.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -165,10 +169,24 @@ mod tests {
             restart: RestartPolicy::Always,
         };
         let argv = run_argv(&c, &["/marker".into()]);
-        let tail: Vec<&str> = argv.iter().rev().take(4).rev().map(String::as_str).collect();
-        assert_eq!(tail, ["keel.local/marker:latest", "marker", "/marker", "hello"]);
+        let tail: Vec<&str> = argv
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            tail,
+            ["keel.local/marker:latest", "marker", "/marker", "hello"]
+        );
         let no_args = SystemContainer { args: vec![], ..c };
-        assert_eq!(run_argv(&no_args, &["/marker".into()]).last().map(String::as_str), Some("marker"));
+        assert_eq!(
+            run_argv(&no_args, &["/marker".into()])
+                .last()
+                .map(String::as_str),
+            Some("marker")
+        );
     }
 
     #[test]

@@ -213,7 +213,8 @@ fn start_services(node: &Node) -> Result<(Supervisor, Option<Supervisor>), Strin
             RestartPolicy::OnFailure => Restart::OnFailure,
             RestartPolicy::Never => Restart::Never,
         };
-        let entrypoint = containerd::baked_entrypoint(Path::new(containerd::BAKED_IMAGES), &c.image);
+        let entrypoint =
+            containerd::baked_entrypoint(Path::new(containerd::BAKED_IMAGES), &c.image);
         specs.push(service(
             &c.name,
             containerd::run_argv(c, &entrypoint),

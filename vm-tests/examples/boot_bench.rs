@@ -1,0 +1,52 @@
+//! Boot-time benchmark (not a test): power-on to ready for a Keel image against a Debian
+//! image (debootstrap, systemd, the same kernel, containerd enabled), booted side by side
+//! with the same QEMU, firmware and settings. Run by `vm-tests/bench/boot-vs-debian`.
+//!
+//! Usage: boot_bench KEEL_OUTDIR DEBIAN_DISK [RUNS]
+//! Keel is ready at `keel: ready`; Debian at systemd's `Started containerd.service`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use keel_vm_tests::{Machine, test_dir};
+
+fn boot(name: &str, disk: &Path, dir: &Path, marker: &str) -> f64 {
+    let start = Instant::now();
+    let mut vm = Machine::start(name, disk, dir, |c| c.memory_mib = 1024);
+    vm.expect(marker, Duration::from_secs(600));
+    let secs = start.elapsed().as_secs_f64();
+    vm.kill();
+    secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let keel_out = PathBuf::from(&args[1]);
+    let debian_disk = PathBuf::from(&args[2]);
+    let runs: usize = args.get(3).map(|r| r.parse().unwrap()).unwrap_or(3);
+    let dir = test_dir("boot_bench");
+    let keel_disk = keel_vm_tests::vm_disk(&keel_out, &dir, 4 << 30);
+    let deb_disk = dir.join("debian.raw");
+    keel_builder::run::sparse_copy(&debian_disk, &deb_disk, 0).unwrap();
+    // One boot each first: Keel's first boot creates and formats DATA, Debian's sets its
+    // machine id; the measured boots are the steady state.
+    boot("bench-keel-warm", &keel_disk, &dir.join("keel-vm"), "keel: ready");
+    boot("bench-debian-warm", &deb_disk, &dir.join("debian-vm"), "Started containerd.service");
+    let (mut keel, mut debian) = (Vec::new(), Vec::new());
+    println!("{:<4} {:>10} {:>12}", "run", "keel_s", "debian_s");
+    for i in 0..runs {
+        let k = boot(&format!("bench-keel-{i}"), &keel_disk, &dir.join("keel-vm"), "keel: ready");
+        let d = boot(&format!("bench-debian-{i}"), &deb_disk, &dir.join("debian-vm"), "Started containerd.service");
+        println!("{:<4} {k:>10.2} {d:>12.2}", i + 1);
+        keel.push(k);
+        debian.push(d);
+    }
+    let (k, d) = (median(keel), median(debian));
+    println!("median: keel {k:.2}s, debian {d:.2}s, keel/debian {:.2}", k / d);
+}

@@ -86,6 +86,9 @@ pub fn missing_profile_paths(loaded: &LoadedProfile, key_overridden: bool) -> Ve
             check(format!("image.container_images[{i}].archive"), a, false);
         }
     }
+    if let Some(secrets) = &image.secrets {
+        check("image.secrets".into(), secrets, false);
+    }
     for (i, f) in image.files.iter().enumerate() {
         check(format!("image.files[{i}].src"), &f.src, false);
     }

@@ -36,17 +36,40 @@ fn main() {
     keel_builder::run::sparse_copy(&debian_disk, &deb_disk, 0).unwrap();
     // One boot each first: Keel's first boot creates and formats DATA, Debian's sets its
     // machine id; the measured boots are the steady state.
-    boot("bench-keel-warm", &keel_disk, &dir.join("keel-vm"), "keel: ready");
-    boot("bench-debian-warm", &deb_disk, &dir.join("debian-vm"), "Started containerd.service");
+    boot(
+        "bench-keel-warm",
+        &keel_disk,
+        &dir.join("keel-vm"),
+        "keel: ready",
+    );
+    boot(
+        "bench-debian-warm",
+        &deb_disk,
+        &dir.join("debian-vm"),
+        "Started containerd.service",
+    );
     let (mut keel, mut debian) = (Vec::new(), Vec::new());
     println!("{:<4} {:>10} {:>12}", "run", "keel_s", "debian_s");
     for i in 0..runs {
-        let k = boot(&format!("bench-keel-{i}"), &keel_disk, &dir.join("keel-vm"), "keel: ready");
-        let d = boot(&format!("bench-debian-{i}"), &deb_disk, &dir.join("debian-vm"), "Started containerd.service");
+        let k = boot(
+            &format!("bench-keel-{i}"),
+            &keel_disk,
+            &dir.join("keel-vm"),
+            "keel: ready",
+        );
+        let d = boot(
+            &format!("bench-debian-{i}"),
+            &deb_disk,
+            &dir.join("debian-vm"),
+            "Started containerd.service",
+        );
         println!("{:<4} {k:>10.2} {d:>12.2}", i + 1);
         keel.push(k);
         debian.push(d);
     }
     let (k, d) = (median(keel), median(debian));
-    println!("median: keel {k:.2}s, debian {d:.2}s, keel/debian {:.2}", k / d);
+    println!(
+        "median: keel {k:.2}s, debian {d:.2}s, keel/debian {:.2}",
+        k / d
+    );
 }

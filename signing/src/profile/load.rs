@@ -95,6 +95,7 @@ const PATH_FIELDS: &[&[&str]] = &[
     &["image", "files", "*", "src"],
     &["image", "container_images", "*", "layout"],
     &["image", "container_images", "*", "archive"],
+    &["image", "secrets"],
 ];
 
 const MAX_EXTENDS_DEPTH: usize = 16;

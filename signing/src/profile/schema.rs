@@ -81,6 +81,11 @@ pub struct Image {
     /// air-gapped nodes need no registry.
     #[serde(default)]
     pub container_images: Vec<ContainerImage>,
+    /// The cluster's secrets file (`keel secrets gen`). The builder writes what the node's
+    /// role needs (never a CA key for a worker) into the STATE partition, never into the
+    /// root or the manifest. Optional: nodes can get their secrets at boot instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<PathBuf>,
 }
 
 impl Default for Image {
@@ -102,6 +107,7 @@ impl Default for Image {
             squashfs: Squashfs::default(),
             initramfs: Initramfs::default(),
             container_images: Vec::new(),
+            secrets: None,
         }
     }
 }
@@ -370,6 +376,10 @@ pub struct Node {
     /// services).
     #[serde(default)]
     pub containers: Vec<SystemContainer>,
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
+    #[serde(default)]
+    pub etcd: Etcd,
 }
 
 /// `[[node.containers]]`.
@@ -463,4 +473,115 @@ pub struct Cluster {
     /// The Kubernetes API endpoint every node talks to: `https://HOST:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+}
+
+/// `[node.kubernetes]`: what the kubelet and the control plane run with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// Kubernetes version: the control-plane images' tag (`v` prepended).
+    #[serde(default = "default_k8s_version")]
+    pub version: String,
+    /// Registry and path of the control-plane images.
+    #[serde(default = "default_image_repository")]
+    pub image_repository: String,
+    /// The kubelet binary in the root (from the userland or `image.files`).
+    #[serde(default = "default_kubelet")]
+    pub kubelet: PathBuf,
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: IpCidr,
+    #[serde(default = "default_pod_cidr")]
+    pub pod_cidr: IpCidr,
+    #[serde(default = "default_cluster_dns")]
+    pub cluster_dns: std::net::IpAddr,
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: String,
+    /// Node labels, registered by the kubelet.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Node taints, `key=value:Effect` or `key:Effect`.
+    #[serde(default)]
+    pub taints: Vec<String>,
+    /// More names and addresses for the API server's certificate.
+    #[serde(default)]
+    pub extra_sans: Vec<String>,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            version: default_k8s_version(),
+            image_repository: default_image_repository(),
+            kubelet: default_kubelet(),
+            service_cidr: default_service_cidr(),
+            pod_cidr: default_pod_cidr(),
+            cluster_dns: default_cluster_dns(),
+            cluster_domain: default_cluster_domain(),
+            labels: Default::default(),
+            taints: Vec::new(),
+            extra_sans: Vec::new(),
+        }
+    }
+}
+
+fn default_k8s_version() -> String {
+    "1.31.4".into()
+}
+fn default_image_repository() -> String {
+    "registry.k8s.io".into()
+}
+fn default_kubelet() -> PathBuf {
+    PathBuf::from("/usr/bin/kubelet")
+}
+fn default_service_cidr() -> IpCidr {
+    IpCidr {
+        addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 0)),
+        prefix: 12,
+    }
+}
+fn default_pod_cidr() -> IpCidr {
+    IpCidr {
+        addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 0)),
+        prefix: 16,
+    }
+}
+fn default_cluster_dns() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10))
+}
+fn default_cluster_domain() -> String {
+    "cluster.local".into()
+}
+
+/// `[node.etcd]` (control plane).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// The etcd binary in the root.
+    #[serde(default = "default_etcd")]
+    pub binary: PathBuf,
+    /// The cluster's members, this node included. Empty: a single member, this node.
+    #[serde(default)]
+    pub members: Vec<EtcdMember>,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            binary: default_etcd(),
+            members: Vec::new(),
+        }
+    }
+}
+
+fn default_etcd() -> PathBuf {
+    PathBuf::from("/usr/bin/etcd")
+}
+
+/// One etcd member: its name (the node's hostname) and peer URL.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdMember {
+    pub name: String,
+    /// `https://HOST:2380`.
+    pub peer_url: String,
 }

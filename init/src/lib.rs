@@ -12,6 +12,7 @@
 pub mod bless;
 pub mod block;
 pub mod bootinfo;
+pub mod config;
 pub mod console;
 pub mod containerd;
 pub mod fatal;

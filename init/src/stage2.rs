@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keel_signing::layout::{PartitionRole, Slot};
-use keel_signing::profile::{LoadedProfile, Node, RestartPolicy};
+use keel_signing::profile::{Node, RestartPolicy};
 
 use crate::bootinfo::{self, Handoff};
 use crate::supervisor::{self, Health, ProcessSpec, Reaper, Restart, ServiceSpec, Supervisor};
-use crate::{bless, block, console, containerd, history, kmod, mounts, net, power, sys};
+use crate::{bless, block, config, console, containerd, history, kmod, mounts, net, power, sys};
 
 /// Modules stage 2 loads from the root, when the kernel has them as modules: container
 /// networking and storage, the NIC, entropy, the power button, EFI variables, and what
@@ -25,6 +25,8 @@ const MODULES: &[&str] = &[
     "evdev",
     "button",
     "nls_utf8",
+    "qemu_fw_cfg",
+    "isofs",
     "bridge",
     "br_netfilter",
     "veth",
@@ -125,14 +127,30 @@ fn mount_var(handoff: &Handoff) -> Result<(), String> {
     Ok(())
 }
 
-/// The node section: baked into the image (later issues add STATE and boot-time sources).
-fn node_profile() -> Result<Node, String> {
-    match std::fs::read_to_string(bootinfo::BAKED_PROFILE) {
-        Ok(text) => LoadedProfile::from_text(Path::new(bootinfo::BAKED_PROFILE), &text)
-            .map(|p| p.profile.node)
-            .map_err(|e| e.to_string()),
-        Err(_) => Ok(Node::default()),
-    }
+/// The node's configuration: a boot-time source (fw_cfg, `keel.config=` URL, config drive),
+/// else what STATE kept, else the profile baked into the image. A URL needs the network
+/// first: DHCP on the first interface, which is returned for reuse.
+fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState>), String> {
+    let cmdline = bootinfo::cmdline();
+    let mut early_net = None;
+    let boot_time = if let Some(found) = config::fw_cfg() {
+        Some(found)
+    } else if let Some(url) = keel_signing::layout::cmdline::get(&cmdline, config::CMDLINE_URL) {
+        let dhcp = keel_signing::profile::Network::default();
+        early_net = Some(
+            net::configure(&dhcp, &|m| log(m)).map_err(|e| format!("network for {url}: {e}"))?,
+        );
+        let text = config::http_get(url, Duration::from_secs(30))?;
+        Some(config::Found {
+            source: config::Source::Url(url.to_owned()),
+            profile: Some(text),
+            secrets: None,
+        })
+    } else {
+        config::config_drive()
+    };
+    let cfg = config::choose(boot_time, state, Path::new(bootinfo::BAKED_PROFILE))?;
+    Ok((cfg, early_net))
 }
 
 fn apply_hostname(node: &Node, state: &net::NetState) -> String {
@@ -317,9 +335,25 @@ fn run() -> Result<std::convert::Infallible, String> {
         history::HISTORY
     ));
 
-    let node = node_profile()?;
-    let net_state =
-        net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?;
+    let state_dir = if Path::new("/state/keel-state").exists() {
+        config::state_dir()
+    } else {
+        log("warning: STATE is not mounted; the applied profile will not survive a reboot");
+        let dir = PathBuf::from("/run/keel/state");
+        sys::mkdir_p(&dir, 0o700).map_err(|e| e.to_string())?;
+        dir
+    };
+    let (cfg, early_net) = node_config(&state_dir)?;
+    let node = cfg.node.clone();
+    log(&format!(
+        "profile from {}: role {}",
+        cfg.source,
+        node.role.as_str()
+    ));
+    let net_state = match early_net {
+        Some(state) if node.network == keel_signing::profile::Network::default() => state,
+        _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
+    };
     let hostname = apply_hostname(&node, &net_state);
     log(&format!(
         "network: {} {} via {}; hostname {hostname}",

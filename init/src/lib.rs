@@ -25,6 +25,7 @@ pub mod stage1;
 pub mod stage2;
 pub mod supervisor;
 pub mod sys;
+pub mod upgrade;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The init inside the root filesystem, executed by stage 1 (the builder puts it there).

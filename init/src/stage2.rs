@@ -245,6 +245,27 @@ fn start_services(node: &Node) -> Result<(Supervisor, Option<Supervisor>), Strin
     Ok((core, Some(containers)))
 }
 
+/// Reboots the node if the health gate has not passed `deadline` seconds after the kernel
+/// started the init: a version that hangs is treated like one that fails, so the boot
+/// counter moves on to the other slot.
+fn arm_boot_deadline(
+    deadline: u64,
+    init_started: f64,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ready.clone();
+    std::thread::spawn(move || {
+        let left = (init_started + deadline as f64 - sys::boottime()).max(0.0);
+        std::thread::sleep(Duration::from_secs_f64(left));
+        if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            crate::fatal::fatal(&format!(
+                "the health gate did not pass within {deadline} seconds of boot"
+            ));
+        }
+    });
+    ready
+}
+
 fn status_line(supervisors: &[&Supervisor], net: &net::NetState, hostname: &str) -> String {
     let services: Vec<String> = supervisors
         .iter()
@@ -350,6 +371,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         cfg.source,
         node.role.as_str()
     ));
+    let ready = arm_boot_deadline(node.boot_deadline_secs, handoff.stage1_start);
     let net_state = match early_net {
         Some(state) if node.network == keel_signing::profile::Network::default() => state,
         _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
@@ -386,6 +408,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         Ok(bless::Blessing::AlreadyBlessed(name)) => log(&format!("{name} already blessed")),
         Err(e) => log(&format!("warning: could not bless the boot entry: {e}")),
     }
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let now = sys::boottime();
     let firmware = bootinfo::firmware_and_loader_seconds().map(|f| f + handoff.stage1_start);
     let rss = sys::rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);

@@ -359,7 +359,7 @@ pub struct Initramfs {
 }
 
 /// `[node]`: read by the init when the node boots.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// `controlplane` or `worker` (default `worker`).
@@ -380,6 +380,29 @@ pub struct Node {
     pub kubernetes: Kubernetes,
     #[serde(default)]
     pub etcd: Etcd,
+    /// Seconds a boot may take to pass its health gate; past it the node reboots, so that a
+    /// version that hangs is rolled back like one that fails (default 300).
+    #[serde(default = "default_boot_deadline")]
+    pub boot_deadline_secs: u64,
+}
+
+fn default_boot_deadline() -> u64 {
+    300
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            role: Role::default(),
+            hostname: None,
+            network: Network::default(),
+            cluster: Cluster::default(),
+            containers: Vec::new(),
+            kubernetes: Kubernetes::default(),
+            etcd: Etcd::default(),
+            boot_deadline_secs: default_boot_deadline(),
+        }
+    }
 }
 
 /// `[[node.containers]]`.

@@ -258,6 +258,15 @@ fn validate_node(node: &Node, out: &mut Vec<Problem>) {
             format!("{iface:?} is not an interface name"),
         ));
     }
+    if !(30..=3600).contains(&node.boot_deadline_secs) {
+        out.push(problem(
+            "node.boot_deadline_secs",
+            format!(
+                "{} is out of range: expected 30 to 3600 seconds",
+                node.boot_deadline_secs
+            ),
+        ));
+    }
     let mut names = HashSet::new();
     for (i, c) in node.containers.iter().enumerate() {
         if !short_name_ok(&c.name) {

@@ -74,6 +74,42 @@ pub fn unpack_deb(path: &Path, tree: &mut Tree) -> Result<DebStats, DebError> {
 
 /// Unpacks a `.deb` held in memory; `path` only names it in errors.
 pub fn unpack_deb_bytes(bytes: &[u8], path: &Path, tree: &mut Tree) -> Result<DebStats, DebError> {
+    let decoded = decode_deb(bytes, path)?;
+    apply_decoded(decoded, path, tree)
+}
+
+/// A `.deb` read and decompressed, ready to apply. Decoding is the slow part (xz) and needs
+/// no tree, so many packages can be decoded at once and applied in order afterwards.
+pub struct DecodedDeb {
+    control: Control,
+    data_member: String,
+    data_tar: Vec<u8>,
+}
+
+/// Applies a decoded package's files to `tree`.
+pub fn apply_decoded(
+    decoded: DecodedDeb,
+    path: &Path,
+    tree: &mut Tree,
+) -> Result<DebStats, DebError> {
+    let layer =
+        apply_tar(tree, decoded.data_tar.as_slice(), Whiteouts::Literal).map_err(|source| {
+            DebError::Layer {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    Ok(DebStats {
+        package: decoded.control.package,
+        version: decoded.control.version,
+        architecture: decoded.control.architecture,
+        data_member: decoded.data_member,
+        layer,
+    })
+}
+
+/// Checks a `.deb`'s structure, reads its control data and decompresses its data tarball.
+pub fn decode_deb(bytes: &[u8], path: &Path) -> Result<DecodedDeb, DebError> {
     let not_a_deb = |reason: String| DebError::NotADeb {
         path: path.to_path_buf(),
         reason,
@@ -81,7 +117,7 @@ pub fn unpack_deb_bytes(bytes: &[u8], path: &Path, tree: &mut Tree) -> Result<De
     let mut archive = ar::Archive::new(bytes);
     let mut seen_version = false;
     let mut control: Option<Control> = None;
-    let mut result: Option<(String, LayerStats)> = None;
+    let mut result: Option<(String, Vec<u8>)> = None;
     while let Some(entry) = archive.next_entry() {
         let mut entry = entry.map_err(|e| not_a_deb(e.to_string()))?;
         let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
@@ -135,16 +171,10 @@ pub fn unpack_deb_bytes(bytes: &[u8], path: &Path, tree: &mut Tree) -> Result<De
                 });
             }
             let mut reader = decompress(&name, &mut entry, path)?;
-            let stats = apply_tar(tree, &mut reader, Whiteouts::Literal).map_err(|source| {
-                DebError::Layer {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
-            // tar stops at its end marker; reading on makes the decompressor check the rest
-            // of the stream (and its checksum), so a corrupt tail is not silently ignored.
-            std::io::copy(&mut reader, &mut std::io::sink()).map_err(member_err)?;
-            result = Some((name.clone(), stats));
+            // The whole stream, so the decompressor also checks the tail and its checksum.
+            let mut data = Vec::new();
+            reader.read_to_end(&mut data).map_err(member_err)?;
+            result = Some((name.clone(), data));
         } else {
             return Err(not_a_deb(format!("unexpected member {name:?}")));
         }
@@ -156,16 +186,14 @@ pub fn unpack_deb_bytes(bytes: &[u8], path: &Path, tree: &mut Tree) -> Result<De
         path: path.to_path_buf(),
         member: "control.tar",
     })?;
-    let (data_member, layer) = result.ok_or_else(|| DebError::MissingMember {
+    let (data_member, data_tar) = result.ok_or_else(|| DebError::MissingMember {
         path: path.to_path_buf(),
         member: "data.tar",
     })?;
-    Ok(DebStats {
-        package: control.package,
-        version: control.version,
-        architecture: control.architecture,
+    Ok(DecodedDeb {
+        control,
         data_member,
-        layer,
+        data_tar,
     })
 }
 

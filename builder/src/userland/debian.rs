@@ -280,21 +280,30 @@ pub fn resolve_and_download(
 pub fn install(resolved: &[ResolvedDeb], tree: &mut Tree) -> Result<Vec<DebStats>, DebError> {
     let mut ordered: Vec<&ResolvedDeb> = resolved.iter().collect();
     ordered.sort_by(|a, b| (&a.package, &a.architecture).cmp(&(&b.package, &b.architecture)));
-    let mut stats = Vec::with_capacity(ordered.len());
-    for r in ordered {
-        let bytes = std::fs::read(&r.path).map_err(|source| DebError::Io {
-            path: r.path.clone(),
-            source,
-        })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if actual != r.sha256 {
-            return Err(DebError::Checksum {
+    // Reading, checking and decompressing (xz, one core per package) runs in parallel;
+    // applying stays in name order, so the tree is the same whatever the scheduling.
+    use rayon::prelude::*;
+    let decoded: Vec<Result<deb::DecodedDeb, DebError>> = ordered
+        .par_iter()
+        .map(|r| {
+            let bytes = std::fs::read(&r.path).map_err(|source| DebError::Io {
                 path: r.path.clone(),
-                expected: r.sha256.clone(),
-                actual,
-            });
-        }
-        let s = deb::unpack_deb_bytes(&bytes, &r.path, tree)?;
+                source,
+            })?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if actual != r.sha256 {
+                return Err(DebError::Checksum {
+                    path: r.path.clone(),
+                    expected: r.sha256.clone(),
+                    actual,
+                });
+            }
+            deb::decode_deb(&bytes, &r.path)
+        })
+        .collect();
+    let mut stats = Vec::with_capacity(ordered.len());
+    for (r, decoded) in ordered.into_iter().zip(decoded) {
+        let s = deb::apply_decoded(decoded?, &r.path, tree)?;
         if (
             s.package.as_str(),
             s.version.as_str(),

@@ -26,9 +26,9 @@ pub enum Command {
     Key(KeyCommand),
     /// Sign a file: writes FILE.minisig (minisign format).
     Sign(SignArgs),
-    /// Verify a signed file, or a build output directory and everything its manifest lists.
+    /// Verify a signed file, a build output directory or an update bundle against its manifest.
     Verify(VerifyArgs),
-    /// Print the partition layout and the signed manifest read back from a disk image.
+    /// Print the partition layout and signed manifest of a disk image, or an update bundle.
     Inspect(InspectArgs),
     /// Boot a built image in QEMU with the serial console attached (Ctrl-C powers it off).
     Run(RunArgs),
@@ -93,7 +93,8 @@ pub struct SignArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A file with FILE.minisig beside it, or a `keel build` output directory.
+    /// A file with FILE.minisig beside it, a `keel build` output directory, or an update
+    /// bundle (an OCI layout such as OUTDIR/update).
     pub path: PathBuf,
     /// Trusted public key file(s); each may hold several keys.
     #[arg(long = "pub", required = true)]
@@ -102,7 +103,7 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A disk image, or a build output directory.
+    /// A disk image, a build output directory, or an update bundle (an OCI layout).
     pub path: PathBuf,
 }
 

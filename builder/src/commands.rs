@@ -252,7 +252,11 @@ pub fn sign(
 pub fn verify(path: &Path, public: &[PathBuf], rep: &Reporter) -> Result<(), CommandError> {
     let trusted = crate::verify::load_trusted(public)?;
     if path.is_dir() {
-        let report = crate::verify::verify_output_dir(path, &trusted)?;
+        let report = if crate::bundle::is_bundle(path) {
+            crate::verify::verify_bundle(path, &trusted)?
+        } else {
+            crate::verify::verify_output_dir(path, &trusted)?
+        };
         for item in &report.checked {
             rep.note(&format!("ok  {item}"));
         }

@@ -1,16 +1,19 @@
-//! `keel verify`: a signed file, or a build output directory checked against its signed
-//! manifest (signature first, then every digest it lists against what is on disk).
+//! `keel verify`: a signed file, a build output directory or an update bundle, checked
+//! against its signed manifest (signature first, then every digest it lists against what is
+//! on disk or in the bundle).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use keel_signing::bundle::Part;
 use keel_signing::gpt::Gpt;
 use keel_signing::layout::{self, Slot};
-use keel_signing::manifest::{Manifest, Sha256Digest};
+use keel_signing::manifest::{FileDigest, Manifest, Sha256Digest};
 use keel_signing::minisign::{self, SignatureFile, TrustedKeys, Verified};
 use sha2::{Digest, Sha256};
 
+use crate::bundle::{Bundle, BundleError};
 use crate::commands::CommandError;
 use crate::esp::Window;
 
@@ -31,6 +34,8 @@ pub enum VerifyError {
     EspFile { what: String, message: String },
     #[error("{path}: {message}")]
     Output { path: PathBuf, message: String },
+    #[error("update bundle {0}")]
+    Bundle(#[from] BundleError),
 }
 
 impl From<VerifyError> for CommandError {
@@ -71,7 +76,7 @@ pub fn verify_file(path: &Path, trusted: &TrustedKeys) -> Result<Verified, Verif
         .map_err(|e| VerifyError::Signature(e.to_string()))
 }
 
-/// Everything checked in an output directory.
+/// Everything checked in an output directory or a bundle.
 #[derive(Debug)]
 pub struct DirReport {
     pub verified: Verified,
@@ -227,6 +232,117 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
             }
             checked.push(name.to_owned());
         }
+    }
+    // Builds since update bundles were added write one; it must carry the same manifest.
+    let bundle_dir = dir.join(keel_signing::bundle::BUNDLE_DIR);
+    if crate::bundle::is_bundle(&bundle_dir) {
+        let report = verify_bundle(&bundle_dir, trusted)?;
+        if report.manifest != manifest {
+            return Err(VerifyError::Output {
+                path: bundle_dir,
+                message: "the bundle's manifest differs from manifest.json".into(),
+            });
+        }
+        let dir_name = keel_signing::bundle::BUNDLE_DIR;
+        checked.extend(report.checked.iter().map(|c| format!("{dir_name}/: {c}")));
+    }
+    Ok(DirReport {
+        verified,
+        manifest,
+        checked,
+    })
+}
+
+fn bundle_error(bundle: &Bundle, message: String) -> VerifyError {
+    VerifyError::Bundle(BundleError::Invalid {
+        path: bundle.location().to_path_buf(),
+        message,
+    })
+}
+
+/// An update bundle (an OCI layout): opening it checks the layout and the digests of the
+/// image manifest, config, manifest and signature blobs; then the manifest's signature; then
+/// the kernel, initramfs and payload, each against both its OCI descriptor and the signed
+/// manifest (`kernel`, `initramfs`, `slot_payload`), in one read.
+pub fn verify_bundle(path: &Path, trusted: &TrustedKeys) -> Result<DirReport, VerifyError> {
+    let bundle = crate::bundle::open_bundle(path, None)?;
+    let sig_text = std::str::from_utf8(&bundle.signature)
+        .map_err(|_| bundle_error(&bundle, "the signature blob is not text".into()))?;
+    let sig = SignatureFile::parse(sig_text).map_err(|e| {
+        VerifyError::Signature(format!("{}: manifest.json.minisig: {e}", path.display()))
+    })?;
+    let verified = minisign::verify_bytes(trusted, &sig, &bundle.manifest)
+        .map_err(|e| VerifyError::Signature(format!("{}: manifest.json: {e}", path.display())))?;
+    let manifest = Manifest::from_json(&bundle.manifest).map_err(|e| VerifyError::Manifest {
+        path: path.join("manifest.json"),
+        message: e.to_string(),
+    })?;
+    let mut checked = vec![
+        format!("manifest signature (key ID {})", verified.key_id),
+        format!(
+            "OCI image manifest {} and config {}",
+            bundle.image_manifest.oci_digest(),
+            bundle.config.oci_digest()
+        ),
+    ];
+    // The ref name is not signed; holding it to the signed version means a bundle cannot be
+    // offered under another version's name.
+    match &bundle.reference {
+        Some(r) if *r == manifest.version => checked.push(format!("ref name {r}")),
+        Some(r) => {
+            return Err(bundle_error(
+                &bundle,
+                format!(
+                    "ref name {r:?} differs from the signed manifest's version {:?}",
+                    manifest.version
+                ),
+            ));
+        }
+        None => {
+            return Err(bundle_error(
+                &bundle,
+                format!(
+                    "index.json names no ref for the image (expected {:?})",
+                    manifest.version
+                ),
+            ));
+        }
+    }
+    let expected = [
+        (
+            Part::Kernel,
+            FileDigest {
+                size: manifest.kernel.size,
+                sha256: manifest.kernel.sha256,
+            },
+        ),
+        (Part::Initramfs, manifest.initramfs.clone()),
+        (Part::Payload, manifest.slot_payload.clone()),
+    ];
+    for (part, want) in expected {
+        let blob = bundle.part(part);
+        if blob.size != want.size || blob.digest != want.sha256 {
+            return Err(bundle_error(
+                &bundle,
+                format!(
+                    "{}: the bundle's blob is {} ({} bytes), the signed manifest says sha256:{} ({} bytes)",
+                    crate::bundle::describe(part),
+                    blob.oci_digest(),
+                    blob.size,
+                    want.sha256,
+                    want.size
+                ),
+            ));
+        }
+        // The descriptor's digest equals the signed one, so checking the bytes against the
+        // descriptor checks them against the manifest too.
+        bundle.verify_part(part)?;
+        checked.push(format!(
+            "{} ({} bytes, sha256 {})",
+            crate::bundle::describe(part),
+            blob.size,
+            blob.digest
+        ));
     }
     Ok(DirReport {
         verified,

@@ -277,6 +277,61 @@ fn sampled_flips_across_the_image_are_all_rejected() {
     }
 }
 
+/// The build's update bundle carries exactly what the disk does: the slot payload is KEEL-A's
+/// bytes, kernel, initramfs, manifest and signature are the output files; it verifies, and
+/// verifies again after skopeo copied it.
+#[test]
+fn the_update_bundle_carries_the_slot_bytes_and_survives_skopeo() {
+    use keel_signing::bundle::Part;
+    let (out, public) = stock_image("worker");
+    let trusted = keel_builder::verify::load_trusted(std::slice::from_ref(&public)).unwrap();
+    let m = manifest(&out);
+    let update = out.join("update");
+    let report = keel_builder::verify::verify_bundle(&update, &trusted).unwrap();
+    assert_eq!(report.manifest, m);
+    let bundle = keel_builder::bundle::open_bundle(&update, None).unwrap();
+    let part = |p: Part| {
+        let mut bytes = Vec::new();
+        bundle
+            .open_part(p)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        bytes
+    };
+    let slot = m.partition("KEEL-A").unwrap();
+    let mut disk = std::fs::File::open(out.join("disk.raw")).unwrap();
+    disk.seek(SeekFrom::Start(slot.offset)).unwrap();
+    let mut on_disk = Vec::new();
+    disk.take(m.slot_payload.size)
+        .read_to_end(&mut on_disk)
+        .unwrap();
+    assert!(
+        part(Part::Payload) == on_disk,
+        "payload differs from KEEL-A"
+    );
+    assert!(part(Part::Kernel) == std::fs::read(out.join("vmlinuz")).unwrap());
+    assert!(part(Part::Initramfs) == std::fs::read(out.join("initramfs")).unwrap());
+    assert_eq!(
+        bundle.manifest,
+        std::fs::read(out.join("manifest.json")).unwrap()
+    );
+    assert_eq!(
+        bundle.signature,
+        std::fs::read(out.join("manifest.json.minisig")).unwrap()
+    );
+
+    let dir = test_dir("bundle_skopeo");
+    let copy = dir.join("copy");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci:{}:{}", update.display(), m.version),
+        &format!("oci:{}:{}", copy.display(), m.version),
+    ]));
+    keel_builder::verify::verify_bundle(&copy, &trusted).unwrap();
+}
+
 #[test]
 fn inspect_reads_the_manifest_back_from_the_disk() {
     let (out, _) = stock_image("worker");

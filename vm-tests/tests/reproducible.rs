@@ -6,11 +6,20 @@ use std::path::Path;
 
 use keel_vm_tests::{build, test_dir, test_key, workspace_root};
 
+/// Every file under `dir`, as relative paths: the update bundle is a directory.
 fn files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut names = Vec::new();
+    walk(dir, dir, &mut names);
     names.sort();
     names
 }
@@ -44,6 +53,8 @@ fn two_builds_are_bit_identical() {
         "manifest.json.minisig",
         "vmlinuz",
         "initramfs",
+        "update/oci-layout",
+        "update/index.json",
     ] {
         assert!(
             files(&a).contains(&name.to_string()),

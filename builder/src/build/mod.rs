@@ -67,6 +67,8 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("update bundle: {0}")]
+    Bundle(#[from] crate::bundle::BundleError),
     #[error("output format {format}: {message}")]
     Format { format: String, message: String },
     #[error("interrupted")]
@@ -391,6 +393,35 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     out.write(layout::SIGNATURE_FILE, signature.as_bytes())?;
     out.write("vmlinuz", &kernel.image)?;
     out.write("initramfs", &initramfs.bytes)?;
+
+    // The update bundle: the same signed manifest, signature, kernel and initramfs, and the
+    // payload streamed from the same buffers that were just written into KEEL-A.
+    let phase = rep.phase("bundle", None);
+    let written = crate::bundle::write_bundle(
+        &out.path().join(keel_signing::bundle::BUNDLE_DIR),
+        &version,
+        &manifest_bytes,
+        signature.as_bytes(),
+        &kernel.image,
+        &initramfs.bytes,
+        &|w| payload.write_to(w),
+    )?;
+    let blob = written.part(keel_signing::bundle::Part::Payload);
+    if blob.size != manifest.slot_payload.size || blob.digest != manifest.slot_payload.sha256 {
+        return Err(BuildError::Bundle(crate::bundle::BundleError::Invalid {
+            path: written.path.clone(),
+            message: format!(
+                "the payload blob ({} bytes, {}) differs from the manifest's slot_payload",
+                blob.size,
+                blob.oci_digest()
+            ),
+        }));
+    }
+    phase.finish(&format!(
+        "{}/ {}, ref {version}",
+        keel_signing::bundle::BUNDLE_DIR,
+        written.image_manifest.oci_digest()
+    ));
 
     // Other formats.
     for format in &image.formats {

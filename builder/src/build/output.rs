@@ -10,6 +10,21 @@ pub struct OutputDir {
     dest: PathBuf,
 }
 
+fn tree_size(dir: &Path) -> Result<u64, BuildError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let path = entry.path();
+        let meta = entry.metadata().map_err(io_at(&path))?;
+        total += if meta.is_dir() {
+            tree_size(&path)?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
 impl OutputDir {
     pub fn create(dest: &Path) -> Result<Self, BuildError> {
         let parent = match dest.parent() {
@@ -55,14 +70,23 @@ impl OutputDir {
         file.sync_all().map_err(io_at(&path))
     }
 
-    /// File names and sizes, sorted.
+    /// File names and sizes, sorted; a directory (the update bundle) is listed as `name/`
+    /// with the size of everything in it.
     pub fn list(&self) -> Result<Vec<(String, u64)>, BuildError> {
         let dir = self.temp.path();
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
             let entry = entry.map_err(io_at(dir))?;
-            let meta = entry.metadata().map_err(io_at(&entry.path()))?;
-            files.push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
+            let path = entry.path();
+            let meta = entry.metadata().map_err(io_at(&path))?;
+            let mut name = entry.file_name().to_string_lossy().into_owned();
+            let size = if meta.is_dir() {
+                name.push('/');
+                tree_size(&path)?
+            } else {
+                meta.len()
+            };
+            files.push((name, size));
         }
         files.sort();
         Ok(files)

@@ -115,6 +115,12 @@ impl Payload {
     /// Writes squashfs then verity tree at `offset`.
     pub fn write_at<W: Write + Seek>(&self, out: &mut W, offset: u64) -> std::io::Result<()> {
         out.seek(SeekFrom::Start(offset))?;
+        self.write_to(out)
+    }
+
+    /// Streams the payload (squashfs then verity tree, the slot's bytes) to `out`: the two
+    /// parts are kept apart in memory, and update bundles take them without a joined copy.
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
         out.write_all(&self.squashfs)?;
         out.write_all(&self.verity.bytes)
     }

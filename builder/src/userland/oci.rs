@@ -14,7 +14,7 @@
 
 mod export;
 mod select;
-mod verify;
+pub(crate) mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -256,7 +256,7 @@ pub enum OciError {
 }
 
 /// `ocidir::Error`'s own messages are terse ("i/o error"); the cause is in its source chain.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut next = err.source();
     while let Some(cause) = next {

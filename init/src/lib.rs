@@ -20,6 +20,7 @@ pub mod kmod;
 pub mod mounts;
 pub mod net;
 pub mod power;
+pub mod roles;
 pub mod stage1;
 pub mod stage2;
 pub mod supervisor;

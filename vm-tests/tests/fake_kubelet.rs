@@ -2,9 +2,10 @@
 //! serve /healthz), broken ones (it must exit non-zero saying what is wrong), and what
 //! keel-init's roles module writes (the contract between the two).
 //!
-//! The certificates in tests/fixtures/fake-kubelet were made once with openssl for these
-//! tests (P-256 keys, a CA "kubernetes", node certificates for cp-1 and cp-2, one without the
-//! system:nodes group, one from another CA, one that expired in 2001); the keys protect
+//! The certificates in tests/fixtures/fake-kubelet were made once with `openssl ca` for these
+//! tests (P-256 keys; a CA "kubernetes"; node certificates for cp-1 and cp-2, one without the
+//! system:nodes group (and a v1 certificate), one from another CA, all valid from 2000 to
+//! 2125 whatever the machine's clock says; one that expired in 2001). The keys protect
 //! nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

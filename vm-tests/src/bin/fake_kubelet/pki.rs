@@ -401,15 +401,20 @@ mod tests {
         assert_eq!(node.common_names, ["system:node:cp-1"]);
         assert_eq!(node.organizations, ["system:nodes"]);
         assert_eq!(node.issuer, ca.subject);
-        // A GeneralizedTime (after 2049): valid for 100 years from 2026.
-        assert!(node.not_after > days_from_civil(2126, 1, 1) * 86400);
-        // A v1 certificate (no version field) with UTCTimes.
+        // GeneralizedTimes (after 2049): valid until 2125.
+        assert_eq!(node.not_before, 946_684_800);
+        assert_eq!(node.not_after, days_from_civil(2125, 1, 1) * 86400);
+        // UTCTimes.
         let expired = fixture("expired");
         assert_eq!(expired.not_before, 946_684_800);
         assert_eq!(expired.not_after, 978_307_200);
         assert_eq!(expired.common_names, ["system:node:cp-1"]);
         assert_ne!(fixture("foreign").issuer, ca.subject);
-        assert!(fixture("no-group").organizations.is_empty());
+        // A v1 certificate: no version field before the serial number.
+        let v1 = fixture("no-group");
+        assert!(v1.organizations.is_empty());
+        assert_eq!(v1.common_names, ["system:node:cp-1"]);
+        assert_eq!(v1.issuer, ca.subject);
     }
 
     #[test]

@@ -169,9 +169,9 @@ pub fn plan(node: &Node, facts: &NodeFacts) -> Result<RolePlan, RoleError> {
         dirs.push(dir(paths::MANIFESTS_DIR, 0o755));
         files.extend(static_pods::manifest_files(node, node_ip)?);
         let argv = etcd::argv(node, name, node_ip)?;
-        match find_binary(&facts.root, &node.etcd.binary) {
-            BinaryStatus::Found(_) => services.push(etcd::service(argv)),
-            other => degraded.push(other.degraded("etcd")),
+        match find_binary(&facts.root, &node.etcd.binary).degraded("etcd") {
+            None => services.push(etcd::service(argv)),
+            Some(d) => degraded.push(d),
         }
     }
 
@@ -182,12 +182,12 @@ pub fn plan(node: &Node, facts: &NodeFacts) -> Result<RolePlan, RoleError> {
         mode: 0o644,
     });
     let argv = kubelet::argv(node, name, node_ip)?;
-    match find_binary(&facts.root, &node.kubernetes.kubelet) {
-        BinaryStatus::Found(_) => {
+    match find_binary(&facts.root, &node.kubernetes.kubelet).degraded("kubelet") {
+        None => {
             let after: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
             services.push(kubelet::service(argv, &after));
         }
-        other => degraded.push(other.degraded("kubelet")),
+        Some(d) => degraded.push(d),
     }
 
     Ok(RolePlan {
@@ -201,14 +201,12 @@ pub fn plan(node: &Node, facts: &NodeFacts) -> Result<RolePlan, RoleError> {
 }
 
 impl BinaryStatus {
-    /// The degradation a missing or unusable binary means (`Found` is never degraded; it is
-    /// reported as such only if a caller asks anyway).
-    fn degraded(self, what: &'static str) -> Degraded {
+    /// What a missing or unusable binary (`what`: its service) means for the role.
+    pub fn degraded(self, what: &'static str) -> Option<Degraded> {
         match self {
-            BinaryStatus::Missing(path) | BinaryStatus::Found(path) => {
-                Degraded::Missing { what, path }
-            }
-            BinaryStatus::NotExecutable(path) => Degraded::NotExecutable { what, path },
+            BinaryStatus::Found(_) => None,
+            BinaryStatus::Missing(path) => Some(Degraded::Missing { what, path }),
+            BinaryStatus::NotExecutable(path) => Some(Degraded::NotExecutable { what, path }),
         }
     }
 }

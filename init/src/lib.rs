@@ -21,6 +21,7 @@ pub mod kmod;
 pub mod mounts;
 pub mod net;
 pub mod power;
+pub mod roles;
 pub mod stage1;
 pub mod stage2;
 pub mod supervisor;

@@ -3,6 +3,7 @@
 //! the profile schema, the disk layout and the boot-entry naming.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod api;
 pub mod gpt;
 pub mod layout;
 pub mod manifest;

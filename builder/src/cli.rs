@@ -32,6 +32,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Boot a built image in QEMU with the serial console attached (Ctrl-C powers it off).
     Run(RunArgs),
+    /// Manage a running node through its API (HTTPS, mutual TLS, port 50000).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -124,4 +127,79 @@ pub struct RunArgs {
     /// Forward a host port to the guest: HOST:GUEST (TCP, on 127.0.0.1).
     #[arg(long = "forward", value_name = "HOST:GUEST")]
     pub forwards: Vec<String>,
+}
+
+/// How to reach a node and prove who we are.
+#[derive(Debug, Args)]
+pub struct NodeConnection {
+    /// The node's API: HOST or HOST:PORT (port 50000 by default).
+    #[arg(long, short, value_name = "HOST:PORT")]
+    pub endpoint: String,
+    /// The cluster secrets file (TOML): the keel CA and the admin certificate and key.
+    #[arg(long, value_name = "FILE")]
+    pub secrets: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// The node's version, slots, services and boot history.
+    Status {
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's OS version and booted slot.
+    Version {
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last lines of a service's log.
+    Logs {
+        /// The service (as `keel node status` lists them).
+        service: String,
+        /// How many lines.
+        #[arg(long, short = 'n', default_value_t = keel_signing::api::DEFAULT_LOG_LINES)]
+        lines: usize,
+        #[command(flatten)]
+        conn: NodeConnection,
+    },
+    /// Reboot the node (services are stopped first).
+    Reboot {
+        #[command(flatten)]
+        conn: NodeConnection,
+    },
+    /// Power the node off (services are stopped first).
+    Shutdown {
+        #[command(flatten)]
+        conn: NodeConnection,
+    },
+    /// Boot the other slot next (the previous version), and reboot into it.
+    Rollback {
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send an update to the node, which verifies it and writes it to its other slot.
+    Upgrade {
+        /// The update bundle.
+        bundle: PathBuf,
+        /// Install even a version that is not newer than the running one.
+        #[arg(long)]
+        force: bool,
+        /// Do not reboot into the new version now (it boots on the next reboot).
+        #[arg(long)]
+        no_reboot: bool,
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -18,6 +18,7 @@ pub mod io;
 pub mod kernel;
 pub mod keys;
 pub mod kmod;
+pub mod node;
 pub mod progress;
 pub mod qemu;
 pub mod rootfs;

@@ -74,6 +74,7 @@ fn dispatch(command: Command, rep: &Reporter) -> Result<(), CommandError> {
                 forwards: args.forwards,
             },
         ),
+        Command::Node(command) => keel_builder::node::command::run(command, rep),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             Ok(())

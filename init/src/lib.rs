@@ -9,6 +9,7 @@
 //! the reason, waits, and reboots.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod api;
 pub mod bless;
 pub mod block;
 pub mod bootinfo;

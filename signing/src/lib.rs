@@ -3,6 +3,7 @@
 //! the profile schema, the disk layout, the boot-entry naming and the update bundle format.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod api;
 pub mod bundle;
 pub mod gpt;
 pub mod layout;

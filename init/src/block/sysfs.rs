@@ -410,8 +410,12 @@ mod tests {
 
     impl FakeSys {
         fn new(tag: &str) -> Self {
-            let root =
-                std::env::temp_dir().join(format!("keel-fake-sysfs-{tag}-{}", std::process::id()));
+            // Unique per call: tests run in parallel threads of one process, and several
+            // use the same tag.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let root = std::env::temp_dir()
+                .join(format!("keel-fake-sysfs-{tag}-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&root);
             fs::create_dir_all(root.join("sys/class/block")).unwrap();
             fs::create_dir_all(root.join("sys/dev/block")).unwrap();

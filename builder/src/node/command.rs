@@ -1,0 +1,330 @@
+//! What `keel node ...` does, and how it prints the answers.
+
+use std::path::Path;
+
+use keel_signing::api::{Request, Status};
+
+use super::{NodeClient, NodeError, UpdateStream, credentials_from_secrets, open_update_file};
+use crate::cli::{NodeCommand, NodeConnection};
+use crate::commands::CommandError;
+use crate::progress::Reporter;
+
+impl From<NodeError> for CommandError {
+    fn from(e: NodeError) -> Self {
+        if e.is_bad_input() {
+            CommandError::BadInput(e.to_string())
+        } else {
+            CommandError::Failed(e.to_string())
+        }
+    }
+}
+
+fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
+    let creds = credentials_from_secrets(&conn.secrets).map_err(CommandError::BadInput)?;
+    Ok(NodeClient::new(&conn.endpoint, &creds)?)
+}
+
+/// Runs a `keel node` subcommand, printing its result on stdout.
+pub fn run(command: NodeCommand, rep: &Reporter) -> Result<(), CommandError> {
+    run_with(command, rep, &open_update_file, &mut std::io::stdout())
+}
+
+/// As [`run`], with the function that opens an update for upload and the output given.
+pub fn run_with(
+    command: NodeCommand,
+    rep: &Reporter,
+    open_update: &dyn Fn(&Path) -> Result<UpdateStream, NodeError>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), CommandError> {
+    let print = |out: &mut dyn std::io::Write, text: &str| {
+        out.write_all(text.as_bytes())
+            .map_err(|e| CommandError::Failed(format!("writing the output: {e}")))
+    };
+    match command {
+        NodeCommand::Status { conn, json } => {
+            let node = client(&conn)?;
+            if json {
+                let reply = node.request(&Request::Status, None)?;
+                print(out, &ensure_newline(reply.text()))
+            } else {
+                print(out, &format_status(&node.status()?))
+            }
+        }
+        NodeCommand::Version { conn, json } => {
+            let node = client(&conn)?;
+            if json {
+                let reply = node.request(&Request::Version, None)?;
+                print(out, &ensure_newline(reply.text()))
+            } else {
+                let v = node.version()?;
+                print(
+                    out,
+                    &format!(
+                        "{} {} ({}, slot {}), keel-init {}\n",
+                        v.name, v.version, v.arch, v.slot, v.keel
+                    ),
+                )
+            }
+        }
+        NodeCommand::Logs {
+            conn,
+            service,
+            lines,
+        } => {
+            let node = client(&conn)?;
+            print(out, &node.logs(&service, lines)?)
+        }
+        NodeCommand::Reboot { conn } => {
+            let node = client(&conn)?;
+            let ack = node.reboot()?;
+            print(out, &format!("{}: {}\n", node.endpoint(), ack.message))
+        }
+        NodeCommand::Shutdown { conn } => {
+            let node = client(&conn)?;
+            let ack = node.shutdown()?;
+            print(out, &format!("{}: {}\n", node.endpoint(), ack.message))
+        }
+        NodeCommand::Rollback { conn, json } => {
+            let node = client(&conn)?;
+            if json {
+                let reply = node.request(&Request::Rollback, None)?;
+                return print(out, &ensure_newline(reply.text()));
+            }
+            let r = node.rollback()?;
+            let then = if r.reboot { "; rebooting" } else { "" };
+            print(
+                out,
+                &format!(
+                    "{}: next boot is slot {} ({}, was {}){then}\n",
+                    node.endpoint(),
+                    r.slot,
+                    r.to,
+                    r.from
+                ),
+            )
+        }
+        NodeCommand::Upgrade {
+            conn,
+            bundle,
+            force,
+            no_reboot,
+            json,
+        } => {
+            let node = client(&conn)?;
+            let mut update = open_update(&bundle)?;
+            let reboot = !no_reboot;
+            let reply = node.upgrade_raw(&mut update.reader, update.len, force, reboot, rep)?;
+            if json {
+                return print(out, &ensure_newline(reply.text()));
+            }
+            let r: keel_signing::api::UpgradeReport = serde_json::from_slice(&reply.body)
+                .map_err(|e| CommandError::Failed(format!("the node's answer: {e}")))?;
+            let then = if r.reboot {
+                "; rebooting into it"
+            } else {
+                "; boots on the next reboot"
+            };
+            print(
+                out,
+                &format!(
+                    "{}: installed {} in slot {} (was {}, {} received){then}\n",
+                    node.endpoint(),
+                    r.to,
+                    r.slot,
+                    r.from,
+                    crate::progress::human_bytes(r.bytes)
+                ),
+            )
+        }
+    }
+}
+
+fn ensure_newline(mut text: String) -> String {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// `3d 4h`, `2h 03m`, `5m 12s`, `40s`.
+pub fn format_uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m:02}m")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Left-aligned columns, two spaces apart, no trailing spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+/// The status as a person reads it.
+pub fn format_status(s: &Status) -> String {
+    let dash = || "-".to_owned();
+    let mut out = format!(
+        "node       {} ({} {}, slot {})\nboot       {} of this disk, up {}\naddresses  {}\n",
+        s.hostname,
+        s.name,
+        s.version,
+        s.slot,
+        s.boot,
+        format_uptime(s.uptime_secs),
+        if s.addresses.is_empty() {
+            dash()
+        } else {
+            s.addresses.join(" ")
+        }
+    );
+    if let Some(from) = &s.rolled_back_from {
+        out.push_str(&format!("rolled back from {from} (it failed to boot)\n"));
+    }
+    if !s.quarantined.is_empty() {
+        out.push_str(&format!("quarantined {}\n", s.quarantined.join(" ")));
+    }
+    out.push('\n');
+    let slots: Vec<Vec<String>> = s
+        .slots
+        .iter()
+        .map(|slot| {
+            vec![
+                if slot.booted {
+                    format!("{} *", slot.slot)
+                } else {
+                    slot.slot.clone()
+                },
+                slot.version.clone().unwrap_or_else(|| "(empty)".into()),
+                slot.entry.clone().unwrap_or_else(dash),
+                if slot.healthy { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["SLOT", "VERSION", "BOOT ENTRY", "HEALTHY"],
+        &slots,
+    ));
+    out.push('\n');
+    let services: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .map(|svc| {
+            vec![
+                svc.name.clone(),
+                svc.state.clone(),
+                svc.restarts.to_string(),
+                svc.pid.map(|p| p.to_string()).unwrap_or_else(dash),
+                svc.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["SERVICE", "STATE", "RESTARTS", "PID", "MESSAGE"],
+        &services,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_signing::api::{ServiceInfo, SlotInfo};
+
+    #[test]
+    fn uptime() {
+        assert_eq!(format_uptime(40), "40s");
+        assert_eq!(format_uptime(312), "5m 12s");
+        assert_eq!(format_uptime(2 * 3600 + 3 * 60 + 9), "2h 03m");
+        assert_eq!(format_uptime(3 * 86400 + 4 * 3600 + 1), "3d 4h");
+    }
+
+    #[test]
+    fn status_table() {
+        let status = Status {
+            name: "keel-worker".into(),
+            version: "1.1.0".into(),
+            slot: "a".into(),
+            hostname: "worker-1".into(),
+            addresses: vec!["10.0.2.15/24".into()],
+            slots: vec![
+                SlotInfo {
+                    slot: "a".into(),
+                    version: Some("1.1.0".into()),
+                    entry: Some("keel-a.conf".into()),
+                    booted: true,
+                    healthy: true,
+                },
+                SlotInfo {
+                    slot: "b".into(),
+                    version: Some("1.2.0".into()),
+                    entry: Some("keel-b+0-3.conf".into()),
+                    booted: false,
+                    healthy: false,
+                },
+            ],
+            services: vec![
+                ServiceInfo {
+                    name: "containerd".into(),
+                    state: "running".into(),
+                    restarts: 0,
+                    pid: Some(412),
+                    message: None,
+                },
+                ServiceInfo {
+                    name: "etcd".into(),
+                    state: "backoff".into(),
+                    restarts: 3,
+                    pid: None,
+                    message: Some("exited with 1".into()),
+                },
+            ],
+            boot: 7,
+            rolled_back_from: Some("1.2.0".into()),
+            quarantined: vec!["1.2.0".into()],
+            uptime_secs: 7500,
+        };
+        let text = format_status(&status);
+        let expected = "\
+node       worker-1 (keel-worker 1.1.0, slot a)
+boot       7 of this disk, up 2h 05m
+addresses  10.0.2.15/24
+rolled back from 1.2.0 (it failed to boot)
+quarantined 1.2.0
+
+SLOT  VERSION  BOOT ENTRY       HEALTHY
+a *   1.1.0    keel-a.conf      yes
+b     1.2.0    keel-b+0-3.conf  no
+
+SERVICE     STATE    RESTARTS  PID  MESSAGE
+containerd  running  0         412
+etcd        backoff  3         -    exited with 1
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+}

@@ -1,0 +1,889 @@
+//! The node API end to end: the init's server (keel_init::api) with a fake node behind it,
+//! keel's client (keel_builder::node) and the `keel node` CLI in front, test certificates
+//! made here with rcgen; and `openssl s_client` as an independent peer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_builder::cli::{NodeCommand, NodeConnection};
+use keel_builder::commands::CommandError;
+use keel_builder::node::{self, ClientCredentials, NodeClient, NodeError, Upload};
+use keel_builder::progress::Reporter;
+use keel_init::api::{self as server, ApiError, NodeApi, ServerOptions, ServerTls};
+use keel_signing::api::{
+    ErrorKind, Request, RollbackReport, ServiceInfo, SlotInfo, Status, UpgradeReport, Version,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use sha2::{Digest, Sha256};
+
+// --- test PKI -----------------------------------------------------------------------------
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn new_ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// (certificate PEM, key PEM).
+fn leaf(ca: &Ca, cn: &str, dns: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+    let sans: Vec<String> = dns.iter().map(|s| (*s).to_owned()).collect();
+    let mut params = CertificateParams::new(sans).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+struct Pki {
+    ca: Ca,
+    server: (String, String),
+    admin: (String, String),
+    /// A client certificate from another cluster's CA.
+    stranger: (String, String),
+    other_ca: Ca,
+}
+
+fn pki() -> Pki {
+    let ca = new_ca("keel CA");
+    let other_ca = new_ca("another keel CA");
+    Pki {
+        server: leaf(
+            &ca,
+            "keel-node",
+            &["keel-node"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        admin: leaf(&ca, "admin", &[], ExtendedKeyUsagePurpose::ClientAuth),
+        stranger: leaf(&other_ca, "admin", &[], ExtendedKeyUsagePurpose::ClientAuth),
+        ca,
+        other_ca,
+    }
+}
+
+impl Pki {
+    fn admin_creds(&self) -> ClientCredentials {
+        ClientCredentials {
+            ca_pem: self.ca.pem.clone(),
+            cert_pem: self.admin.0.clone(),
+            key_pem: self.admin.1.clone(),
+        }
+    }
+}
+
+// --- the fake node ------------------------------------------------------------------------
+
+/// What an upgrade handler saw: (bytes, sha256, force, reboot), or the body's read error.
+type Seen = Result<(u64, Vec<u8>, bool, bool), String>;
+
+#[derive(Default)]
+struct Fake {
+    calls: AtomicUsize,
+    /// One per upgrade call.
+    uploads: Mutex<Vec<Seen>>,
+}
+
+impl Fake {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn hit(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+    fn wait_upload(&self) -> Seen {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Some(r) = self.uploads.lock().unwrap().pop() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the upgrade handler never finished");
+    }
+}
+
+fn status() -> Status {
+    Status {
+        name: "keel-worker".into(),
+        version: "1.1.0".into(),
+        slot: "a".into(),
+        hostname: "worker-1".into(),
+        addresses: vec!["10.0.2.15/24".into(), "fe80::1/64".into()],
+        slots: vec![
+            SlotInfo {
+                slot: "a".into(),
+                version: Some("1.1.0".into()),
+                entry: Some("keel-a.conf".into()),
+                booted: true,
+                healthy: true,
+            },
+            SlotInfo {
+                slot: "b".into(),
+                version: Some("1.2.0".into()),
+                entry: Some("keel-b+0-3.conf".into()),
+                booted: false,
+                healthy: false,
+            },
+        ],
+        services: vec![ServiceInfo {
+            name: "containerd".into(),
+            state: "running".into(),
+            restarts: 1,
+            pid: Some(321),
+            message: None,
+        }],
+        boot: 4,
+        rolled_back_from: Some("1.2.0".into()),
+        quarantined: vec!["1.2.0".into()],
+        uptime_secs: 3725,
+    }
+}
+
+impl NodeApi for Fake {
+    fn version(&self) -> Version {
+        self.hit();
+        Version {
+            name: "keel-worker".into(),
+            version: "1.1.0".into(),
+            slot: "a".into(),
+            arch: "x86_64".into(),
+            keel: "0.1.0".into(),
+        }
+    }
+    fn status(&self) -> Status {
+        self.hit();
+        status()
+    }
+    fn logs(&self, service: &str, lines: usize) -> Result<String, ApiError> {
+        self.hit();
+        if service != "containerd" {
+            return Err(ApiError::not_found(format!("no service {service:?}")));
+        }
+        Ok((1..=lines).map(|i| format!("line {i}\n")).collect())
+    }
+    fn reboot(&self) -> Result<(), ApiError> {
+        self.hit();
+        Ok(())
+    }
+    fn shutdown(&self) -> Result<(), ApiError> {
+        self.hit();
+        Err(ApiError::unavailable("already shutting down"))
+    }
+    fn upgrade(
+        &self,
+        body: &mut dyn Read,
+        len: u64,
+        force: bool,
+        reboot: bool,
+    ) -> Result<UpgradeReport, ApiError> {
+        self.hit();
+        let mut hasher = Sha256::new();
+        let mut first = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        let mut total = 0u64;
+        let result = loop {
+            match body.read(&mut buf) {
+                Ok(0) => break Ok((total, hasher.clone().finalize().to_vec(), force, reboot)),
+                Ok(n) => {
+                    if first.len() < 3 {
+                        first.extend_from_slice(&buf[..n.min(3)]);
+                    }
+                    hasher.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Err(e) => break Err(format!("{:?}: {e}", e.kind())),
+            }
+        };
+        self.uploads.lock().unwrap().push(result.clone());
+        let (bytes, ..) = result.map_err(ApiError::internal)?;
+        assert_eq!(bytes, len);
+        if first.starts_with(b"BAD") {
+            return Err(ApiError::verification_failed(
+                "the update's signature does not verify with any trusted key",
+            ));
+        }
+        if !force {
+            return Err(ApiError::conflict(
+                "1.0.0 is older than the running 1.1.0 (downgrade refused; --force allows it)",
+            ));
+        }
+        Ok(UpgradeReport {
+            from: "1.1.0".into(),
+            to: "1.0.0".into(),
+            slot: "b".into(),
+            bytes,
+            reboot,
+        })
+    }
+    fn rollback(&self) -> Result<RollbackReport, ApiError> {
+        self.hit();
+        Err(ApiError::conflict("slot b holds no bootable version"))
+    }
+}
+
+fn log(_line: &str) {}
+
+fn options() -> ServerOptions {
+    ServerOptions {
+        max_connections: 8,
+        head_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(10),
+    }
+}
+
+fn start_with(
+    cert: &(String, String),
+    client_ca: &str,
+    fake: Arc<Fake>,
+    opts: ServerOptions,
+) -> SocketAddr {
+    let tls = ServerTls::from_pem(&cert.0, &cert.1, client_ca).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    server::spawn(listener, tls, fake, log, opts)
+        .unwrap()
+        .local_addr()
+}
+
+fn start(pki: &Pki) -> (SocketAddr, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let addr = start_with(&pki.server, &pki.ca.pem, fake.clone(), options());
+    (addr, fake)
+}
+
+fn client(addr: SocketAddr, creds: &ClientCredentials) -> NodeClient {
+    NodeClient::new(&addr.to_string(), creds).unwrap()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i ^ (i >> 9)) as u8).collect()
+}
+
+// --- round trips --------------------------------------------------------------------------
+
+#[test]
+fn every_endpoint_round_trips_through_the_client() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    let node = client(addr, &pki.admin_creds());
+
+    assert_eq!(node.version().unwrap().version, "1.1.0");
+    assert_eq!(node.status().unwrap(), status());
+    assert_eq!(
+        node.logs("containerd", 3).unwrap(),
+        "line 1\nline 2\nline 3\n"
+    );
+    assert_eq!(node.reboot().unwrap().message, "rebooting");
+
+    let data = pattern(5 * 1024 * 1024 + 123);
+    let seen = Mutex::new(Vec::new());
+    let progress = |n: u64| seen.lock().unwrap().push(n);
+    let reply = node
+        .request(
+            &Request::Upgrade {
+                force: true,
+                reboot: false,
+            },
+            Some(Upload {
+                body: &mut &data[..],
+                len: data.len() as u64,
+                progress: &progress,
+            }),
+        )
+        .unwrap();
+    let report: UpgradeReport = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(report.bytes, data.len() as u64);
+    assert!(!report.reboot);
+    let (bytes, hash, force, reboot) = fake.wait_upload().unwrap();
+    assert_eq!(bytes, data.len() as u64);
+    assert_eq!(
+        hash,
+        Sha256::digest(&data).to_vec(),
+        "the upload arrived intact"
+    );
+    assert!(force && !reboot, "the flags reached the handler");
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "progress only grows");
+    assert_eq!(seen.last(), Some(&(data.len() as u64)));
+
+    // Through the typed call, with a reporter, and an empty upload.
+    let report = node
+        .upgrade(&mut &b""[..], 0, true, true, &Reporter::quiet())
+        .unwrap();
+    assert_eq!((report.bytes, report.reboot), (0, true));
+    assert_eq!(fake.wait_upload().unwrap().0, 0);
+
+    // The errors of the rest are the API's, tested below; here they only must arrive.
+    assert!(matches!(
+        node.shutdown(),
+        Err(NodeError::Api { status: 503, .. })
+    ));
+    assert!(matches!(
+        node.rollback(),
+        Err(NodeError::Api {
+            status: 409,
+            kind: Some(ErrorKind::Conflict),
+            ..
+        })
+    ));
+    assert_eq!(fake.calls(), 8);
+}
+
+fn secrets_file(dir: &Path, creds: &ClientCredentials) -> PathBuf {
+    let path = dir.join("secrets.toml");
+    let mut doc = toml::Table::new();
+    let mut keel_ca = toml::Table::new();
+    keel_ca.insert("cert".into(), creds.ca_pem.clone().into());
+    let mut admin = toml::Table::new();
+    admin.insert("cert".into(), creds.cert_pem.clone().into());
+    admin.insert("key".into(), creds.key_pem.clone().into());
+    doc.insert("keel_ca".into(), keel_ca.into());
+    doc.insert("keel_admin".into(), admin.into());
+    std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+fn conn(addr: SocketAddr, secrets: &Path) -> NodeConnection {
+    NodeConnection {
+        endpoint: addr.to_string(),
+        secrets: secrets.to_owned(),
+    }
+}
+
+fn run_cli(command: NodeCommand) -> Result<String, CommandError> {
+    let mut out = Vec::new();
+    keel_builder::node::command::run_with(
+        command,
+        &Reporter::quiet(),
+        &node::open_update_file,
+        &mut out,
+    )?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn the_cli_prints_status_as_a_table_and_as_json() {
+    let pki = pki();
+    let (addr, _fake) = start(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_file(dir.path(), &pki.admin_creds());
+
+    let table = run_cli(NodeCommand::Status {
+        conn: conn(addr, &secrets),
+        json: false,
+    })
+    .unwrap();
+    assert!(
+        table.starts_with("node       worker-1 (keel-worker 1.1.0, slot a)\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains("\nb     1.2.0    keel-b+0-3.conf  no\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains("\ncontainerd  running  1         321\n"),
+        "{table}"
+    );
+
+    let json = run_cli(NodeCommand::Status {
+        conn: conn(addr, &secrets),
+        json: true,
+    })
+    .unwrap();
+    let parsed: Status = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed, status());
+
+    let logs = run_cli(NodeCommand::Logs {
+        conn: conn(addr, &secrets),
+        service: "containerd".into(),
+        lines: 2,
+    })
+    .unwrap();
+    assert_eq!(logs, "line 1\nline 2\n");
+
+    let version = run_cli(NodeCommand::Version {
+        conn: conn(addr, &secrets),
+        json: false,
+    })
+    .unwrap();
+    assert_eq!(
+        version,
+        "keel-worker 1.1.0 (x86_64, slot a), keel-init 0.1.0\n"
+    );
+
+    let bundle = dir.path().join("update.tar");
+    std::fs::write(&bundle, pattern(200_000)).unwrap();
+    let upgraded = run_cli(NodeCommand::Upgrade {
+        conn: conn(addr, &secrets),
+        bundle,
+        force: true,
+        no_reboot: true,
+        json: false,
+    })
+    .unwrap();
+    assert!(
+        upgraded.ends_with(": installed 1.0.0 in slot b (was 1.1.0, 195.3 KiB received); boots on the next reboot\n"),
+        "{upgraded}"
+    );
+}
+
+// --- errors reach the operator ------------------------------------------------------------
+
+#[test]
+fn api_errors_reach_the_cli_as_clear_messages() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_file(dir.path(), &pki.admin_creds());
+    let bundle = dir.path().join("update.tar");
+    std::fs::write(&bundle, pattern(300_000)).unwrap();
+
+    let err = run_cli(NodeCommand::Upgrade {
+        conn: conn(addr, &secrets),
+        bundle: bundle.clone(),
+        force: false,
+        no_reboot: false,
+        json: false,
+    })
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{addr}: upgrade failed: 1.0.0 is older than the running 1.1.0 (downgrade refused; --force allows it) (HTTP 409 Conflict)"
+        )
+    );
+
+    let mut bad = b"BAD".to_vec();
+    bad.extend(pattern(1000));
+    std::fs::write(&bundle, bad).unwrap();
+    let err = run_cli(NodeCommand::Upgrade {
+        conn: conn(addr, &secrets),
+        bundle,
+        force: true,
+        no_reboot: false,
+        json: false,
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().ends_with("upgrade failed: the update's signature does not verify with any trusted key (HTTP 422 Unprocessable Content)"),
+        "{err}"
+    );
+
+    let err = run_cli(NodeCommand::Logs {
+        conn: conn(addr, &secrets),
+        service: "kubelet".into(),
+        lines: 5,
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.exit_code(),
+        2,
+        "an unknown service is the operator's input"
+    );
+    assert!(
+        err.to_string()
+            .contains("no service \"kubelet\" (HTTP 404 Not Found)"),
+        "{err}"
+    );
+
+    // The real binary: message on stderr, exit code 1.
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "node",
+            "rollback",
+            "--endpoint",
+            &addr.to_string(),
+            "--secrets",
+        ])
+        .arg(&secrets)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "keel: {addr}: rollback failed: slot b holds no bootable version (HTTP 409 Conflict)\n"
+        )
+    );
+    assert!(output.stdout.is_empty());
+
+    // Secrets without the admin key: bad input, before any connection.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[keel_ca]\ncert = \"x\"\n").unwrap();
+    let calls = fake.calls();
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["node", "status", "-e", &addr.to_string(), "--secrets"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing `keel_admin.cert`"), "{stderr}");
+    assert_eq!(fake.calls(), calls);
+}
+
+// --- who may talk to whom -----------------------------------------------------------------
+
+/// A raw TLS client: `client_cert` None presents no certificate.
+fn raw_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client_cert: Option<&(String, String)>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client_cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("keel-node").unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Sends a request and reads what comes back: Ok(response text) or the TLS error.
+fn raw_exchange(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    request: &[u8],
+) -> Result<String, std::io::Error> {
+    stream.write_all(request)?;
+    stream.flush()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if !out.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn a_client_without_a_certificate_is_refused_in_the_handshake() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    let mut stream = raw_tls(addr, &pki.ca.pem, None);
+    let err = raw_exchange(&mut stream, b"GET /v1/version HTTP/1.1\r\n\r\n").unwrap_err();
+    assert!(
+        err.to_string().contains("CertificateRequired"),
+        "expected the server's certificate_required alert, got {err}"
+    );
+    // The same client with the admin certificate gets through.
+    let mut stream = raw_tls(addr, &pki.ca.pem, Some(&pki.admin));
+    let ok = raw_exchange(&mut stream, b"GET /v1/version HTTP/1.1\r\n\r\n").unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    assert_eq!(
+        fake.calls(),
+        1,
+        "only the authenticated request reached the node"
+    );
+}
+
+#[test]
+fn a_client_certificate_from_another_ca_is_refused_in_the_handshake() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    let stranger = ClientCredentials {
+        ca_pem: pki.ca.pem.clone(),
+        cert_pem: pki.stranger.0.clone(),
+        key_pem: pki.stranger.1.clone(),
+    };
+    let err = client(addr, &stranger).version().unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, NodeError::Connection { .. }), "{message}");
+    assert!(
+        message.contains("the node refused our client certificate"),
+        "{message}"
+    );
+    // A raw client sees the alert itself.
+    let mut stream = raw_tls(addr, &pki.ca.pem, Some(&pki.stranger));
+    let err = raw_exchange(&mut stream, b"POST /v1/reboot HTTP/1.1\r\n\r\n").unwrap_err();
+    assert!(err.to_string().contains("received fatal alert"), "{err}");
+    assert_eq!(fake.calls(), 0, "no handler ran");
+}
+
+#[test]
+fn the_client_refuses_a_server_whose_certificate_is_not_for_keel_node() {
+    let pki = pki();
+    let fake = Arc::new(Fake::default());
+    let wrong_name = leaf(
+        &pki.ca,
+        "node-1",
+        &["node-1.example", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let addr = start_with(&wrong_name, &pki.ca.pem, fake.clone(), options());
+    let err = client(addr, &pki.admin_creds()).status().unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("the node's certificate is not for keel-node"),
+        "{message}"
+    );
+
+    // Right name, wrong CA: a node of another cluster.
+    let foreign = leaf(
+        &pki.other_ca,
+        "keel-node",
+        &["keel-node"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let addr = start_with(&foreign, &pki.ca.pem, fake.clone(), options());
+    let err = client(addr, &pki.admin_creds()).status().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not issued by the keel CA in the secrets"),
+        "{err}"
+    );
+    assert_eq!(fake.calls(), 0);
+}
+
+#[test]
+fn the_server_refuses_a_key_that_is_not_its_certificates() {
+    let pki = pki();
+    let err = ServerTls::from_pem(&pki.server.0, &pki.admin.1, &pki.ca.pem).unwrap_err();
+    assert!(
+        err.to_string().contains("the node certificate and key"),
+        "{err}"
+    );
+    let err = ServerTls::from_pem(&pki.server.0, &pki.server.1, "").unwrap_err();
+    assert!(err.to_string().contains("the client CA"), "{err}");
+}
+
+// --- uploads ------------------------------------------------------------------------------
+
+/// Yields `good` bytes of `data`, then fails or ends as told.
+struct Breaking<'a> {
+    data: &'a [u8],
+    good: usize,
+    fail: bool,
+}
+
+impl Read for Breaking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.good == 0 {
+            return if self.fail {
+                Err(std::io::Error::other("disk read error"))
+            } else {
+                Ok(0)
+            };
+        }
+        let n = buf.len().min(self.good).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        self.good -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn an_upload_cut_halfway_is_an_error_for_the_handler() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    let node = client(addr, &pki.admin_creds());
+    let data = pattern(4 * 1024 * 1024);
+    for fail in [false, true] {
+        let mut source = Breaking {
+            data: &data,
+            good: data.len() / 2,
+            fail,
+        };
+        let err = node
+            .upgrade(
+                &mut source,
+                data.len() as u64,
+                true,
+                false,
+                &Reporter::quiet(),
+            )
+            .unwrap_err();
+        let message = err.to_string();
+        if fail {
+            assert!(message.contains("disk read error"), "{message}");
+        } else {
+            assert!(
+                message.contains("the update ended after 2097152 of 4194304 bytes"),
+                "{message}"
+            );
+        }
+        let seen = fake.wait_upload().unwrap_err();
+        assert!(seen.starts_with("UnexpectedEof"), "{seen}");
+        assert!(seen.contains("of 4194304 bytes"), "{seen}");
+    }
+}
+
+#[test]
+fn oversize_headers_and_chunked_bodies_are_refused_over_tls() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    let mut request = b"GET /v1/status HTTP/1.1\r\nHost: keel-node\r\nX-Padding: ".to_vec();
+    request.resize(40 * 1024, b'x');
+    request.extend_from_slice(b"\r\n\r\n");
+    let mut stream = raw_tls(addr, &pki.ca.pem, Some(&pki.admin));
+    let response = raw_exchange(&mut stream, &request).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{response}"
+    );
+
+    let mut stream = raw_tls(addr, &pki.ca.pem, Some(&pki.admin));
+    let response = raw_exchange(
+        &mut stream,
+        b"POST /v1/upgrade HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 411 "), "{response}");
+    assert_eq!(fake.calls(), 0);
+}
+
+#[test]
+fn connections_over_the_cap_are_closed_on_accept() {
+    let pki = pki();
+    let fake = Arc::new(Fake::default());
+    let opts = ServerOptions {
+        max_connections: 2,
+        head_timeout: Duration::from_secs(30),
+        ..options()
+    };
+    let addr = start_with(&pki.server, &pki.ca.pem, fake.clone(), opts);
+    let node = client(addr, &pki.admin_creds());
+    // Two idle connections hold both places (the server waits for their handshakes).
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let err = node.version().unwrap_err();
+    assert!(matches!(err, NodeError::Connection { .. }), "{err}");
+    drop(idle);
+    // Their threads see the close and give the places back.
+    let start = Instant::now();
+    loop {
+        match node.version() {
+            Ok(v) => {
+                assert_eq!(v.slot, "a");
+                break;
+            }
+            Err(e) if start.elapsed() > Duration::from_secs(10) => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+// --- openssl as the peer ------------------------------------------------------------------
+
+fn s_client(addr: SocketAddr, dir: &Path, with_cert: bool) -> (bool, String, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &addr.to_string()])
+        .args(["-servername", "keel-node", "-verify_hostname", "keel-node"])
+        .args(["-verify_return_error", "-quiet", "-CAfile"])
+        .arg(dir.join("ca.pem"));
+    if with_cert {
+        cmd.arg("-cert")
+            .arg(dir.join("c.pem"))
+            .arg("-key")
+            .arg(dir.join("k.pem"));
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`openssl` not found: apt-get install -y openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /v1/version HTTP/1.1\r\nHost: keel-node\r\n\r\n")
+        .unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn openssl_s_client_needs_a_client_certificate() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca.pem).unwrap();
+    std::fs::write(dir.path().join("c.pem"), &pki.admin.0).unwrap();
+    std::fs::write(dir.path().join("k.pem"), &pki.admin.1).unwrap();
+
+    let (_, stdout, stderr) = s_client(addr, dir.path(), false);
+    assert!(!stdout.contains("HTTP/1.1"), "{stdout}");
+    assert!(
+        stderr.contains("certificate required"),
+        "expected the certificate_required alert: {stderr}"
+    );
+    assert_eq!(fake.calls(), 0);
+
+    let (ok, stdout, stderr) = s_client(addr, dir.path(), true);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("\"version\":\"1.1.0\""), "{stdout}");
+    assert_eq!(fake.calls(), 1);
+
+    // And openssl, verifying against the CA and the name, accepts the node's certificate:
+    // `-verify_return_error` would have failed the run above otherwise. The stranger's
+    // certificate is refused by the node.
+    std::fs::write(dir.path().join("c.pem"), &pki.stranger.0).unwrap();
+    std::fs::write(dir.path().join("k.pem"), &pki.stranger.1).unwrap();
+    let (_, stdout, stderr) = s_client(addr, dir.path(), true);
+    assert!(!stdout.contains("HTTP/1.1"), "{stdout}");
+    assert!(stderr.contains("alert"), "{stderr}");
+    assert_eq!(fake.calls(), 1);
+}

@@ -1,0 +1,592 @@
+//! The node management API (Keel's apid): HTTPS with mutual TLS on port 50000, served by
+//! PID 1 with plain threads (one per connection, a cap on how many), HTTP/1.1 by hand.
+//!
+//! A connection is: the TLS handshake, which fails unless the client presents a certificate
+//! the cluster's keel CA issued (nothing is read from a client before that); one request
+//! head, bounded in size and time; an optional Content-Length body streamed to the handler;
+//! one response; close. The endpoints and bodies are the contract in
+//! [`keel_signing::api`]; what they do is the init's [`NodeApi`] implementation.
+//!
+//! Nothing here panics, and a panic in a handler is caught and answered with a 500: this
+//! runs inside PID 1.
+
+mod http;
+#[cfg(test)]
+mod tests;
+pub mod tls;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_signing::api::{
+    Ack, ErrorBody, ErrorKind, Request, RollbackReport, RouteError, Status, UpgradeReport, Version,
+    content_type,
+};
+use rustls::{ServerConnection, StreamOwned};
+use serde::Serialize;
+
+pub use tls::{ServerTls, TlsError};
+
+/// Where the server reports what happened (the init's console).
+pub type Log = fn(&str);
+
+/// A handler's failure: an HTTP status (by kind) and a message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+    /// 404: e.g. no such service.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    /// 409: a downgrade without force, a quarantined version, nothing to roll back to, an
+    /// upgrade already running.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+    /// 422: the update's signature, digests or format did not verify.
+    pub fn verification_failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::VerificationFailed, message)
+    }
+    /// 500.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    /// 503: not ready for this now (still booting, shutting down).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// What the node does for each endpoint; the init implements it. Handlers run on the
+/// connection's thread, several at once.
+pub trait NodeApi: Send + Sync {
+    fn version(&self) -> Version;
+    fn status(&self) -> Status;
+    /// The last `lines` lines of a service's log.
+    fn logs(&self, service: &str, lines: usize) -> Result<String, ApiError>;
+    /// Called before the response is sent: start the reboot, don't finish it here.
+    fn reboot(&self) -> Result<(), ApiError>;
+    /// As `reboot`.
+    fn shutdown(&self) -> Result<(), ApiError>;
+    /// `body` yields exactly `len` bytes of update stream, then EOF; a client that goes
+    /// away first makes it return an error, so a short read is never a complete upload.
+    fn upgrade(
+        &self,
+        body: &mut dyn Read,
+        len: u64,
+        force: bool,
+        reboot: bool,
+    ) -> Result<UpgradeReport, ApiError>;
+    /// Make the other slot the next boot.
+    fn rollback(&self) -> Result<RollbackReport, ApiError>;
+}
+
+/// Limits.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// From accept to the end of the request head, handshake included, so a client that
+    /// trickles bytes cannot hold a connection open.
+    pub head_timeout: Duration,
+    /// The longest wait for any one read or write after that (uploads can take minutes,
+    /// but never stall this long).
+    pub idle_timeout: Duration,
+    /// After a response that did not consume the whole upload (an early refusal), how long
+    /// the rest is read and discarded so the client, which reads only once it has sent
+    /// everything, gets the response instead of a reset.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_connections: 16,
+            head_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A running server (its accept loop runs on its own thread for as long as the process).
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+struct Shared {
+    tls: ServerTls,
+    api: Arc<dyn NodeApi>,
+    log: Log,
+    options: ServerOptions,
+    active: AtomicUsize,
+}
+
+/// Starts serving on `listener` in a thread of its own.
+pub fn spawn(
+    listener: TcpListener,
+    tls: ServerTls,
+    api: Arc<dyn NodeApi>,
+    log: Log,
+    options: ServerOptions,
+) -> io::Result<Server> {
+    let local_addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        tls,
+        api,
+        log,
+        options,
+        active: AtomicUsize::new(0),
+    });
+    std::thread::Builder::new()
+        .name("keel-api".into())
+        .spawn(move || accept_loop(&listener, &shared))?;
+    Ok(Server { local_addr })
+}
+
+/// Serves on `listener` on this thread, for ever.
+pub fn serve(
+    listener: TcpListener,
+    tls: ServerTls,
+    api: Arc<dyn NodeApi>,
+    log: Log,
+    options: ServerOptions,
+) -> ! {
+    let shared = Arc::new(Shared {
+        tls,
+        api,
+        log,
+        options,
+        active: AtomicUsize::new(0),
+    });
+    accept_loop(&listener, &shared)
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> ! {
+    let mut last_complaint: Option<Instant> = None;
+    loop {
+        match listener.accept() {
+            Ok((tcp, peer)) => admit(tcp, peer, shared),
+            Err(e) => {
+                // Out of file descriptors and the like: say so now and then, back off a
+                // little instead of spinning.
+                if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    (shared.log)(&format!("api: accept: {e}"));
+                    last_complaint = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A place among the connections being served, given back when dropped (also when the
+/// thread could not be started, or unwinds).
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+    let before = shared.active.fetch_add(1, Ordering::SeqCst);
+    let slot = ConnectionSlot(shared.clone());
+    if before >= shared.options.max_connections {
+        (shared.log)(&format!(
+            "api: {peer}: refused, {before} connections already open"
+        ));
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("keel-api-conn".into())
+        .spawn(move || {
+            let shared = &slot.0;
+            connection(tcp, peer, shared);
+        });
+    if let Err(e) = spawned {
+        (shared.log)(&format!("api: {peer}: no thread for the connection: {e}"));
+    }
+}
+
+/// The TCP socket under TLS: a deadline for the handshake and the request head, an idle
+/// timeout for every read and write, and timeouts reported as `TimedOut` (the kernel says
+/// `WouldBlock`, which rustls would take for a non-blocking socket).
+pub(crate) struct Socket {
+    tcp: TcpStream,
+    deadline: Option<Instant>,
+    idle: Duration,
+}
+
+impl Socket {
+    pub(crate) fn new(
+        tcp: TcpStream,
+        deadline: Option<Instant>,
+        idle: Duration,
+    ) -> io::Result<Self> {
+        tcp.set_write_timeout(Some(idle))?;
+        Ok(Socket {
+            tcp,
+            deadline,
+            idle,
+        })
+    }
+}
+
+fn timed_out(e: io::Error) -> io::Error {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client")
+    } else {
+        e
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(timed_out(io::ErrorKind::TimedOut.into()));
+                }
+                left.min(self.idle)
+            }
+            None => self.idle,
+        };
+        self.tcp.set_read_timeout(Some(timeout))?;
+        self.tcp.read(buf).map_err(timed_out)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf).map_err(timed_out)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A connection as the request handling sees it: plain TCP in the HTTP tests, TLS on nodes.
+pub(crate) trait Transport: Read + Write {
+    fn set_deadline(&mut self, deadline: Option<Instant>);
+    /// Ends our direction (the response is complete) while reads still work. Idempotent.
+    fn close_write(&mut self);
+}
+
+impl Transport for Socket {
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+    fn close_write(&mut self) {
+        let _ = self.tcp.shutdown(Shutdown::Write);
+    }
+}
+
+impl Transport for StreamOwned<ServerConnection, Socket> {
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.sock.deadline = deadline;
+    }
+    fn close_write(&mut self) {
+        self.conn.send_close_notify();
+        while self.conn.wants_write() {
+            if !matches!(self.conn.write_tls(&mut self.sock), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        self.sock.close_write();
+    }
+}
+
+fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let log = shared.log;
+    let opts = &shared.options;
+    let _ = tcp.set_nodelay(true);
+    let socket = match Socket::new(
+        tcp,
+        Some(Instant::now() + opts.head_timeout),
+        opts.idle_timeout,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            log(&format!("api: {peer}: {e}"));
+            return;
+        }
+    };
+    let conn = match ServerConnection::new(shared.tls.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            log(&format!("api: {peer}: TLS: {e}"));
+            return;
+        }
+    };
+    let mut stream = StreamOwned::new(conn, socket);
+    // The whole handshake before anything else: this is where a client without a
+    // certificate from the keel CA is turned away, before a byte of request is read.
+    if let Err(e) = handshake(&mut stream) {
+        log(&format!("api: {peer}: TLS handshake failed: {e}"));
+        return;
+    }
+    if let Some(line) = handle(&mut stream, shared.api.as_ref(), opts) {
+        log(&format!("api: {peer}: {line}"));
+    }
+    stream.close_write();
+    let _ = stream.sock.tcp.shutdown(Shutdown::Both);
+}
+
+fn handshake(stream: &mut StreamOwned<ServerConnection, Socket>) -> io::Result<()> {
+    while stream.conn.is_handshaking() {
+        let (read, written) = stream.conn.complete_io(&mut stream.sock)?;
+        if read == 0 && written == 0 && stream.conn.is_handshaking() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during the handshake",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn json_response<T: Serialize>(status: u16, reason: &'static str, value: &T) -> http::Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => http::Response::new(status, reason, content_type::JSON, body),
+        Err(e) => error_response(ErrorKind::Internal, &format!("encoding the response: {e}")),
+    }
+}
+
+fn error_response(kind: ErrorKind, message: &str) -> http::Response {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: message.to_owned(),
+    })
+    .unwrap_or_default();
+    http::Response::new(kind.status(), kind.reason(), content_type::JSON, body)
+}
+
+/// Runs a handler, turning a panic (a bug) into a 500 instead of a dead connection thread
+/// with the client left waiting.
+fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(ApiError::internal(
+            "the node's handler failed (a bug: see the node's console)",
+        ))
+    })
+}
+
+/// Content types an upload may declare (or none).
+fn upload_type_ok(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case(content_type::UPDATE)
+        || essence.eq_ignore_ascii_case("application/octet-stream")
+}
+
+/// Serves one request on an established connection. Returns a line for the log: every
+/// POST and every failure (status polls would drown the console).
+pub(crate) fn handle(
+    t: &mut dyn Transport,
+    api: &dyn NodeApi,
+    opts: &ServerOptions,
+) -> Option<String> {
+    let (head, early) = match http::read_head(t) {
+        Ok(x) => x,
+        Err(http::HeadError::Closed) => return None,
+        Err(e) => {
+            if let Some((kind, message)) = e.response()
+                && error_response(kind, &message).write_to(t).is_ok()
+            {
+                t.close_write();
+                linger(t);
+            }
+            return Some(e.to_string());
+        }
+    };
+    // The head is in: from now on only the idle timeout applies (uploads take long).
+    t.set_deadline(None);
+    let what = format!("{} {}", head.method, head.target);
+    let request = match Request::parse(&head.method, &head.target) {
+        Ok(r) => r,
+        Err(e) => {
+            let mut response = error_response(e.kind(), &e.to_string());
+            if let RouteError::MethodNotAllowed(m) = &e {
+                response.headers.push(("Allow", m.as_str().to_owned()));
+            }
+            return Some(finish(t, &what, &response, None, opts));
+        }
+    };
+    if head.transfer_encoding {
+        let response = error_response(
+            ErrorKind::LengthRequired,
+            "Transfer-Encoding is not accepted: send the body with a Content-Length",
+        );
+        return Some(finish(t, &what, &response, None, opts));
+    }
+    let mut unread = 0;
+    let result = match request {
+        Request::Upgrade { force, reboot } => {
+            let Some(len) = head.content_length else {
+                let response = error_response(
+                    ErrorKind::LengthRequired,
+                    "an upgrade needs a Content-Length",
+                );
+                return Some(finish(t, &what, &response, None, opts));
+            };
+            if let Some(ct) = head
+                .content_type
+                .as_deref()
+                .filter(|ct| !upload_type_ok(ct))
+            {
+                let response = error_response(
+                    ErrorKind::UnsupportedMediaType,
+                    &format!("an upgrade is {}, not {ct}", content_type::UPDATE),
+                );
+                let unread = len.saturating_sub(early.len() as u64);
+                return Some(finish(t, &what, &response, Some(unread), opts));
+            }
+            if head.expect_continue
+                && let Err(e) = t.write_all(http::CONTINUE).and_then(|()| t.flush())
+            {
+                return Some(format!("{what}: {e}"));
+            }
+            let mut body = http::Body::new(early, t, len);
+            let result = guarded(|| api.upgrade(&mut body, len, force, reboot))
+                .map(|report| json_response(200, "OK", &report));
+            unread = body.unread_on_wire();
+            result
+        }
+        request => {
+            if head.content_length.unwrap_or(0) > 0 {
+                let response = error_response(
+                    ErrorKind::PayloadTooLarge,
+                    "this endpoint takes no request body",
+                );
+                let unread = head
+                    .content_length
+                    .map(|n| n.saturating_sub(early.len() as u64));
+                return Some(finish(t, &what, &response, unread, opts));
+            }
+            dispatch(request, api)
+        }
+    };
+    let response = result.unwrap_or_else(|e| error_response(e.kind, &e.message));
+    let line = finish(t, &what, &response, Some(unread).filter(|n| *n > 0), opts);
+    let quiet = head.method == "GET" && response.status < 400;
+    if quiet { None } else { Some(line) }
+}
+
+fn dispatch(request: Request, api: &dyn NodeApi) -> Result<http::Response, ApiError> {
+    match request {
+        Request::Version => guarded(|| Ok(api.version())).map(|v| json_response(200, "OK", &v)),
+        Request::Status => guarded(|| Ok(api.status())).map(|s| json_response(200, "OK", &s)),
+        Request::Logs { service, lines } => guarded(|| api.logs(&service, lines))
+            .map(|text| http::Response::new(200, "OK", content_type::TEXT, text.into_bytes())),
+        Request::Reboot => guarded(|| api.reboot()).map(|()| {
+            json_response(
+                202,
+                "Accepted",
+                &Ack {
+                    message: "rebooting".into(),
+                },
+            )
+        }),
+        Request::Shutdown => guarded(|| api.shutdown()).map(|()| {
+            json_response(
+                202,
+                "Accepted",
+                &Ack {
+                    message: "shutting down".into(),
+                },
+            )
+        }),
+        Request::Rollback => {
+            guarded(|| api.rollback()).map(|report| json_response(200, "OK", &report))
+        }
+        // Routed with its body in `handle`.
+        Request::Upgrade { .. } => Err(ApiError::internal("upgrade without its body")),
+    }
+}
+
+/// Writes the response, then reads and drops up to `drain` bytes of body the client is
+/// still sending, and returns the log line.
+fn finish(
+    t: &mut dyn Transport,
+    what: &str,
+    response: &http::Response,
+    drain: Option<u64>,
+    opts: &ServerOptions,
+) -> String {
+    let status = response.status;
+    let mut line = format!("{what} -> {status}");
+    if status >= 400
+        && let Ok(body) = serde_json::from_slice::<ErrorBody>(&response.body)
+    {
+        line.push_str(&format!(": {}", body.error));
+    }
+    if let Err(e) = response.write_to(t) {
+        line.push_str(&format!(" (not delivered: {e})"));
+        return line;
+    }
+    // The client sees the end of the response at once; what it still sends is read below.
+    t.close_write();
+    match drain {
+        Some(0) => {}
+        Some(left) => {
+            t.set_deadline(Some(Instant::now() + opts.drain_timeout));
+            let _ = io::copy(&mut http::Body::new(Vec::new(), t, left), &mut io::sink());
+        }
+        // A refusal before the body's length was known (chunked, say): whatever follows.
+        None if status >= 400 => linger(t),
+        None => {}
+    }
+    line
+}
+
+/// After refusing a request whose head was not read to its end: reads and drops what the
+/// client still sends, for a moment, so that closing does not reset the connection (which
+/// can discard the response before the client reads it).
+fn linger(t: &mut dyn Transport) {
+    t.set_deadline(Some(Instant::now() + Duration::from_secs(1)));
+    let mut sink = [0u8; 4096];
+    let mut total = 0;
+    while total < 64 * 1024 {
+        match t.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}

@@ -1,10 +1,15 @@
 //! The contracts between Keel's build time and boot time, in one light crate that the builder,
 //! the init and the vm-tests all import: minisign keys and signatures, the signed manifest,
-//! the profile schema, the disk layout and the boot-entry naming.
+//! the profile schema, the disk layout, the boot-entry naming and the cluster secrets format
+//! ([`secrets`]). With the `pki` feature, [`pki`] generates those secrets and derives a node's
+//! certificates and kubeconfigs from them.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod gpt;
 pub mod layout;
 pub mod manifest;
 pub mod minisign;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod profile;
+pub mod secrets;

@@ -24,6 +24,9 @@ pub enum Command {
     /// Work with signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Work with cluster secrets (CAs, service-account key, bootstrap token).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Sign a file: writes FILE.minisig (minisign format).
     Sign(SignArgs),
     /// Verify a signed file, a build output directory or an update bundle against its manifest.
@@ -80,6 +83,24 @@ pub enum KeyCommand {
         /// Store the secret key without a passphrase.
         #[arg(long)]
         unencrypted: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Generate a cluster's secrets: FILE (mode 0600, never overwritten) and the admin's
+    /// kubeconfig `admin.kubeconfig` beside it (mode 0600). Name FILE in a profile's
+    /// `image.secrets`; keep it as safe as the cluster.
+    Gen {
+        /// The secrets file to create, e.g. cluster.secrets.toml.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Cluster name (kubeconfigs carry it): lower-case letters, digits and '-'.
+        #[arg(long, default_value = "keel")]
+        cluster_name: String,
+        /// The Kubernetes API endpoint admin.kubeconfig points at.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        endpoint: keel_signing::profile::Endpoint,
     },
 }
 

@@ -115,6 +115,7 @@ pub fn profile_check(file: &Path, rep: &Reporter) -> Result<(), CommandError> {
         let text: Vec<String> = missing.iter().map(ToString::to_string).collect();
         return Err(CommandError::BadInput(text.join("\n")));
     }
+    crate::secrets::node_secrets_for(&loaded).map_err(|e| CommandError::BadInput(e.to_string()))?;
     let image = &loaded.profile.image;
     if image.version.is_none() {
         return Err(CommandError::BadInput(

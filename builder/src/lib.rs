@@ -23,6 +23,7 @@ pub mod progress;
 pub mod qemu;
 pub mod rootfs;
 pub mod run;
+pub mod secrets;
 pub mod squashfs;
 pub mod tree;
 pub mod userland;

@@ -1,7 +1,7 @@
 //! `keel`: the thin binary over `keel_builder`.
 
 use clap::{CommandFactory, Parser};
-use keel_builder::cli::{Cli, Command, KeyCommand, ProfileCommand};
+use keel_builder::cli::{Cli, Command, KeyCommand, ProfileCommand, SecretsCommand};
 use keel_builder::commands::{self, CommandError};
 use keel_builder::progress::Reporter;
 
@@ -55,6 +55,28 @@ fn dispatch(command: Command, rep: &Reporter) -> Result<(), CommandError> {
                 secret.display(),
                 public.display()
             ));
+            Ok(())
+        }
+        Command::Secrets(SecretsCommand::Gen {
+            output,
+            cluster_name,
+            endpoint,
+        }) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .map_err(|e| CommandError::Failed(format!("the clock is before 1970: {e}")))?;
+            let generated =
+                keel_builder::secrets::generate(&output, &cluster_name, &endpoint, now)?;
+            rep.note(&format!(
+                "cluster {cluster_name}: secrets {} (mode 0600), admin kubeconfig {} for {endpoint} (mode 0600); bootstrap token id {}",
+                generated.secrets_path.display(),
+                generated.kubeconfig_path.display(),
+                generated.secrets.bootstrap_token.id
+            ));
+            rep.note(
+                "whoever reads the secrets file owns the cluster: keep it out of version control",
+            );
             Ok(())
         }
         Command::Sign(args) => {

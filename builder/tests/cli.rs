@@ -56,6 +56,7 @@ fn help_and_completions() {
         "build",
         "profile",
         "key",
+        "secrets",
         "sign",
         "verify",
         "inspect",
@@ -337,4 +338,120 @@ fn interrupted_or_failed_builds_leave_no_output_directory() {
         .filter(|n| n.starts_with(".out."))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn secrets_gen_writes_0600_refuses_overwrite_and_profiles_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.secrets.toml");
+    let kubeconfig = dir.path().join("admin.kubeconfig");
+    let out = keel(&[
+        "secrets",
+        "gen",
+        "-o",
+        p(&file),
+        "--cluster-name",
+        "prod-1",
+        "--endpoint",
+        "https://10.0.0.1:6443",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in [&file, &kubeconfig] {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let secrets = keel_signing::secrets::Secrets::from_toml(&text).unwrap();
+    assert_eq!(secrets.cluster_name, "prod-1");
+    let conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    assert_eq!(
+        conf["clusters"][0]["cluster"]["server"],
+        "https://10.0.0.1:6443"
+    );
+    assert_eq!(conf["clusters"][0]["name"], "prod-1");
+
+    // Never overwritten, whichever of the two exists.
+    let out = keel(&["secrets", "gen", "-o", p(&file)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    let other = dir.path().join("other.toml");
+    let out = keel(&["secrets", "gen", "-o", p(&other)]);
+    assert_eq!(out.status.code(), Some(2), "admin.kubeconfig is there");
+    assert!(!other.exists());
+
+    // Bad input: exit 2, nothing written.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for args in [
+        vec!["--cluster-name", "Prod"],
+        vec!["--endpoint", "http://10.0.0.1:6443"],
+    ] {
+        let target = sub.join("s.toml");
+        let mut all = vec!["secrets", "gen", "-o", p(&target)];
+        all.extend(args.iter());
+        let out = keel(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            std::fs::read_dir(&sub).unwrap().next().is_none(),
+            "{args:?}"
+        );
+    }
+
+    // A profile naming the secrets is checked with them: the cluster name must match.
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    for name in ["base.toml", "worker.toml"] {
+        std::fs::copy(profiles.join(name), dir.path().join(name)).unwrap();
+    }
+    assert!(
+        keel(&[
+            "key",
+            "gen",
+            "-o",
+            p(&dir.path().join("dev-keys")),
+            "--unencrypted"
+        ])
+        .status
+        .success()
+    );
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        "extends = \"worker.toml\"\n[image]\nsecrets = \"cluster.secrets.toml\"\n[node.cluster]\nname = \"prod-1\"\n",
+    )
+    .unwrap();
+    let out = keel(&["profile", "check", p(&profile)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(
+        &profile,
+        "extends = \"worker.toml\"\n[image]\nsecrets = \"cluster.secrets.toml\"\n[node.cluster]\nname = \"staging\"\n",
+    )
+    .unwrap();
+    let out = keel(&["profile", "check", p(&profile)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("`node.cluster.name`: \"staging\" differs from the cluster name \"prod-1\""),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        text.replace("version = 1", "version = 9"),
+    )
+    .unwrap();
+    std::fs::write(
+        &profile,
+        "extends = \"worker.toml\"\n[image]\nsecrets = \"broken.toml\"\n",
+    )
+    .unwrap();
+    let out = keel(&["profile", "check", p(&profile)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("p.toml:3:11: `image.secrets`: ")
+            && stderr(&out).contains("`version`: 9 is not supported by this Keel: expected 1"),
+        "{}",
+        stderr(&out)
+    );
 }

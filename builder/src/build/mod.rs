@@ -13,6 +13,7 @@ use keel_signing::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
 use keel_signing::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest};
 use keel_signing::minisign::{SecretKey, TrustedKeys};
 use keel_signing::profile::{LoadedProfile, ProfileError};
+use keel_signing::secrets::{NodeSecrets, STATE_SECRETS_FILE};
 use sha2::{Digest, Sha256};
 
 use crate::esp::{FatEntry, FatSpec, Window};
@@ -106,6 +107,8 @@ struct Prepared {
     secret: SecretKey,
     trusted: TrustedKeys,
     init: Vec<u8>,
+    /// The node's share of `image.secrets`, for STATE.
+    node_secrets: Option<NodeSecrets>,
 }
 
 fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
@@ -134,6 +137,7 @@ fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
     if !missing.is_empty() {
         return Err(BuildError::Profile(ProfileError::Invalid(missing)));
     }
+    let node_secrets = crate::secrets::node_secrets_for(&loaded)?;
     let key_path = req.key.clone().or_else(|| image.signing_key.clone()).ok_or_else(|| {
         BuildError::Profile(ProfileError::Invalid(vec![loaded.diagnostic(
             "image.signing_key",
@@ -150,6 +154,7 @@ fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
         secret,
         trusted,
         init,
+        node_secrets,
     })
 }
 
@@ -263,7 +268,11 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
             human_bytes(slot_a.size)
         )));
     }
-    let state_image = state_partition(&plan, name, sde)?;
+    let state_image = state_partition(
+        &plan,
+        &state_entries(name, prepared.node_secrets.as_ref())?,
+        sde,
+    )?;
     let cmdline = image.cmdline.clone();
     let manifest = Manifest {
         schema: manifest::MANIFEST_SCHEMA,
@@ -434,6 +443,9 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
             rep,
         )?;
     }
+    if prepared.node_secrets.is_some() {
+        restrict_disk_files(out.path())?;
+    }
     let files = out.list()?;
     let output = out.commit()?;
     Ok(BuildReport {
@@ -441,6 +453,23 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         manifest,
         files,
     })
+}
+
+/// With `image.secrets`, STATE holds the node's secrets and every disk format carries
+/// STATE: the disk files become owner-only (0600), like the secrets file itself.
+fn restrict_disk_files(dir: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let path = entry.map_err(io_at(dir))?.path();
+        let is_disk = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("disk."));
+        if is_disk {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_at(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn write_at(file: &mut std::fs::File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
@@ -455,29 +484,50 @@ fn volume_id(disk_guid: &uuid::Uuid, what: &str) -> u32 {
     u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// STATE: an empty FAT filesystem labelled STATE with a format marker. The node keeps its
-/// applied profile, identity and upgrade journal there.
+/// What STATE starts with: a format marker and, when the profile names `image.secrets`,
+/// the node's share of them as [`STATE_SECRETS_FILE`]. The secrets go to STATE only: the
+/// root, the initramfs and the manifest are the same for every node of a release and may be
+/// published, while STATE is the node's own (the manifest lists only its digest). The disk
+/// image then carries them, so an image built with secrets is as secret as they are.
+fn state_entries(
+    name: &str,
+    node_secrets: Option<&NodeSecrets>,
+) -> Result<Vec<FatEntry>, BuildError> {
+    let mut entries = vec![FatEntry::File(
+        "/keel-state".into(),
+        format!("1\n{name}\n").into_bytes(),
+    )];
+    if let Some(secrets) = node_secrets {
+        let text = secrets
+            .to_toml()
+            .map_err(|e| BuildError::Input(format!("image.secrets: {e}")))?;
+        entries.push(FatEntry::File(STATE_SECRETS_FILE.into(), text.into_bytes()));
+    }
+    Ok(entries)
+}
+
+/// STATE: a FAT filesystem labelled STATE holding `entries`. The node keeps its applied
+/// profile, identity and upgrade journal there too.
 fn state_partition(
     plan: &crate::disk::DiskPlan,
-    name: &str,
+    entries: &[FatEntry],
     sde: u64,
 ) -> Result<Vec<u8>, BuildError> {
     let state = plan
         .partition(PartitionRole::State)
         .ok_or_else(|| BuildError::Input("no STATE".into()))?;
     let mut image = std::io::Cursor::new(vec![0u8; state.size as usize]);
-    let entries = vec![FatEntry::File(
-        "/keel-state".into(),
-        format!("1\n{name}\n").into_bytes(),
-    )];
     crate::esp::write_fat(
         &mut image,
         &FatSpec {
             label: *b"STATE      ",
             volume_id: volume_id(&plan.disk_guid, "STATE"),
             source_date_epoch: sde,
-            entries: &entries,
+            entries,
         },
     )?;
     Ok(image.into_inner())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! STATE as a build writes it: the node's share of the cluster secrets and nothing more,
+//! read back through `fatfs`.
+
+use std::io::Cursor;
+
+use keel_signing::profile::Role;
+use keel_signing::secrets::{NodeSecrets, Secrets, pem_blocks};
+
+use super::*;
+
+fn state_for(node: Option<&NodeSecrets>) -> Vec<u8> {
+    let plan = crate::disk::plan("keel-test", 64 << 20, 64 << 20, 64 << 20).unwrap();
+    state_partition(&plan, &state_entries("keel-test", node).unwrap(), 0).unwrap()
+}
+
+/// The partition up to its last non-zero byte: past it there is nothing to find, and a
+/// 64 MiB scan per needle is slow in a debug build.
+fn used(image: &[u8]) -> &[u8] {
+    &image[..image.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)]
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The base64 body of a PEM block: what a leaked key would look like anywhere in the image,
+/// whatever the file around it.
+fn pem_body(pem: &str) -> Vec<u8> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn ca_keys(s: &Secrets) -> [(&'static str, &str); 4] {
+    [
+        ("kubernetes", s.kubernetes_ca.key.as_str()),
+        ("etcd", s.etcd_ca.key.as_str()),
+        ("front-proxy", s.front_proxy_ca.key.as_str()),
+        ("keel", s.keel_ca.key.as_str()),
+    ]
+}
+
+#[test]
+fn worker_state_holds_its_secrets_and_no_ca_key() {
+    let secrets = keel_signing::pki::generate("keel", 1_700_000_000).unwrap();
+    let worker = secrets.for_role(Role::Worker);
+    let image = state_for(Some(&worker));
+
+    let text = crate::esp::read_fat_file(Cursor::new(image.clone()), STATE_SECRETS_FILE).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(NodeSecrets::from_toml(&text).unwrap(), worker);
+    // One private key in the file: the node API's.
+    let keys: Vec<_> = pem_blocks(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.label.contains("PRIVATE KEY"))
+        .collect();
+    assert_eq!(keys, pem_blocks(&secrets.node_api.key).unwrap());
+    // No CA key (nor an operator credential) anywhere in the partition's bytes, and the
+    // check would see one: the node API key is there.
+    let lines_of = |pem: &str| pem_body(pem)[..64].to_vec();
+    let full = image.clone();
+    let image = used(&full);
+    for (name, key) in ca_keys(&secrets) {
+        assert!(
+            !contains(image, &lines_of(key)),
+            "{name} CA key in a worker's STATE"
+        );
+    }
+    for key in [
+        &secrets.admin.key,
+        &secrets.etcd_admin.key,
+        &secrets.keel_admin.key,
+    ] {
+        assert!(!contains(image, &lines_of(key)));
+    }
+    assert!(!contains(
+        image,
+        &lines_of(&secrets.service_account.private)
+    ));
+    assert!(contains(image, &lines_of(&secrets.node_api.key)));
+    assert!(
+        crate::esp::read_fat_file(Cursor::new(full), "/keel-state").is_ok(),
+        "the format marker stays"
+    );
+}
+
+#[test]
+fn control_plane_state_holds_the_ca_keys_it_signs_with_but_not_keels() {
+    let secrets = keel_signing::pki::generate("keel", 1_700_000_000).unwrap();
+    let cp = secrets.for_role(Role::ControlPlane);
+    let image = state_for(Some(&cp));
+    let text = crate::esp::read_fat_file(Cursor::new(image.clone()), STATE_SECRETS_FILE).unwrap();
+    assert_eq!(
+        NodeSecrets::from_toml(std::str::from_utf8(&text).unwrap()).unwrap(),
+        cp
+    );
+    let lines_of = |pem: &str| pem_body(pem)[..64].to_vec();
+    let image = used(&image);
+    for (name, key) in &ca_keys(&secrets)[..3] {
+        assert!(contains(image, &lines_of(key)), "{name}");
+    }
+    assert!(!contains(image, &lines_of(&secrets.keel_ca.key)));
+    assert!(!contains(image, &lines_of(&secrets.admin.key)));
+}
+
+#[test]
+fn without_secrets_state_has_only_the_marker() {
+    let image = state_for(None);
+    assert_eq!(
+        crate::esp::list_fat_dir(Cursor::new(image), "/").unwrap(),
+        vec!["keel-state"]
+    );
+}
+
+#[test]
+fn disk_files_become_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "disk.raw",
+        "disk.qcow2",
+        "disk.tar.gz",
+        "manifest.json",
+        "vmlinuz",
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    restrict_disk_files(dir.path()).unwrap();
+    for (name, mode) in [
+        ("disk.raw", 0o600),
+        ("disk.qcow2", 0o600),
+        ("disk.tar.gz", 0o600),
+        ("manifest.json", 0o644),
+        ("vmlinuz", 0o644),
+    ] {
+        let meta = std::fs::metadata(dir.path().join(name)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+    }
+}

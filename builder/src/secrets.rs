@@ -1,0 +1,147 @@
+//! Cluster secrets on the build host: `keel secrets gen`, and reading `image.secrets` for a
+//! build (which puts only the node's share into STATE).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use keel_signing::profile::{Endpoint, LoadedProfile, ProfileError};
+use keel_signing::secrets::{NodeSecrets, Secrets};
+
+use crate::commands::CommandError;
+
+/// The operator's kubeconfig, written beside the secrets file.
+pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
+
+/// What `keel secrets gen` wrote.
+#[derive(Debug)]
+pub struct Generated {
+    pub secrets_path: PathBuf,
+    pub kubeconfig_path: PathBuf,
+    pub secrets: Secrets,
+}
+
+/// `keel secrets gen -o FILE`: new cluster secrets in FILE and the admin's kubeconfig
+/// (against `endpoint`) beside it, both mode 0600. Neither file may exist: overwriting
+/// either would orphan a running cluster's CA, so that is bad input, not a choice.
+pub fn generate(
+    output: &Path,
+    cluster_name: &str,
+    endpoint: &Endpoint,
+    now: u64,
+) -> Result<Generated, CommandError> {
+    let kubeconfig_path = output.with_file_name(ADMIN_KUBECONFIG);
+    if output.file_name().is_none() || kubeconfig_path == output {
+        return Err(CommandError::BadInput(format!(
+            "{}: expected a file name other than {ADMIN_KUBECONFIG}",
+            output.display()
+        )));
+    }
+    for p in [output, kubeconfig_path.as_path()] {
+        if p.exists() {
+            return Err(CommandError::BadInput(format!(
+                "{} already exists; refusing to overwrite cluster secrets",
+                p.display()
+            )));
+        }
+    }
+    let secrets = keel_signing::pki::generate(cluster_name, now).map_err(|e| {
+        if e.is_bad_input() {
+            CommandError::BadInput(e.to_string())
+        } else {
+            CommandError::Failed(e.to_string())
+        }
+    })?;
+    let text = secrets
+        .to_toml()
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    let kubeconfig = keel_signing::pki::admin_kubeconfig(&secrets, endpoint);
+
+    // Both files are created (exclusively) before either is filled, so a race or a failure
+    // leaves neither behind.
+    let mut secrets_file = create_private(output)?;
+    let mut kubeconfig_file = match create_private(&kubeconfig_path) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(output);
+            return Err(e);
+        }
+    };
+    let written = secrets_file
+        .write_all(text.as_bytes())
+        .and_then(|()| secrets_file.sync_all())
+        .map_err(|e| (output, e))
+        .and_then(|()| {
+            kubeconfig_file
+                .write_all(kubeconfig.as_bytes())
+                .and_then(|()| kubeconfig_file.sync_all())
+                .map_err(|e| (kubeconfig_path.as_path(), e))
+        });
+    if let Err((path, e)) = written {
+        let _ = std::fs::remove_file(output);
+        let _ = std::fs::remove_file(&kubeconfig_path);
+        return Err(CommandError::Failed(format!("{}: {e}", path.display())));
+    }
+    Ok(Generated {
+        secrets_path: output.to_path_buf(),
+        kubeconfig_path,
+        secrets,
+    })
+}
+
+/// Creates a new file with mode 0600 (never opening an existing one).
+fn create_private(path: &Path) -> Result<std::fs::File, CommandError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                CommandError::BadInput(format!(
+                    "{} already exists; refusing to overwrite cluster secrets",
+                    path.display()
+                ))
+            } else {
+                CommandError::Failed(format!("{}: {e}", path.display()))
+            }
+        })?;
+    // open() applied the umask; 0600 is already the most a umask leaves, but say it exactly.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| CommandError::Failed(format!("{}: {e}", path.display())))?;
+    Ok(file)
+}
+
+/// The node's share of the profile's `image.secrets` (none without it), as the TOML that
+/// goes to STATE. Errors point at `image.secrets` in the profile.
+pub fn node_secrets_for(loaded: &LoadedProfile) -> Result<Option<NodeSecrets>, ProfileError> {
+    let Some(path) = &loaded.profile.image.secrets else {
+        return Ok(None);
+    };
+    let invalid =
+        |message: String| ProfileError::Invalid(vec![loaded.diagnostic("image.secrets", message)]);
+    let text =
+        std::fs::read_to_string(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    let secrets = Secrets::from_toml(&text).map_err(|e| {
+        invalid(format!(
+            "{}: {e} (create the file with `keel secrets gen`)",
+            path.display()
+        ))
+    })?;
+    // The kubeconfigs a node derives carry the secrets' cluster name; a profile naming a
+    // different cluster is almost certainly pointing at the wrong secrets file.
+    match &loaded.profile.node.cluster.name {
+        Some(name) if *name != secrets.cluster_name => {
+            return Err(ProfileError::Invalid(vec![loaded.diagnostic(
+                "node.cluster.name",
+                format!(
+                    "{name:?} differs from the cluster name {:?} in {}: expected the same cluster",
+                    secrets.cluster_name,
+                    path.display()
+                ),
+            )]));
+        }
+        _ => {}
+    }
+    Ok(Some(secrets.for_role(loaded.profile.node.role)))
+}

@@ -80,7 +80,8 @@ impl KeyId {
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // minisign prints `le64_load(keynum)` with `%016" PRIX64`, i.e. the bytes reversed.
-        write!(f, "{:016X}", u64::from_le_bytes(self.0))
+        // `%" PRIX64`: no zero padding, exactly as minisign prints ids in comments and errors.
+        write!(f, "{:X}", u64::from_le_bytes(self.0))
     }
 }
 
@@ -93,12 +94,12 @@ impl fmt::Debug for KeyId {
 impl FromStr for KeyId {
     type Err = FormatError;
 
-    /// Parses the form minisign prints (16 hexadecimal digits, either case).
+        /// Parses the form minisign prints (up to 16 hexadecimal digits, either case).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = || FormatError::InvalidKeyId {
             text: s.chars().take(40).collect(),
         };
-        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid());
         }
         let value = u64::from_str_radix(s, 16).map_err(|_| invalid())?;

@@ -51,10 +51,13 @@ fn key_id_prints_like_minisign() {
     let id = KeyId([0x92, 0x2a, 0xc2, 0xae, 0x91, 0xbb, 0xec, 0xa3]);
     assert_eq!(id.to_string(), "A3ECBB91AEC22A92");
     assert_eq!("A3ECBB91AEC22A92".parse::<KeyId>().unwrap(), id);
+    // Leading zeros are not printed, as minisign's %PRIX64 prints them.
+    let small = KeyId(0x0D42_5A00_0000_0001u64.to_le_bytes());
+    assert_eq!(small.to_string(), "D425A0000000001");
+    assert_eq!("D425A0000000001".parse::<KeyId>().unwrap(), small);
     assert_eq!("a3ecbb91aec22a92".parse::<KeyId>().unwrap(), id);
     for bad in [
         "",
-        "A3ECBB91AEC22A9",
         "A3ECBB91AEC22A92A",
         "+3ECBB91AEC22A92",
         "G3ECBB91AEC22A92",

@@ -686,7 +686,10 @@ impl Drop for Registry {
 #[test]
 fn a_bundle_pushed_to_a_registry_and_pulled_back_verifies() {
     assert!(
-        Command::new("docker-registry").arg("--version").output().is_ok(),
+        Command::new("docker-registry")
+            .arg("--version")
+            .output()
+            .is_ok(),
         "docker-registry is not installed (vm-tests/install-host-packages installs it)"
     );
     let dir = tempfile::tempdir().unwrap();

@@ -1,22 +1,28 @@
-//! Stage 2, in the verified root: writable paths, DATA at /var, the node's identity and
-//! network, containerd and the system containers under the supervisor, the health gate,
-//! blessing, the ready line, and an orderly shutdown when asked.
+//! Stage 2, in the verified root: writable paths, DATA at /var, the node's configuration,
+//! identity and network, the management API, containerd, the Kubernetes role and the system
+//! containers under the supervisor, the health gate, blessing, the ready line, and an orderly
+//! shutdown when asked.
 
 use std::collections::BTreeSet;
-use std::os::fd::OwnedFd;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_signing::layout::{PartitionRole, Slot};
-use keel_signing::profile::{Node, RestartPolicy};
+use keel_signing::profile::Node;
+use keel_signing::secrets::NodeSecrets;
 
 use crate::bootinfo::{self, Handoff};
-use crate::supervisor::{self, Health, ProcessSpec, Reaper, Restart, ServiceSpec, Supervisor};
-use crate::{bless, block, config, console, containerd, history, kmod, mounts, net, power, sys};
+use crate::supervisor::{Reaper, Supervisor};
+use crate::{
+    bless, block, config, console, history, kmod, mounts, net, node_api, power, services, sys,
+    upgrade,
+};
 
 /// Modules stage 2 loads from the root, when the kernel has them as modules: container
-/// networking and storage, the NIC, entropy, the power button, EFI variables, and what
-/// Kubernetes networking needs later.
+/// networking and storage, the NIC, entropy, the power button, EFI variables, fw_cfg and
+/// ISO 9660 for configuration given at boot, and what Kubernetes networking needs.
 const MODULES: &[&str] = &[
     "overlay",
     "efivarfs",
@@ -33,52 +39,11 @@ const MODULES: &[&str] = &[
 ];
 const VAR_TIMEOUT: Duration = Duration::from_secs(30);
 const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
-const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(120);
-const IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-const LOG_DIR: &str = "/var/log/keel";
+const ESP: &str = "/efi";
 
 fn log(line: &str) {
     console::line(line);
-}
-
-fn env() -> Vec<(String, String)> {
-    vec![
-        ("PATH".into(), crate::PATH.into()),
-        ("HOME".into(), "/root".into()),
-    ]
-}
-
-/// The console, for one-shot commands' output.
-fn console_fd() -> Option<OwnedFd> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/console")
-        .ok()
-        .map(OwnedFd::from)
-}
-
-/// Runs a command to completion through the reaper, its output on the console.
-fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
-    let reaper = Reaper::global().map_err(|e| format!("reaper: {e}"))?;
-    let env = env();
-    let status = reaper
-        .run(
-            ProcessSpec {
-                argv,
-                env: &env,
-                working_dir: None,
-                stdout: console_fd(),
-                stderr: console_fd(),
-            },
-            timeout,
-        )
-        .map_err(|e| format!("{}: {e}", argv.join(" ")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{} failed: {status:?}", argv.join(" ")))
-    }
 }
 
 /// DATA at /var: the partition is created (filling the disk) and formatted on first boot.
@@ -111,7 +76,7 @@ fn mount_var(handoff: &Handoff) -> Result<(), String> {
         ]
         .map(String::from)
         .to_vec();
-        run_command(&argv, MKFS_TIMEOUT)?;
+        services::run_command(&argv, MKFS_TIMEOUT)?;
     }
     sys::mount(
         &device,
@@ -121,7 +86,7 @@ fn mount_var(handoff: &Handoff) -> Result<(), String> {
         None,
     )
     .map_err(|e| e.to_string())?;
-    for dir in [LOG_DIR, "/var/lib/keel", "/var/lib/containerd"] {
+    for dir in [services::LOG_DIR, "/var/lib/keel", "/var/lib/containerd"] {
         sys::mkdir_p(dir, 0o755).map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -174,77 +139,6 @@ fn apply_hostname(node: &Node, state: &net::NetState) -> String {
     name
 }
 
-fn service(
-    name: &str,
-    argv: Vec<String>,
-    depends_on: &[&str],
-    health: Health,
-    restart: Restart,
-) -> ServiceSpec {
-    let mut spec = ServiceSpec::new(name, &[]);
-    spec.argv = argv;
-    spec.env = env();
-    spec.depends_on = depends_on.iter().map(|d| (*d).to_owned()).collect();
-    spec.health = health;
-    spec.restart = restart;
-    spec
-}
-
-/// containerd up and answering, then the baked images imported and the system containers
-/// started under their own supervisor (stopped first at shutdown).
-fn start_services(node: &Node) -> Result<(Supervisor, Option<Supervisor>), String> {
-    containerd::write_config().map_err(|e| format!("{}: {e}", containerd::CONFIG))?;
-    let options = || supervisor::Options {
-        console: supervisor::stdout_sink(),
-        log_dir: Some(PathBuf::from(LOG_DIR)),
-    };
-    let core = Supervisor::start(
-        vec![service(
-            "containerd",
-            containerd::daemon_argv(),
-            &[],
-            Health::UnixSocket(containerd::SOCKET.into()),
-            Restart::Always,
-        )],
-        options(),
-    )
-    .map_err(|e| e.to_string())?;
-    core.wait_healthy("containerd", CONTAINERD_TIMEOUT)
-        .map_err(|e| format!("containerd: {e}"))?;
-    for archive in containerd::baked_archives(Path::new(containerd::BAKED_IMAGES)) {
-        log(&format!("importing {}", archive.display()));
-        run_command(&containerd::import_argv(&archive), IMPORT_TIMEOUT)?;
-    }
-    if node.containers.is_empty() {
-        return Ok((core, None));
-    }
-    let mut specs = Vec::new();
-    for c in &node.containers {
-        // A container from an earlier boot keeps its metadata on /var; `ctr run` would refuse
-        // the name. Its absence is the normal case, so failure here is only logged.
-        let _ = run_command(
-            &containerd::remove_stale_argv(&c.name),
-            Duration::from_secs(30),
-        );
-        let restart = match c.restart {
-            RestartPolicy::Always => Restart::Always,
-            RestartPolicy::OnFailure => Restart::OnFailure,
-            RestartPolicy::Never => Restart::Never,
-        };
-        let entrypoint =
-            containerd::baked_entrypoint(Path::new(containerd::BAKED_IMAGES), &c.image);
-        specs.push(service(
-            &c.name,
-            containerd::run_argv(c, &entrypoint),
-            &[],
-            Health::ProcessAlive,
-            restart,
-        ));
-    }
-    let containers = Supervisor::start(specs, options()).map_err(|e| e.to_string())?;
-    Ok((core, Some(containers)))
-}
-
 /// Reboots the node if the health gate has not passed `deadline` seconds after the kernel
 /// started the init: a version that hangs is treated like one that fails, so the boot
 /// counter moves on to the other slot.
@@ -266,7 +160,7 @@ fn arm_boot_deadline(
     ready
 }
 
-fn status_line(supervisors: &[&Supervisor], net: &net::NetState, hostname: &str) -> String {
+fn status_line(supervisors: &[Arc<Supervisor>], net: &net::NetState, hostname: &str) -> String {
     let services: Vec<String> = supervisors
         .iter()
         .flat_map(|s| s.status())
@@ -281,16 +175,16 @@ fn status_line(supervisors: &[&Supervisor], net: &net::NetState, hostname: &str)
     )
 }
 
-fn shutdown(request: power::Request, supervisors: &[&Supervisor]) -> ! {
+/// Stops the groups (given in stop order), unmounts, powers off or reboots.
+fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
     log("stopping services");
-    for s in supervisors {
-        let report = s.stop_all(STOP_TIMEOUT);
-        if !report.all_gone() {
+    for s in stop_order {
+        if !s.stop_all(STOP_TIMEOUT).all_gone() {
             log("warning: some services did not stop");
         }
     }
     sys::sync();
-    for target in ["/var", "/efi", "/state"] {
+    for target in ["/var", ESP, "/state"] {
         if sys::umount(target, 0).is_err() {
             let _ = sys::umount(target, libc::MNT_DETACH);
         }
@@ -307,6 +201,81 @@ fn shutdown(request: power::Request, supervisors: &[&Supervisor]) -> ! {
     };
     let err = sys::reboot(cmd);
     crate::fatal::fatal(&format!("{err}"))
+}
+
+/// What an upgrade writes into: the other slot's partition on this disk.
+fn upgrade_target(handoff: &Handoff, slot: Slot, state: &Path) -> Result<upgrade::Target, String> {
+    let roots = block::Roots::default();
+    let disk =
+        block::disk_for(&roots, Path::new(&handoff.slot_device)).map_err(|e| e.to_string())?;
+    let other = block::sysfs::find_partition_on(&roots, &disk, slot.other().partition().label())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no {} partition", slot.other().partition().label()))?;
+    let file =
+        std::fs::File::open(&other.path).map_err(|e| format!("{}: {e}", other.path.display()))?;
+    let size = block::device_size(&file, &other.path).map_err(|e| e.to_string())?;
+    let keys_text = std::fs::read_to_string(bootinfo::TRUSTED_KEYS)
+        .map_err(|e| format!("{}: {e}", bootinfo::TRUSTED_KEYS))?;
+    let trusted_keys =
+        keel_signing::minisign::TrustedKeys::parse(&keys_text).map_err(|e| e.to_string())?;
+    Ok(upgrade::Target {
+        name: handoff.name.clone(),
+        arch: "x86_64".into(),
+        running: handoff
+            .version
+            .parse()
+            .map_err(|e| format!("running version {}: {e}", handoff.version))?,
+        active: slot,
+        slot_device: other.path,
+        slot_size: size,
+        esp: PathBuf::from(ESP),
+        state: state.to_path_buf(),
+        trusted_keys,
+    })
+}
+
+/// The management API on port 50000, with the node's certificate from its secrets.
+fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
+    let Some(secrets) = secrets else {
+        log("management API: off (no node secrets with an API certificate)");
+        return;
+    };
+    let tls = match crate::api::ServerTls::from_pem(
+        &secrets.node_api.cert,
+        &secrets.node_api.key,
+        &secrets.keel_ca.cert,
+    ) {
+        Ok(tls) => tls,
+        Err(e) => {
+            log(&format!("management API: off: {e}"));
+            return;
+        }
+    };
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", keel_signing::api::PORT)) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&format!(
+                "management API: off: port {}: {e}",
+                keel_signing::api::PORT
+            ));
+            return;
+        }
+    };
+    match crate::api::spawn(
+        listener,
+        tls,
+        node,
+        log,
+        crate::api::ServerOptions::default(),
+    ) {
+        Ok(_server) => {
+            log(&format!(
+                "management API on port {} (mutual TLS, keel CA)",
+                keel_signing::api::PORT
+            ));
+        }
+        Err(e) => log(&format!("management API: off: {e}")),
+    }
 }
 
 fn run() -> Result<std::convert::Infallible, String> {
@@ -329,7 +298,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         log(&format!("warning: {e} (no boot counting information)"));
     }
     power::watch_power_button(log);
-    mounts::fat(&handoff.esp_device, "/efi").map_err(|e| e.to_string())?;
+    mounts::fat(&handoff.esp_device, ESP).map_err(|e| e.to_string())?;
     let roots = block::Roots::default();
     if let Ok(disk) = block::disk_for(&roots, Path::new(&handoff.slot_device)) {
         match block::sysfs::find_partition_on(&roots, &disk, PartitionRole::State.label()) {
@@ -364,6 +333,17 @@ fn run() -> Result<std::convert::Infallible, String> {
         sys::mkdir_p(&dir, 0o700).map_err(|e| e.to_string())?;
         dir
     };
+    let running: semver::Version = handoff
+        .version
+        .parse()
+        .map_err(|e| format!("version {}: {e}", handoff.version))?;
+    let rolled_back_from = upgrade::detect_rollback(Path::new(ESP), &state_dir, slot, &running);
+    if let Some(from) = &rolled_back_from {
+        log(&format!(
+            "rolled back from {from}: it failed to boot, {} runs again",
+            handoff.version
+        ));
+    }
     let (cfg, early_net) = node_config(&state_dir)?;
     let node = cfg.node.clone();
     log(&format!(
@@ -372,20 +352,26 @@ fn run() -> Result<std::convert::Infallible, String> {
         node.role.as_str()
     ));
     let ready = arm_boot_deadline(node.boot_deadline_secs, handoff.stage1_start);
+    let secrets = cfg
+        .secrets
+        .as_deref()
+        .map(NodeSecrets::from_toml)
+        .transpose()
+        .map_err(|e| format!("node secrets: {e}"))?;
     let net_state = match early_net {
         Some(state) if node.network == keel_signing::profile::Network::default() => state,
         _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
     };
     let hostname = apply_hostname(&node, &net_state);
+    let addresses: Vec<String> = net_state
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     log(&format!(
         "network: {} {} via {}; hostname {hostname}",
         net_state.interface,
-        net_state
-            .addresses
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" "),
+        addresses.join(" "),
         net_state
             .gateway
             .map(|g| g.to_string())
@@ -394,11 +380,45 @@ fn run() -> Result<std::convert::Infallible, String> {
     let renewal = net_state.clone();
     std::thread::spawn(move || net::renew_forever(renewal, &|m| log(m)));
 
-    let (core, containers) = start_services(&node)?;
-    let supervisors: Vec<&Supervisor> = containers.iter().chain(std::iter::once(&core)).collect();
+    let target = upgrade_target(&handoff, slot, &state_dir)
+        .map_err(|e| log(&format!("upgrades: off: {e}")))
+        .ok();
+    let api_node = Arc::new(node_api::Node::new(
+        (handoff.name.clone(), handoff.version.clone(), slot),
+        hostname.clone(),
+        addresses,
+        boot,
+        rolled_back_from,
+        (
+            PathBuf::from(ESP),
+            state_dir.clone(),
+            PathBuf::from(services::LOG_DIR),
+        ),
+        target,
+        log,
+    ));
+    start_api(secrets.as_ref(), api_node.clone());
 
-    // Health gate passed: the root was verified in stage 1, the profile is applied, /var is
-    // mounted and containerd answers. Only now does the boot entry lose its counter.
+    // The health gate: the root was verified in stage 1, the profile is applied, /var is
+    // mounted, containerd answers, and the role's services are healthy.
+    let ips: Vec<IpAddr> = net_state.addresses.iter().map(|a| a.addr).collect();
+    let core = services::start_core()?;
+    let role = services::prepare_role(&node, &hostname, &ips, secrets.as_ref())?;
+    let role = match role {
+        Some(plan) => services::start_role(plan)?,
+        None => None,
+    };
+    let containers = services::start_containers(&node)?;
+    let start_order: Vec<Arc<Supervisor>> = std::iter::once(core)
+        .chain(role)
+        .chain(containers)
+        .collect();
+    let stop_order: Vec<Arc<Supervisor>> = start_order.iter().rev().cloned().collect();
+    if let Ok(mut list) = api_node.supervisors.lock() {
+        *list = start_order.clone();
+    }
+
+    // Only now does the boot entry lose its counter.
     match bless::bless(
         Path::new("/efi/loader/entries"),
         slot,
@@ -427,9 +447,9 @@ fn run() -> Result<std::convert::Infallible, String> {
     let mut last = String::new();
     loop {
         if let Some(request) = power::pending() {
-            shutdown(request, &supervisors);
+            shutdown(request, &stop_order);
         }
-        let line = status_line(&supervisors, &net_state, &hostname);
+        let line = status_line(&start_order, &net_state, &hostname);
         if line != last {
             log(&line);
             last = line;

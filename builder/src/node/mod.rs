@@ -103,17 +103,33 @@ pub struct UpdateStream {
     pub len: u64,
 }
 
-/// Opens an update for upload. For now the update is a file (the bundle format is defined
-/// elsewhere): its bytes are sent as they are.
+/// Opens an update for upload: an update bundle (the OCI layout `keel build` writes as
+/// `OUTDIR/update`), a build output directory holding one, or an update stream already made
+/// (a tar), sent as it is.
 pub fn open_update_file(path: &Path) -> Result<UpdateStream, NodeError> {
-    let bad = |e: io::Error| NodeError::BadInput(format!("{}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(bad)?;
-    let meta = file.metadata().map_err(bad)?;
+    let bad = |e: String| NodeError::BadInput(format!("{}: {e}", path.display()));
+    let bundle_dir = if crate::bundle::is_bundle(path) {
+        Some(path.to_path_buf())
+    } else if crate::bundle::is_bundle(&path.join(keel_signing::bundle::BUNDLE_DIR)) {
+        Some(path.join(keel_signing::bundle::BUNDLE_DIR))
+    } else {
+        None
+    };
+    if let Some(dir) = bundle_dir {
+        let bundle = crate::bundle::open_bundle(&dir, None).map_err(|e| bad(e.to_string()))?;
+        let (stream, len) =
+            crate::bundle::upload_stream(&bundle).map_err(|e| bad(e.to_string()))?;
+        return Ok(UpdateStream {
+            reader: Box::new(stream),
+            len,
+        });
+    }
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
-        return Err(NodeError::BadInput(format!(
-            "{}: not a file (expected an update bundle)",
-            path.display()
-        )));
+        return Err(bad(
+            "not an update bundle, build output or update stream".into()
+        ));
     }
     Ok(UpdateStream {
         reader: Box::new(io::BufReader::with_capacity(UPLOAD_CHUNK, file)),

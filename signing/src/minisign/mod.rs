@@ -94,7 +94,7 @@ impl fmt::Debug for KeyId {
 impl FromStr for KeyId {
     type Err = FormatError;
 
-        /// Parses the form minisign prints (up to 16 hexadecimal digits, either case).
+    /// Parses the form minisign prints (up to 16 hexadecimal digits, either case).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = || FormatError::InvalidKeyId {
             text: s.chars().take(40).collect(),

@@ -1,0 +1,226 @@
+//! The node's services, in three groups started in order and stopped in reverse: the core
+//! (containerd, then the baked images imported), the Kubernetes role (etcd and the kubelet,
+//! from the role plan), and the system containers. Each group has its own supervisor.
+
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_signing::pki::{self, NodeIdentity};
+use keel_signing::profile::{Endpoint, Node, RestartPolicy, Role};
+use keel_signing::secrets::NodeSecrets;
+
+use crate::supervisor::{self, Health, ProcessSpec, Reaper, Restart, ServiceSpec, Supervisor};
+use crate::{console, containerd, roles};
+
+const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(120);
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a role service may take to become healthy before the gate fails.
+const ROLE_TIMEOUT: Duration = Duration::from_secs(180);
+pub const LOG_DIR: &str = "/var/log/keel";
+const KUBERNETES_DIR: &str = "/etc/kubernetes";
+
+fn log(line: &str) {
+    console::line(line);
+}
+
+pub fn env() -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), crate::PATH.into()),
+        ("HOME".into(), "/root".into()),
+    ]
+}
+
+/// The console, for one-shot commands' output.
+fn console_fd() -> Option<OwnedFd> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/console")
+        .ok()
+        .map(OwnedFd::from)
+}
+
+/// Runs a command to completion through the reaper, its output on the console.
+pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
+    let reaper = Reaper::global().map_err(|e| format!("reaper: {e}"))?;
+    let env = env();
+    let spec = ProcessSpec {
+        argv,
+        env: &env,
+        working_dir: None,
+        stdout: console_fd(),
+        stderr: console_fd(),
+    };
+    let status = reaper
+        .run(spec, timeout)
+        .map_err(|e| format!("{}: {e}", argv.join(" ")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed: {status:?}", argv.join(" ")))
+    }
+}
+
+fn service(name: &str, argv: Vec<String>, health: Health, restart: Restart) -> ServiceSpec {
+    let mut spec = ServiceSpec::new(name, &[]);
+    spec.argv = argv;
+    spec.env = env();
+    spec.health = health;
+    spec.restart = restart;
+    spec
+}
+
+fn options() -> supervisor::Options {
+    supervisor::Options {
+        console: supervisor::stdout_sink(),
+        log_dir: Some(PathBuf::from(LOG_DIR)),
+    }
+}
+
+/// containerd, answering; then every baked image imported.
+pub fn start_core() -> Result<Arc<Supervisor>, String> {
+    containerd::write_config().map_err(|e| format!("{}: {e}", containerd::CONFIG))?;
+    let spec = service(
+        "containerd",
+        containerd::daemon_argv(),
+        Health::UnixSocket(containerd::SOCKET.into()),
+        Restart::Always,
+    );
+    let core = Supervisor::start(vec![spec], options()).map_err(|e| e.to_string())?;
+    core.wait_healthy("containerd", CONTAINERD_TIMEOUT)
+        .map_err(|e| format!("containerd: {e}"))?;
+    for archive in containerd::baked_archives(Path::new(containerd::BAKED_IMAGES)) {
+        log(&format!("importing {}", archive.display()));
+        run_command(&containerd::import_argv(&archive), IMPORT_TIMEOUT)?;
+    }
+    Ok(Arc::new(core))
+}
+
+/// The API endpoint a node's kubeconfigs and certificates name: the profile's, else (on a
+/// control plane) this node on port 6443.
+fn endpoint(node: &Node, node_ip: IpAddr) -> Result<Endpoint, String> {
+    match (&node.cluster.endpoint, node.role) {
+        (Some(e), _) => Ok(e.clone()),
+        (None, Role::ControlPlane) => {
+            let host = if node_ip.is_ipv6() {
+                format!("[{node_ip}]")
+            } else {
+                node_ip.to_string()
+            };
+            format!("https://{host}:6443")
+                .parse()
+                .map_err(|e: String| e)
+        }
+        (None, Role::Worker) => {
+            Err("a worker needs node.cluster.endpoint (the control plane's API server)".into())
+        }
+    }
+}
+
+/// Certificates and kubeconfigs derived from the node's secrets, then the role's files and
+/// services. `None` (with the reason printed) when the node has no cluster secrets: it runs
+/// containerd and its system containers, and reports its role as degraded.
+pub fn prepare_role(
+    node: &Node,
+    hostname: &str,
+    ips: &[IpAddr],
+    secrets: Option<&NodeSecrets>,
+) -> Result<Option<roles::RolePlan>, String> {
+    let Some(secrets) = secrets else {
+        log(&format!(
+            "role {}: degraded: no cluster secrets (image.secrets, or given at boot); Kubernetes services not started",
+            node.role.as_str()
+        ));
+        return Ok(None);
+    };
+    if secrets.role != node.role {
+        return Err(format!(
+            "the node's secrets are for a {}, its profile says {}",
+            secrets.role.as_str(),
+            node.role.as_str()
+        ));
+    }
+    let node_ip = roles::node_ip(ips).map_err(|e| e.to_string())?;
+    let identity = NodeIdentity {
+        hostname: hostname.to_owned(),
+        ips: ips.to_vec(),
+        endpoint: endpoint(node, node_ip)?,
+        service_cidr: node.kubernetes.service_cidr,
+        cluster_domain: node.kubernetes.cluster_domain.clone(),
+        extra_sans: node.kubernetes.extra_sans.clone(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let files = pki::derive(secrets, &identity, now).map_err(|e| format!("certificates: {e}"))?;
+    pki::write_files(Path::new(KUBERNETES_DIR), &files)
+        .map_err(|e| format!("certificates: {e}"))?;
+    let facts = roles::NodeFacts {
+        hostname: hostname.to_owned(),
+        ips: ips.to_vec(),
+        root: PathBuf::from("/"),
+    };
+    let plan =
+        roles::plan(node, &facts).map_err(|e| format!("role {}: {e}", node.role.as_str()))?;
+    plan.write(Path::new("/"))
+        .map_err(|e| format!("role {}: {e}", node.role.as_str()))?;
+    log(&format!(
+        "role {}: {} certificates and kubeconfigs in {KUBERNETES_DIR}, node IP {}",
+        node.role.as_str(),
+        files.len(),
+        plan.node_ip
+    ));
+    for degraded in &plan.degraded {
+        log(&format!("role {}: {degraded}", node.role.as_str()));
+    }
+    Ok(Some(plan))
+}
+
+/// Starts the role's services and waits until each is healthy (part of the health gate).
+pub fn start_role(plan: roles::RolePlan) -> Result<Option<Arc<Supervisor>>, String> {
+    if plan.services.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = plan.services.iter().map(|s| s.name.clone()).collect();
+    let sup = Supervisor::start(plan.services, options()).map_err(|e| e.to_string())?;
+    for name in &names {
+        sup.wait_healthy(name, ROLE_TIMEOUT)
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(Some(Arc::new(sup)))
+}
+
+/// The profile's system containers, through containerd.
+pub fn start_containers(node: &Node) -> Result<Option<Arc<Supervisor>>, String> {
+    if node.containers.is_empty() {
+        return Ok(None);
+    }
+    let mut specs = Vec::new();
+    for c in &node.containers {
+        // A container from an earlier boot keeps its metadata on /var; `ctr run` would refuse
+        // the name. Its absence is the normal case, so failure here is only logged.
+        let _ = run_command(
+            &containerd::remove_stale_argv(&c.name),
+            Duration::from_secs(30),
+        );
+        let restart = match c.restart {
+            RestartPolicy::Always => Restart::Always,
+            RestartPolicy::OnFailure => Restart::OnFailure,
+            RestartPolicy::Never => Restart::Never,
+        };
+        let entrypoint =
+            containerd::baked_entrypoint(Path::new(containerd::BAKED_IMAGES), &c.image);
+        specs.push(service(
+            &c.name,
+            containerd::run_argv(c, &entrypoint),
+            Health::ProcessAlive,
+            restart,
+        ));
+    }
+    Supervisor::start(specs, options())
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|e| e.to_string())
+}

@@ -63,7 +63,7 @@ pub struct NodeConfig {
 /// Parses and validates a profile's node section.
 pub fn parse(origin: &str, text: &str) -> Result<Node, String> {
     let loaded = LoadedProfile::from_text(Path::new(origin), text).map_err(|e| e.to_string())?;
-    let problems = keel_signing::profile::validate(&loaded.profile);
+    let problems = keel_signing::profile::validate_node(&loaded.profile.node);
     if let Some(p) = problems.first() {
         return Err(loaded.diagnostic(&p.field, p.message.clone()).to_string());
     }

@@ -27,6 +27,7 @@ pub use load::{Diagnostic, Layer, LoadedProfile, ProfileError};
 pub use schema::*;
 pub use validate::{
     MIN_ESP_SIZE, MIN_SLOT_SIZE, MIN_STATE_SIZE, Problem, RESERVED_CMDLINE_KEYS, validate,
+    validate_node,
 };
 pub use values::{ByteSize, Endpoint, FileMode, Hostname, ImageName, IpCidr};
 

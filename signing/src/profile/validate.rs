@@ -40,7 +40,7 @@ pub const MIN_STATE_SIZE: ByteSize = ByteSize::mib(64);
 pub fn validate(profile: &Profile) -> Vec<Problem> {
     let mut out = Vec::new();
     validate_image(&profile.image, &mut out);
-    validate_node(&profile.node, &mut out);
+    check_node(&profile.node, &mut out);
     for (i, c) in profile.node.containers.iter().enumerate() {
         let short = !c.image.contains(['/', ':', '@']);
         if short
@@ -213,7 +213,15 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
     }
 }
 
-fn validate_node(node: &Node, out: &mut Vec<Problem>) {
+/// The rules for `[node]` alone: what a node checks in a profile given at boot (the image
+/// section is the builder's business, and cross-checks with it happen at build time).
+pub fn validate_node(node: &Node) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_node(node, &mut out);
+    out
+}
+
+fn check_node(node: &Node, out: &mut Vec<Problem>) {
     let net = &node.network;
     match net.mode {
         NetworkMode::Static => {

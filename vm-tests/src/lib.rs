@@ -399,3 +399,82 @@ pub fn flip_byte(path: &Path, at: u64) {
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&[!byte[0]]).unwrap();
 }
+
+/// The fake kubelet (a test double: the real kubelet cannot be downloaded on these machines),
+/// built static so it runs in the image as `/usr/bin/kubelet`.
+pub fn fake_kubelet() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let target_dir = workspace_root().join("target").join("keel-init");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "keel-vm-tests",
+                "--bin",
+                "fake-kubelet",
+                "--target",
+                keel_builder::init_binary::TARGET,
+            ])
+            .status()
+            .expect("running cargo to build fake-kubelet");
+        assert!(status.success(), "building the static fake-kubelet failed");
+        target_dir
+            .join(keel_builder::init_binary::TARGET)
+            .join("release")
+            .join("fake-kubelet")
+    })
+    .clone()
+}
+
+/// Cluster secrets written to `dir/cluster.secrets.toml`.
+pub fn cluster_secrets(dir: &Path) -> (PathBuf, keel_signing::secrets::Secrets) {
+    std::fs::create_dir_all(dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let secrets = keel_signing::pki::generate("keel", now).unwrap();
+    let path = dir.join("cluster.secrets.toml");
+    std::fs::write(&path, secrets.to_toml().unwrap()).unwrap();
+    (path, secrets)
+}
+
+/// Writes `text` to `dir/name` and returns the path (for fw_cfg entries and the like).
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (for QEMU port forwards).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads a file from the STATE partition of a disk image.
+pub fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(disk).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut head = vec![0u8; 34 * 512];
+    f.read_exact(&mut head).ok()?;
+    let gpt = keel_signing::gpt::Gpt::parse_primary(&head, size / 512).ok()?;
+    let (_, state) = gpt.find("STATE")?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .ok()?;
+    let window = keel_builder::esp::Window::new(file, state.offset(), state.size()).ok()?;
+    keel_builder::esp::read_fat_file(window, path).ok()
+}

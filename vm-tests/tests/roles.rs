@@ -1,0 +1,192 @@
+//! Kubernetes roles in QEMU. The kubelet is the FAKE kubelet (`vm-tests/src/bin/fake-kubelet.rs`):
+//! the real one cannot be downloaded on these machines, so what it would read is checked by a
+//! test double. etcd, containerd, the certificates and everything else are real.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use keel_signing::profile::Role;
+use keel_vm_tests::{
+    Machine, build, cluster_secrets, derived_profile, fake_kubelet, free_port, test_dir, test_key,
+    vm_disk, write_file,
+};
+
+const BOOT: Duration = Duration::from_secs(300);
+
+fn etcdctl(dir: &std::path::Path, port: u16, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://127.0.0.1:{port}"))
+        .arg(format!("--cacert={}", dir.join("etcd-ca.crt").display()))
+        .arg(format!("--cert={}", dir.join("etcd-admin.crt").display()))
+        .arg(format!("--key={}", dir.join("etcd-admin.key").display()))
+        .args(["--dial-timeout=20s", "--command-timeout=30s"])
+        .args(args)
+        .output()
+        .expect("etcdctl (etcd-client) is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "etcdctl {args:?}: {text}");
+    text
+}
+
+/// One generic image (the stock worker profile, plus the fake kubelet) becomes a control
+/// plane from a profile and secrets given over QEMU's fw_cfg, serves etcd over TLS to the
+/// host's etcdctl, and keeps its role and its data after a reboot without fw_cfg.
+#[test]
+fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
+    let dir = test_dir("roles_controlplane");
+    let (_, secrets) = cluster_secrets(&dir.join("secrets"));
+    write_file(&dir, "etcd-ca.crt", &secrets.etcd_ca.cert);
+    write_file(&dir, "etcd-admin.crt", &secrets.etcd_admin.cert);
+    write_file(&dir, "etcd-admin.key", &secrets.etcd_admin.key);
+    let profile = derived_profile(
+        &dir,
+        "worker",
+        &format!(
+            "[[image.files]]\nsrc = \"{}\"\ndst = \"/usr/bin/kubelet\"\nmode = \"0755\"\n",
+            fake_kubelet().display()
+        ),
+    );
+    let (key, _) = test_key(&dir.join("keys"));
+    let out = dir.join("out");
+    build(&profile, &out, &key, None, 1_700_000_000);
+
+    let node_profile = write_file(
+        &dir,
+        "cp.toml",
+        "[node]\nrole = \"controlplane\"\nhostname = \"cp1\"\n",
+    );
+    let node_secrets = write_file(
+        &dir,
+        "cp.secrets.toml",
+        &secrets.for_role(Role::ControlPlane).to_toml().unwrap(),
+    );
+    let disk = vm_disk(&out, &dir, 6 << 30);
+    let port = free_port();
+
+    let mut vm = Machine::start("roles_controlplane-boot1", &disk, &dir.join("vm"), |c| {
+        c.forwards.push((port, 2379));
+        c.fw_cfg
+            .push(("opt/keel/profile".into(), node_profile.clone()));
+        c.fw_cfg
+            .push(("opt/keel/secrets".into(), node_secrets.clone()));
+    });
+    let before = vm.expect("keel: ready", BOOT);
+    for want in [
+        "profile from QEMU fw_cfg opt/keel/profile: role controlplane",
+        "role controlplane:",
+        "keel: etcd: healthy",
+        "fake-kubelet: this is a test double",
+        "keel: kubelet: healthy",
+    ] {
+        assert!(
+            before.contains(want),
+            "{want:?} missing before ready:\n{before}"
+        );
+    }
+    let health = etcdctl(&dir, port, &["endpoint", "health"]);
+    assert!(health.contains("is healthy"), "{health}");
+    etcdctl(&dir, port, &["put", "keel-test-key", "written-on-boot-1"]);
+    assert!(etcdctl(&dir, port, &["get", "keel-test-key"]).contains("written-on-boot-1"));
+    vm.vm.powerdown().unwrap();
+    assert!(
+        vm.vm.wait_timeout(Duration::from_secs(90)).is_some(),
+        "the node did not power off"
+    );
+
+    // Second boot, no fw_cfg: the role and secrets come from STATE, the data from /var.
+    let mut vm = Machine::start("roles_controlplane-boot2", &disk, &dir.join("vm"), |c| {
+        c.forwards.push((port, 2379))
+    });
+    let before = vm.expect("keel: ready", BOOT);
+    assert!(
+        before.contains("profile from STATE (applied at an earlier boot): role controlplane"),
+        "{before}"
+    );
+    assert!(before.contains("keel: etcd: healthy"));
+    assert!(etcdctl(&dir, port, &["get", "keel-test-key"]).contains("written-on-boot-1"));
+    vm.kill();
+}
+
+/// A worker built with the cluster secrets: its STATE partition holds no CA key, and it boots
+/// with the kubelet bootstrapping from the token.
+#[test]
+fn a_worker_gets_no_ca_key_and_boots_with_a_bootstrap_kubeconfig() {
+    let dir = test_dir("roles_worker");
+    let (secrets_path, secrets) = cluster_secrets(&dir.join("secrets"));
+    let profile = derived_profile(
+        &dir,
+        "worker",
+        &format!(
+            "[image]\nsecrets = \"{}\"\n\n[[image.files]]\nsrc = \"{}\"\ndst = \"/usr/bin/kubelet\"\nmode = \"0755\"\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:6443\"\n",
+            secrets_path.display(),
+            fake_kubelet().display()
+        ),
+    );
+    let (key, _) = test_key(&dir.join("keys"));
+    let out = dir.join("out");
+    build(&profile, &out, &key, None, 1_700_000_000);
+
+    // Read STATE back from the disk the build wrote.
+    let state = keel_vm_tests::state_file(&out.join("disk.raw"), "/secrets.toml")
+        .expect("secrets in STATE");
+    let state = String::from_utf8(state).unwrap();
+    for ca_key in [
+        &secrets.kubernetes_ca.key,
+        &secrets.etcd_ca.key,
+        &secrets.front_proxy_ca.key,
+        &secrets.keel_ca.key,
+        &secrets.service_account.private,
+    ] {
+        let body: String = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(
+            !state.replace('\n', "").contains(&body),
+            "a CA or service-account key is in the worker's STATE"
+        );
+    }
+    assert!(
+        state.contains(
+            &secrets
+                .kubernetes_ca
+                .cert
+                .lines()
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        ),
+        "the CA certificate is there"
+    );
+    let disk_bytes = std::fs::read(out.join("disk.raw")).unwrap();
+    let ca_body: String = secrets
+        .kubernetes_ca
+        .key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !disk_bytes
+            .windows(ca_body.len().min(64))
+            .any(|w| w == &ca_body.as_bytes()[..ca_body.len().min(64)]),
+        "no CA key anywhere on the disk"
+    );
+
+    let disk = vm_disk(&out, &dir, 4 << 30);
+    let mut vm = Machine::start("roles_worker", &disk, &dir.join("vm"), |_| {});
+    let before = vm.expect("keel: ready", BOOT);
+    assert!(
+        before.contains("profile from the image: role worker"),
+        "{before}"
+    );
+    assert!(
+        before.contains("bootstrap"),
+        "the fake kubelet checks the bootstrap kubeconfig:\n{before}"
+    );
+    assert!(before.contains("keel: kubelet: healthy"), "{before}");
+    vm.kill();
+}

@@ -23,9 +23,8 @@ pub fn bless(entries_dir: &Path, slot: Slot, counted: Option<&str>) -> Result<Bl
         Some((file, entry)) if entry.slot == slot && entry.counter.is_some() => {
             let from: PathBuf = entries_dir.join(file);
             let to = entries_dir.join(&blessed);
-            std::fs::rename(&from, &to)
+            sys::rename_durably(&from, &to)
                 .map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))?;
-            sys::fsync_dir(entries_dir).map_err(|e| e.to_string())?;
             Ok(Blessing::Blessed {
                 from: file.to_owned(),
                 to: blessed,

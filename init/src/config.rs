@@ -205,8 +205,7 @@ pub fn save(state: &Path, name: &str, text: &str) -> std::io::Result<()> {
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, state.join(name))?;
-    std::fs::File::open(state)?.sync_all()
+    sys::rename_durably(&tmp, &state.join(name))
 }
 
 /// Chooses the configuration: a boot-time source, else what STATE saved, else the baked

@@ -235,3 +235,17 @@ pub fn fsync_dir(path: impl AsRef<Path>) -> SysResult<()> {
         source,
     })
 }
+
+/// Renames `from` to `to` so that it survives a power cut, also on FAT: there, a renamed
+/// file's new directory entry gets its size and first cluster only when the file's inode is
+/// written back, which syncing the directory alone does not do (a power cut then leaves an
+/// empty file under the new name). So the file is synced after the rename, then the
+/// directory.
+pub fn rename_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    std::fs::File::open(to)?.sync_all()?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -194,7 +194,7 @@ fn park_entries(entries: &Path, slot: Slot) -> Result<Vec<String>, UpgradeError>
     {
         let name = entry.file_name().to_string_lossy().into_owned();
         if EntryName::parse(&name).is_some_and(|e| e.slot == slot) {
-            std::fs::rename(entry.path(), entries.join(format!("{name}{PARKED}")))
+            crate::sys::rename_durably(&entry.path(), &entries.join(format!("{name}{PARKED}")))
                 .map_err(io(format!("parking {name}")))?;
             parked.push(name);
         }
@@ -207,7 +207,10 @@ fn park_entries(entries: &Path, slot: Slot) -> Result<Vec<String>, UpgradeError>
 /// already written into it, which its verity root hash will refuse).
 fn unpark_entries(entries: &Path, parked: &[String]) {
     for name in parked {
-        let _ = std::fs::rename(entries.join(format!("{name}{PARKED}")), entries.join(name));
+        let _ = crate::sys::rename_durably(
+            &entries.join(format!("{name}{PARKED}")),
+            &entries.join(name),
+        );
     }
     let _ = sync_dir(entries);
 }
@@ -443,7 +446,8 @@ fn finish(
     let name = EntryName::fresh(slot).file_name();
     let aside = entries_dir.join(format!("{name}.new"));
     write_synced(&aside, entry.render().as_bytes())?;
-    std::fs::rename(&aside, entries_dir.join(&name)).map_err(io(format!("renaming {name}")))?;
+    crate::sys::rename_durably(&aside, &entries_dir.join(&name))
+        .map_err(io(format!("renaming {name}")))?;
     sync_dir(&entries_dir)?;
     Ok(bytes)
 }
@@ -523,9 +527,9 @@ pub fn rollback(esp: &Path, state: &Path, active: Slot) -> Result<String, Upgrad
         crate::config::save(state, ROLLBACK_REQUESTED, &format!("{running}\n"))
             .map_err(io("recording the rollback"))?;
     }
-    std::fs::rename(
-        entries.join(current.file_name()),
-        entries.join(demoted.file_name()),
+    crate::sys::rename_durably(
+        &entries.join(current.file_name()),
+        &entries.join(demoted.file_name()),
     )
     .map_err(io(format!("renaming {}", current.file_name())))?;
     sync_dir(&entries)?;

@@ -160,7 +160,9 @@ fn upgrades_roll_forward_roll_back_and_refuse_what_they_must() {
     );
     assert!(before.contains("rolled back from 1.2.0"), "{before}");
     assert_eq!(
-        before.matches("keel-worker 1.2.0 from slot a").count(),
+        vm.console_log()
+            .matches("keel-worker 1.2.0 from slot a")
+            .count(),
         3,
         "three tries of 1.2.0"
     );

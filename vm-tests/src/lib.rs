@@ -129,6 +129,7 @@ pub fn stock_image(name: &str) -> (PathBuf, PathBuf) {
 
 /// Copies a built disk into `dir` as the VM's disk, grown to `size` bytes like a real disk.
 pub fn vm_disk(image_dir: &Path, dir: &Path, size: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let disk = dir.join("disk.raw");
     keel_builder::run::sparse_copy(&image_dir.join("disk.raw"), &disk, size).unwrap();
     disk

@@ -156,12 +156,9 @@ pub fn convert_format(
     disk_guid: &uuid::Uuid,
     rep: &Reporter,
 ) -> Result<(), BuildError> {
-    let format = match format {
-        OutputFormat::Raw => return Ok(()),
-        OutputFormat::Qcow2 => crate::formats::OutputFormat::Qcow2,
-        OutputFormat::Vhd => crate::formats::OutputFormat::Vhd,
-        OutputFormat::Gce => crate::formats::OutputFormat::Gce,
-    };
+    if format == OutputFormat::Raw {
+        return Ok(());
+    }
     let phase = rep.phase(format.name(), None);
     let dest = out_dir.join(format.file_name());
     let summary = crate::formats::convert(

@@ -36,33 +36,39 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Builds the static init once per test process (cargo itself makes concurrent builds wait),
-/// in its own target directory so the outer `cargo test` lock is never in the way.
+/// Builds a binary of this workspace as a static executable (as the image needs it), in a
+/// target directory of its own so the outer `cargo test` lock is never in the way; cargo
+/// itself makes concurrent builds wait.
+fn static_binary(package: &str, bin: &str) -> PathBuf {
+    let target_dir = workspace_root().join("target").join("keel-init");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--target",
+            keel_builder::init_binary::TARGET,
+        ])
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo to build {bin}: {e}"));
+    assert!(status.success(), "building the static {bin} failed");
+    target_dir
+        .join(keel_builder::init_binary::TARGET)
+        .join("release")
+        .join(bin)
+}
+
+/// The static init, built once per test process.
 pub fn init_binary() -> PathBuf {
     static INIT: OnceLock<PathBuf> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let target_dir = workspace_root().join("target").join("keel-init");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "keel-init",
-                "--target",
-                keel_builder::init_binary::TARGET,
-            ])
-            .status()
-            .expect("running cargo to build keel-init");
-        assert!(status.success(), "building the static keel-init failed");
-        target_dir
-            .join(keel_builder::init_binary::TARGET)
-            .join("release")
-            .join("keel-init")
-    })
-    .clone()
+    INIT.get_or_init(|| static_binary("keel-init", "keel-init"))
+        .clone()
 }
 
 /// An unencrypted key pair in `dir` (tests cannot answer a passphrase prompt).
@@ -405,31 +411,8 @@ pub fn flip_byte(path: &Path, at: u64) {
 /// built static so it runs in the image as `/usr/bin/kubelet`.
 pub fn fake_kubelet() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let target_dir = workspace_root().join("target").join("keel-init");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(workspace_root())
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "keel-vm-tests",
-                "--bin",
-                "fake-kubelet",
-                "--target",
-                keel_builder::init_binary::TARGET,
-            ])
-            .status()
-            .expect("running cargo to build fake-kubelet");
-        assert!(status.success(), "building the static fake-kubelet failed");
-        target_dir
-            .join(keel_builder::init_binary::TARGET)
-            .join("release")
-            .join("fake-kubelet")
-    })
-    .clone()
+    BIN.get_or_init(|| static_binary("keel-vm-tests", "fake-kubelet"))
+        .clone()
 }
 
 /// Cluster secrets written to `dir/cluster.secrets.toml`.

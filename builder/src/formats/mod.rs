@@ -16,15 +16,11 @@ mod gce;
 mod qcow2;
 mod vhd;
 
-use std::fmt;
 use std::fs::{File, Permissions};
 use std::io::{self, BufWriter, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 
 use crate::io::{Hashed, HashingWriter};
 
@@ -39,69 +35,8 @@ const READ_CHUNK: usize = 1024 * 1024;
 
 static ZERO_BLOCK: [u8; BLOCK as usize] = [0; BLOCK as usize];
 
-/// An output disk format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// The GPT image itself, copied sparsely.
-    Raw,
-    /// QEMU copy-on-write v3 (QEMU, libvirt, OpenStack).
-    Qcow2,
-    /// Fixed VHD (Azure).
-    Vhd,
-    /// `disk.raw` in a gzip-compressed GNU tar (Google Compute Engine).
-    Gce,
-}
-
-impl OutputFormat {
-    pub const ALL: [OutputFormat; 4] = [
-        OutputFormat::Raw,
-        OutputFormat::Qcow2,
-        OutputFormat::Vhd,
-        OutputFormat::Gce,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            OutputFormat::Raw => "raw",
-            OutputFormat::Qcow2 => "qcow2",
-            OutputFormat::Vhd => "vhd",
-            OutputFormat::Gce => "gce",
-        }
-    }
-
-    /// The conventional artifact file name for this format.
-    pub const fn file_name(self) -> &'static str {
-        match self {
-            OutputFormat::Raw => "disk.raw",
-            OutputFormat::Qcow2 => "disk.qcow2",
-            OutputFormat::Vhd => "disk.vhd",
-            OutputFormat::Gce => "disk.tar.gz",
-        }
-    }
-}
-
-impl fmt::Display for OutputFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Returned by [`OutputFormat::from_str`] for a name that is not a format.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown output format {0:?} (expected raw, qcow2, vhd or gce)")]
-pub struct UnknownFormat(pub String);
-
-impl FromStr for OutputFormat {
-    type Err = UnknownFormat;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OutputFormat::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| UnknownFormat(s.to_owned()))
-    }
-}
+/// The output formats are the profile's (`image.formats`); names and file names live there.
+pub use keel_signing::profile::{OutputFormat, UnknownFormat};
 
 /// The only inputs, besides the image bytes, that output bytes depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -157,12 +157,63 @@ impl Arch {
 pub enum OutputFormat {
     /// `disk.raw`: always written; what `dd` puts on a USB stick or disk.
     Raw,
-    /// `disk.qcow2`: QEMU, libvirt, OpenStack.
+    /// `disk.qcow2`: QEMU copy-on-write v3 (QEMU, libvirt, OpenStack).
     Qcow2,
     /// `disk.vhd`: fixed VHD for Azure.
     Vhd,
-    /// `disk.tar.gz`: `disk.raw` in a gzip tar, as Google Compute Engine imports it.
+    /// `disk.tar.gz`: `disk.raw` in a gzip-compressed GNU tar, as Google Compute Engine
+    /// imports it.
     Gce,
+}
+
+impl OutputFormat {
+    pub const ALL: [OutputFormat; 4] = [
+        OutputFormat::Raw,
+        OutputFormat::Qcow2,
+        OutputFormat::Vhd,
+        OutputFormat::Gce,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Raw => "raw",
+            OutputFormat::Qcow2 => "qcow2",
+            OutputFormat::Vhd => "vhd",
+            OutputFormat::Gce => "gce",
+        }
+    }
+
+    /// The conventional artifact file name for this format.
+    pub const fn file_name(self) -> &'static str {
+        match self {
+            OutputFormat::Raw => "disk.raw",
+            OutputFormat::Qcow2 => "disk.qcow2",
+            OutputFormat::Vhd => "disk.vhd",
+            OutputFormat::Gce => "disk.tar.gz",
+        }
+    }
+}
+
+impl std::fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Returned by [`OutputFormat::from_str`] for a name that is not a format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown output format {0:?} (expected raw, qcow2, vhd or gce)")]
+pub struct UnknownFormat(pub String);
+
+impl std::str::FromStr for OutputFormat {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OutputFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| UnknownFormat(s.to_owned()))
+    }
 }
 
 /// One userland source, written as `{ debian = {...} }` or `{ oci = {...} }`.

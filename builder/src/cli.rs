@@ -148,6 +148,15 @@ pub struct RunArgs {
     /// Forward a host port to the guest: HOST:GUEST (TCP, on 127.0.0.1).
     #[arg(long = "forward", value_name = "HOST:GUEST")]
     pub forwards: Vec<String>,
+    /// Give the node this profile at boot (over QEMU fw_cfg): its node section (role,
+    /// hostname, network, cluster) makes the generic image that node. Validated first; it may
+    /// `extends` others. Its `image.secrets`, if set, supplies the node's secrets.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// The cluster secrets file (`keel secrets gen`): the node gets what its role needs.
+    /// Needs --profile (the role decides what a node may hold).
+    #[arg(long, value_name = "FILE", requires = "profile")]
+    pub secrets: Option<PathBuf>,
 }
 
 /// How to reach a node and prove who we are.

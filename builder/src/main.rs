@@ -94,6 +94,8 @@ fn dispatch(command: Command, rep: &Reporter) -> Result<(), CommandError> {
                 disk_size: args.disk_size,
                 memory: args.memory,
                 forwards: args.forwards,
+                profile: args.profile,
+                secrets: args.secrets,
             },
         ),
         Command::Node(command) => keel_builder::node::command::run(command, rep),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keel_signing::profile::ByteSize;
+use keel_signing::profile::{ByteSize, LoadedProfile};
 
 use crate::commands::CommandError;
 use crate::qemu::{Vm, VmConfig};
@@ -55,6 +55,45 @@ pub struct RunOptions {
     pub disk_size: String,
     pub memory: u32,
     pub forwards: Vec<String>,
+    /// A profile whose node section (and the secrets for its role) the node gets at boot.
+    pub profile: Option<PathBuf>,
+    /// A cluster secrets file; overrides the profile's `image.secrets`.
+    pub secrets: Option<PathBuf>,
+}
+
+/// What `--profile`/`--secrets` hand the node over fw_cfg: its node section as TOML and the
+/// node secrets for its role, if any. Bad input is refused before QEMU starts.
+pub fn boot_config(
+    profile: &Path,
+    secrets: Option<&Path>,
+) -> Result<(String, Option<String>), CommandError> {
+    let bad = |m: String| CommandError::BadInput(m);
+    let mut loaded = LoadedProfile::load(profile).map_err(|e| bad(e.to_string()))?;
+    if let Some(path) = secrets {
+        // The same checks as a profile naming the file (cluster name, format).
+        loaded.profile.image.secrets = Some(path.to_path_buf());
+    }
+    let node_secrets = crate::secrets::node_secrets_for(&loaded)
+        .map_err(|e| bad(e.to_string()))?
+        .map(|s| s.to_toml())
+        .transpose()
+        .map_err(|e| CommandError::Failed(format!("node secrets: {e}")))?;
+    Ok((
+        crate::commands::baked_profile(&loaded.profile),
+        node_secrets,
+    ))
+}
+
+/// Writes `text` to `path`, readable by its owner only (it may hold private keys).
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
@@ -85,6 +124,11 @@ pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
                 bad(format!("--forward {f:?}: expected HOST:GUEST port numbers"))
             })?);
     }
+    let boot = opts
+        .profile
+        .as_deref()
+        .map(|p| boot_config(p, opts.secrets.as_deref()))
+        .transpose()?;
     let _temp;
     let state_dir: PathBuf = if opts.keep_disk {
         let base = if path.is_dir() {
@@ -112,6 +156,14 @@ pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
     let mut config = VmConfig::new(&disk, &state_dir);
     config.memory_mib = opts.memory;
     config.forwards = forwards;
+    if let Some((profile, secrets)) = boot {
+        for (name, text) in [("profile", Some(profile)), ("secrets", secrets)] {
+            let Some(text) = text else { continue };
+            let file = state_dir.join(format!("fw-cfg-{name}.toml"));
+            write_private(&file, &text).map_err(|e| failed(format!("{}: {e}", file.display())))?;
+            config.fw_cfg.push((format!("opt/keel/{name}"), file));
+        }
+    }
     install_sigint_handler();
     let mut vm = Vm::start(config).map_err(|e| failed(e.to_string()))?;
     eprintln!(

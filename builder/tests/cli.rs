@@ -455,3 +455,52 @@ fn secrets_gen_writes_0600_refuses_overwrite_and_profiles_use_it() {
         stderr(&out)
     );
 }
+
+#[test]
+fn run_refuses_a_bad_boot_profile_or_secrets_before_starting_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("disk.raw"), vec![0u8; 4096]).unwrap();
+    let bad = dir.path().join("node.toml");
+    std::fs::write(&bad, "[node]\nrole = \"controlplane\"\nhostnme = \"cp1\"\n").unwrap();
+    let o = keel(&["run", p(&out), "--profile", p(&bad)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("node.toml:3:1") && err.contains("hostnme"),
+        "names file, line, column and field:\n{err}"
+    );
+
+    let o = keel(&["run", p(&out), "--secrets", p(&bad)]);
+    assert_eq!(o.status.code(), Some(2), "--secrets needs --profile");
+    assert!(stderr(&o).contains("--profile"), "{}", stderr(&o));
+
+    let good = dir.path().join("cp.toml");
+    std::fs::write(
+        &good,
+        "[node]\nrole = \"controlplane\"\nhostname = \"cp1\"\n[node.cluster]\nname = \"other\"\n",
+    )
+    .unwrap();
+    let secrets = dir.path().join("cluster.secrets.toml");
+    assert!(
+        keel(&["secrets", "gen", "-o", p(&secrets)])
+            .status
+            .success()
+    );
+    let o = keel(&[
+        "run",
+        p(&out),
+        "--profile",
+        p(&good),
+        "--secrets",
+        p(&secrets),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("node.cluster.name")
+            && stderr(&o).contains("expected the same cluster"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -160,6 +160,7 @@ fn status() -> Status {
         }],
         boot: 4,
         rolled_back_from: Some("1.2.0".into()),
+        rollback_requested: false,
         quarantined: vec!["1.2.0".into()],
         uptime_secs: 3725,
     }

@@ -1,5 +1,6 @@
-//! `keel run` as a person uses it: build the stock image with the CLI, boot it, and press
-//! Ctrl-C (SIGINT to keel), which must power the VM off in an orderly way.
+//! `keel run` as a person uses it: build the stock image with the CLI, boot it as a node of
+//! their own (a profile and the cluster secrets given at boot), and press Ctrl-C (SIGINT to
+//! keel), which must power the VM off in an orderly way.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -63,11 +64,29 @@ fn keel_run_boots_the_image_and_ctrl_c_powers_it_off() {
         .status()
         .unwrap();
     assert!(built.success());
+    let secrets = dir.path().join("cluster.secrets.toml");
+    assert!(
+        Command::new(keel)
+            .args(["secrets", "gen", "-o"])
+            .arg(&secrets)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let node = dir.path().join("laptop-worker.toml");
+    std::fs::write(
+        &node,
+        "[node]\nrole = \"worker\"\nhostname = \"laptop-worker\"\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:6443\"\n",
+    )
+    .unwrap();
 
     let mut child = Command::new(keel)
         .arg("run")
         .arg(&out)
-        .args(["--disk-size", "4GiB"])
+        .args(["--disk-size", "4GiB", "--profile"])
+        .arg(&node)
+        .arg("--secrets")
+        .arg(&secrets)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -98,6 +117,17 @@ fn keel_run_boots_the_image_and_ctrl_c_powers_it_off() {
     if !ready {
         let _ = child.kill();
         panic!("no ready line; console:\n{}", seen.join("\n"));
+    }
+    for want in [
+        "profile from QEMU fw_cfg opt/keel/profile: role worker",
+        "hostname laptop-worker",
+        "role worker: 2 certificates and kubeconfigs",
+    ] {
+        assert!(
+            seen.iter().any(|l| l.contains(want)),
+            "{want:?} missing; console:\n{}",
+            seen.join("\n")
+        );
     }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };

@@ -86,6 +86,33 @@ pub fn fw_cfg() -> Option<Found> {
     from_fw_cfg(Path::new(FW_CFG))
 }
 
+/// Fetches `url`, trying again after each of `delays` while it fails (the network or the
+/// config server may not be up yet when a rack powers on).
+pub fn fetch_with_retry(
+    url: &str,
+    delays: &[Duration],
+    fetch: &dyn Fn(&str) -> Result<String, String>,
+    log: &dyn Fn(&str),
+    sleep: &dyn Fn(Duration),
+) -> Result<String, String> {
+    let mut delays = delays.iter();
+    loop {
+        match fetch(url) {
+            Ok(body) => return Ok(body),
+            Err(e) => match delays.next() {
+                Some(delay) => {
+                    log(&format!(
+                        "fetching the profile failed ({e}); again in {} s",
+                        delay.as_secs()
+                    ));
+                    sleep(*delay);
+                }
+                None => return Err(e),
+            },
+        }
+    }
+}
+
 /// `http://host[:port]/path`: plain HTTP GET (no TLS: the profile carries no secrets unless
 /// the operator put them there; use fw_cfg or a config drive for those).
 pub fn http_get(url: &str, timeout: Duration) -> Result<String, String> {
@@ -108,11 +135,11 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<String, String> {
         .ok_or_else(|| format!("{url}: no address for {authority}"))?;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
     stream.set_read_timeout(Some(timeout)).map_err(fail)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: keel-init\r\n\r\n"
-    )
-    .map_err(fail)?;
+    // One write: a server that answers as soon as it has the request line must not find the
+    // rest of the request arriving after it closed.
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: keel-init\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(fail)?;
     let mut response = Vec::new();
     stream
         .take(16 << 20)
@@ -350,5 +377,30 @@ mod tests {
         .unwrap();
         assert_eq!(body, "[node]\nrole = \"worker\"\n");
         assert!(http_get("https://x/y", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn fetch_retries_after_each_delay_then_gives_up() {
+        let calls = std::cell::Cell::new(0);
+        let slept = std::cell::RefCell::new(Vec::new());
+        let delays = [Duration::from_secs(1), Duration::from_secs(2)];
+        let flaky = |_: &str| {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 {
+                Err("connection refused".to_owned())
+            } else {
+                Ok("[node]\n".to_owned())
+            }
+        };
+        let sleep = |d: Duration| slept.borrow_mut().push(d);
+        let got = fetch_with_retry("http://x/", &delays, &flaky, &|_| {}, &sleep);
+        assert_eq!(got.as_deref(), Ok("[node]\n"));
+        assert_eq!(*slept.borrow(), delays);
+
+        calls.set(-10);
+        slept.borrow_mut().clear();
+        let got = fetch_with_retry("http://x/", &delays, &flaky, &|_| {}, &sleep);
+        assert_eq!(got, Err("connection refused".to_owned()));
+        assert_eq!(calls.get(), -7, "three tries");
     }
 }

@@ -19,6 +19,7 @@ pub mod containerd;
 pub mod fatal;
 pub mod history;
 pub mod kmod;
+pub mod kube_client;
 pub mod mounts;
 pub mod net;
 pub mod node_api;

@@ -224,3 +224,70 @@ pub fn start_containers(node: &Node) -> Result<Option<Arc<Supervisor>>, String> 
         .map(|s| Some(Arc::new(s)))
         .map_err(|e| e.to_string())
 }
+
+/// On a control plane, in the background: once its API server is ready, creates what workers
+/// need to join with the bootstrap token (`roles::cluster_bootstrap`). The API server is a
+/// static pod the kubelet starts, which may take minutes, so this is not part of the health
+/// gate; it retries until it is done, reporting on the console now and then.
+pub fn spawn_cluster_bootstrap(secrets: &NodeSecrets) {
+    let token_id = secrets.bootstrap_token.id.clone();
+    let objects = match roles::cluster_bootstrap::objects(&secrets.bootstrap_token) {
+        Ok(o) => o,
+        Err(e) => return log(&format!("cluster bootstrap: {e}")),
+    };
+    std::thread::spawn(move || {
+        let client = match std::fs::read_to_string(roles::paths::ADMIN_CONF)
+            .map_err(|e| format!("{}: {e}", roles::paths::ADMIN_CONF))
+            .and_then(|t| {
+                crate::kube_client::KubeClient::from_kubeconfig(&t).map_err(|e| e.to_string())
+            }) {
+            Ok(c) => c,
+            Err(e) => return log(&format!("cluster bootstrap: {e}")),
+        };
+        log(&format!(
+            "cluster bootstrap: creating bootstrap token {token_id} and its RBAC bindings once the API server at {} is ready",
+            client.endpoint()
+        ));
+        let mut delay = Duration::from_secs(2);
+        let mut last_report: Option<std::time::Instant> = None;
+        loop {
+            match create_all(&client, &objects) {
+                Ok((created, there)) => {
+                    return log(&format!(
+                        "cluster bootstrap: bootstrap token {token_id} and {} RBAC bindings in place ({created} created, {there} already there)",
+                        objects.len().saturating_sub(1)
+                    ));
+                }
+                Err(e) => {
+                    if last_report.is_none_or(|t| t.elapsed() > Duration::from_secs(600)) {
+                        log(&format!("cluster bootstrap: {e}; retrying"));
+                        last_report = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+}
+
+/// (created, already there), or why not yet.
+fn create_all(
+    client: &crate::kube_client::KubeClient,
+    objects: &[roles::cluster_bootstrap::ApiObject],
+) -> Result<(usize, usize), String> {
+    if !client.ready().map_err(|e| e.to_string())? {
+        return Err(format!(
+            "the API server at {} is not ready",
+            client.endpoint()
+        ));
+    }
+    let (mut created, mut there) = (0, 0);
+    for object in objects {
+        match client.create(object)? {
+            crate::kube_client::Created::Created => created += 1,
+            crate::kube_client::Created::AlreadyThere => there += 1,
+        }
+    }
+    Ok((created, there))
+}

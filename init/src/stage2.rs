@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_signing::layout::{PartitionRole, Slot};
-use keel_signing::profile::Node;
+use keel_signing::profile::{Node, Role};
 use keel_signing::secrets::NodeSecrets;
 
 use crate::bootinfo::{self, Handoff};
@@ -105,12 +105,29 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
         early_net = Some(
             net::configure(&dhcp, &|m| log(m)).map_err(|e| format!("network for {url}: {e}"))?,
         );
-        let text = config::http_get(url, Duration::from_secs(30))?;
-        Some(config::Found {
-            source: config::Source::Url(url.to_owned()),
-            profile: Some(text),
-            secrets: None,
-        })
+        let delays = [1, 2, 4, 8, 15, 15, 15].map(Duration::from_secs);
+        let fetched = config::fetch_with_retry(
+            url,
+            &delays,
+            &|u| config::http_get(u, Duration::from_secs(10)),
+            &|m| log(m),
+            &std::thread::sleep,
+        );
+        match fetched {
+            Ok(text) => Some(config::Found {
+                source: config::Source::Url(url.to_owned()),
+                profile: Some(text),
+                secrets: None,
+            }),
+            // A node that applied a profile before keeps its identity while the server is away.
+            Err(e) if state.join(config::STATE_PROFILE).exists() => {
+                log(&format!(
+                    "warning: {e}; keeping the profile applied at an earlier boot"
+                ));
+                None
+            }
+            Err(e) => return Err(format!("no profile: {e}")),
+        }
     } else {
         config::config_drive()
     };
@@ -338,11 +355,16 @@ fn run() -> Result<std::convert::Infallible, String> {
         .parse()
         .map_err(|e| format!("version {}: {e}", handoff.version))?;
     let rolled_back_from = upgrade::detect_rollback(Path::new(ESP), &state_dir, slot, &running);
-    if let Some(from) = &rolled_back_from {
-        log(&format!(
-            "rolled back from {from}: it failed to boot, {} runs again",
-            handoff.version
-        ));
+    match &rolled_back_from {
+        Some(r) if r.requested => log(&format!(
+            "rolled back from {} as requested: {} runs again",
+            r.from, handoff.version
+        )),
+        Some(r) => log(&format!(
+            "rolled back from {}: it failed to boot, {} runs again",
+            r.from, handoff.version
+        )),
+        None => {}
     }
     let (cfg, early_net) = node_config(&state_dir)?;
     let node = cfg.node.clone();
@@ -408,6 +430,9 @@ fn run() -> Result<std::convert::Infallible, String> {
         Some(plan) => services::start_role(plan)?,
         None => None,
     };
+    if let Some(s) = secrets.as_ref().filter(|s| s.role == Role::ControlPlane) {
+        services::spawn_cluster_bootstrap(s);
+    }
     let containers = services::start_containers(&node)?;
     let start_order: Vec<Arc<Supervisor>> = std::iter::once(core)
         .chain(role)

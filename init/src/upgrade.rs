@@ -383,6 +383,9 @@ pub fn install(
     match result {
         Ok(bytes) => {
             drop_parked(&entries_dir, &parked)?;
+            // The demoted entry a requested rollback left is gone: a failure of what was just
+            // installed must count as a failure.
+            let _ = std::fs::remove_file(target.state.join(ROLLBACK_REQUESTED));
             journal(&target.state, &from, &to, slot, "installed")?;
             progress(&format!(
                 "upgrade: boot entry {} written; {to} boots next",
@@ -468,14 +471,24 @@ pub fn slot_entry(esp: &Path, slot: Slot) -> Option<EntryName> {
         .find(|e| e.slot == slot)
 }
 
+/// This boot runs because the other slot's newer version was left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The version left behind.
+    pub from: String,
+    /// `keel node rollback` asked for it; otherwise that version failed to boot.
+    pub requested: bool,
+}
+
 /// After a boot: if the other slot holds a newer version whose entry ran out of tries, this
-/// boot is a rollback from it. That version is quarantined (appended once to STATE).
+/// boot is a rollback from it. Unless the operator asked for the rollback, that version is
+/// quarantined (appended once to STATE).
 pub fn detect_rollback(
     esp: &Path,
     state: &Path,
     active: Slot,
     running: &semver::Version,
-) -> Option<String> {
+) -> Option<RolledBack> {
     let other = active.other();
     let entry = slot_entry(esp, other)?;
     let version = slot_version(esp, other)?;
@@ -485,18 +498,25 @@ pub fn detect_rollback(
     if !(entry.exhausted() && newer) {
         return None;
     }
-    // A rollback the operator asked for is reported, but the version is not quarantined.
+    // A rollback the operator asked for is reported, but the version is not quarantined. The
+    // marker stays for as long as the demoted entry does (every later boot of this slot sees
+    // it again); the next install into the other slot removes both.
     let requested = std::fs::read_to_string(state.join(ROLLBACK_REQUESTED)).ok();
     if requested.as_deref().map(str::trim) == Some(version.as_str()) {
-        let _ = std::fs::remove_file(state.join(ROLLBACK_REQUESTED));
-        return Some(format!("{version} (by request)"));
+        return Some(RolledBack {
+            from: version,
+            requested: true,
+        });
     }
     let mut list = quarantined(state);
     if !list.contains(&version) {
         list.push(version.clone());
         let _ = crate::config::save(state, QUARANTINE, &format!("{}\n", list.join("\n")));
     }
-    Some(version)
+    Some(RolledBack {
+        from: version,
+        requested: false,
+    })
 }
 
 /// Makes the other slot boot next: the active entry is marked as out of tries, so

@@ -311,14 +311,18 @@ fn rollback_is_detected_and_quarantined_but_a_requested_one_is_not() {
     )
     .unwrap();
     let running = semver::Version::new(1, 0, 0);
+    let failed = Some(RolledBack {
+        from: "1.1.0".into(),
+        requested: false,
+    });
     assert_eq!(
-        detect_rollback(esp, &f.target.state, Slot::A, &running).as_deref(),
-        Some("1.1.0")
+        detect_rollback(esp, &f.target.state, Slot::A, &running),
+        failed
     );
     assert_eq!(quarantined(&f.target.state), ["1.1.0"]);
     assert_eq!(
-        detect_rollback(esp, &f.target.state, Slot::A, &running).as_deref(),
-        Some("1.1.0"),
+        detect_rollback(esp, &f.target.state, Slot::A, &running),
+        failed,
         "reported again, listed once"
     );
     assert_eq!(quarantined(&f.target.state), ["1.1.0"]);
@@ -349,7 +353,37 @@ fn rollback_is_detected_and_quarantined_but_a_requested_one_is_not() {
     .unwrap();
     assert_eq!(rollback(esp, &g.target.state, Slot::B).unwrap(), "1.0.0");
     assert!(esp.join("loader/entries/keel-b+0-3.conf").exists());
-    let reported = detect_rollback(esp, &g.target.state, Slot::A, &running);
-    assert_eq!(reported.as_deref(), Some("1.1.0 (by request)"));
-    assert!(quarantined(&g.target.state).is_empty());
+    let requested = Some(RolledBack {
+        from: "1.1.0".into(),
+        requested: true,
+    });
+    for boot in ["first", "second"] {
+        assert_eq!(
+            detect_rollback(esp, &g.target.state, Slot::A, &running),
+            requested,
+            "{boot} boot after the rollback"
+        );
+        assert!(quarantined(&g.target.state).is_empty(), "{boot} boot");
+    }
+
+    // Installing into b again replaces the demoted entry and forgets the request: if that
+    // install then fails to boot, it is quarantined like any other.
+    install(
+        &mut Cursor::new(stream(&g.secret, &m, &k, &i, &p)),
+        &g.target,
+        false,
+        &|_| {},
+    )
+    .unwrap();
+    assert!(!g.target.state.join(ROLLBACK_REQUESTED).exists());
+    std::fs::rename(
+        esp.join("loader/entries/keel-b+3.conf"),
+        esp.join("loader/entries/keel-b+0-3.conf"),
+    )
+    .unwrap();
+    assert_eq!(
+        detect_rollback(esp, &g.target.state, Slot::A, &running),
+        failed
+    );
+    assert_eq!(quarantined(&g.target.state), ["1.1.0"]);
 }

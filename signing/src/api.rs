@@ -100,6 +100,9 @@ pub struct Status {
     pub boot: u64,
     /// The version whose boot failed and made the node fall back to this one, if it did.
     pub rolled_back_from: Option<String>,
+    /// The rollback was asked for (`keel node rollback`) rather than forced by a failed boot.
+    #[serde(default)]
+    pub rollback_requested: bool,
     /// Versions the node refuses to install again (they failed to boot here).
     pub quarantined: Vec<String>,
     pub uptime_secs: u64,
@@ -572,6 +575,7 @@ mod tests {
             }],
             boot: 3,
             rolled_back_from: None,
+            rollback_requested: false,
             quarantined: vec![],
             uptime_secs: 61,
         };

@@ -13,6 +13,8 @@ use keel_builder::progress::Reporter;
 use keel_builder::qemu::{Vm, VmConfig};
 use rexpect::reader::{NBReader, Options, ReadUntil};
 
+pub mod fake_apiserver;
+
 /// The workspace root (vm-tests/..).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -208,6 +210,14 @@ impl Machine {
                 }
                 Err(e) => return Err(e.to_string()),
             }
+        }
+    }
+
+    /// Like [`Machine::expect`], but also satisfied by console output already consumed (for
+    /// lines from background work that may come before or after an earlier needle).
+    pub fn expect_seen_or_next(&mut self, needle: &str, timeout: Duration) {
+        if !self.seen.contains(needle) {
+            self.expect(needle, timeout);
         }
     }
 
@@ -461,4 +471,43 @@ pub fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
         .ok()?;
     let window = keel_builder::esp::Window::new(file, state.offset(), state.size()).ok()?;
     keel_builder::esp::read_fat_file(window, path).ok()
+}
+
+/// A config drive as a person would make one for a bare-metal node: a small FAT image
+/// labelled KEELCFG (made with the standard mkfs.vfat and mcopy) holding `files`
+/// (`profile.toml`, `secrets.toml`).
+pub fn config_drive(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let image = dir.join("config-drive.img");
+    let _ = std::fs::remove_file(&image);
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    };
+    run(Command::new("mkfs.vfat")
+        .args(["-C", "-n", "KEELCFG"])
+        .arg(&image)
+        .arg("2048"));
+    for (name, text) in files {
+        let src = write_file(dir, name, text);
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&image)
+            .arg(&src)
+            .arg(format!("::{name}")));
+    }
+    image
+}
+
+/// QEMU arguments attaching `image` as a second, read-only virtio disk.
+pub fn extra_disk_args(image: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!(
+            "if=none,id=extra0,format=raw,readonly=on,file={}",
+            image.display()
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=extra0".into(),
+    ]
 }

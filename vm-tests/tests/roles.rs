@@ -7,9 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use keel_signing::profile::Role;
+use keel_vm_tests::fake_apiserver::FakeApiServer;
 use keel_vm_tests::{
-    Machine, build, cluster_secrets, derived_profile, fake_kubelet, free_port, test_dir, test_key,
-    vm_disk, write_file,
+    Machine, build, cluster_secrets, config_drive, derived_profile, extra_disk_args, fake_kubelet,
+    free_port, test_dir, test_key, vm_disk, write_file,
 };
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -36,7 +37,9 @@ fn etcdctl(dir: &std::path::Path, port: u16, args: &[&str]) -> String {
 
 /// One generic image (the stock worker profile, plus the fake kubelet) becomes a control
 /// plane from a profile and secrets given over QEMU's fw_cfg, serves etcd over TLS to the
-/// host's etcdctl, and keeps its role and its data after a reboot without fw_cfg.
+/// host's etcdctl, creates the bootstrap token and join RBAC bindings through the cluster
+/// endpoint (the FAKE API server, `vm-tests/src/fake_apiserver.rs`, on the host), and keeps
+/// its role and its data after a reboot without fw_cfg.
 #[test]
 fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     let dir = test_dir("roles_controlplane");
@@ -56,10 +59,15 @@ fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     let out = dir.join("out");
     build(&profile, &out, &key, None, 1_700_000_000);
 
+    // QEMU's user network shows the host's loopback as 10.0.2.2.
+    let api = FakeApiServer::start(&secrets, "10.0.2.2".parse().unwrap(), 2);
     let node_profile = write_file(
         &dir,
         "cp.toml",
-        "[node]\nrole = \"controlplane\"\nhostname = \"cp1\"\n",
+        &format!(
+            "[node]\nrole = \"controlplane\"\nhostname = \"cp1\"\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:{}\"\n",
+            api.port
+        ),
     );
     let node_secrets = write_file(
         &dir,
@@ -93,6 +101,17 @@ fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     assert!(health.contains("is healthy"), "{health}");
     etcdctl(&dir, port, &["put", "keel-test-key", "written-on-boot-1"]);
     assert!(etcdctl(&dir, port, &["get", "keel-test-key"]).contains("written-on-boot-1"));
+    let token = &secrets.bootstrap_token.id;
+    vm.expect_seen_or_next(
+        &format!(
+            "cluster bootstrap: bootstrap token {token} and 3 RBAC bindings in place (4 created, 0 already there)"
+        ),
+        BOOT,
+    );
+    let seen = api.seen();
+    assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+    assert_eq!(seen.created.len(), 4, "{:?}", seen.created);
+    assert!(seen.readyz >= 3, "it waited for readyz: {}", seen.readyz);
     vm.vm.powerdown().unwrap();
     assert!(
         vm.vm.wait_timeout(Duration::from_secs(90)).is_some(),
@@ -110,11 +129,25 @@ fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     );
     assert!(before.contains("keel: etcd: healthy"));
     assert!(etcdctl(&dir, port, &["get", "keel-test-key"]).contains("written-on-boot-1"));
+    vm.expect_seen_or_next(
+        &format!(
+            "cluster bootstrap: bootstrap token {} and 3 RBAC bindings in place (0 created, 4 already there)",
+            secrets.bootstrap_token.id
+        ),
+        BOOT,
+    );
+    let seen = api.seen();
+    assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+    assert_eq!(
+        seen.clients.into_iter().collect::<Vec<_>>(),
+        ["CN=kubernetes-admin O=system:masters"]
+    );
     vm.kill();
 }
 
 /// A worker built with the cluster secrets: its STATE partition holds no CA key, and it boots
-/// with the kubelet bootstrapping from the token.
+/// with the kubelet bootstrapping from the token. On a later boot, a config drive (FAT,
+/// labelled KEELCFG, as on a USB stick) renames it; the new identity is kept without the drive.
 #[test]
 fn a_worker_gets_no_ca_key_and_boots_with_a_bootstrap_kubeconfig() {
     let dir = test_dir("roles_worker");
@@ -188,5 +221,117 @@ fn a_worker_gets_no_ca_key_and_boots_with_a_bootstrap_kubeconfig() {
         "the fake kubelet checks the bootstrap kubeconfig:\n{before}"
     );
     assert!(before.contains("keel: kubelet: healthy"), "{before}");
+    shut_down(vm);
+
+    let drive = config_drive(
+        &dir.join("config-drive"),
+        &[(
+            "profile.toml",
+            "[node]\nrole = \"worker\"\nhostname = \"rack4-node7\"\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:6443\"\n",
+        )],
+    );
+    let mut vm = Machine::start("roles_worker-config-drive", &disk, &dir.join("vm"), |c| {
+        c.extra_args.extend(extra_disk_args(&drive))
+    });
+    let before = vm.expect("keel: ready", BOOT);
+    for want in [
+        "profile from config drive /dev/vdb: role worker",
+        "hostname rack4-node7",
+        "keel: kubelet: healthy",
+    ] {
+        assert!(before.contains(want), "{want:?} missing:\n{before}");
+    }
+    shut_down(vm);
+
+    let mut vm = Machine::start("roles_worker-after-drive", &disk, &dir.join("vm"), |_| {});
+    let before = vm.expect("keel: ready", BOOT);
+    for want in [
+        "profile from STATE (applied at an earlier boot): role worker",
+        "hostname rack4-node7",
+    ] {
+        assert!(before.contains(want), "{want:?} missing:\n{before}");
+    }
+    vm.kill();
+}
+
+fn shut_down(mut vm: Machine) {
+    vm.vm.powerdown().unwrap();
+    assert!(
+        vm.vm.wait_timeout(Duration::from_secs(90)).is_some(),
+        "the node did not power off"
+    );
+}
+
+/// A profile served over HTTP and named by `keel.config=` on the kernel command line (as on a
+/// PXE-booted rack) is fetched after DHCP and applied; when the server is gone at a later boot
+/// the node keeps the identity it applied before.
+#[test]
+fn a_node_fetches_its_profile_from_keel_config_url_and_keeps_it() {
+    let dir = test_dir("roles_config_url");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // QEMU's user network shows the host's loopback as 10.0.2.2.
+    let url = format!("http://10.0.2.2:{port}/nodes/url-node-1.toml");
+    let profile = derived_profile(
+        &dir,
+        "worker",
+        &format!(
+            "[image]\ncmdline = [\"console=ttyS0,115200\", \"panic=10\", \"keel.config={url}\"]\n\n[[image.files]]\nsrc = \"{}\"\ndst = \"/usr/bin/kubelet\"\nmode = \"0755\"\n",
+            fake_kubelet().display()
+        ),
+    );
+    let (key, _) = test_key(&dir.join("keys"));
+    let out = dir.join("out");
+    build(&profile, &out, &key, None, 1_700_000_000);
+
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = served.clone();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+            request.push(byte[0]);
+        }
+        let request = String::from_utf8_lossy(&request).into_owned();
+        let body = "[node]\nrole = \"worker\"\nhostname = \"url-node-1\"\n";
+        write!(
+            stream,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        log.lock().unwrap().push(request);
+        // The listener is dropped here: the server is gone for the second boot.
+    });
+
+    let disk = vm_disk(&out, &dir, 4 << 30);
+    let mut vm = Machine::start("roles_config_url-boot1", &disk, &dir.join("vm"), |_| {});
+    let before = vm.expect("keel: ready", BOOT);
+    for want in [
+        format!("profile from {url}: role worker"),
+        "hostname url-node-1".to_owned(),
+    ] {
+        assert!(before.contains(&want), "{want:?} missing:\n{before}");
+    }
+    server.join().unwrap();
+    let requests = served.lock().unwrap().clone();
+    assert!(
+        requests[0].starts_with("GET /nodes/url-node-1.toml HTTP/1."),
+        "{requests:?}"
+    );
+    shut_down(vm);
+
+    let mut vm = Machine::start("roles_config_url-boot2", &disk, &dir.join("vm"), |_| {});
+    let before = vm.expect("keel: ready", BOOT);
+    for want in [
+        "fetching the profile failed",
+        "keeping the profile applied at an earlier boot",
+        "profile from STATE (applied at an earlier boot): role worker",
+        "hostname url-node-1",
+    ] {
+        assert!(before.contains(want), "{want:?} missing:\n{before}");
+    }
     vm.kill();
 }

@@ -1,5 +1,5 @@
-//! A/B upgrades through the management API in QEMU: v1 -> v2, a v3 that fails its health gate
-//! and is rolled back by itself, bad bundles, downgrades, foreign clients, and power cuts at
+//! A/B upgrades through the management API in QEMU: v1 -> v2, a requested rollback and
+//! forward again, a v3 that fails its health gate and is rolled back by itself, bad bundles, downgrades, foreign clients, and power cuts at
 //! several points of an upgrade.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -149,6 +149,35 @@ fn upgrades_roll_forward_roll_back_and_refuse_what_they_must() {
     assert_eq!(status.slots[1].entry.as_deref(), Some("keel-b.conf"));
     assert_eq!(status.slots[0].version.as_deref(), Some("1.0.0"));
 
+    // `keel node rollback` on request: back to 1.0.0 in slot a, reported as requested and
+    // nothing quarantined, also on the boot after; the data written under 1.1.0 is kept.
+    let report = node.rollback().unwrap();
+    assert_eq!((report.to.as_str(), report.slot.as_str()), ("1.0.0", "a"));
+    let before = vm.expect("keel: ready: keel-worker 1.0.0 slot a, boot 3", BOOT);
+    assert!(
+        before.contains("rolled back from 1.1.0 as requested"),
+        "{before}"
+    );
+    for boot in [3, 4] {
+        let status = node.status().unwrap();
+        assert_eq!(status.boot, boot);
+        assert_eq!(
+            (
+                status.rolled_back_from.as_deref(),
+                status.rollback_requested
+            ),
+            (Some("1.1.0"), true)
+        );
+        assert!(status.quarantined.is_empty(), "{:?}", status.quarantined);
+        if boot == 3 {
+            node.reboot().unwrap();
+            vm.expect("keel: ready: keel-worker 1.0.0 slot a, boot 4", BOOT);
+        }
+    }
+    // Forward again without --force: 1.1.0 is newer and was not quarantined.
+    upgrade(&node, &img.v2.join("update"), false, true).unwrap();
+    vm.expect("keel: ready: keel-worker 1.1.0 slot b, boot 5", BOOT);
+
     // 2. v2 -> v3, whose health gate never passes: three tries, then slot b (v2) again,
     //    reporting the rollback; v3 is refused afterwards.
     upgrade(&node, &img.v3.join("update"), false, true).unwrap();
@@ -168,6 +197,7 @@ fn upgrades_roll_forward_roll_back_and_refuse_what_they_must() {
     );
     let status = node.status().unwrap();
     assert_eq!(status.rolled_back_from.as_deref(), Some("1.2.0"));
+    assert!(!status.rollback_requested);
     assert_eq!(status.quarantined, ["1.2.0"]);
     let err = upgrade(&node, &img.v3.join("update"), false, false).unwrap_err();
     assert!(err.contains("quarantined"), "{err}");

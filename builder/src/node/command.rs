@@ -204,7 +204,12 @@ pub fn format_status(s: &Status) -> String {
         }
     );
     if let Some(from) = &s.rolled_back_from {
-        out.push_str(&format!("rolled back from {from} (it failed to boot)\n"));
+        let why = if s.rollback_requested {
+            "as requested"
+        } else {
+            "it failed to boot"
+        };
+        out.push_str(&format!("rolled back from {from} ({why})\n"));
     }
     if !s.quarantined.is_empty() {
         out.push_str(&format!("quarantined {}\n", s.quarantined.join(" ")));
@@ -306,6 +311,7 @@ mod tests {
             ],
             boot: 7,
             rolled_back_from: Some("1.2.0".into()),
+            rollback_requested: false,
             quarantined: vec!["1.2.0".into()],
             uptime_secs: 7500,
         };

@@ -68,6 +68,7 @@ impl NodeApi for Fake {
             services: vec![],
             boot: 1,
             rolled_back_from: None,
+            rollback_requested: false,
             quarantined: vec![],
             uptime_secs: 1,
         }

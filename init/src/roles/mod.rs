@@ -18,6 +18,7 @@
 //! Every file is JSON: static pod manifests and the kubelet configuration are read by YAML
 //! parsers, and JSON is YAML, so the init needs no YAML serialiser.
 
+pub mod cluster_bootstrap;
 pub mod etcd;
 pub mod kubelet;
 pub mod labels;

@@ -154,6 +154,20 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Creates `path` for writing with exactly `mode` (the umask does not widen or narrow it),
+/// failing with `AlreadyExists` rather than opening an existing file: keys and secrets are
+/// never written through a file someone else created.
+pub fn create_new_with_mode(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

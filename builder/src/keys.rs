@@ -2,7 +2,6 @@
 //! passphrase), and collecting the public keys a node will trust.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use keel_signing::minisign::{
@@ -144,18 +143,13 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists(path.to_path_buf())
-            } else {
-                io(e)
-            }
-        })?;
+    let mut file = crate::io::create_new_with_mode(path, mode).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.to_path_buf())
+        } else {
+            io(e)
+        }
+    })?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)
 }

@@ -86,14 +86,8 @@ pub fn boot_config(
 
 /// Writes `text` to `path`, readable by its owner only (it may hold private keys).
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
+    crate::io::create_new_with_mode(path, 0o600)?.write_all(text.as_bytes())
 }
 
 pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {

@@ -2,7 +2,6 @@
 //! build (which puts only the node's share into STATE).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use keel_signing::profile::{Endpoint, LoadedProfile, ProfileError};
@@ -91,25 +90,16 @@ pub fn generate(
 
 /// Creates a new file with mode 0600 (never opening an existing one).
 fn create_private(path: &Path) -> Result<std::fs::File, CommandError> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                CommandError::BadInput(format!(
-                    "{} already exists; refusing to overwrite cluster secrets",
-                    path.display()
-                ))
-            } else {
-                CommandError::Failed(format!("{}: {e}", path.display()))
-            }
-        })?;
-    // open() applied the umask; 0600 is already the most a umask leaves, but say it exactly.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| CommandError::Failed(format!("{}: {e}", path.display())))?;
-    Ok(file)
+    crate::io::create_new_with_mode(path, 0o600).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            CommandError::BadInput(format!(
+                "{} already exists; refusing to overwrite cluster secrets",
+                path.display()
+            ))
+        } else {
+            CommandError::Failed(format!("{}: {e}", path.display()))
+        }
+    })
 }
 
 /// The node's share of the profile's `image.secrets` (none without it), as the TOML that

@@ -100,7 +100,7 @@ pub enum SecretsCommand {
         cluster_name: String,
         /// The Kubernetes API endpoint admin.kubeconfig points at.
         #[arg(long, default_value = "https://127.0.0.1:6443")]
-        endpoint: keel_signing::profile::Endpoint,
+        endpoint: keel_contract::profile::Endpoint,
     },
 }
 
@@ -193,7 +193,7 @@ pub enum NodeCommand {
         /// The service (as `keel node status` lists them).
         service: String,
         /// How many lines.
-        #[arg(long, short = 'n', default_value_t = keel_signing::api::DEFAULT_LOG_LINES)]
+        #[arg(long, short = 'n', default_value_t = keel_contract::api::DEFAULT_LOG_LINES)]
         lines: usize,
         #[command(flatten)]
         conn: NodeConnection,

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_signing::profile::{
+use keel_contract::profile::{
     Diagnostic, KernelSpec, LoadedProfile, OutputFormat, Profile, UserlandSource,
 };
 
@@ -99,7 +99,7 @@ pub fn missing_profile_paths(loaded: &LoadedProfile, key_overridden: bool) -> Ve
 pub fn baked_profile(profile: &Profile) -> String {
     #[derive(serde::Serialize)]
     struct Baked<'a> {
-        node: &'a keel_signing::profile::Node,
+        node: &'a keel_contract::profile::Node,
     }
     toml::to_string(&Baked {
         node: &profile.node,
@@ -230,7 +230,7 @@ pub fn sign(
             format!("timestamp:{now}\tfile:{name}\thashed")
         }
     };
-    let sig = keel_signing::minisign::sign_file(&secret, file, &comment)
+    let sig = keel_minisign::sign_file(&secret, file, &comment)
         .map_err(|e| CommandError::BadInput(e.to_string()))?;
     let mut out = file.as_os_str().to_owned();
     out.push(".minisig");

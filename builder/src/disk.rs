@@ -4,8 +4,8 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-use keel_signing::gpt::{Gpt, GptPartition, SECTOR};
-use keel_signing::layout::{ALIGNMENT, PartitionRole};
+use keel_contract::gpt::{Gpt, GptPartition, SECTOR};
+use keel_contract::layout::{ALIGNMENT, PartitionRole};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +16,7 @@ pub enum DiskError {
         source: std::io::Error,
     },
     #[error("partition table: {0}")]
-    Gpt(#[from] keel_signing::gpt::GptError),
+    Gpt(#[from] keel_contract::gpt::GptError),
     #[error("{what} size {size} is not a whole number of MiB")]
     Unaligned { what: &'static str, size: u64 },
 }

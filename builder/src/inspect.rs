@@ -5,11 +5,11 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use keel_signing::bundle::{BUNDLE_DIR, Part};
-use keel_signing::gpt::Gpt;
-use keel_signing::layout::{self, PartitionRole, Slot};
-use keel_signing::manifest::Manifest;
-use keel_signing::minisign::SignatureFile;
+use keel_contract::bundle::{BUNDLE_DIR, Part};
+use keel_contract::gpt::Gpt;
+use keel_contract::layout::{self, PartitionRole, Slot};
+use keel_contract::manifest::Manifest;
+use keel_minisign::SignatureFile;
 
 use crate::commands::CommandError;
 use crate::esp::Window;

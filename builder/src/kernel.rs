@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use keel_signing::profile::KernelSpec;
+use keel_contract::profile::KernelSpec;
 
 use crate::tree::{Meta, Node, NodeKind, Tree};
 

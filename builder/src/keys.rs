@@ -4,9 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use keel_signing::minisign::{
-    FileError, PublicKey, SecretKey, SecretKeyError, SecretKeyFile, TrustedKeys,
-};
+use keel_minisign::{FileError, PublicKey, SecretKey, SecretKeyError, SecretKeyFile, TrustedKeys};
 
 pub const SECRET_FILE: &str = "keel.key";
 pub const PUBLIC_FILE: &str = "keel.pub";

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keel_signing::profile::FileSpec;
+use keel_contract::profile::FileSpec;
 
 use crate::tree::{Meta, Node, NodeKind, Tree, TreeError};
 
@@ -187,7 +187,7 @@ fn add_host_path(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_signing::profile::FileMode;
+    use keel_contract::profile::FileMode;
 
     #[test]
     fn adds_mount_points_init_os_release_and_host_files() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keel_signing::profile::{ByteSize, LoadedProfile};
+use keel_contract::profile::{ByteSize, LoadedProfile};
 
 use crate::commands::CommandError;
 use crate::qemu::{Vm, VmConfig};

@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use keel_signing::profile::{Endpoint, LoadedProfile, ProfileError};
-use keel_signing::secrets::{NodeSecrets, Secrets};
+use keel_contract::profile::{Endpoint, LoadedProfile, ProfileError};
+use keel_contract::secrets::{NodeSecrets, Secrets};
 
 use crate::commands::CommandError;
 
@@ -44,7 +44,7 @@ pub fn generate(
             )));
         }
     }
-    let secrets = keel_signing::pki::generate(cluster_name, now).map_err(|e| {
+    let secrets = keel_pki::generate(cluster_name, now).map_err(|e| {
         if e.is_bad_input() {
             CommandError::BadInput(e.to_string())
         } else {
@@ -54,7 +54,7 @@ pub fn generate(
     let text = secrets
         .to_toml()
         .map_err(|e| CommandError::Failed(e.to_string()))?;
-    let kubeconfig = keel_signing::pki::admin_kubeconfig(&secrets, endpoint);
+    let kubeconfig = keel_pki::admin_kubeconfig(&secrets, endpoint);
 
     // Both files are created (exclusively) before either is filled, so a race or a failure
     // leaves neither behind.

@@ -6,11 +6,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use keel_signing::bundle::Part;
-use keel_signing::gpt::Gpt;
-use keel_signing::layout::{self, Slot};
-use keel_signing::manifest::{FileDigest, Manifest, Sha256Digest};
-use keel_signing::minisign::{self, SignatureFile, TrustedKeys, Verified};
+use keel_contract::bundle::Part;
+use keel_contract::gpt::Gpt;
+use keel_contract::layout::{self, Slot};
+use keel_contract::manifest::{FileDigest, Manifest, Sha256Digest};
+use keel_minisign::{self as minisign, SignatureFile, TrustedKeys, Verified};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{Bundle, BundleError};
@@ -234,7 +234,7 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
         }
     }
     // Builds since update bundles were added write one; it must carry the same manifest.
-    let bundle_dir = dir.join(keel_signing::bundle::BUNDLE_DIR);
+    let bundle_dir = dir.join(keel_contract::bundle::BUNDLE_DIR);
     if crate::bundle::is_bundle(&bundle_dir) {
         let report = verify_bundle(&bundle_dir, trusted)?;
         if report.manifest != manifest {
@@ -243,7 +243,7 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
                 message: "the bundle's manifest differs from manifest.json".into(),
             });
         }
-        let dir_name = keel_signing::bundle::BUNDLE_DIR;
+        let dir_name = keel_contract::bundle::BUNDLE_DIR;
         checked.extend(report.checked.iter().map(|c| format!("{dir_name}/: {c}")));
     }
     Ok(DirReport {

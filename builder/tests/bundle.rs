@@ -9,13 +9,13 @@ use std::process::{Command, Output, Stdio};
 
 use keel_builder::bundle::{BundleError, WrittenBundle, open_bundle, upload_stream, write_bundle};
 use keel_builder::verify::{VerifyError, verify_bundle};
-use keel_signing::bundle::{
+use keel_contract::bundle::{
     Part, UPLOAD_ENTRIES, UploadEntry, upload_stream_len, validate_upload_entries,
 };
-use keel_signing::manifest::{
+use keel_contract::manifest::{
     Disk, FileDigest, KernelFile, MANIFEST_SCHEMA, Manifest, RootFs, Sha256Digest, Verity,
 };
-use keel_signing::minisign::{KeyId, SecretKey, TrustedKeys, sign_bytes};
+use keel_minisign::{KeyId, SecretKey, TrustedKeys, sign_bytes};
 use sha2::{Digest, Sha256};
 
 fn sha(bytes: &[u8]) -> Sha256Digest {

@@ -361,7 +361,7 @@ fn secrets_gen_writes_0600_refuses_overwrite_and_profiles_use_it() {
         assert_eq!(mode, 0o600, "{}", f.display());
     }
     let text = std::fs::read_to_string(&file).unwrap();
-    let secrets = keel_signing::secrets::Secrets::from_toml(&text).unwrap();
+    let secrets = keel_contract::secrets::Secrets::from_toml(&text).unwrap();
     assert_eq!(secrets.cluster_name, "prod-1");
     let conf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();

@@ -15,10 +15,10 @@ use keel_builder::cli::{NodeCommand, NodeConnection};
 use keel_builder::commands::CommandError;
 use keel_builder::node::{self, ClientCredentials, NodeClient, NodeError, Upload};
 use keel_builder::progress::Reporter;
-use keel_init::api::{self as server, ApiError, NodeApi, ServerOptions, ServerTls};
-use keel_signing::api::{
+use keel_contract::api::{
     ErrorKind, Request, RollbackReport, ServiceInfo, SlotInfo, Status, UpgradeReport, Version,
 };
+use keel_init::api::{self as server, ApiError, NodeApi, ServerOptions, ServerTls};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,

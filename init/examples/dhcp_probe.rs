@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use keel_contract::profile::{Network, NetworkMode};
 use keel_init::net::{self, NetOptions, NetState};
-use keel_signing::profile::{Network, NetworkMode};
 
 fn main() -> ExitCode {
     match run() {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_signing::layout::{EntryName, Slot};
+use keel_contract::layout::{EntryName, Slot};
 
 use crate::sys;
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use keel_signing::layout::{self, Slot};
+use keel_contract::layout::{self, Slot};
 use serde::{Deserialize, Serialize};
 
 /// Where stage 1 leaves what stage 2 needs; /run is a tmpfs moved into the new root.

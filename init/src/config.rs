@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keel_signing::profile::{LoadedProfile, Node};
+use keel_contract::profile::{LoadedProfile, Node};
 
 use crate::sys;
 
@@ -63,7 +63,7 @@ pub struct NodeConfig {
 /// Parses and validates a profile's node section.
 pub fn parse(origin: &str, text: &str) -> Result<Node, String> {
     let loaded = LoadedProfile::from_text(Path::new(origin), text).map_err(|e| e.to_string())?;
-    let problems = keel_signing::profile::validate_node(&loaded.profile.node);
+    let problems = keel_contract::profile::validate_node(&loaded.profile.node);
     if let Some(p) = problems.first() {
         return Err(loaded.diagnostic(&p.field, p.message.clone()).to_string());
     }
@@ -310,7 +310,7 @@ mod tests {
         // Next boot without the fw_cfg entry: STATE keeps the identity.
         let second = choose(None, state.path(), &baked).unwrap();
         assert_eq!(second.source, Source::State);
-        assert_eq!(second.node.role, keel_signing::profile::Role::ControlPlane);
+        assert_eq!(second.node.role, keel_contract::profile::Role::ControlPlane);
         assert_eq!(second.secrets.as_deref(), Some("s = 1\n"));
     }
 

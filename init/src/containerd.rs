@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_signing::profile::SystemContainer;
+use keel_contract::profile::SystemContainer;
 
 pub const CONFIG: &str = "/etc/containerd/config.toml";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
@@ -147,7 +147,7 @@ pub fn run_argv(c: &SystemContainer, entrypoint: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_signing::profile::RestartPolicy;
+    use keel_contract::profile::RestartPolicy;
 
     #[test]
     fn config_parses_as_toml_with_the_opt_plugin_disabled() {

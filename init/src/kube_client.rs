@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use keel_signing::pki::kubeconfig::Kubeconfig;
-use keel_signing::profile::Endpoint;
+use keel_contract::profile::Endpoint;
+use keel_pki::kubeconfig::Kubeconfig;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use keel_signing::api::{RollbackReport, ServiceInfo, SlotInfo, Status, UpgradeReport, Version};
-use keel_signing::layout::Slot;
+use keel_contract::api::{RollbackReport, ServiceInfo, SlotInfo, Status, UpgradeReport, Version};
+use keel_contract::layout::Slot;
 
 use crate::api::{ApiError, NodeApi};
 use crate::supervisor::Supervisor;

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_signing::pki::{self, NodeIdentity};
-use keel_signing::profile::{Endpoint, Node, RestartPolicy, Role};
-use keel_signing::secrets::NodeSecrets;
+use keel_contract::profile::{Endpoint, Node, RestartPolicy, Role};
+use keel_contract::secrets::NodeSecrets;
+use keel_pki::{self as pki, NodeIdentity};
 
 use crate::supervisor::{self, Health, ProcessSpec, Reaper, Restart, ServiceSpec, Supervisor};
 use crate::{console, containerd, roles};

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use keel_signing::layout::{self, PartitionRole, Slot};
-use keel_signing::manifest::Manifest;
-use keel_signing::minisign::{self, SignatureFile, TrustedKeys};
+use keel_contract::layout::{self, PartitionRole, Slot};
+use keel_contract::manifest::Manifest;
+use keel_minisign::{self as minisign, SignatureFile, TrustedKeys};
 
 use crate::bootinfo::{self, Handoff};
 use crate::{block, console, kmod, sys};

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_signing::layout::{PartitionRole, Slot};
-use keel_signing::profile::{Node, Role};
-use keel_signing::secrets::NodeSecrets;
+use keel_contract::layout::{PartitionRole, Slot};
+use keel_contract::profile::{Node, Role};
+use keel_contract::secrets::NodeSecrets;
 
 use crate::bootinfo::{self, Handoff};
 use crate::supervisor::{Reaper, Supervisor};
@@ -100,8 +100,8 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
     let mut early_net = None;
     let boot_time = if let Some(found) = config::fw_cfg() {
         Some(found)
-    } else if let Some(url) = keel_signing::layout::cmdline::get(&cmdline, config::CMDLINE_URL) {
-        let dhcp = keel_signing::profile::Network::default();
+    } else if let Some(url) = keel_contract::layout::cmdline::get(&cmdline, config::CMDLINE_URL) {
+        let dhcp = keel_contract::profile::Network::default();
         early_net = Some(
             net::configure(&dhcp, &|m| log(m)).map_err(|e| format!("network for {url}: {e}"))?,
         );
@@ -233,8 +233,7 @@ fn upgrade_target(handoff: &Handoff, slot: Slot, state: &Path) -> Result<upgrade
     let size = block::device_size(&file, &other.path).map_err(|e| e.to_string())?;
     let keys_text = std::fs::read_to_string(bootinfo::TRUSTED_KEYS)
         .map_err(|e| format!("{}: {e}", bootinfo::TRUSTED_KEYS))?;
-    let trusted_keys =
-        keel_signing::minisign::TrustedKeys::parse(&keys_text).map_err(|e| e.to_string())?;
+    let trusted_keys = keel_minisign::TrustedKeys::parse(&keys_text).map_err(|e| e.to_string())?;
     Ok(upgrade::Target {
         name: handoff.name.clone(),
         arch: "x86_64".into(),
@@ -268,12 +267,12 @@ fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
             return;
         }
     };
-    let listener = match std::net::TcpListener::bind(("0.0.0.0", keel_signing::api::PORT)) {
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", keel_contract::api::PORT)) {
         Ok(l) => l,
         Err(e) => {
             log(&format!(
                 "management API: off: port {}: {e}",
-                keel_signing::api::PORT
+                keel_contract::api::PORT
             ));
             return;
         }
@@ -288,7 +287,7 @@ fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
         Ok(_server) => {
             log(&format!(
                 "management API on port {} (mutual TLS, keel CA)",
-                keel_signing::api::PORT
+                keel_contract::api::PORT
             ));
         }
         Err(e) => log(&format!("management API: off: {e}")),
@@ -381,7 +380,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         .transpose()
         .map_err(|e| format!("node secrets: {e}"))?;
     let net_state = match early_net {
-        Some(state) if node.network == keel_signing::profile::Network::default() => state,
+        Some(state) if node.network == keel_contract::profile::Network::default() => state,
         _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
     };
     let hostname = apply_hostname(&node, &net_state);

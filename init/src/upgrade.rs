@@ -21,9 +21,9 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use keel_signing::layout::{BootEntry, EntryName, Slot};
-use keel_signing::manifest::{Manifest, Sha256Digest};
-use keel_signing::minisign::{self, SignatureFile, TrustedKeys};
+use keel_contract::layout::{BootEntry, EntryName, Slot};
+use keel_contract::manifest::{Manifest, Sha256Digest};
+use keel_minisign::{self as minisign, SignatureFile, TrustedKeys};
 use sha2::{Digest, Sha256};
 
 /// Entries of the update stream, in order.
@@ -538,9 +538,9 @@ pub fn rollback(esp: &Path, state: &Path, active: Slot) -> Result<String, Upgrad
         .ok_or_else(|| UpgradeError::Refused(format!("slot {active} has no boot entry")))?;
     let demoted = EntryName {
         slot: active,
-        counter: Some(keel_signing::layout::BootCounter {
+        counter: Some(keel_contract::layout::BootCounter {
             left: 0,
-            done: Some(keel_signing::layout::BOOT_TRIES),
+            done: Some(keel_contract::layout::BOOT_TRIES),
         }),
     };
     if let Some(running) = slot_version(esp, active) {

@@ -1,7 +1,7 @@
 use std::io::Cursor;
 
-use keel_signing::manifest::{self, Disk, FileDigest, KernelFile, RootFs, Verity};
-use keel_signing::minisign::{SecretKey, sign_bytes};
+use keel_contract::manifest::{self, Disk, FileDigest, KernelFile, RootFs, Verity};
+use keel_minisign::{SecretKey, sign_bytes};
 
 use super::*;
 

@@ -20,10 +20,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use keel_contract::manifest::Verity;
 use keel_init::block::dm::{self, Control, Target};
 use keel_init::block::sysfs::{self, find_partition_on};
 use keel_init::block::{OnCorruption, Roots, create_verity_root, device_size};
-use keel_signing::manifest::Verity;
 
 const MIB: u64 = 1 << 20;
 
@@ -338,7 +338,7 @@ fn a_rejected_table_names_the_ioctl_and_leaves_no_device() {
     dm::remove(&roots, &name).unwrap();
 }
 
-const ROOT_TYPE: &str = keel_signing::layout::type_guid::ROOT_X86_64;
+const ROOT_TYPE: &str = keel_contract::layout::type_guid::ROOT_X86_64;
 
 /// A 64 MiB image laid out like Keel's (smaller), then grown to 256 MiB so its backup GPT is
 /// no longer at the end.

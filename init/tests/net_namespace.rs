@@ -18,8 +18,8 @@ mod server;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use keel_contract::profile::{Network, NetworkMode};
 use keel_init::net::{self, NetError};
-use keel_signing::profile::{Network, NetworkMode};
 
 use lab::{Lab, ip};
 use server::{Behavior, LEASED_IP, SERVER_IP, Seen, Server};

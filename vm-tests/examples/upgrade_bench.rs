@@ -35,7 +35,7 @@ fn main() {
     build(&profile, &v1, &key, Some("1.0.0"), 1_700_000_000);
     build(&profile, &v2, &key, Some("1.1.0"), 1_700_000_000);
     let creds = credentials_from_secrets(&secrets).unwrap();
-    let payload = keel_signing::manifest::Manifest::from_json(
+    let payload = keel_contract::manifest::Manifest::from_json(
         &std::fs::read(v2.join("manifest.json")).unwrap(),
     )
     .unwrap()
@@ -55,7 +55,7 @@ fn main() {
             &format!("upgrade-bench-{run}"),
             &disk,
             &run_dir.join("vm"),
-            |c| c.forwards.push((port, keel_signing::api::PORT)),
+            |c| c.forwards.push((port, keel_contract::api::PORT)),
         );
         vm.expect("keel: ready: keel-worker 1.0.0", Duration::from_secs(300));
         let client = NodeClient::new(&format!("127.0.0.1:{port}"), &creds).unwrap();

@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use keel_signing::pki::{self, NodeIdentity};
-use keel_signing::profile::Role;
-use keel_signing::secrets::Secrets;
+use keel_contract::profile::Role;
+use keel_contract::secrets::Secrets;
+use keel_pki::{self as pki, NodeIdentity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;

@@ -378,7 +378,7 @@ fn esp_window(disk: &Path) -> Option<(u64, u64)> {
     let size = f.metadata().ok()?.len();
     let mut head = vec![0u8; 34 * 512];
     f.read_exact(&mut head).ok()?;
-    let gpt = keel_signing::gpt::Gpt::parse_primary(&head, size / 512).ok()?;
+    let gpt = keel_contract::gpt::Gpt::parse_primary(&head, size / 512).ok()?;
     let (_, esp) = gpt.find("ESP")?;
     Some((esp.offset(), esp.size()))
 }
@@ -386,7 +386,7 @@ fn esp_window(disk: &Path) -> Option<(u64, u64)> {
 /// Disk offset of the first data block of `file` inside KEEL-A's squashfs, found by storing
 /// that block the way the builder's squashfs writer does and searching for the bytes.
 pub fn root_file_block_offset(out: &Path, file: &[u8]) -> Option<u64> {
-    let manifest = keel_signing::manifest::Manifest::from_json(
+    let manifest = keel_contract::manifest::Manifest::from_json(
         &std::fs::read(out.join("manifest.json")).ok()?,
     )
     .ok()?;
@@ -426,13 +426,13 @@ pub fn fake_kubelet() -> PathBuf {
 }
 
 /// Cluster secrets written to `dir/cluster.secrets.toml`.
-pub fn cluster_secrets(dir: &Path) -> (PathBuf, keel_signing::secrets::Secrets) {
+pub fn cluster_secrets(dir: &Path) -> (PathBuf, keel_contract::secrets::Secrets) {
     std::fs::create_dir_all(dir).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let secrets = keel_signing::pki::generate("keel", now).unwrap();
+    let secrets = keel_pki::generate("keel", now).unwrap();
     let path = dir.join("cluster.secrets.toml");
     std::fs::write(&path, secrets.to_toml().unwrap()).unwrap();
     (path, secrets)
@@ -462,7 +462,7 @@ pub fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
     let size = f.metadata().ok()?.len();
     let mut head = vec![0u8; 34 * 512];
     f.read_exact(&mut head).ok()?;
-    let gpt = keel_signing::gpt::Gpt::parse_primary(&head, size / 512).ok()?;
+    let gpt = keel_contract::gpt::Gpt::parse_primary(&head, size / 512).ok()?;
     let (_, state) = gpt.find("STATE")?;
     let file = std::fs::OpenOptions::new()
         .read(true)

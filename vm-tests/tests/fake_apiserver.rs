@@ -5,11 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use keel_contract::profile::Role;
+use keel_contract::secrets::Secrets;
 use keel_init::kube_client::{Created, KubeClient};
 use keel_init::roles::cluster_bootstrap;
-use keel_signing::pki::{self, NodeIdentity};
-use keel_signing::profile::Role;
-use keel_signing::secrets::Secrets;
+use keel_pki::{self as pki, NodeIdentity};
 use keel_vm_tests::fake_apiserver::FakeApiServer;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_contract::profile::{Node, Role};
 use keel_init::roles::{self, NodeFacts};
-use keel_signing::profile::{Node, Role};
 use serde_json::{Value, json};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_fake-kubelet");

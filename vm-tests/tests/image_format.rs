@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keel_signing::manifest::Manifest;
+use keel_contract::manifest::Manifest;
 use keel_vm_tests::{stock_image, test_dir};
 
 fn manifest(out: &Path) -> Manifest {
@@ -282,7 +282,7 @@ fn sampled_flips_across_the_image_are_all_rejected() {
 /// verifies again after skopeo copied it.
 #[test]
 fn the_update_bundle_carries_the_slot_bytes_and_survives_skopeo() {
-    use keel_signing::bundle::Part;
+    use keel_contract::bundle::Part;
     let (out, public) = stock_image("worker");
     let trusted = keel_builder::verify::load_trusted(std::slice::from_ref(&public)).unwrap();
     let m = manifest(&out);

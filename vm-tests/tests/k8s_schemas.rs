@@ -13,9 +13,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use keel_contract::profile::{Node, Role};
+use keel_contract::secrets::BootstrapToken;
 use keel_init::roles::{self, NodeFacts, cluster_bootstrap};
-use keel_signing::profile::{Node, Role};
-use keel_signing::secrets::BootstrapToken;
 
 fn validator() -> PathBuf {
     let installed = keel_vm_tests::workspace_root().join("target/tools/py/bin/kubernetes-validate");

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use keel_signing::profile::Role;
+use keel_contract::profile::Role;
 use keel_vm_tests::fake_apiserver::FakeApiServer;
 use keel_vm_tests::{
     Machine, build, cluster_secrets, config_drive, derived_profile, extra_disk_args, fake_kubelet,

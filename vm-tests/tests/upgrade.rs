@@ -65,7 +65,7 @@ fn upgrade(
     bundle: &Path,
     force: bool,
     reboot: bool,
-) -> Result<keel_signing::api::UpgradeReport, String> {
+) -> Result<keel_contract::api::UpgradeReport, String> {
     let mut update = keel_builder::node::open_update_file(bundle).map_err(|e| e.to_string())?;
     client
         .upgrade(
@@ -86,7 +86,7 @@ fn upgrades_roll_forward_roll_back_and_refuse_what_they_must() {
     let port = free_port();
     let start = |name: &str| {
         Machine::start(name, &disk, &img.dir.join("vm"), |c| {
-            c.forwards.push((port, keel_signing::api::PORT))
+            c.forwards.push((port, keel_contract::api::PORT))
         })
     };
 
@@ -228,7 +228,7 @@ fn power_cuts_during_an_upgrade_never_leave_an_unbootable_node() {
             cut_at.split(':').next().unwrap_or("cut").replace(' ', "-")
         );
         let mut vm = Machine::start(&name, &disk, &img.dir.join("vm"), |c| {
-            c.forwards.push((port, keel_signing::api::PORT))
+            c.forwards.push((port, keel_contract::api::PORT))
         });
         boots += 1;
         vm.expect(&format!("slot a, boot {boots};"), BOOT);
@@ -240,7 +240,7 @@ fn power_cuts_during_an_upgrade_never_leave_an_unbootable_node() {
         let _ = uploader.join();
 
         let mut vm = Machine::start(&format!("{name}-after"), &disk, &img.dir.join("vm"), |c| {
-            c.forwards.push((port, keel_signing::api::PORT))
+            c.forwards.push((port, keel_contract::api::PORT))
         });
         boots += 1;
         let slot = if expect_version == "1.0.0" { "a" } else { "b" };

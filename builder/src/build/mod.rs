@@ -9,11 +9,11 @@ mod payload;
 
 use std::path::{Path, PathBuf};
 
-use keel_signing::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
-use keel_signing::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest};
-use keel_signing::minisign::{SecretKey, TrustedKeys};
-use keel_signing::profile::{LoadedProfile, ProfileError};
-use keel_signing::secrets::{NodeSecrets, STATE_SECRETS_FILE};
+use keel_contract::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
+use keel_contract::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest};
+use keel_contract::profile::{LoadedProfile, ProfileError};
+use keel_contract::secrets::{NodeSecrets, STATE_SECRETS_FILE};
+use keel_minisign::{SecretKey, TrustedKeys};
 use sha2::{Digest, Sha256};
 
 use crate::esp::{FatEntry, FatSpec, Window};
@@ -329,7 +329,7 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         "timestamp:{sde}\tfile:{}\tkeel:{name} {version}",
         layout::MANIFEST_FILE
     );
-    let signature = keel_signing::minisign::sign_bytes(&prepared.secret, &manifest_bytes, &comment)
+    let signature = keel_minisign::sign_bytes(&prepared.secret, &manifest_bytes, &comment)
         .map_err(|e| BuildError::Sign(e.to_string()))?
         .to_file_string();
 
@@ -407,7 +407,7 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     // payload streamed from the same buffers that were just written into KEEL-A.
     let phase = rep.phase("bundle", None);
     let written = crate::bundle::write_bundle(
-        &out.path().join(keel_signing::bundle::BUNDLE_DIR),
+        &out.path().join(keel_contract::bundle::BUNDLE_DIR),
         &version,
         &manifest_bytes,
         signature.as_bytes(),
@@ -415,7 +415,7 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         &initramfs.bytes,
         &|w| payload.write_to(w),
     )?;
-    let blob = written.part(keel_signing::bundle::Part::Payload);
+    let blob = written.part(keel_contract::bundle::Part::Payload);
     if blob.size != manifest.slot_payload.size || blob.digest != manifest.slot_payload.sha256 {
         return Err(BuildError::Bundle(crate::bundle::BundleError::Invalid {
             path: written.path.clone(),
@@ -428,7 +428,7 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     }
     phase.finish(&format!(
         "{}/ {}, ref {version}",
-        keel_signing::bundle::BUNDLE_DIR,
+        keel_contract::bundle::BUNDLE_DIR,
         written.image_manifest.oci_digest()
     ));
 

@@ -6,8 +6,8 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use keel_signing::manifest::{FileDigest, RootFs, Sha256Digest, Verity};
-use keel_signing::profile::{Compression, Squashfs};
+use keel_contract::manifest::{FileDigest, RootFs, Sha256Digest, Verity};
+use keel_contract::profile::{Compression, Squashfs};
 use sha2::{Digest, Sha256};
 
 use super::BuildError;

@@ -3,8 +3,8 @@
 
 use std::io::Cursor;
 
-use keel_signing::profile::Role;
-use keel_signing::secrets::{NodeSecrets, Secrets, pem_blocks};
+use keel_contract::profile::Role;
+use keel_contract::secrets::{NodeSecrets, Secrets, pem_blocks};
 
 use super::*;
 
@@ -43,7 +43,7 @@ fn ca_keys(s: &Secrets) -> [(&'static str, &str); 4] {
 
 #[test]
 fn worker_state_holds_its_secrets_and_no_ca_key() {
-    let secrets = keel_signing::pki::generate("keel", 1_700_000_000).unwrap();
+    let secrets = keel_pki::generate("keel", 1_700_000_000).unwrap();
     let worker = secrets.for_role(Role::Worker);
     let image = state_for(Some(&worker));
 
@@ -88,7 +88,7 @@ fn worker_state_holds_its_secrets_and_no_ca_key() {
 
 #[test]
 fn control_plane_state_holds_the_ca_keys_it_signs_with_but_not_keels() {
-    let secrets = keel_signing::pki::generate("keel", 1_700_000_000).unwrap();
+    let secrets = keel_pki::generate("keel", 1_700_000_000).unwrap();
     let cp = secrets.for_role(Role::ControlPlane);
     let image = state_for(Some(&cp));
     let text = crate::esp::read_fat_file(Cursor::new(image.clone()), STATE_SECRETS_FILE).unwrap();

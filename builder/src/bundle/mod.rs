@@ -1,6 +1,6 @@
 //! Update bundles: `OUTDIR/update/`, an OCI image layout holding the signed manifest, its
 //! signature, the kernel, the initramfs and the slot payload as the layers of one artifact
-//! manifest (the format is `keel_signing::bundle`'s contract), and the tar stream an upgrade
+//! manifest (the format is `keel_contract::bundle`'s contract), and the tar stream an upgrade
 //! sends to a node.
 //!
 //! Blobs are written with `ocidir`; nothing in a bundle carries a time stamp, so the same
@@ -13,8 +13,8 @@ mod write;
 
 use std::path::PathBuf;
 
-use keel_signing::bundle::Part;
-use keel_signing::manifest::Sha256Digest;
+use keel_contract::bundle::Part;
+use keel_contract::manifest::Sha256Digest;
 
 pub use read::{Bundle, BundleReader, is_bundle, open_bundle};
 pub use upload::{UploadStream, upload_stream};

@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use keel_signing::bundle::{self, Part};
-use keel_signing::manifest::Sha256Digest;
+use keel_contract::bundle::{self, Part};
+use keel_contract::manifest::Sha256Digest;
 use ocidir::cap_std::{ambient_authority, fs::Dir};
 use ocidir::oci_spec::image::{Descriptor, MediaType};
 use ocidir::{OciDir, OciRead as _};

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Cursor, Read};
 
-use keel_signing::bundle::{self, Part, TAR_BLOCK};
+use keel_contract::bundle::{self, Part, TAR_BLOCK};
 
 use super::{Bundle, BundleError, BundleReader};
 

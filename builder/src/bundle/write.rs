@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use keel_signing::bundle::{self, Part};
-use keel_signing::manifest::{Manifest, Sha256Digest};
+use keel_contract::bundle::{self, Part};
+use keel_contract::manifest::{Manifest, Sha256Digest};
 use ocidir::OciDir;
 use ocidir::cap_std::{ambient_authority, fs::Dir};
 use ocidir::oci_spec::image::{Arch, Descriptor, MediaType, Os, Platform, PlatformBuilder};

@@ -36,7 +36,7 @@ const READ_CHUNK: usize = 1024 * 1024;
 static ZERO_BLOCK: [u8; BLOCK as usize] = [0; BLOCK as usize];
 
 /// The output formats are the profile's (`image.formats`); names and file names live there.
-pub use keel_signing::profile::{OutputFormat, UnknownFormat};
+pub use keel_contract::profile::{OutputFormat, UnknownFormat};
 
 /// The only inputs, besides the image bytes, that output bytes depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use keel_signing::api::{Request, Status};
+use keel_contract::api::{Request, Status};
 
 use super::{NodeClient, NodeError, UpdateStream, credentials_from_secrets, open_update_file};
 use crate::cli::{NodeCommand, NodeConnection};
@@ -117,7 +117,7 @@ pub fn run_with(
             if json {
                 return print(out, &ensure_newline(reply.text()));
             }
-            let r: keel_signing::api::UpgradeReport = serde_json::from_slice(&reply.body)
+            let r: keel_contract::api::UpgradeReport = serde_json::from_slice(&reply.body)
                 .map_err(|e| CommandError::Failed(format!("the node's answer: {e}")))?;
             let then = if r.reboot {
                 "; rebooting into it"
@@ -259,7 +259,7 @@ pub fn format_status(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_signing::api::{ServiceInfo, SlotInfo};
+    use keel_contract::api::{ServiceInfo, SlotInfo};
 
     #[test]
     fn uptime() {

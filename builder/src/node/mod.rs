@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_signing::api::{
+use keel_contract::api::{
     self, Ack, ErrorBody, ErrorKind, Request, RollbackReport, Status, UpgradeReport, Version,
 };
 use rustls::pki_types::pem::PemObject;
@@ -110,8 +110,8 @@ pub fn open_update_file(path: &Path) -> Result<UpdateStream, NodeError> {
     let bad = |e: String| NodeError::BadInput(format!("{}: {e}", path.display()));
     let bundle_dir = if crate::bundle::is_bundle(path) {
         Some(path.to_path_buf())
-    } else if crate::bundle::is_bundle(&path.join(keel_signing::bundle::BUNDLE_DIR)) {
-        Some(path.join(keel_signing::bundle::BUNDLE_DIR))
+    } else if crate::bundle::is_bundle(&path.join(keel_contract::bundle::BUNDLE_DIR)) {
+        Some(path.join(keel_contract::bundle::BUNDLE_DIR))
     } else {
         None
     };

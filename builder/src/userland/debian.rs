@@ -40,7 +40,7 @@ mod apt_output;
 pub use apt_output::*;
 
 /// The profile's `[[image.userland]] debian = { .. }` entry; the schema lives in the contract crate.
-pub use keel_signing::profile::DebianSource;
+pub use keel_contract::profile::DebianSource;
 
 /// One package apt chose, downloaded and verified.
 #[derive(Debug, Clone, PartialEq, Eq)]

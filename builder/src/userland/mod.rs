@@ -8,8 +8,8 @@ pub mod tar_layer;
 
 use std::path::Path;
 
-use keel_signing::manifest::{Sha256Digest, SourceItem};
-use keel_signing::profile::{ContainerImage, UserlandSource};
+use keel_contract::manifest::{Sha256Digest, SourceItem};
+use keel_contract::profile::{ContainerImage, UserlandSource};
 
 use crate::progress::{Reporter, human_bytes};
 use crate::tree::Tree;

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 
-use keel_signing::api::ErrorKind;
+use keel_contract::api::ErrorKind;
 
 /// The largest request head (request line and headers) accepted. Ours are a few hundred
 /// bytes; this is generous for curl and proxies and small enough for PID 1's memory.

@@ -5,7 +5,7 @@
 //! the cluster's keel CA issued (nothing is read from a client before that); one request
 //! head, bounded in size and time; an optional Content-Length body streamed to the handler;
 //! one response; close. The endpoints and bodies are the contract in
-//! [`keel_signing::api`]; what they do is the init's [`NodeApi`] implementation.
+//! [`keel_contract::api`]; what they do is the init's [`NodeApi`] implementation.
 //!
 //! Nothing here panics, and a panic in a handler is caught and answered with a 500: this
 //! runs inside PID 1.
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keel_signing::api::{
+use keel_contract::api::{
     Ack, ErrorBody, ErrorKind, Request, RollbackReport, RouteError, Status, UpgradeReport, Version,
     content_type,
 };

@@ -67,7 +67,7 @@ impl ServerTls {
     /// let in. A client without a certificate, or with one no such CA issued, fails the
     /// handshake.
     ///
-    /// [`SERVER_NAME`]: keel_signing::api::SERVER_NAME
+    /// [`SERVER_NAME`]: keel_contract::api::SERVER_NAME
     pub fn from_pem(
         cert_chain_pem: &str,
         key_pem: &str,

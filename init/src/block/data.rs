@@ -17,10 +17,10 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use keel_signing::gpt::{
+use keel_contract::gpt::{
     ENTRY_COUNT, ENTRY_SECTORS, ENTRY_SIZE, Gpt, GptError, GptPartition, SECTOR,
 };
-use keel_signing::layout::{ALIGNMENT, PartitionRole, type_guid};
+use keel_contract::layout::{ALIGNMENT, PartitionRole, type_guid};
 
 use super::sysfs::{self, Disk, Partition};
 use super::{BlockError, Result, Roots, device_size, io_err, logical_sector_size};

@@ -74,7 +74,7 @@ pub enum BlockError {
     #[error("{}: partition table: {source}", path.display())]
     Gpt {
         path: PathBuf,
-        source: keel_signing::gpt::GptError,
+        source: keel_contract::gpt::GptError,
     },
     #[error("{}: {source}", path.display())]
     Plan {

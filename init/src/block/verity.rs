@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use keel_signing::manifest::Verity;
+use keel_contract::manifest::Verity;
 
 use super::dm::{self, DmDevice, Target};
 use super::{BlockError, Result, Roots, io_err};
@@ -147,7 +147,7 @@ pub fn create_verity_root(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_signing::manifest::Sha256Digest;
+    use keel_contract::manifest::Sha256Digest;
 
     fn params() -> Verity {
         Verity {

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use keel_signing::profile::{Hostname, IpCidr, Network, NetworkMode};
+use keel_contract::profile::{Hostname, IpCidr, Network, NetworkMode};
 use thiserror::Error;
 
 use dhcp::{Iface, Lease, Renewal};

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use keel_signing::profile::IpCidr;
+use keel_contract::profile::IpCidr;
 
 use super::{NetError, sys};
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use keel_signing::secrets::BootstrapToken;
+use keel_contract::secrets::BootstrapToken;
 
 /// The group every bootstrap token of this cluster authenticates into (kubeadm's name, so
 /// that tools and docs written for kubeadm clusters apply).

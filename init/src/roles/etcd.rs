@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use keel_signing::profile::Node;
+use keel_contract::profile::Node;
 
 use super::{RoleError, https_url, paths, service_env};
 use crate::supervisor::{Health, Restart, ServiceSpec};
@@ -152,7 +152,7 @@ pub fn service(argv: Vec<String>) -> ServiceSpec {
 
 #[cfg(test)]
 mod tests {
-    use keel_signing::profile::EtcdMember;
+    use keel_contract::profile::EtcdMember;
 
     use super::*;
 
@@ -161,7 +161,7 @@ mod tests {
 
     fn cp() -> Node {
         Node {
-            role: keel_signing::profile::Role::ControlPlane,
+            role: keel_contract::profile::Role::ControlPlane,
             ..Node::default()
         }
     }

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use keel_signing::profile::{Node, Role};
+use keel_contract::profile::{Node, Role};
 use serde::{Deserialize, Serialize};
 
 use super::{RoleError, labels, paths, service_env};

@@ -32,7 +32,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use keel_signing::profile::{Node, Role};
+use keel_contract::profile::{Node, Role};
 
 use crate::supervisor::ServiceSpec;
 

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use keel_signing::profile::Node;
+use keel_contract::profile::Node;
 
 use super::{RoleError, RoleFile, etcd, paths, to_json};
 

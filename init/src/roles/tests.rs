@@ -3,7 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
-use keel_signing::profile::{LoadedProfile, Node, Role};
+use keel_contract::profile::{LoadedProfile, Node, Role};
 
 use super::kubelet::KubeletConfiguration;
 use super::*;

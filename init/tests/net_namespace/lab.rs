@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_contract::profile::Network;
 use keel_init::net::{self, NetError, NetOptions, NetState};
-use keel_signing::profile::Network;
 
 use super::server::enter_netns;
 

@@ -10,7 +10,7 @@ pub mod packet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use keel_signing::profile::IpCidr;
+use keel_contract::profile::IpCidr;
 use packet::{Message, MessageType, Op};
 
 use super::{NetError, sys};

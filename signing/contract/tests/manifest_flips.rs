@@ -1,12 +1,11 @@
 //! Every single-byte change to a signed manifest is rejected: by the signature (the bytes are
 //! what was signed) before anything reads the content.
-#![cfg(feature = "secret-keys")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keel_signing::manifest::{
+use keel_contract::manifest::{
     self, Disk, FileDigest, KernelFile, Manifest, Partition, RootFs, Sha256Digest, Verity,
 };
-use keel_signing::minisign::{SecretKey, SignatureFile, TrustedKeys, sign_bytes, verify_bytes};
+use keel_minisign::{SecretKey, SignatureFile, TrustedKeys, sign_bytes, verify_bytes};
 
 fn sample() -> Manifest {
     let d = |b: u8| Sha256Digest([b; 32]);
@@ -57,7 +56,7 @@ fn sample() -> Manifest {
             partitions: vec![Partition {
                 number: 2,
                 label: "KEEL-A".into(),
-                type_guid: keel_signing::layout::type_guid::ROOT_X86_64.into(),
+                type_guid: keel_contract::layout::type_guid::ROOT_X86_64.into(),
                 guid: "66666666-7777-5888-8999-000000000000".into(),
                 offset: 257 << 20,
                 size: 768 << 20,

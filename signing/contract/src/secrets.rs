@@ -2,9 +2,8 @@
 //! per-node subset the builder puts into a node's STATE partition as [`STATE_SECRETS_FILE`].
 //!
 //! Both are versioned TOML holding PEM strings. This module is the format only (serde + toml,
-//! always compiled, so the init can read a node's secrets without the `pki` feature);
-//! generating keys and certificates and deriving a node's files from them is
-//! [`crate::pki`].
+//! so the init can read a node's secrets without certificate code); generating keys and
+//! certificates and deriving a node's files from them is the `keel-pki` crate.
 //!
 //! The cluster file (`version = 1`):
 //!

@@ -33,8 +33,8 @@ use std::path::{Component, Path};
 
 use super::kubeconfig::Kubeconfig;
 use super::{Ca, Leaf, PkiError, Usage, names, push_san, san, secret_err, unix};
-use crate::profile::{Endpoint, IpCidr, Role};
-use crate::secrets::{CertKey, NodeSecrets};
+use keel_contract::profile::{Endpoint, IpCidr, Role};
+use keel_contract::secrets::{CertKey, NodeSecrets};
 
 /// Who the node is, as far as its certificates are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ pub fn derive(
     }
     if id
         .cluster_domain
-        .parse::<crate::profile::Hostname>()
+        .parse::<keel_contract::profile::Hostname>()
         .is_err()
     {
         return Err(PkiError::Input(format!(

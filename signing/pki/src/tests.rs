@@ -13,8 +13,8 @@ use base64::Engine;
 
 use super::kubeconfig::Kubeconfig;
 use super::*;
-use crate::profile::Role;
-use crate::secrets::NodeSecrets;
+use keel_contract::profile::Role;
+use keel_contract::secrets::NodeSecrets;
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -92,7 +92,10 @@ fn extension(text: &str, header: &str) -> String {
 }
 
 fn der(pem: &str) -> Vec<u8> {
-    crate::secrets::pem_blocks(pem).unwrap().remove(0).der
+    keel_contract::secrets::pem_blocks(pem)
+        .unwrap()
+        .remove(0)
+        .der
 }
 
 /// (not_before, not_after, serial bytes, subject) via x509-parser.
@@ -116,7 +119,7 @@ fn ca_keys(s: &Secrets) -> Vec<Vec<u8>> {
 }
 
 fn private_key_blocks(text: &str) -> Vec<Vec<u8>> {
-    crate::secrets::pem_blocks(text)
+    keel_contract::secrets::pem_blocks(text)
         .unwrap()
         .into_iter()
         .filter(|b| b.label.contains("PRIVATE KEY"))
@@ -207,7 +210,7 @@ fn generated_secrets_verify_with_openssl() {
     assert!(
         tok.token()
             .bytes()
-            .all(|b| b == b'.' || crate::secrets::token_char(b))
+            .all(|b| b == b'.' || keel_contract::secrets::token_char(b))
     );
     let s2 = generate("prod-1", t).unwrap();
     assert_ne!(s2.bootstrap_token, s.bootstrap_token);

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use keel_signing::minisign::{
+use keel_minisign::{
     FileError, KdfLimits, PublicKey, SecretKey, SecretKeyError, SecretKeyFile, SignatureFile,
     TrustedKeys, VerifyError, sign_file, verify_file,
 };

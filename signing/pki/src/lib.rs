@@ -1,5 +1,5 @@
-//! The cluster PKI (feature `pki`): generating the cluster [`Secrets`] and deriving a node's
-//! certificates and kubeconfigs from its [`NodeSecrets`](crate::secrets::NodeSecrets), with
+//! The cluster PKI: generating the cluster [`Secrets`] and deriving a node's
+//! certificates and kubeconfigs from its [`NodeSecrets`](keel_contract::secrets::NodeSecrets), with
 //! rcgen on ring.
 //!
 //! Choices, in one place:
@@ -22,6 +22,7 @@
 //!   `keyCertSign, cRLSign, digitalSignature` (critical) and a subject key identifier; leaves
 //!   have `CA:FALSE`, keyUsage `digitalSignature`, the extended key usages they need, subject
 //!   and authority key identifiers, and their SANs.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod derive;
 pub mod kubeconfig;
@@ -34,8 +35,8 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::profile::Endpoint;
-use crate::secrets::{
+use keel_contract::profile::Endpoint;
+use keel_contract::secrets::{
     BootstrapToken, CertKey, NODE_API_NAME, Secrets, ServiceAccountKey, pem_blocks, token_char,
     valid_cluster_name,
 };
@@ -146,7 +147,7 @@ fn san(name: &str) -> Result<SanType, PkiError> {
         return Ok(SanType::IpAddress(ip));
     }
     let host = name.strip_prefix("*.").unwrap_or(name);
-    if host.parse::<crate::profile::Hostname>().is_err() {
+    if host.parse::<keel_contract::profile::Hostname>().is_err() {
         return Err(PkiError::Input(format!(
             "{name:?} cannot go into a certificate: expected an IP address or a DNS name"
         )));

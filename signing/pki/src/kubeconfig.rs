@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::secrets::CertKey;
+use keel_contract::secrets::CertKey;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kubeconfig {

@@ -4,8 +4,8 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-use keel_contract::gpt::{Gpt, GptPartition, SECTOR};
-use keel_contract::layout::{ALIGNMENT, PartitionRole};
+use keel_contract::gpt::{Gpt, GptPartition};
+use keel_contract::layout::{ALIGNMENT, PartitionRole, SECTOR_SIZE as SECTOR};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]

@@ -23,14 +23,8 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "hv_storvsc",
 ];
 
-/// Paths inside the initramfs that the init reads.
-pub mod paths {
-    pub const INIT: &str = "/init";
-    pub const TRUSTED_KEYS: &str = "/etc/keel/trusted.pub";
-    pub const PROFILE: &str = "/etc/keel/profile.toml";
-    /// Module files to load, one absolute path per line, dependencies first.
-    pub const MODULES_LOAD: &str = "/etc/keel/modules.load";
-}
+/// Paths inside the initramfs that the init reads (the contract).
+pub use keel_contract::layout::initramfs as paths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use keel_contract::bundle::{BUNDLE_DIR, Part};
-use keel_contract::gpt::Gpt;
+use keel_contract::gpt::{self, Gpt};
 use keel_contract::layout::{self, PartitionRole, Slot};
 use keel_contract::manifest::Manifest;
 use keel_minisign::SignatureFile;
@@ -115,7 +115,7 @@ fn manifest_summary(m: &Manifest, out: &mut String) {
 
 fn inspect_disk(path: &Path) -> Result<String, CommandError> {
     let disk_path = if path.is_dir() {
-        path.join("disk.raw")
+        path.join(keel_contract::output::DISK)
     } else {
         path.to_path_buf()
     };
@@ -128,9 +128,10 @@ fn inspect_disk(path: &Path) -> Result<String, CommandError> {
         .open(&disk_path)
         .map_err(|e| failed("open", &e))?;
     let size = disk.metadata().map_err(|e| failed("stat", &e))?.len();
-    let mut head = vec![0u8; 34 * 512];
+    let mut head = vec![0u8; gpt::PRIMARY_BYTES as usize];
     disk.read_exact(&mut head).map_err(|e| failed("read", &e))?;
-    let gpt = Gpt::parse_primary(&head, size / 512).map_err(|e| failed("partition table", &e))?;
+    let gpt = Gpt::parse_primary(&head, size / layout::SECTOR_SIZE)
+        .map_err(|e| failed("partition table", &e))?;
     let mut out = format!(
         "{}: {} ({} bytes), disk GUID {}\n",
         disk_path.display(),

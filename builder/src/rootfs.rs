@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
+use keel_contract::layout::{OS_NAME, root};
 use keel_contract::profile::FileSpec;
 
 use crate::tree::{Meta, Node, NodeKind, Tree, TreeError};
 
 /// Where the init binary lives in the root; stage 1 executes it after switching root.
-pub const INIT_IN_ROOT: &str = "/usr/lib/keel/keel-init";
+pub use keel_contract::layout::root::INIT as INIT_IN_ROOT;
 
 /// Directories the read-only root must already have so the init can mount onto them.
 pub const MOUNT_POINTS: &[(&str, u16)] = &[
@@ -19,8 +20,8 @@ pub const MOUNT_POINTS: &[(&str, u16)] = &[
     ("/run", 0o755),
     ("/tmp", 0o1777),
     ("/var", 0o755),
-    ("/efi", 0o700),
-    ("/state", 0o700),
+    (root::ESP_MOUNT, 0o700),
+    (root::STATE_MOUNT, 0o700),
     ("/etc", 0o755),
     ("/root", 0o700),
 ];
@@ -64,7 +65,7 @@ pub fn finish(tree: &mut Tree, spec: &RootfsSpec<'_>) -> Result<(), RootfsError>
     .map_err(at(INIT_IN_ROOT))?;
 
     let os_release = format!(
-        "NAME=\"Keel\"\nID=keel\nPRETTY_NAME=\"Keel {v} ({n})\"\nVERSION_ID={v}\nIMAGE_ID={n}\nIMAGE_VERSION={v}\nHOME_URL=\"https://keel.invalid/\"\n",
+        "NAME=\"{OS_NAME}\"\nID=keel\nPRETTY_NAME=\"{OS_NAME} {v} ({n})\"\nVERSION_ID={v}\nIMAGE_ID={n}\nIMAGE_VERSION={v}\nHOME_URL=\"https://keel.invalid/\"\n",
         v = spec.version,
         n = spec.image_name
     );

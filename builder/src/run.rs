@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use keel_contract::layout::config;
 use keel_contract::profile::{ByteSize, LoadedProfile};
 
 use crate::commands::CommandError;
@@ -94,7 +95,7 @@ pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
     let bad = |m: String| CommandError::BadInput(m);
     let failed = |m: String| CommandError::Failed(m);
     let image = if path.is_dir() {
-        path.join("disk.raw")
+        path.join(keel_contract::output::DISK)
     } else {
         path.to_path_buf()
     };
@@ -151,11 +152,14 @@ pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
     config.memory_mib = opts.memory;
     config.forwards = forwards;
     if let Some((profile, secrets)) = boot {
-        for (name, text) in [("profile", Some(profile)), ("secrets", secrets)] {
+        for (name, entry, text) in [
+            ("profile", config::FW_CFG_PROFILE, Some(profile)),
+            ("secrets", config::FW_CFG_SECRETS, secrets),
+        ] {
             let Some(text) = text else { continue };
             let file = state_dir.join(format!("fw-cfg-{name}.toml"));
             write_private(&file, &text).map_err(|e| failed(format!("{}: {e}", file.display())))?;
-            config.fw_cfg.push((format!("opt/keel/{name}"), file));
+            config.fw_cfg.push((entry.to_owned(), file));
         }
     }
     install_sigint_handler();

@@ -7,9 +7,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use keel_contract::bundle::Part;
-use keel_contract::gpt::Gpt;
+use keel_contract::gpt::{self, Gpt};
 use keel_contract::layout::{self, Slot};
 use keel_contract::manifest::{FileDigest, Manifest, Sha256Digest};
+use keel_contract::output;
 use keel_minisign::{self as minisign, SignatureFile, TrustedKeys, Verified};
 use sha2::{Digest, Sha256};
 
@@ -98,8 +99,8 @@ fn sha256_of(reader: &mut impl Read, len: u64) -> std::io::Result<Sha256Digest> 
 }
 
 pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport, VerifyError> {
-    let manifest_path = dir.join(layout::MANIFEST_FILE);
-    let sig_path = dir.join(layout::SIGNATURE_FILE);
+    let manifest_path = dir.join(output::MANIFEST);
+    let sig_path = dir.join(output::SIGNATURE);
     let manifest_bytes = std::fs::read(&manifest_path).map_err(io_at(&manifest_path))?;
     let sig_text = std::fs::read_to_string(&sig_path).map_err(io_at(&sig_path))?;
     let sig = SignatureFile::parse(&sig_text)
@@ -112,7 +113,7 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
     })?;
     let mut checked = vec![format!("manifest signature (key ID {})", verified.key_id)];
 
-    let disk_path = dir.join("disk.raw");
+    let disk_path = dir.join(output::DISK);
     let mut disk = File::options()
         .read(true)
         .write(true)
@@ -125,12 +126,13 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
             message: format!("{size} bytes, the manifest says {}", manifest.disk.size),
         });
     }
-    let mut head = vec![0u8; 34 * 512];
+    let mut head = vec![0u8; gpt::PRIMARY_BYTES as usize];
     disk.read_exact(&mut head).map_err(io_at(&disk_path))?;
-    let gpt = Gpt::parse_primary(&head, size / 512).map_err(|e| VerifyError::Output {
-        path: disk_path.clone(),
-        message: format!("partition table: {e}"),
-    })?;
+    let gpt =
+        Gpt::parse_primary(&head, size / layout::SECTOR_SIZE).map_err(|e| VerifyError::Output {
+            path: disk_path.clone(),
+            message: format!("partition table: {e}"),
+        })?;
     if gpt.disk_guid.hyphenated().to_string().to_uppercase() != manifest.disk.guid {
         return Err(VerifyError::Output {
             path: disk_path.clone(),
@@ -218,8 +220,8 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
         });
     }
     for (name, expected) in [
-        ("vmlinuz", manifest.kernel.sha256),
-        ("initramfs", manifest.initramfs.sha256),
+        (output::KERNEL, manifest.kernel.sha256),
+        (output::INITRAMFS, manifest.initramfs.sha256),
     ] {
         let path = dir.join(name);
         if let Ok(bytes) = std::fs::read(&path) {

@@ -8,17 +8,19 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use keel_contract::layout::{self, config as contract};
 use keel_contract::profile::{LoadedProfile, Node};
 
 use crate::sys;
 
-const FW_CFG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/keel";
-pub const CONFIG_DRIVE_LABEL: &str = "KEELCFG";
+/// Where the kernel's qemu_fw_cfg module shows fw_cfg entries by name.
+const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+pub use keel_contract::layout::config::DRIVE_LABEL as CONFIG_DRIVE_LABEL;
 const CONFIG_DRIVE_MOUNT: &str = "/run/keel/config-drive";
-pub const STATE_PROFILE: &str = "profile.toml";
-pub const STATE_SECRETS: &str = "secrets.toml";
+pub const STATE_PROFILE: &str = layout::state::PROFILE;
+pub const STATE_SECRETS: &str = layout::state::SECRETS;
 /// The kernel command-line key naming a URL to fetch the profile from.
-pub const CMDLINE_URL: &str = "keel.config";
+pub use keel_contract::layout::cmdline::CONFIG as CMDLINE_URL;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -33,7 +35,7 @@ pub enum Source {
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::FwCfg => f.write_str("QEMU fw_cfg opt/keel/profile"),
+            Source::FwCfg => write!(f, "QEMU fw_cfg {}", contract::FW_CFG_PROFILE),
             Source::Url(u) => write!(f, "{u}"),
             Source::ConfigDrive(d) => write!(f, "config drive {d}"),
             Source::State => f.write_str("STATE (applied at an earlier boot)"),
@@ -70,11 +72,12 @@ pub fn parse(origin: &str, text: &str) -> Result<Node, String> {
     Ok(loaded.profile.node)
 }
 
-/// QEMU's fw_cfg entries `opt/keel/profile` and `opt/keel/secrets` (module qemu_fw_cfg).
+/// QEMU's fw_cfg entries `opt/keel/profile` and `opt/keel/secrets` (module qemu_fw_cfg),
+/// under `root` (the `by_name` directory).
 pub fn from_fw_cfg(root: &Path) -> Option<Found> {
     let read = |name: &str| std::fs::read_to_string(root.join(name).join("raw")).ok();
-    let profile = read("profile");
-    let secrets = read("secrets");
+    let profile = read(contract::FW_CFG_PROFILE);
+    let secrets = read(contract::FW_CFG_SECRETS);
     (profile.is_some() || secrets.is_some()).then_some(Found {
         source: Source::FwCfg,
         profile,
@@ -83,7 +86,7 @@ pub fn from_fw_cfg(root: &Path) -> Option<Found> {
 }
 
 pub fn fw_cfg() -> Option<Found> {
-    from_fw_cfg(Path::new(FW_CFG))
+    from_fw_cfg(Path::new(FW_CFG_BY_NAME))
 }
 
 /// Fetches `url`, trying again after each of `delays` while it fails (the network or the
@@ -213,8 +216,8 @@ pub fn config_drive() -> Option<Found> {
         let read = |f: &str| std::fs::read_to_string(Path::new(CONFIG_DRIVE_MOUNT).join(f)).ok();
         let found = Found {
             source: Source::ConfigDrive(dev.clone()),
-            profile: read("profile.toml"),
-            secrets: read("secrets.toml"),
+            profile: read(contract::DRIVE_PROFILE),
+            secrets: read(contract::DRIVE_SECRETS),
         };
         let _ = sys::umount(CONFIG_DRIVE_MOUNT, 0);
         if found.profile.is_some() || found.secrets.is_some() {
@@ -226,19 +229,22 @@ pub fn config_drive() -> Option<Found> {
 
 /// Writes a file on STATE so that a power cut leaves either the old or the new content.
 pub fn save(state: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    let tmp = state.join(format!("{name}.new"));
+    let path = layout::on_volume(state, name);
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
-    sys::rename_durably(&tmp, &state.join(name))
+    sys::rename_durably(&tmp, &path)
 }
 
 /// Chooses the configuration: a boot-time source, else what STATE saved, else the baked
 /// profile. A boot-time source is saved to STATE.
 pub fn choose(boot_time: Option<Found>, state: &Path, baked: &Path) -> Result<NodeConfig, String> {
-    let saved = |name: &str| std::fs::read_to_string(state.join(name)).ok();
+    let saved = |name: &str| std::fs::read_to_string(layout::on_volume(state, name)).ok();
     let (node, source, profile_text) = match boot_time
         .as_ref()
         .and_then(|f| f.profile.clone().map(|p| (p, f.source.clone())))
@@ -277,7 +283,7 @@ pub fn choose(boot_time: Option<Found>, state: &Path, baked: &Path) -> Result<No
 
 /// Where STATE is mounted.
 pub fn state_dir() -> PathBuf {
-    PathBuf::from("/state")
+    PathBuf::from(layout::root::STATE_MOUNT)
 }
 
 #[cfg(test)]
@@ -321,7 +327,7 @@ mod tests {
         std::fs::write(&baked, WORKER).unwrap();
         let c = choose(None, state.path(), &baked).unwrap();
         assert_eq!(c.source, Source::Baked);
-        assert!(!state.path().join(STATE_PROFILE).exists());
+        assert!(!layout::on_volume(state.path(), STATE_PROFILE).exists());
         let bad = Found {
             source: Source::FwCfg,
             profile: Some("[node]\nrole = \"boss\"\n".into()),
@@ -349,8 +355,9 @@ mod tests {
     #[test]
     fn fw_cfg_entries_are_read_from_sysfs() {
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("profile")).unwrap();
-        std::fs::write(root.path().join("profile/raw"), CP).unwrap();
+        let entry = root.path().join(contract::FW_CFG_PROFILE);
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(entry.join("raw"), CP).unwrap();
         let found = from_fw_cfg(root.path()).unwrap();
         assert_eq!(found.profile.as_deref(), Some(CP));
         assert!(found.secrets.is_none());

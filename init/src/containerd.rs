@@ -7,7 +7,7 @@ use keel_contract::profile::SystemContainer;
 
 pub const CONFIG: &str = "/etc/containerd/config.toml";
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
-pub const BAKED_IMAGES: &str = "/usr/share/keel/images";
+pub const BAKED_IMAGES: &str = keel_contract::layout::root::BAKED_IMAGES_DIR;
 /// containerd namespace for Keel's system containers (kubelet-managed pods use `k8s.io`).
 pub const NAMESPACE: &str = "keel";
 

@@ -34,7 +34,7 @@ pub mod upgrade;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The init inside the root filesystem, executed by stage 1 (the builder puts it there).
-pub const INIT_IN_ROOT: &str = "/usr/lib/keel/keel-init";
+pub const INIT_IN_ROOT: &str = keel_contract::layout::root::INIT;
 pub const STAGE2_ARG: &str = "--stage2";
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -14,9 +14,9 @@ use crate::{block, console, kmod, sys};
 
 const ESP_MOUNT: &str = "/run/keel/esp";
 const SYSROOT: &str = "/sysroot";
-const MODULES_LOAD: &str = "/etc/keel/modules.load";
-const INITRAMFS_KEYS: &str = "/etc/keel/trusted.pub";
-const INITRAMFS_PROFILE: &str = "/etc/keel/profile.toml";
+const MODULES_LOAD: &str = layout::initramfs::MODULES_LOAD;
+const INITRAMFS_KEYS: &str = layout::initramfs::TRUSTED_KEYS;
+const INITRAMFS_PROFILE: &str = layout::initramfs::PROFILE;
 /// Disks appear asynchronously after their drivers load.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
 

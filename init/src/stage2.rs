@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_contract::layout::{PartitionRole, Slot};
+use keel_contract::layout::{self, PartitionRole, Slot};
 use keel_contract::profile::{Node, Role};
 use keel_contract::secrets::NodeSecrets;
 
@@ -40,7 +40,8 @@ const MODULES: &[&str] = &[
 const VAR_TIMEOUT: Duration = Duration::from_secs(30);
 const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-const ESP: &str = "/efi";
+const ESP: &str = layout::root::ESP_MOUNT;
+const STATE: &str = layout::root::STATE_MOUNT;
 
 fn log(line: &str) {
     console::line(line);
@@ -100,7 +101,7 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
     let mut early_net = None;
     let boot_time = if let Some(found) = config::fw_cfg() {
         Some(found)
-    } else if let Some(url) = keel_contract::layout::cmdline::get(&cmdline, config::CMDLINE_URL) {
+    } else if let Some(url) = layout::cmdline::get(&cmdline, layout::cmdline::CONFIG) {
         let dhcp = keel_contract::profile::Network::default();
         early_net = Some(
             net::configure(&dhcp, &|m| log(m)).map_err(|e| format!("network for {url}: {e}"))?,
@@ -120,7 +121,7 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
                 secrets: None,
             }),
             // A node that applied a profile before keeps its identity while the server is away.
-            Err(e) if state.join(config::STATE_PROFILE).exists() => {
+            Err(e) if layout::on_volume(&state, layout::state::PROFILE).exists() => {
                 log(&format!(
                     "warning: {e}; keeping the profile applied at an earlier boot"
                 ));
@@ -201,7 +202,7 @@ fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
         }
     }
     sys::sync();
-    for target in ["/var", ESP, "/state"] {
+    for target in ["/var", ESP, STATE] {
         if sys::umount(target, 0).is_err() {
             let _ = sys::umount(target, libc::MNT_DETACH);
         }
@@ -319,7 +320,7 @@ fn run() -> Result<std::convert::Infallible, String> {
     if let Ok(disk) = block::disk_for(&roots, Path::new(&handoff.slot_device)) {
         match block::sysfs::find_partition_on(&roots, &disk, PartitionRole::State.label()) {
             Ok(Some(state)) => {
-                if let Err(e) = mounts::fat(&state.path.display().to_string(), "/state") {
+                if let Err(e) = mounts::fat(&state.path.display().to_string(), STATE) {
                     log(&format!("warning: STATE: {e}"));
                 }
             }
@@ -341,7 +342,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         history::HISTORY
     ));
 
-    let state_dir = if Path::new("/state/keel-state").exists() {
+    let state_dir = if layout::on_volume(Path::new(STATE), layout::state::MARKER).exists() {
         config::state_dir()
     } else {
         log("warning: STATE is not mounted; the applied profile will not survive a reboot");
@@ -444,7 +445,7 @@ fn run() -> Result<std::convert::Infallible, String> {
 
     // Only now does the boot entry lose its counter.
     match bless::bless(
-        Path::new("/efi/loader/entries"),
+        &layout::on_volume(Path::new(ESP), layout::esp::ENTRIES_DIR),
         slot,
         bootinfo::boot_count_entry().as_deref(),
     ) {

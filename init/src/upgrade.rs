@@ -21,19 +21,13 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use keel_contract::layout::{BootEntry, EntryName, Slot};
+use keel_contract::layout::{self, BootEntry, EntryName, Slot};
 use keel_contract::manifest::{Manifest, Sha256Digest};
 use keel_minisign::{self as minisign, SignatureFile, TrustedKeys};
 use sha2::{Digest, Sha256};
 
-/// Entries of the update stream, in order.
-pub const STREAM_ENTRIES: [&str; 5] = [
-    "manifest.json",
-    "manifest.json.minisig",
-    "vmlinuz",
-    "initramfs",
-    "payload",
-];
+/// Entries of the update stream, in order (the contract's).
+pub use keel_contract::bundle::UPLOAD_ENTRIES as STREAM_ENTRIES;
 const MAX_MANIFEST: u64 = 1 << 20;
 const MAX_SIGNATURE: u64 = 16 << 10;
 const MAX_BOOT_FILE: u64 = 256 << 20;
@@ -357,7 +351,7 @@ pub fn install(
         verified.key_id
     ));
 
-    let entries_dir = target.esp.join("loader/entries");
+    let entries_dir = layout::on_volume(&target.esp, layout::esp::ENTRIES_DIR);
 
     let kernel = read_limited(&mut next(STREAM_ENTRIES[2])?, MAX_BOOT_FILE, "vmlinuz")?;
     if sha256(&kernel) != manifest.kernel.sha256 {
@@ -425,7 +419,7 @@ fn finish(
         "writing",
     )?;
     let bytes = write_payload(payload, target, manifest, progress)?;
-    let entries_dir = target.esp.join("loader/entries");
+    let entries_dir = layout::on_volume(&target.esp, layout::esp::ENTRIES_DIR);
 
     let dir = target.esp.join(slot.esp_dir().trim_start_matches('/'));
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -441,7 +435,6 @@ fn finish(
 
     let entry = BootEntry::new(
         slot,
-        "Keel",
         to,
         &manifest.root.verity.root_hash.to_hex(),
         &manifest.cmdline,
@@ -464,7 +457,7 @@ pub fn slot_version(esp: &Path, slot: Slot) -> Option<String> {
 
 /// The boot entry file of `slot`, if any.
 pub fn slot_entry(esp: &Path, slot: Slot) -> Option<EntryName> {
-    std::fs::read_dir(esp.join("loader/entries"))
+    std::fs::read_dir(layout::on_volume(esp, layout::esp::ENTRIES_DIR))
         .ok()?
         .flatten()
         .filter_map(|e| EntryName::parse(&e.file_name().to_string_lossy()))
@@ -533,7 +526,7 @@ pub fn rollback(esp: &Path, state: &Path, active: Slot) -> Result<String, Upgrad
     }
     let version = slot_version(esp, other)
         .ok_or_else(|| UpgradeError::Refused(format!("slot {other} holds no manifest")))?;
-    let entries = esp.join("loader/entries");
+    let entries = layout::on_volume(esp, layout::esp::ENTRIES_DIR);
     let current = slot_entry(esp, active)
         .ok_or_else(|| UpgradeError::Refused(format!("slot {active} has no boot entry")))?;
     let demoted = EntryName {

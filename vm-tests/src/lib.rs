@@ -485,7 +485,7 @@ pub fn config_drive(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
         assert!(out.status.success(), "{cmd:?}: {out:?}");
     };
     run(Command::new("mkfs.vfat")
-        .args(["-C", "-n", "KEELCFG"])
+        .args(["-C", "-n", keel_contract::layout::config::DRIVE_LABEL])
         .arg(&image)
         .arg("2048"));
     for (name, text) in files {

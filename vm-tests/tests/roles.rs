@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use keel_contract::layout::config;
 use keel_contract::profile::Role;
 use keel_vm_tests::fake_apiserver::FakeApiServer;
 use keel_vm_tests::{
@@ -80,9 +81,9 @@ fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     let mut vm = Machine::start("roles_controlplane-boot1", &disk, &dir.join("vm"), |c| {
         c.forwards.push((port, 2379));
         c.fw_cfg
-            .push(("opt/keel/profile".into(), node_profile.clone()));
+            .push((config::FW_CFG_PROFILE.into(), node_profile.clone()));
         c.fw_cfg
-            .push(("opt/keel/secrets".into(), node_secrets.clone()));
+            .push((config::FW_CFG_SECRETS.into(), node_secrets.clone()));
     });
     let before = vm.expect("keel: ready", BOOT);
     for want in [

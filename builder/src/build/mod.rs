@@ -4,15 +4,16 @@
 //! files) is checked before the long work starts. Outputs are written into a temporary
 //! directory beside the destination and moved into place only when everything succeeded.
 
-mod output;
+mod outdir;
 mod payload;
 
 use std::path::{Path, PathBuf};
 
 use keel_contract::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
 use keel_contract::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest};
+use keel_contract::output;
 use keel_contract::profile::{LoadedProfile, ProfileError};
-use keel_contract::secrets::{NodeSecrets, STATE_SECRETS_FILE};
+use keel_contract::secrets::NodeSecrets;
 use keel_minisign::{SecretKey, TrustedKeys};
 use sha2::{Digest, Sha256};
 
@@ -20,7 +21,7 @@ use crate::esp::{FatEntry, FatSpec, Window};
 use crate::progress::{Reporter, human_bytes};
 use crate::tree::Tree;
 
-pub use output::OutputDir;
+pub use outdir::OutputDir;
 
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
@@ -335,15 +336,9 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
 
     // The disk.
     let phase = rep.phase("disk", Some(plan.total_size));
-    let disk_path = out.path().join("disk.raw");
+    let disk_path = out.path().join(output::DISK);
     let mut disk = crate::disk::create_disk(&disk_path, &plan)?;
-    let entry = BootEntry::new(
-        Slot::A,
-        "Keel",
-        &version,
-        &payload.root_hash_hex(),
-        &cmdline,
-    );
+    let entry = BootEntry::new(Slot::A, &version, &payload.root_hash_hex(), &cmdline);
     let esp_entries = vec![
         FatEntry::Dir("/EFI".into()),
         FatEntry::Dir("/EFI/BOOT".into()),
@@ -362,7 +357,7 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
             ),
             entry.render().into_bytes(),
         ),
-        FatEntry::Dir("/keel".into()),
+        FatEntry::Dir(layout::esp::SLOTS_DIR.into()),
         FatEntry::Dir(Slot::A.esp_dir()),
         FatEntry::File(Slot::A.kernel_path(), kernel.image.clone()),
         FatEntry::File(Slot::A.initramfs_path(), initramfs.bytes.clone()),
@@ -375,7 +370,7 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     crate::esp::write_fat(
         Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?,
         &FatSpec {
-            label: *b"ESP        ",
+            label: layout::esp::VOLUME_LABEL,
             volume_id: volume_id(&plan.disk_guid, "ESP"),
             source_date_epoch: sde,
             entries: &esp_entries,
@@ -398,10 +393,10 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         human_bytes(initramfs.bytes.len() as u64)
     ));
 
-    out.write("manifest.json", &manifest_bytes)?;
-    out.write(layout::SIGNATURE_FILE, signature.as_bytes())?;
-    out.write("vmlinuz", &kernel.image)?;
-    out.write("initramfs", &initramfs.bytes)?;
+    out.write(output::MANIFEST, &manifest_bytes)?;
+    out.write(output::SIGNATURE, signature.as_bytes())?;
+    out.write(output::KERNEL, &kernel.image)?;
+    out.write(output::INITRAMFS, &initramfs.bytes)?;
 
     // The update bundle: the same signed manifest, signature, kernel and initramfs, and the
     // payload streamed from the same buffers that were just written into KEEL-A.
@@ -485,7 +480,7 @@ fn volume_id(disk_guid: &uuid::Uuid, what: &str) -> u32 {
 }
 
 /// What STATE starts with: a format marker and, when the profile names `image.secrets`,
-/// the node's share of them as [`STATE_SECRETS_FILE`]. The secrets go to STATE only: the
+/// the node's share of them as [`layout::state::SECRETS`]. The secrets go to STATE only: the
 /// root, the initramfs and the manifest are the same for every node of a release and may be
 /// published, while STATE is the node's own (the manifest lists only its digest). The disk
 /// image then carries them, so an image built with secrets is as secret as they are.
@@ -494,14 +489,17 @@ fn state_entries(
     node_secrets: Option<&NodeSecrets>,
 ) -> Result<Vec<FatEntry>, BuildError> {
     let mut entries = vec![FatEntry::File(
-        "/keel-state".into(),
-        format!("1\n{name}\n").into_bytes(),
+        layout::state::MARKER.into(),
+        layout::state::marker(name).into_bytes(),
     )];
     if let Some(secrets) = node_secrets {
         let text = secrets
             .to_toml()
             .map_err(|e| BuildError::Input(format!("image.secrets: {e}")))?;
-        entries.push(FatEntry::File(STATE_SECRETS_FILE.into(), text.into_bytes()));
+        entries.push(FatEntry::File(
+            layout::state::SECRETS.into(),
+            text.into_bytes(),
+        ));
     }
     Ok(entries)
 }
@@ -520,7 +518,7 @@ fn state_partition(
     crate::esp::write_fat(
         &mut image,
         &FatSpec {
-            label: *b"STATE      ",
+            label: layout::state::VOLUME_LABEL,
             volume_id: volume_id(&plan.disk_guid, "STATE"),
             source_date_epoch: sde,
             entries,

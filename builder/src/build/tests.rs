@@ -47,7 +47,11 @@ fn worker_state_holds_its_secrets_and_no_ca_key() {
     let worker = secrets.for_role(Role::Worker);
     let image = state_for(Some(&worker));
 
-    let text = crate::esp::read_fat_file(Cursor::new(image.clone()), STATE_SECRETS_FILE).unwrap();
+    let text = crate::esp::read_fat_file(
+        Cursor::new(image.clone()),
+        keel_contract::layout::state::SECRETS,
+    )
+    .unwrap();
     let text = String::from_utf8(text).unwrap();
     assert_eq!(NodeSecrets::from_toml(&text).unwrap(), worker);
     // One private key in the file: the node API's.
@@ -81,7 +85,7 @@ fn worker_state_holds_its_secrets_and_no_ca_key() {
     ));
     assert!(contains(image, &lines_of(&secrets.node_api.key)));
     assert!(
-        crate::esp::read_fat_file(Cursor::new(full), "/keel-state").is_ok(),
+        crate::esp::read_fat_file(Cursor::new(full), keel_contract::layout::state::MARKER).is_ok(),
         "the format marker stays"
     );
 }
@@ -91,7 +95,11 @@ fn control_plane_state_holds_the_ca_keys_it_signs_with_but_not_keels() {
     let secrets = keel_pki::generate("keel", 1_700_000_000).unwrap();
     let cp = secrets.for_role(Role::ControlPlane);
     let image = state_for(Some(&cp));
-    let text = crate::esp::read_fat_file(Cursor::new(image.clone()), STATE_SECRETS_FILE).unwrap();
+    let text = crate::esp::read_fat_file(
+        Cursor::new(image.clone()),
+        keel_contract::layout::state::SECRETS,
+    )
+    .unwrap();
     assert_eq!(
         NodeSecrets::from_toml(std::str::from_utf8(&text).unwrap()).unwrap(),
         cp

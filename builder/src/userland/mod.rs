@@ -16,7 +16,7 @@ use crate::tree::Tree;
 
 /// Where baked container images go in the root (one oci-archive per image); the init
 /// imports every archive there into containerd at boot.
-pub const BAKED_IMAGES_DIR: &str = "/usr/share/keel/images";
+pub use keel_contract::layout::root::BAKED_IMAGES_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserlandError {

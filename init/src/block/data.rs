@@ -17,10 +17,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use keel_contract::gpt::{
-    ENTRY_COUNT, ENTRY_SECTORS, ENTRY_SIZE, Gpt, GptError, GptPartition, SECTOR,
-};
-use keel_contract::layout::{ALIGNMENT, PartitionRole, type_guid};
+use keel_contract::gpt::{ENTRY_COUNT, ENTRY_SIZE, Gpt, GptError, GptPartition, PRIMARY_BYTES};
+use keel_contract::layout::{ALIGNMENT, PartitionRole, SECTOR_SIZE as SECTOR, type_guid};
 
 use super::sysfs::{self, Disk, Partition};
 use super::{BlockError, Result, Roots, device_size, io_err, logical_sector_size};
@@ -189,9 +187,9 @@ pub fn plan_data_partition(
 /// when written back, and partitions in use would change numbers under the kernel.
 pub fn check_no_holes(primary: &[u8]) -> std::result::Result<(), PlanError> {
     let entries = primary
-        .get(2 * SECTOR as usize..((2 + ENTRY_SECTORS) * SECTOR) as usize)
+        .get(2 * SECTOR as usize..PRIMARY_BYTES as usize)
         .ok_or(PlanError::Gpt(GptError::Short {
-            need: ((2 + ENTRY_SECTORS) * SECTOR) as usize,
+            need: PRIMARY_BYTES as usize,
             have: primary.len(),
         }))?;
     let used: Vec<bool> = entries
@@ -237,7 +235,7 @@ pub fn ensure_data_table(disk: &Path) -> Result<DataTable> {
     }
     let size = device_size(&file, disk)?;
     let sectors = size / SECTOR;
-    let mut primary = vec![0u8; ((2 + ENTRY_SECTORS) * SECTOR) as usize];
+    let mut primary = vec![0u8; PRIMARY_BYTES as usize];
     file.read_exact_at(&mut primary, 0)
         .map_err(io_err("read partition table of", disk))?;
     let old = Gpt::parse_primary(&primary, sectors).map_err(|source| BlockError::Gpt {

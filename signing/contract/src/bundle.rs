@@ -90,8 +90,8 @@ impl Part {
         match self {
             Part::Manifest => crate::layout::MANIFEST_FILE,
             Part::Signature => crate::layout::SIGNATURE_FILE,
-            Part::Kernel => "vmlinuz",
-            Part::Initramfs => "initramfs",
+            Part::Kernel => crate::output::KERNEL,
+            Part::Initramfs => crate::output::INITRAMFS,
             Part::Payload => "payload",
         }
     }

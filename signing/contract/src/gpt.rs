@@ -5,11 +5,15 @@
 
 use uuid::Uuid;
 
-pub const SECTOR: u64 = 512;
+use crate::layout::SECTOR_SIZE as SECTOR;
+
 pub const ENTRY_COUNT: u32 = 128;
 pub const ENTRY_SIZE: u32 = 128;
 /// Sectors taken by the partition entry array (128 * 128 / 512).
 pub const ENTRY_SECTORS: u64 = (ENTRY_COUNT as u64 * ENTRY_SIZE as u64) / SECTOR;
+/// Bytes from the start of the disk through the primary partition entry array: the
+/// protective MBR, the primary header and the entries. What a reader needs to parse the table.
+pub const PRIMARY_BYTES: u64 = (2 + ENTRY_SECTORS) * SECTOR;
 const HEADER_SIZE: u32 = 92;
 const SIGNATURE: &[u8; 8] = b"EFI PART";
 const REVISION: u32 = 0x0001_0000;
@@ -233,7 +237,7 @@ impl Gpt {
     /// 34 sectors). `total_sectors` is the disk's real size, which may be larger than the
     /// header's idea of it after the image was written to a bigger disk.
     pub fn parse_primary(bytes: &[u8], total_sectors: u64) -> Result<Self, GptError> {
-        let need = ((2 + ENTRY_SECTORS) * SECTOR) as usize;
+        let need = PRIMARY_BYTES as usize;
         if bytes.len() < need {
             return Err(GptError::Short {
                 need,

@@ -1,12 +1,19 @@
 //! The disk layout and boot-entry naming that the builder writes, the init boots from and the
-//! upgrade path rewrites. See DESIGN.md, "Disk layout" and "Boot and A/B".
+//! upgrade path rewrites, and every path and name the two sides agree on: the initramfs's
+//! files, where the init lives in the root, STATE's files, the boot-time configuration
+//! sources and the kernel command line. See docs/architecture.md, "Disk layout" and "Boot
+//! flow".
 
 use std::fmt;
 use std::str::FromStr;
 
 /// Partition alignment and the first partition's offset.
 pub const ALIGNMENT: u64 = 1024 * 1024;
+/// The logical sector size Keel's GPT is laid out for (LBAs count these).
 pub const SECTOR_SIZE: u64 = 512;
+
+/// The OS name: boot entry titles and os-release's `NAME`.
+pub const OS_NAME: &str = "Keel";
 
 /// GPT partition type GUIDs (upper-case textual form, as `sgdisk` prints them).
 pub mod type_guid {
@@ -101,19 +108,19 @@ impl Slot {
 
     /// Directory on the ESP holding this slot's kernel, initramfs and signed manifest.
     pub fn esp_dir(self) -> String {
-        format!("/keel/{}", self.letter())
+        format!("{}/{}", esp::SLOTS_DIR, self.letter())
     }
     pub fn kernel_path(self) -> String {
-        format!("/keel/{}/vmlinuz", self.letter())
+        format!("{}/vmlinuz", self.esp_dir())
     }
     pub fn initramfs_path(self) -> String {
-        format!("/keel/{}/initramfs", self.letter())
+        format!("{}/initramfs", self.esp_dir())
     }
     pub fn manifest_path(self) -> String {
-        format!("/keel/{}/{}", self.letter(), MANIFEST_FILE)
+        format!("{}/{}", self.esp_dir(), MANIFEST_FILE)
     }
     pub fn signature_path(self) -> String {
-        format!("/keel/{}/{}", self.letter(), SIGNATURE_FILE)
+        format!("{}/{}", self.esp_dir(), SIGNATURE_FILE)
     }
 }
 
@@ -137,13 +144,80 @@ impl FromStr for Slot {
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.json.minisig";
 
-/// Paths on the ESP.
+/// Paths on the ESP (absolute on the FAT volume; see [`on_volume`] for a mounted one).
 pub mod esp {
     pub const BOOTLOADER: &str = "/EFI/BOOT/BOOTX64.EFI";
     pub const LOADER_CONF: &str = "/loader/loader.conf";
     pub const ENTRIES_DIR: &str = "/loader/entries";
     /// Where systemd-boot-efi installs the loader in the userland.
     pub const SYSTEMD_BOOT_IN_USERLAND: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+    /// The FAT volume label (11 bytes, space padded).
+    pub const VOLUME_LABEL: [u8; 11] = *b"ESP        ";
+    /// Holds a directory per slot: [`super::Slot::esp_dir`].
+    pub const SLOTS_DIR: &str = "/keel";
+}
+
+/// STATE, the node's own FAT partition (absolute paths on the volume).
+pub mod state {
+    /// Written by the builder, checked by the node before it trusts the partition as STATE:
+    /// [`marker`]'s text.
+    pub const MARKER: &str = "/keel-state";
+    /// The marker's format version, its first line.
+    pub const MARKER_VERSION: u32 = 1;
+    /// The profile a node applied (from fw_cfg, a URL or a config drive), kept across boots.
+    pub const PROFILE: &str = "/profile.toml";
+    /// The node's share of the cluster secrets ([`crate::secrets::NodeSecrets`]), from the
+    /// build (`image.secrets`) or given at boot.
+    pub const SECRETS: &str = "/secrets.toml";
+    /// The FAT volume label (11 bytes, space padded).
+    pub const VOLUME_LABEL: [u8; 11] = *b"STATE      ";
+
+    /// The marker file's text: the format version, then the image name.
+    pub fn marker(image_name: &str) -> String {
+        format!("{MARKER_VERSION}\n{image_name}\n")
+    }
+}
+
+/// `path` (absolute on a FAT volume: [`esp`], [`state`]) under the directory the volume is
+/// mounted on.
+pub fn on_volume(mount: &std::path::Path, path: &str) -> std::path::PathBuf {
+    mount.join(path.trim_start_matches('/'))
+}
+
+/// Paths inside the initramfs: the builder writes them, stage 1 reads them.
+pub mod initramfs {
+    /// The static init, executed by the kernel as PID 1.
+    pub const INIT: &str = "/init";
+    /// The public keys the manifest must be signed with (minisign public keys, one per line
+    /// pair).
+    pub const TRUSTED_KEYS: &str = "/etc/keel/trusted.pub";
+    /// The profile's `[node]` section, as TOML.
+    pub const PROFILE: &str = "/etc/keel/profile.toml";
+    /// Module files to load, one absolute path per line, dependencies first.
+    pub const MODULES_LOAD: &str = "/etc/keel/modules.load";
+}
+
+/// Paths in the root filesystem: the builder puts them there, the node relies on them.
+pub mod root {
+    /// The init in the verified root; stage 1 executes it after switching root.
+    pub const INIT: &str = "/usr/lib/keel/keel-init";
+    /// Container images baked into the root (`<name>.tar`), imported at boot.
+    pub const BAKED_IMAGES_DIR: &str = "/usr/share/keel/images";
+    /// Mount points the read-only root must have for the node's partitions.
+    pub const ESP_MOUNT: &str = "/efi";
+    pub const STATE_MOUNT: &str = "/state";
+}
+
+/// Where a node looks for a configuration given at boot, besides [`cmdline::CONFIG`].
+pub mod config {
+    /// QEMU fw_cfg entries (`keel run --profile/--secrets`; the node reads them under
+    /// `/sys/firmware/qemu_fw_cfg/by_name/`).
+    pub const FW_CFG_PROFILE: &str = "opt/keel/profile";
+    pub const FW_CFG_SECRETS: &str = "opt/keel/secrets";
+    /// The volume label of a config drive (FAT or ISO 9660) and the files on it.
+    pub const DRIVE_LABEL: &str = "KEELCFG";
+    pub const DRIVE_PROFILE: &str = "profile.toml";
+    pub const DRIVE_SECRETS: &str = "secrets.toml";
 }
 
 /// Boot tries a fresh entry gets (systemd-boot Automatic Boot Assessment).
@@ -234,6 +308,9 @@ pub mod cmdline {
     /// `keel.roothash=<hex>`: the dm-verity root hash, cross-checked against the signed
     /// manifest.
     pub const ROOTHASH: &str = "keel.roothash";
+    /// `keel.config=http://...`: a URL the node fetches its profile from (set by the
+    /// profile's `image.cmdline`, not by Keel).
+    pub const CONFIG: &str = "keel.config";
 
     /// Finds `key=value` on a command line (the last occurrence wins, as the kernel does).
     pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
@@ -250,20 +327,13 @@ pub mod cmdline {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEntry {
     pub slot: Slot,
-    pub os_name: String,
     pub version: String,
     pub options: Vec<String>,
 }
 
 impl BootEntry {
     /// The kernel command line: Keel's own arguments first, then the profile's.
-    pub fn new(
-        slot: Slot,
-        os_name: &str,
-        version: &str,
-        root_hash: &str,
-        extra: &[String],
-    ) -> Self {
+    pub fn new(slot: Slot, version: &str, root_hash: &str, extra: &[String]) -> Self {
         let mut options = vec![
             format!("{}={}", cmdline::SLOT, slot),
             format!("{}={}", cmdline::ROOTHASH, root_hash),
@@ -271,7 +341,6 @@ impl BootEntry {
         options.extend(extra.iter().cloned());
         BootEntry {
             slot,
-            os_name: os_name.to_owned(),
             version: version.to_owned(),
             options,
         }
@@ -280,7 +349,7 @@ impl BootEntry {
     pub fn render(&self) -> String {
         format!(
             "title {name} {version} ({slot})\nversion {version}\nsort-key {SORT_KEY}\nlinux {kernel}\ninitrd {initrd}\noptions {options}\n",
-            name = self.os_name,
+            name = OS_NAME,
             version = self.version,
             slot = self.slot,
             kernel = self.slot.kernel_path(),
@@ -321,8 +390,9 @@ mod tests {
 
     #[test]
     fn entry_renders_bls_fields() {
-        let e = BootEntry::new(Slot::B, "Keel", "1.2.0", "ab12", &["console=ttyS0".into()]);
+        let e = BootEntry::new(Slot::B, "1.2.0", "ab12", &["console=ttyS0".into()]);
         let text = e.render();
+        assert!(text.starts_with("title Keel 1.2.0 (b)\n"), "{text}");
         assert!(text.contains("\nversion 1.2.0\n"));
         assert!(text.contains("\nsort-key keel\n"));
         assert!(text.contains("\nlinux /keel/b/vmlinuz\n"));

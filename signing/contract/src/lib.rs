@@ -4,6 +4,7 @@
 //! - [`profile`]: the profile schema and its typed values (checked when deserialised);
 //! - [`names`]: the one DNS-name rule every name in a profile follows;
 //! - [`manifest`]: the signed image manifest;
+//! - [`output`]: the files `keel build` writes into its output directory;
 //! - [`layout`]: the disk layout, the ESP's paths, boot entries and their counters, the
 //!   kernel command line, STATE's files, the initramfs's paths and where the init lives;
 //! - [`gpt`]: the GUID partition table both sides read and write;
@@ -20,5 +21,6 @@ pub mod bundle;
 pub mod gpt;
 pub mod layout;
 pub mod manifest;
+pub mod output;
 pub mod profile;
 pub mod secrets;

@@ -1,5 +1,6 @@
 //! The cluster secrets file (`keel secrets gen` writes it, `image.secrets` names it) and the
-//! per-node subset the builder puts into a node's STATE partition as [`STATE_SECRETS_FILE`].
+//! per-node subset the builder puts into a node's STATE partition as
+//! [`crate::layout::state::SECRETS`].
 //!
 //! Both are versioned TOML holding PEM strings. This module is the format only (serde + toml,
 //! so the init can read a node's secrets without certificate code); generating keys and
@@ -52,10 +53,8 @@ use crate::profile::Role;
 pub const SECRETS_VERSION: i64 = 1;
 /// The node secrets file's format version.
 pub const NODE_SECRETS_VERSION: i64 = 1;
-/// Where a node's secrets live in its STATE partition.
-pub const STATE_SECRETS_FILE: &str = "/secrets.toml";
 /// The name every node's API certificate carries and clients pin.
-pub const NODE_API_NAME: &str = "keel-node";
+pub const NODE_API_NAME: &str = crate::api::SERVER_NAME;
 
 const EXPECT_CERT: &str = "a PEM certificate (-----BEGIN CERTIFICATE-----)";
 const EXPECT_KEY: &str = "a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)";

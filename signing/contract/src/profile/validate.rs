@@ -23,8 +23,8 @@ fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
 
 /// Kernel arguments Keel sets itself; a profile may not override them.
 pub const RESERVED_CMDLINE_KEYS: &[&str] = &[
-    "keel.slot",
-    "keel.roothash",
+    crate::layout::cmdline::SLOT,
+    crate::layout::cmdline::ROOTHASH,
     "root",
     "init",
     "rdinit",

@@ -119,6 +119,36 @@ fn profile_check_accepts_the_stock_profiles_and_locates_errors() {
     );
 }
 
+/// Issue 12's profile printed `ok` and then failed the node at boot, rebooting it until
+/// systemd-boot gave up. Now `keel profile check` refuses it with file:line:column and exit 2,
+/// and so does `keel build`, before it builds anything.
+#[test]
+fn profile_check_refuses_the_issue_12_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("issue12.toml");
+    std::fs::write(
+        &path,
+        "[image]\nversion = \"1.0.0\"\n[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [\"containerd\"] }\n[node.kubernetes]\ntaints = [\"this is not a taint\"]\nlabels = { \"bad key!!\" = \"x\" }\nversion = \"one.two\"\n[node.etcd]\nmembers = [{ name = \"cp1\", peer_url = \"not a url\" }]\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["profile", "check", p(&path)],
+        vec!["build", p(&path), "-o", p(&dir.path().join("out"))],
+    ] {
+        let out = keel(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        let located = [
+            "issue12.toml:6:11: `node.kubernetes.taints[0]`: invalid taint",
+            "issue12.toml:7:12: `node.kubernetes.labels",
+            "issue12.toml:8:11: `node.kubernetes.version`: invalid Kubernetes version",
+            "issue12.toml:10:39: `node.etcd.members[0].peer_url`: invalid peer URL",
+        ];
+        assert!(located.iter().any(|l| err.contains(l)), "{args:?}: {err}");
+        assert!(!dir.path().join("out").exists());
+    }
+}
+
 #[test]
 fn key_gen_writes_0600_refuses_overwrite_and_needs_a_choice_about_encryption() {
     let dir = tempfile::tempdir().unwrap();

@@ -135,7 +135,7 @@ pub fn run_argv(c: &SystemContainer, entrypoint: &[String]) -> Vec<String> {
         "--rm".into(),
         "--net-host".into(),
         c.image_ref(),
-        c.name.clone(),
+        c.name.to_string(),
     ];
     if !c.args.is_empty() {
         argv.extend(entrypoint.iter().cloned());
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn run_command_keeps_the_entrypoint_before_args() {
         let c = SystemContainer {
-            name: "marker".into(),
+            name: "marker".parse().unwrap(),
             image: "marker".into(),
             args: vec!["hello".into()],
             restart: RestartPolicy::Always,

@@ -148,8 +148,13 @@ pub fn prepare_role(
         ips: ips.to_vec(),
         endpoint: endpoint(node, node_ip)?,
         service_cidr: node.kubernetes.service_cidr,
-        cluster_domain: node.kubernetes.cluster_domain.clone(),
-        extra_sans: node.kubernetes.extra_sans.clone(),
+        cluster_domain: node.kubernetes.cluster_domain.to_string(),
+        extra_sans: node
+            .kubernetes
+            .extra_sans
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

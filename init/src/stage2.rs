@@ -121,7 +121,7 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
                 secrets: None,
             }),
             // A node that applied a profile before keeps its identity while the server is away.
-            Err(e) if layout::on_volume(&state, layout::state::PROFILE).exists() => {
+            Err(e) if layout::on_volume(state, layout::state::PROFILE).exists() => {
                 log(&format!(
                     "warning: {e}; keeping the profile applied at an earlier boot"
                 ));

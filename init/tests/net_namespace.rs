@@ -34,7 +34,7 @@ fn addrs(v: &[&str]) -> Vec<IpAddr> {
 fn dhcp_profile(lab: &Lab, dns: &[&str]) -> Network {
     Network {
         mode: NetworkMode::Dhcp,
-        interface: Some(lab.client_if.clone()),
+        interface: Some(lab.client_if.parse().unwrap()),
         addresses: Vec::new(),
         gateway: None,
         dns: addrs(dns),
@@ -44,7 +44,7 @@ fn dhcp_profile(lab: &Lab, dns: &[&str]) -> Network {
 fn static_profile(lab: &Lab, cidrs: &[&str], gateway: Option<&str>, dns: &[&str]) -> Network {
     Network {
         mode: NetworkMode::Static,
-        interface: Some(lab.client_if.clone()),
+        interface: Some(lab.client_if.parse().unwrap()),
         addresses: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         gateway: gateway.map(|g| g.parse().unwrap()),
         dns: addrs(dns),
@@ -374,7 +374,7 @@ fn static_ipv6_gateway_and_a_gateway_outside_the_prefix() {
 fn interface_selection_errors_name_what_is_there() {
     let lab = Lab::new("g");
     let mut network = dhcp_profile(&lab, &[]);
-    network.interface = Some("nosuch0".into());
+    network.interface = Some("nosuch0".parse().unwrap());
     let (result, _) = lab.configure(network.clone(), lab.options(1));
     let err = result.unwrap_err().to_string();
     assert!(

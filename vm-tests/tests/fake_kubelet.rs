@@ -587,10 +587,11 @@ fn contract(role: Role) -> String {
         role,
         ..Node::default()
     };
-    node.kubernetes
-        .labels
-        .insert("node.kubernetes.io/pool".into(), "system".into());
-    node.kubernetes.taints = vec!["dedicated=infra:NoSchedule".into()];
+    node.kubernetes.labels.insert(
+        "node.kubernetes.io/pool".parse().unwrap(),
+        "system".parse().unwrap(),
+    );
+    node.kubernetes.taints = vec!["dedicated=infra:NoSchedule".parse().unwrap()];
     let facts = NodeFacts {
         hostname: "cp-1".into(),
         ips: vec!["10.0.0.5".parse::<IpAddr>().unwrap()],

@@ -105,7 +105,7 @@ fn static_pods_and_join_objects_match_the_official_schemas() {
         std::fs::write(&path, &object.body).unwrap();
         files.push(path);
     }
-    let (ok, out) = validate(&node.kubernetes.version, &files);
+    let (ok, out) = validate(&node.kubernetes.version.to_string(), &files);
     assert!(ok, "kubernetes-validate refused:\n{out}");
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy();
@@ -134,7 +134,7 @@ fn the_validator_refuses_a_broken_pod() {
         spec.insert(breakage.into(), "yes".into());
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, serde_json::to_vec(&broken).unwrap()).unwrap();
-        let (ok, out) = validate(&node.kubernetes.version, &[path]);
+        let (ok, out) = validate(&node.kubernetes.version.to_string(), &[path]);
         assert!(!ok, "{name} must be refused:\n{out}");
         assert!(
             out.contains(breakage),

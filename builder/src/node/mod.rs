@@ -160,11 +160,8 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(String, u16), NodeError> {
         ),
         None => (endpoint, api::PORT),
     };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-    if !host_ok {
+    // A host name in any case, by the one DNS-name rule (addresses were handled above).
+    if host.parse::<keel_contract::profile::Hostname>().is_err() {
         return Err(bad("expected HOST[:PORT]"));
     }
     Ok((host.to_owned(), port))

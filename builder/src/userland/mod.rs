@@ -126,7 +126,7 @@ pub fn bake_container_images(
     for (index, image) in images.iter().enumerate() {
         let err = |message: String| UserlandError::ContainerImage {
             index,
-            name: image.name.clone(),
+            name: image.name.to_string(),
             message,
         };
         let phase = rep.phase("image", None);
@@ -160,7 +160,7 @@ pub fn bake_container_images(
         phase.finish(&format!("{name} ({}) -> {path}", human_bytes(size)));
         items.push(SourceItem {
             kind: "oci-image".into(),
-            name: image.name.clone(),
+            name: image.name.to_string(),
             version: exported.manifest_digest.clone(),
             sha256: digest_from_hex(&exported.manifest_digest),
         });

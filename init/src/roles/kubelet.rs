@@ -116,7 +116,7 @@ pub fn config(node: &Node) -> KubeletConfiguration {
         },
         cgroup_driver: "cgroupfs".into(),
         cluster_dns: vec![k.cluster_dns.to_string()],
-        cluster_domain: k.cluster_domain.clone(),
+        cluster_domain: k.cluster_domain.to_string(),
         container_runtime_endpoint: CONTAINERD_ENDPOINT.into(),
         fail_swap_on: false,
         // Loopback: only the init's health check reads it.
@@ -154,10 +154,10 @@ pub fn argv(node: &Node, name: &str, node_ip: IpAddr) -> Result<Vec<String>, Rol
     }
     argv.push(format!("--node-ip={node_ip}"));
     argv.push(format!("--hostname-override={name}"));
-    if let Some(labels) = labels::labels_flag(&k.labels)? {
+    if let Some(labels) = labels::labels_flag(&k.labels) {
         argv.push(format!("--node-labels={labels}"));
     }
-    if let Some(taints) = labels::taints_flag(&k.taints)? {
+    if let Some(taints) = labels::taints_flag(&k.taints) {
         argv.push(format!("--register-with-taints={taints}"));
     }
     argv.push(format!("--cert-dir={}", paths::KUBELET_CERT_DIR));

@@ -126,10 +126,6 @@ pub enum RoleError {
     NotAnEtcdMember { name: String, members: String },
     #[error("`node.etcd.members`: {0}")]
     BadEtcdMember(String),
-    #[error("`node.kubernetes.labels`: {0}")]
-    BadLabel(String),
-    #[error("`node.kubernetes.taints`: {0}")]
-    BadTaint(String),
     #[error("cannot serialise {what}: {why}")]
     Serialise { what: String, why: String },
 }
@@ -227,18 +223,9 @@ pub fn find_binary(root: &Path, path: &Path) -> BinaryStatus {
 /// The node name: the host name, which Kubernetes requires to be a lower-case DNS subdomain
 /// (the kubelet's client certificate names it as `system:node:<name>`).
 pub fn node_name(hostname: &str) -> Result<&str, RoleError> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if hostname.len() <= 253 && hostname.split('.').all(label_ok) {
-        Ok(hostname)
-    } else {
-        Err(RoleError::BadNodeName(hostname.to_owned()))
+    match keel_contract::names::subdomain_problem(hostname) {
+        None => Ok(hostname),
+        Some(_) => Err(RoleError::BadNodeName(hostname.to_owned())),
     }
 }
 

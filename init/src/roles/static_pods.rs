@@ -59,11 +59,7 @@ pub fn manifest_path(component: &str) -> String {
 /// `<image_repository>/<component>:v<version>`.
 pub fn image(node: &Node, component: &str) -> String {
     let k = &node.kubernetes;
-    let version = k.version.trim_start_matches('v');
-    format!(
-        "{}/{component}:v{version}",
-        k.image_repository.trim_end_matches('/')
-    )
+    format!("{}/{component}:{}", k.image_repository, k.version.tag())
 }
 
 /// The API server's port: the cluster endpoint's, else 6443.

@@ -334,8 +334,8 @@ fn manifests_are_json_with_type_meta() {
 #[test]
 fn image_tag_gets_one_v() {
     let mut node = controlplane();
-    node.kubernetes.version = "v1.32.0".into();
-    node.kubernetes.image_repository = "registry.k8s.io/".into();
+    node.kubernetes.version = "v1.32.0".parse().unwrap();
+    node.kubernetes.image_repository = "registry.k8s.io/".parse().unwrap();
     assert_eq!(
         static_pods::image(&node, "kube-scheduler"),
         "registry.k8s.io/kube-scheduler:v1.32.0"
@@ -539,19 +539,22 @@ fn node_names_are_dns_subdomains() {
     assert!(plan(&worker(), &facts).is_err());
 }
 
+/// Labels and taints the kubelet would refuse cannot reach the plan: the profile refuses
+/// them when it is parsed, with the position of the value.
 #[test]
-fn bad_labels_fail_the_plan() {
-    let mut node = worker();
-    node.kubernetes
-        .labels
-        .insert("node-role.kubernetes.io/worker".into(), String::new());
-    let root = root_with(&["/usr/bin/kubelet"]);
-    let err = plan(&node, &facts(root.path())).unwrap_err();
-    assert!(matches!(err, RoleError::BadLabel(_)), "{err}");
-    let mut node = worker();
-    node.kubernetes.taints = vec!["gpu".into()];
-    let err = plan(&node, &facts(root.path())).unwrap_err();
-    assert!(matches!(err, RoleError::BadTaint(_)), "{err}");
+fn bad_labels_are_refused_before_the_plan() {
+    for (text, words) in [
+        (
+            "[node.kubernetes]\nlabels = { \"node-role.kubernetes.io/worker\" = \"\" }\n",
+            "test.toml:2:12",
+        ),
+        ("[node.kubernetes]\ntaints = [\"gpu\"]\n", "test.toml:2:11"),
+    ] {
+        let err = LoadedProfile::from_text(Path::new("test.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(words), "{err}");
+    }
 }
 
 #[test]

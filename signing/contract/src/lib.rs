@@ -21,6 +21,7 @@ pub mod bundle;
 pub mod gpt;
 pub mod layout;
 pub mod manifest;
+pub mod names;
 pub mod output;
 pub mod profile;
 pub mod secrets;

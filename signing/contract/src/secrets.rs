@@ -47,7 +47,7 @@ use std::fmt;
 use base64::Engine;
 use serde::Serialize;
 
-use crate::profile::Role;
+use crate::profile::{ClusterName, Role};
 
 /// The cluster secrets file's format version. Readers refuse any other.
 pub const SECRETS_VERSION: i64 = 1;
@@ -61,7 +61,8 @@ const EXPECT_KEY: &str = "a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)
 const EXPECT_PUBLIC: &str = "a PEM public key (-----BEGIN PUBLIC KEY-----)";
 const EXPECT_TOKEN_ID: &str = "6 characters of a-z 0-9";
 const EXPECT_TOKEN_SECRET: &str = "16 characters of a-z 0-9";
-const EXPECT_CLUSTER_NAME: &str = "1-63 lower-case letters, digits or '-'";
+const EXPECT_CLUSTER_NAME: &str =
+    "1-63 lower-case letters, digits or '-', starting and ending with a letter or digit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -152,7 +153,7 @@ impl fmt::Debug for BootstrapToken {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Secrets {
     /// Written into kubeconfigs as the cluster's name.
-    pub cluster_name: String,
+    pub cluster_name: ClusterName,
     /// When the secrets were generated (unix seconds).
     pub created: u64,
     pub kubernetes_ca: CertKey,
@@ -201,7 +202,7 @@ pub struct CertOnly {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeSecrets {
     pub role: Role,
-    pub cluster_name: String,
+    pub cluster_name: ClusterName,
     pub created: u64,
     /// Both roles: the certificate. Control plane: the key too.
     pub kubernetes_ca: CaCert,
@@ -551,10 +552,10 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn cluster_name(&self) -> Result<String, SecretsError> {
+    fn cluster_name(&self) -> Result<ClusterName, SecretsError> {
         let name = self.string("cluster_name", EXPECT_CLUSTER_NAME)?;
-        if valid_cluster_name(name) {
-            Ok(name.to_owned())
+        if let Ok(name) = name.parse() {
+            Ok(name)
         } else {
             Err(field_error(
                 "cluster_name",
@@ -622,15 +623,6 @@ impl<'a> Fields<'a> {
 /// The characters of a bootstrap token (kubeadm's `[a-z0-9]`).
 pub fn token_char(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit()
-}
-
-/// The same rule as the profile's `node.cluster.name`.
-pub fn valid_cluster_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 /// One PEM block: its label (`CERTIFICATE`, `PRIVATE KEY`, ...) and decoded contents.

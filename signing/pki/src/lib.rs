@@ -35,10 +35,9 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
-use keel_contract::profile::Endpoint;
+use keel_contract::profile::{ClusterName, Endpoint};
 use keel_contract::secrets::{
     BootstrapToken, CertKey, NODE_API_NAME, Secrets, ServiceAccountKey, pem_blocks, token_char,
-    valid_cluster_name,
 };
 
 pub use derive::{DerivedFile, NodeIdentity, derive, first_service_ip, write_files};
@@ -312,11 +311,9 @@ impl Ca {
 /// `keel secrets gen`: every CA, the service-account key, a bootstrap token, and the
 /// operator's and nodes' shared certificates, as of `now` (unix seconds).
 pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
-    if !valid_cluster_name(cluster_name) {
-        return Err(PkiError::Input(format!(
-            "invalid cluster name {cluster_name:?}: expected 1-63 lower-case letters, digits or '-'"
-        )));
-    }
+    let cluster_name: ClusterName = cluster_name
+        .parse()
+        .map_err(|e| PkiError::Input(format!("cluster name: {e}")))?;
     let created = unix(now)?;
     let kubernetes_ca = Ca::create(names::KUBERNETES_CA, created)?;
     let etcd_ca = Ca::create(names::ETCD_CA, created)?;
@@ -348,7 +345,7 @@ pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
     )?;
     let sa = new_key()?;
     Ok(Secrets {
-        cluster_name: cluster_name.to_owned(),
+        cluster_name,
         created: now,
         kubernetes_ca,
         etcd_ca,

@@ -18,18 +18,26 @@
 //! carry line and column), merges the `extends` chain, then checks the rules that need the
 //! whole profile. See [`schema`] for every field.
 
+pub mod kube;
 mod load;
 pub mod schema;
 mod validate;
 pub mod values;
 
+pub use kube::{
+    ImageRepository, KubeVersion, LabelKey, LabelValue, NodeLabelKey, PeerUrl, SubjectAltName,
+    Taint, TaintEffect,
+};
 pub use load::{Diagnostic, Layer, LoadedProfile, ProfileError};
 pub use schema::*;
 pub use validate::{
     MIN_ESP_SIZE, MIN_SLOT_SIZE, MIN_STATE_SIZE, Problem, RESERVED_CMDLINE_KEYS, validate,
     validate_node,
 };
-pub use values::{ByteSize, Endpoint, FileMode, Hostname, ImageName, IpCidr};
+pub use values::{
+    ByteSize, ClusterName, ContainerName, Endpoint, FileMode, Hostname, ImageName, InterfaceName,
+    IpCidr,
+};
 
 #[cfg(test)]
 mod tests;

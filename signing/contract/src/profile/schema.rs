@@ -6,7 +6,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{ByteSize, Endpoint, FileMode, Hostname, ImageName, IpCidr};
+use super::kube::{
+    ImageRepository, KubeVersion, LabelValue, NodeLabelKey, PeerUrl, SubjectAltName, Taint,
+};
+use super::values::{
+    ByteSize, ClusterName, ContainerName, Endpoint, FileMode, Hostname, ImageName, InterfaceName,
+    IpCidr,
+};
+use crate::names::DnsSubdomain;
 
 /// A Keel profile: how to build an image (`[image]`) and what the node does when it boots
 /// (`[node]`).
@@ -342,8 +349,8 @@ impl Serialize for KernelSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerImage {
-    /// Short name: lower-case letters, digits and `-`.
-    pub name: String,
+    /// Short name: lower-case letters, digits and `-`, starting with a letter.
+    pub name: ContainerName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -460,8 +467,8 @@ impl Default for Node {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SystemContainer {
-    /// Container and service name: lower-case letters, digits and `-`.
-    pub name: String,
+    /// Container and service name: lower-case letters, digits and `-`, starting with a letter.
+    pub name: ContainerName,
     /// A baked image's short name (see `image.container_images`) or a full image reference
     /// already present in containerd.
     pub image: String,
@@ -517,7 +524,7 @@ pub struct Network {
     pub mode: NetworkMode,
     /// Interface to configure (default: the first Ethernet interface).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
+    pub interface: Option<InterfaceName>,
     /// Static addresses with prefix length (static mode only).
     #[serde(default)]
     pub addresses: Vec<IpCidr>,
@@ -541,9 +548,9 @@ pub enum NetworkMode {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
-    /// Cluster name (default `keel`).
+    /// Cluster name (default `keel`): a DNS label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<ClusterName>,
     /// The Kubernetes API endpoint every node talks to: `https://HOST:PORT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
@@ -555,10 +562,10 @@ pub struct Cluster {
 pub struct Kubernetes {
     /// Kubernetes version: the control-plane images' tag (`v` prepended).
     #[serde(default = "default_k8s_version")]
-    pub version: String,
+    pub version: KubeVersion,
     /// Registry and path of the control-plane images.
     #[serde(default = "default_image_repository")]
-    pub image_repository: String,
+    pub image_repository: ImageRepository,
     /// The kubelet binary in the root (from the userland or `image.files`).
     #[serde(default = "default_kubelet")]
     pub kubelet: PathBuf,
@@ -569,16 +576,16 @@ pub struct Kubernetes {
     #[serde(default = "default_cluster_dns")]
     pub cluster_dns: std::net::IpAddr,
     #[serde(default = "default_cluster_domain")]
-    pub cluster_domain: String,
-    /// Node labels, registered by the kubelet.
+    pub cluster_domain: DnsSubdomain,
+    /// Node labels, registered by the kubelet (so only keys it may set).
     #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<NodeLabelKey, LabelValue>,
     /// Node taints, `key=value:Effect` or `key:Effect`.
     #[serde(default)]
-    pub taints: Vec<String>,
+    pub taints: Vec<Taint>,
     /// More names and addresses for the API server's certificate.
     #[serde(default)]
-    pub extra_sans: Vec<String>,
+    pub extra_sans: Vec<SubjectAltName>,
 }
 
 impl Default for Kubernetes {
@@ -598,11 +605,11 @@ impl Default for Kubernetes {
     }
 }
 
-fn default_k8s_version() -> String {
-    "1.31.4".into()
+fn default_k8s_version() -> KubeVersion {
+    KubeVersion::new(1, 31, 4)
 }
-fn default_image_repository() -> String {
-    "registry.k8s.io".into()
+fn default_image_repository() -> ImageRepository {
+    ImageRepository::registry_k8s_io()
 }
 fn default_kubelet() -> PathBuf {
     PathBuf::from("/usr/bin/kubelet")
@@ -622,8 +629,8 @@ fn default_pod_cidr() -> IpCidr {
 fn default_cluster_dns() -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10))
 }
-fn default_cluster_domain() -> String {
-    "cluster.local".into()
+fn default_cluster_domain() -> DnsSubdomain {
+    DnsSubdomain::cluster_local()
 }
 
 /// `[node.etcd]` (control plane).
@@ -651,11 +658,11 @@ fn default_etcd() -> PathBuf {
     PathBuf::from("/usr/bin/etcd")
 }
 
-/// One etcd member: its name (the node's hostname) and peer URL.
+/// One etcd member: its name (the node's host name) and peer URL.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdMember {
-    pub name: String,
+    pub name: DnsSubdomain,
     /// `https://HOST:2380`.
-    pub peer_url: String,
+    pub peer_url: PeerUrl,
 }

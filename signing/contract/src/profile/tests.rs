@@ -230,6 +230,107 @@ fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
             &["unknown variant `sometimes`", "`on-failure`"],
         ),
         (
+            "taint (issue 12)",
+            "[node.kubernetes]\ntaints = [\"this is not a taint\"]\n",
+            "DIR/p.toml:2:11",
+            &[
+                "`node.kubernetes.taints[0]`",
+                "invalid taint",
+                "key=value:Effect",
+            ],
+        ),
+        (
+            "label key (issue 12)",
+            "[node.kubernetes]\nlabels = { \"bad key!!\" = \"x\" }\n",
+            "DIR/p.toml:2:12",
+            &["`node.kubernetes.labels", "\"bad key!!\"", "invalid"],
+        ),
+        (
+            "label the kubelet may not set",
+            "[node.kubernetes]\nlabels = { \"node-role.kubernetes.io/worker\" = \"\" }\n",
+            "DIR/p.toml:2:12",
+            &["`node.kubernetes.labels", "may not set"],
+        ),
+        (
+            "label value",
+            "[node.kubernetes]\nlabels = { zone = \"a b\" }\n",
+            "DIR/p.toml:2:19",
+            &["`node.kubernetes.labels.zone`", "label value"],
+        ),
+        (
+            "kubernetes version (issue 12)",
+            "[node.kubernetes]\nversion = \"one.two\"\n",
+            "DIR/p.toml:2:11",
+            &["`node.kubernetes.version`", "Kubernetes version", "1.31.4"],
+        ),
+        (
+            "peer URL (issue 12)",
+            "[node.etcd]\nmembers = [{ name = \"cp1\", peer_url = \"not a url\" }]\n",
+            "DIR/p.toml:2:39",
+            &[
+                "`node.etcd.members[0].peer_url`",
+                "peer URL",
+                "https://HOST:2380",
+            ],
+        ),
+        (
+            "etcd member name",
+            "[node.etcd]\nmembers = [{ name = \"CP_1\", peer_url = \"https://a:2380\" }]\n",
+            "DIR/p.toml:2:21",
+            &["`node.etcd.members[0].name`", "DNS name"],
+        ),
+        (
+            "etcd member twice",
+            "[node.etcd]\nmembers = [{ name = \"a\", peer_url = \"https://a:2380\" }, { name = \"a\", peer_url = \"https://b:2380\" }]\n",
+            "DIR/p.toml:2:66",
+            &["`node.etcd.members[1].name`", "twice"],
+        ),
+        (
+            "cluster name",
+            "[node.cluster]\nname = \"Prod_1\"\n",
+            "DIR/p.toml:2:8",
+            &["`node.cluster.name`", "lower-case"],
+        ),
+        (
+            "cluster domain",
+            "[node.kubernetes]\ncluster_domain = \"cluster..local\"\n",
+            "DIR/p.toml:2:18",
+            &["`node.kubernetes.cluster_domain`", "DNS name"],
+        ),
+        (
+            "extra SAN",
+            "[node.kubernetes]\nextra_sans = [\"ok.example\", \"not ok\"]\n",
+            "DIR/p.toml:2:29",
+            &[
+                "`node.kubernetes.extra_sans[1]`",
+                "IP address or a DNS name",
+            ],
+        ),
+        (
+            "image repository",
+            "[node.kubernetes]\nimage_repository = \"Registry.example/K8s\"\n",
+            "DIR/p.toml:2:20",
+            &["`node.kubernetes.image_repository`", "registry"],
+        ),
+        (
+            "container name",
+            "[[node.containers]]\nname = \"Web_1\"\nimage = \"a/b:c\"\n",
+            "DIR/p.toml:2:8",
+            &["`node.containers[0].name`", "starting with a letter"],
+        ),
+        (
+            "interface",
+            "[node.network]\ninterface = \"eth 0\"\n",
+            "DIR/p.toml:2:13",
+            &["`node.network.interface`", "interface name"],
+        ),
+        (
+            "image name",
+            "[image]\nname = \"keel-\"\n",
+            "DIR/p.toml:2:8",
+            &["`image.name`", "invalid image name"],
+        ),
+        (
             "missing base",
             "extends = \"nope.toml\"\n",
             "DIR/p.toml:1:11",
@@ -248,6 +349,83 @@ fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// The profile of issue 12: every value here passed `keel profile check` and then failed the
+/// node at boot. Now each is reported with its file, line and column (TOML parsing stops at
+/// the first bad value, so they are fixed one at a time until the profile loads).
+#[test]
+fn the_issue_12_profile_fails_at_check_time() {
+    let mut text = ISSUE_12.to_owned();
+    let mut bad: Vec<(&str, &str, &str)> = vec![
+        (
+            "DIR/p.toml:2:11: `node.kubernetes.taints[0]`",
+            "this is not a taint",
+            "a=b:NoSchedule",
+        ),
+        (
+            "DIR/p.toml:3:12: `node.kubernetes.labels",
+            "bad key!!",
+            "tier",
+        ),
+        (
+            "DIR/p.toml:4:11: `node.kubernetes.version`",
+            "one.two",
+            "1.31.4",
+        ),
+        (
+            "DIR/p.toml:6:39: `node.etcd.members[0].peer_url`",
+            "not a url",
+            "https://cp1:2380",
+        ),
+    ];
+    while !bad.is_empty() {
+        let (msg, diags) = load_err(&text);
+        assert_eq!(diags.len(), 1, "{msg}");
+        let i = bad
+            .iter()
+            .position(|(at, _, _)| msg.starts_with(at))
+            .unwrap_or_else(|| panic!("unexpected: {msg}"));
+        let (_, wrong, right) = bad.remove(i);
+        text = text.replace(wrong, right);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    LoadedProfile::load(&write(dir.path(), "p.toml", &text)).unwrap();
+}
+
+/// As issue 12 shows it, in the sections the fields belong to.
+pub(crate) const ISSUE_12: &str = "[node.kubernetes]\ntaints = [\"this is not a taint\"]\nlabels = { \"bad key!!\" = \"x\" }\nversion = \"one.two\"\n[node.etcd]\nmembers = [{ name = \"cp1\", peer_url = \"not a url\" }]\n";
+
+#[test]
+fn typed_node_values_round_trip_unchanged() {
+    // The baked profile is the node section serialised: typed values must write back what
+    // the canonical input said, so that images stay byte for byte the same.
+    let text = "[node]\nrole = \"controlplane\"\n[node.network]\ninterface = \"eth0\"\n[node.cluster]\nname = \"prod\"\n[node.kubernetes]\nversion = \"1.31.4\"\nimage_repository = \"registry.example:5000/k8s\"\ncluster_domain = \"cluster.local\"\nlabels = { \"example.com/tier\" = \"edge\", zone = \"\" }\ntaints = [\"dedicated=infra:NoSchedule\", \"spot:PreferNoSchedule\"]\nextra_sans = [\"cp.example.com\", \"10.0.0.1\", \"*.example.org\"]\n[node.etcd]\nmembers = [{ name = \"cp-1\", peer_url = \"https://10.0.0.1:2380\" }]\n";
+    let node = LoadedProfile::from_text(Path::new("p.toml"), text)
+        .unwrap()
+        .profile
+        .node;
+    let written = toml::to_string(&node).unwrap();
+    for want in [
+        "version = \"1.31.4\"",
+        "image_repository = \"registry.example:5000/k8s\"",
+        "\"example.com/tier\" = \"edge\"",
+        "\"dedicated=infra:NoSchedule\"",
+        "\"*.example.org\"",
+        "peer_url = \"https://10.0.0.1:2380\"",
+        "interface = \"eth0\"",
+        "name = \"prod\"",
+    ] {
+        assert!(written.contains(want), "{want} in\n{written}");
+    }
+    let defaults = toml::to_string(&Node::default()).unwrap();
+    for want in [
+        "version = \"1.31.4\"",
+        "image_repository = \"registry.k8s.io\"",
+        "cluster_domain = \"cluster.local\"",
+    ] {
+        assert!(defaults.contains(want), "{want} in\n{defaults}");
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Checks that span fields or need the whole merged profile. Value syntax is checked while
-//! parsing (see `values.rs`); these are the rules that remain.
+//! parsing (typed values: `values.rs`, `kube.rs`, `crate::names`); these are the rules that
+//! remain: sizes, cross-references, duplicates and field combinations.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -49,7 +50,7 @@ pub fn validate(profile: &Profile) -> Vec<Problem> {
                 .image
                 .container_images
                 .iter()
-                .any(|img| img.name == c.image)
+                .any(|img| img.name.as_str() == c.image)
         {
             out.push(problem(
                 format!("node.containers[{i}].image"),
@@ -58,15 +59,6 @@ pub fn validate(profile: &Profile) -> Vec<Problem> {
         }
     }
     out
-}
-
-fn short_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn validate_image(image: &Image, out: &mut Vec<Problem>) {
@@ -165,15 +157,7 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
     let mut names = HashSet::new();
     for (i, img) in image.container_images.iter().enumerate() {
         let field = format!("image.container_images[{i}]");
-        if !short_name_ok(&img.name) {
-            out.push(problem(
-                format!("{field}.name"),
-                format!(
-                    "{:?}: expected 1-63 lower-case letters, digits or '-', starting with a letter",
-                    img.name
-                ),
-            ));
-        } else if !names.insert(img.name.as_str()) {
+        if !names.insert(img.name.as_str()) {
             out.push(problem(
                 format!("{field}.name"),
                 format!("{:?} is used twice", img.name),
@@ -258,14 +242,6 @@ fn check_node(node: &Node, out: &mut Vec<Problem>) {
             }
         }
     }
-    if let Some(iface) = &net.interface
-        && (iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']))
-    {
-        out.push(problem(
-            "node.network.interface",
-            format!("{iface:?} is not an interface name"),
-        ));
-    }
     if !(30..=3600).contains(&node.boot_deadline_secs) {
         out.push(problem(
             "node.boot_deadline_secs",
@@ -277,15 +253,7 @@ fn check_node(node: &Node, out: &mut Vec<Problem>) {
     }
     let mut names = HashSet::new();
     for (i, c) in node.containers.iter().enumerate() {
-        if !short_name_ok(&c.name) {
-            out.push(problem(
-                format!("node.containers[{i}].name"),
-                format!(
-                    "{:?}: expected 1-63 lower-case letters, digits or '-', starting with a letter",
-                    c.name
-                ),
-            ));
-        } else if !names.insert(c.name.as_str()) {
+        if !names.insert(c.name.as_str()) {
             out.push(problem(
                 format!("node.containers[{i}].name"),
                 format!("{:?} is used twice", c.name),
@@ -298,16 +266,12 @@ fn check_node(node: &Node, out: &mut Vec<Problem>) {
             ));
         }
     }
-    if let Some(name) = &node.cluster.name {
-        let ok = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !ok {
+    let mut members = HashSet::new();
+    for (i, m) in node.etcd.members.iter().enumerate() {
+        if !members.insert(m.name.as_str()) {
             out.push(problem(
-                "node.cluster.name",
-                format!("{name:?}: expected 1-63 lower-case letters, digits or '-'"),
+                format!("node.etcd.members[{i}].name"),
+                format!("member {:?} is listed twice", m.name.as_str()),
             ));
         }
     }

@@ -7,32 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Implements `Deserialize` via `FromStr` (the error text becomes the TOML error message) and
-/// `Serialize` via `Display`.
-macro_rules! string_value {
-    ($ty:ty, $expecting:literal) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl serde::de::Visitor<'_> for V {
-                    type Value = $ty;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($expecting)
-                    }
-                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$ty, E> {
-                        s.parse().map_err(E::custom)
-                    }
-                }
-                d.deserialize_str(V)
-            }
-        }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-    };
-}
+pub use crate::names::Hostname;
+use crate::names::{ShortName, checked_string, string_value};
 
 /// A size in bytes written with a binary unit: `"512MiB"`, `"1GiB"`, `"128KiB"`, or a plain
 /// integer number of bytes.
@@ -123,83 +99,62 @@ impl Serialize for ByteSize {
     }
 }
 
-/// An image name: lower-case letters, digits and `-`, starting with a letter, at most 63 bytes
-/// (it ends up in file names, partition GUID derivation and the OS release file).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An image name: a [`ShortName`] (lower-case letters, digits and `-`, starting with a letter,
+/// at most 63 bytes): it ends up in file names, partition GUID derivation and os-release.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageName(String);
+checked_string!(ImageName);
 
 impl ImageName {
     /// The default name.
     pub fn keel() -> Self {
         ImageName("keel".to_owned())
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for ImageName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 63
-            && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if ok {
-            Ok(ImageName(s.to_owned()))
-        } else {
-            Err(format!(
-                "invalid image name {s:?}: expected 1-63 lower-case letters, digits or '-', starting with a letter"
-            ))
-        }
-    }
-}
-
-impl fmt::Display for ImageName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        s.parse::<ShortName>()
+            .map(|_| ImageName(s.to_owned()))
+            .map_err(|e| e.replacen("invalid name", "invalid image name", 1))
     }
 }
 string_value!(ImageName, "an image name like \"keel-worker\"");
 
-/// A host name (RFC 1123): dot-separated labels of letters, digits and `-`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Hostname(String);
+/// A system container's or a baked container image's name: a [`ShortName`].
+pub type ContainerName = ShortName;
 
-impl Hostname {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// A cluster name: a DNS label (kubeconfigs, the etcd cluster token and the secrets file
+/// carry it).
+pub type ClusterName = crate::names::DnsLabel;
 
-impl FromStr for Hostname {
+/// A network interface name as Linux takes it: 1-15 bytes, no `/`, whitespace or `:`, not
+/// `.` or `..`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct InterfaceName(String);
+checked_string!(InterfaceName);
+
+impl FromStr for InterfaceName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
-        if !s.is_empty() && s.len() <= 253 && s.split('.').all(label_ok) {
-            Ok(Hostname(s.to_ascii_lowercase()))
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s != "."
+            && s != ".."
+            && !s
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+        if ok {
+            Ok(InterfaceName(s.to_owned()))
         } else {
             Err(format!(
-                "invalid hostname {s:?}: expected dot-separated labels of 1-63 letters, digits or '-' (not at either end)"
+                "{s:?} is not an interface name: expected 1-15 characters without '/', ':' or spaces, like \"eth0\""
             ))
         }
     }
 }
-
-impl fmt::Display for Hostname {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-string_value!(Hostname, "a hostname like \"worker-1\"");
+string_value!(InterfaceName, "an interface name like \"eth0\"");
 
 /// An interface address with its prefix length: `"10.0.2.15/24"`, `"fd00::2/64"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -249,45 +204,16 @@ pub struct Endpoint {
 impl FromStr for Endpoint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err =
-            |why: &str| format!("invalid endpoint {s:?}: {why}; expected \"https://HOST:PORT\"");
-        let rest = s
-            .strip_prefix("https://")
-            .ok_or_else(|| err("the scheme must be https"))?;
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') {
-            return Err(err("no path is allowed"));
-        }
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| err("unclosed '['"))?;
-            let port = after.strip_prefix(':').map(str::parse::<u16>).transpose();
-            (
-                h.to_owned(),
-                port.map_err(|_| err("bad port"))?.unwrap_or(443),
-            )
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| err("bad port"))?),
-                None => (rest.to_owned(), 443),
-            }
-        };
-        if host.is_empty() || port == 0 {
-            return Err(err("missing host or port"));
-        }
-        if host.parse::<IpAddr>().is_err() {
-            host.parse::<Hostname>().map_err(|_| err("bad host"))?;
-        }
+        let (host, port) = super::kube::parse_https(s, 443).map_err(|why| {
+            format!("invalid endpoint {s:?}: {why}; expected \"https://HOST:PORT\"")
+        })?;
         Ok(Endpoint { host, port })
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "https://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "https://{}:{}", self.host, self.port)
-        }
+        super::kube::https_url(f, &self.host, self.port)
     }
 }
 string_value!(Endpoint, "an endpoint like \"https://10.0.0.1:6443\"");

@@ -15,7 +15,7 @@ fn pair(tag: &str) -> CertKey {
 
 fn sample() -> Secrets {
     Secrets {
-        cluster_name: "prod-1".into(),
+        cluster_name: "prod-1".parse().unwrap(),
         created: 1_700_000_000,
         kubernetes_ca: pair("kubernetes-ca"),
         etcd_ca: pair("etcd-ca"),

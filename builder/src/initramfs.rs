@@ -26,6 +26,19 @@ pub const OPTIONAL_MODULES: &[&str] = &[
 /// Paths inside the initramfs that the init reads (the contract).
 pub use keel_contract::layout::initramfs as paths;
 
+/// The profile's node section as it is baked into the initramfs (and handed to a node over
+/// fw_cfg by `keel run --profile`): TOML with the `[node]` table only, no build-host paths.
+pub fn baked_profile(profile: &keel_contract::profile::Profile) -> String {
+    #[derive(serde::Serialize)]
+    struct Baked<'a> {
+        node: &'a keel_contract::profile::Node,
+    }
+    toml::to_string(&Baked {
+        node: &profile.node,
+    })
+    .unwrap_or_default()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
     #[error(transparent)]

@@ -35,6 +35,11 @@ pub enum KeyError {
         "refusing to write an unprotected secret key without --unencrypted (or give a passphrase with {PASSPHRASE_ENV} or at the prompt)"
     )]
     NeedPassphraseOrUnencrypted,
+    #[error("{path}: {source}")]
+    WriteSignature {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the passphrases do not match")]
     Mismatch,
     #[error("no public key found for the signing key {secret}: expected {candidates}")]
@@ -48,6 +53,47 @@ pub enum KeyError {
         secret: PathBuf,
         secret_id: String,
     },
+}
+
+impl crate::error::Classify for KeyError {
+    fn is_bad_input(&self) -> bool {
+        // Keys, passphrases and key files are the operator's input; writing a signature
+        // beside a file that was readable is the only failure.
+        !matches!(self, KeyError::WriteSignature { .. })
+    }
+}
+
+/// `keel sign FILE --key K`: writes `FILE.minisig` (minisign's prehashed format) and returns
+/// its path and the signing key's ID. The trusted comment defaults to what minisign writes.
+pub fn sign_file(
+    file: &Path,
+    key: &Path,
+    trusted_comment: Option<&str>,
+) -> Result<(PathBuf, keel_minisign::KeyId), KeyError> {
+    let secret = load_secret(key)?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let comment = match trusted_comment {
+        Some(c) => c.to_owned(),
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            format!("timestamp:{now}\tfile:{name}\thashed")
+        }
+    };
+    let sig = keel_minisign::sign_file(&secret, file, &comment)?;
+    let mut out = file.as_os_str().to_owned();
+    out.push(".minisig");
+    let out = PathBuf::from(out);
+    std::fs::write(&out, sig.to_file_string()).map_err(|source| KeyError::WriteSignature {
+        path: out.clone(),
+        source,
+    })?;
+    Ok((out, secret.key_id()))
 }
 
 /// Reads a line from the terminal with echo off.

@@ -1,31 +1,44 @@
 //! Keel's image builder: profile -> userland -> root tree -> squashfs + dm-verity ->
-//! initramfs -> ESP -> GPT disk -> signed manifest -> other formats.
+//! initramfs -> ESP -> GPT disk -> signed manifest -> bundle, SBOM and other formats.
+//!
+//! Layers, top down: [`cli`] (clap and exit codes only) calls the library modules below it;
+//! each library module has its own error type ([`error::Classify`] tells the CLI whether it is
+//! bad input), and none calls back up. docs/architecture.md maps the pipeline and the
+//! contracts.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod build;
-pub mod bundle;
 pub mod cli;
-pub mod commands;
+
+// The pipeline and the commands' library halves.
+pub mod build;
+pub mod check;
+pub mod context;
+pub mod error;
+pub mod inspect;
+pub mod node;
+pub mod run;
+pub mod sbom;
+pub mod secrets;
+pub mod verify;
+
+// The steps and formats the pipeline is made of.
+pub mod bundle;
 pub mod cpio;
 pub mod disk;
-pub mod esp;
-pub mod fat32;
+pub mod fat;
 pub mod formats;
 pub mod init_binary;
 pub mod initramfs;
-pub mod inspect;
-pub mod io;
 pub mod kernel;
 pub mod keys;
 pub mod kmod;
-pub mod node;
-pub mod progress;
-pub mod qemu;
 pub mod rootfs;
-pub mod run;
-pub mod secrets;
 pub mod squashfs;
 pub mod tree;
 pub mod userland;
-pub mod verify;
 pub mod verity;
+
+// Shared plumbing.
+pub mod io;
+pub mod progress;
+pub mod qemu;

@@ -1,5 +1,6 @@
 //! Progress reporting: indicatif bars and spinners when stderr is a terminal, one plain line
-//! per phase otherwise (CI logs), nothing with `--quiet`.
+//! per phase otherwise (CI logs), nothing with `--quiet`; details with `-v`, the tools run
+//! with `-vv`.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -13,25 +14,60 @@ enum Mode {
     Terminal,
 }
 
+/// How much to say (`-q`, default, `-v`, `-vv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+    Debug,
+}
+
 #[derive(Debug, Clone)]
 pub struct Reporter {
     mode: Mode,
+    verbosity: Verbosity,
 }
 
 impl Reporter {
     pub fn new(quiet: bool) -> Self {
-        let mode = if quiet {
+        Reporter::with_verbosity(if quiet {
+            Verbosity::Quiet
+        } else {
+            Verbosity::Normal
+        })
+    }
+
+    pub fn with_verbosity(verbosity: Verbosity) -> Self {
+        let mode = if verbosity == Verbosity::Quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
             Mode::Terminal
         } else {
             Mode::Plain
         };
-        Reporter { mode }
+        Reporter { mode, verbosity }
     }
 
     pub fn quiet() -> Self {
-        Reporter { mode: Mode::Quiet }
+        Reporter {
+            mode: Mode::Quiet,
+            verbosity: Verbosity::Quiet,
+        }
+    }
+
+    /// A line shown with `-v`: what went in, what was checked.
+    pub fn detail(&self, text: &str) {
+        if self.verbosity >= Verbosity::Verbose {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A line shown with `-vv`: the tools run and their arguments.
+    pub fn debug(&self, text: &str) {
+        if self.verbosity >= Verbosity::Debug {
+            eprintln!("{text}");
+        }
     }
 
     /// Starts a phase; `total` bytes when the work is measurable, for a bar.

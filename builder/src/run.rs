@@ -8,10 +8,47 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_contract::layout::config;
-use keel_contract::profile::{ByteSize, LoadedProfile};
+use keel_contract::profile::{ByteSize, LoadedProfile, ProfileError};
 
-use crate::commands::CommandError;
-use crate::qemu::{Vm, VmConfig};
+use crate::qemu::{QemuError, Vm, VmConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{}: no disk image (expected a keel build output directory or a disk.raw)", .0.display())]
+    NoImage(PathBuf),
+    #[error("--disk-size: {0}")]
+    DiskSize(String),
+    #[error("--forward {0:?}: expected HOST:GUEST port numbers")]
+    Forward(String),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error("node secrets: {0}")]
+    NodeSecrets(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+}
+
+impl crate::error::Classify for RunError {
+    fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            RunError::NoImage(_)
+                | RunError::DiskSize(_)
+                | RunError::Forward(_)
+                | RunError::Profile(_)
+        )
+    }
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.to_string();
+    move |source| RunError::Io { what, source }
+}
 
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -67,20 +104,18 @@ pub struct RunOptions {
 pub fn boot_config(
     profile: &Path,
     secrets: Option<&Path>,
-) -> Result<(String, Option<String>), CommandError> {
-    let bad = |m: String| CommandError::BadInput(m);
-    let mut loaded = LoadedProfile::load(profile).map_err(|e| bad(e.to_string()))?;
+) -> Result<(String, Option<String>), RunError> {
+    let mut loaded = LoadedProfile::load(profile)?;
     if let Some(path) = secrets {
         // The same checks as a profile naming the file (cluster name, format).
         loaded.profile.image.secrets = Some(path.to_path_buf());
     }
-    let node_secrets = crate::secrets::node_secrets_for(&loaded)
-        .map_err(|e| bad(e.to_string()))?
+    let node_secrets = crate::secrets::node_secrets_for(&loaded)?
         .map(|s| s.to_toml())
         .transpose()
-        .map_err(|e| CommandError::Failed(format!("node secrets: {e}")))?;
+        .map_err(|e| RunError::NodeSecrets(e.to_string()))?;
     Ok((
-        crate::commands::baked_profile(&loaded.profile),
+        crate::initramfs::baked_profile(&loaded.profile),
         node_secrets,
     ))
 }
@@ -91,87 +126,111 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     crate::io::create_new_with_mode(path, 0o600)?.write_all(text.as_bytes())
 }
 
-pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
-    let bad = |m: String| CommandError::BadInput(m);
-    let failed = |m: String| CommandError::Failed(m);
+/// The options checked, before anything is copied or started.
+struct Plan {
+    image: PathBuf,
+    size: ByteSize,
+    forwards: Vec<(u16, u16)>,
+    boot: Option<(String, Option<String>)>,
+}
+
+fn plan(path: &Path, opts: &RunOptions) -> Result<Plan, RunError> {
     let image = if path.is_dir() {
         path.join(keel_contract::output::DISK)
     } else {
         path.to_path_buf()
     };
     if !image.is_file() {
-        return Err(bad(format!(
-            "{}: no disk image (expected a keel build output directory or a disk.raw)",
-            image.display()
-        )));
+        return Err(RunError::NoImage(image));
     }
-    let size: ByteSize = opts
-        .disk_size
-        .parse()
-        .map_err(|e: String| bad(format!("--disk-size: {e}")))?;
+    let size: ByteSize = opts.disk_size.parse().map_err(RunError::DiskSize)?;
     let mut forwards = Vec::new();
     for f in &opts.forwards {
         let parsed = f
             .split_once(':')
             .and_then(|(h, g)| Some((h.parse().ok()?, g.parse().ok()?)));
-        forwards
-            .push(parsed.ok_or_else(|| {
-                bad(format!("--forward {f:?}: expected HOST:GUEST port numbers"))
-            })?);
+        forwards.push(parsed.ok_or_else(|| RunError::Forward(f.clone()))?);
     }
     let boot = opts
         .profile
         .as_deref()
         .map(|p| boot_config(p, opts.secrets.as_deref()))
         .transpose()?;
-    let _temp;
-    let state_dir: PathBuf = if opts.keep_disk {
+    Ok(Plan {
+        image,
+        size,
+        forwards,
+        boot,
+    })
+}
+
+/// The VM's directory (disk, firmware variables, fw_cfg files): `OUTDIR/run` with
+/// `--keep-disk`, else a temporary one (kept alive by the returned guard).
+fn state_dir(
+    path: &Path,
+    image: &Path,
+    keep_disk: bool,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), RunError> {
+    if keep_disk {
         let base = if path.is_dir() {
             path.to_path_buf()
         } else {
             image.parent().unwrap_or(Path::new(".")).to_path_buf()
         };
-        base.join("run")
-    } else {
-        let t = tempfile::Builder::new()
-            .prefix("keel-run-")
-            .tempdir()
-            .map_err(|e| failed(format!("temporary directory: {e}")))?;
-        let p = t.path().to_path_buf();
-        _temp = t;
-        p
-    };
-    std::fs::create_dir_all(&state_dir)
-        .map_err(|e| failed(format!("{}: {e}", state_dir.display())))?;
-    let disk = state_dir.join("disk.raw");
+        return Ok((base.join("run"), None));
+    }
+    let t = tempfile::Builder::new()
+        .prefix("keel-run-")
+        .tempdir()
+        .map_err(io("temporary directory"))?;
+    Ok((t.path().to_path_buf(), Some(t)))
+}
+
+/// Boots the image and attaches this terminal to its serial console until the VM stops.
+pub fn run(path: &Path, opts: &RunOptions) -> Result<(), RunError> {
+    let plan = plan(path, opts)?;
+    let (state_dir, _temp) = state_dir(path, &plan.image, opts.keep_disk)?;
+    std::fs::create_dir_all(&state_dir).map_err(io(state_dir.display()))?;
+    let disk = state_dir.join(keel_contract::output::DISK);
     if !disk.exists() {
-        sparse_copy(&image, &disk, size.bytes())
-            .map_err(|e| failed(format!("copying {}: {e}", image.display())))?;
+        sparse_copy(&plan.image, &disk, plan.size.bytes())
+            .map_err(io(format!("copying {}", plan.image.display())))?;
     }
     let mut config = VmConfig::new(&disk, &state_dir);
     config.memory_mib = opts.memory;
-    config.forwards = forwards;
-    if let Some((profile, secrets)) = boot {
+    config.forwards = plan.forwards;
+    if let Some((profile, secrets)) = plan.boot {
         for (name, entry, text) in [
             ("profile", config::FW_CFG_PROFILE, Some(profile)),
             ("secrets", config::FW_CFG_SECRETS, secrets),
         ] {
             let Some(text) = text else { continue };
             let file = state_dir.join(format!("fw-cfg-{name}.toml"));
-            write_private(&file, &text).map_err(|e| failed(format!("{}: {e}", file.display())))?;
+            write_private(&file, &text).map_err(io(file.display()))?;
             config.fw_cfg.push((entry.to_owned(), file));
         }
     }
     install_sigint_handler();
-    let mut vm = Vm::start(config).map_err(|e| failed(e.to_string()))?;
+    let mut vm = Vm::start(config)?;
     eprintln!(
         "keel run: {} on {} (Ctrl-C powers off; console log {})",
-        image.display(),
+        plan.image.display(),
         disk.display(),
         vm.config.console_log().display()
     );
-    let serial = vm.serial().map_err(|e| failed(e.to_string()))?;
-    let mut from_vm = serial.try_clone().map_err(|e| failed(e.to_string()))?;
+    attach_console(&vm)?;
+    wait_for_power_off(&mut vm);
+    let qemu_errors = vm.stderr();
+    if !qemu_errors.trim().is_empty() {
+        eprintln!("{}", qemu_errors.trim());
+    }
+    Ok(())
+}
+
+/// Copies the VM's serial output to stdout and stdin to the VM, each on its own thread.
+fn attach_console(vm: &Vm) -> Result<(), RunError> {
+    let serial = vm.serial()?;
+    let mut from_vm = serial.try_clone().map_err(io("the serial console"))?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut stdout = std::io::stdout();
@@ -196,6 +255,12 @@ pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
             }
         }
     });
+    Ok(())
+}
+
+/// Waits for the VM to stop: the first Ctrl-C presses the power button, a second one (or a
+/// VM still running a minute later) pulls the plug.
+fn wait_for_power_off(vm: &mut Vm) {
     let mut powerdown_at: Option<Instant> = None;
     loop {
         if vm.wait_timeout(Duration::from_millis(200)).is_some() {
@@ -216,9 +281,4 @@ pub fn run(path: &Path, opts: &RunOptions) -> Result<(), CommandError> {
             powerdown_at = Some(Instant::now());
         }
     }
-    let qemu_errors = vm.stderr();
-    if !qemu_errors.trim().is_empty() {
-        eprintln!("{}", qemu_errors.trim());
-    }
-    Ok(())
 }

@@ -7,10 +7,35 @@ use std::path::{Path, PathBuf};
 use keel_contract::profile::{Endpoint, LoadedProfile, ProfileError};
 use keel_contract::secrets::{NodeSecrets, Secrets};
 
-use crate::commands::CommandError;
-
 /// The operator's kubeconfig, written beside the secrets file.
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsGenError {
+    #[error("{0}: expected a file name other than {ADMIN_KUBECONFIG}")]
+    BadName(PathBuf),
+    #[error("{0} already exists; refusing to overwrite cluster secrets")]
+    Exists(PathBuf),
+    #[error(transparent)]
+    Pki(#[from] keel_pki::PkiError),
+    #[error("{0}")]
+    Format(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl crate::error::Classify for SecretsGenError {
+    fn is_bad_input(&self) -> bool {
+        match self {
+            SecretsGenError::BadName(_) | SecretsGenError::Exists(_) => true,
+            SecretsGenError::Pki(e) => e.is_bad_input(),
+            SecretsGenError::Format(_) | SecretsGenError::Io { .. } => false,
+        }
+    }
+}
 
 /// What `keel secrets gen` wrote.
 #[derive(Debug)]
@@ -28,32 +53,20 @@ pub fn generate(
     cluster_name: &str,
     endpoint: &Endpoint,
     now: u64,
-) -> Result<Generated, CommandError> {
+) -> Result<Generated, SecretsGenError> {
     let kubeconfig_path = output.with_file_name(ADMIN_KUBECONFIG);
     if output.file_name().is_none() || kubeconfig_path == output {
-        return Err(CommandError::BadInput(format!(
-            "{}: expected a file name other than {ADMIN_KUBECONFIG}",
-            output.display()
-        )));
+        return Err(SecretsGenError::BadName(output.to_path_buf()));
     }
     for p in [output, kubeconfig_path.as_path()] {
         if p.exists() {
-            return Err(CommandError::BadInput(format!(
-                "{} already exists; refusing to overwrite cluster secrets",
-                p.display()
-            )));
+            return Err(SecretsGenError::Exists(p.to_path_buf()));
         }
     }
-    let secrets = keel_pki::generate(cluster_name, now).map_err(|e| {
-        if e.is_bad_input() {
-            CommandError::BadInput(e.to_string())
-        } else {
-            CommandError::Failed(e.to_string())
-        }
-    })?;
+    let secrets = keel_pki::generate(cluster_name, now)?;
     let text = secrets
         .to_toml()
-        .map_err(|e| CommandError::Failed(e.to_string()))?;
+        .map_err(|e| SecretsGenError::Format(e.to_string()))?;
     let kubeconfig = keel_pki::admin_kubeconfig(&secrets, endpoint);
 
     // Both files are created (exclusively) before either is filled, so a race or a failure
@@ -79,7 +92,10 @@ pub fn generate(
     if let Err((path, e)) = written {
         let _ = std::fs::remove_file(output);
         let _ = std::fs::remove_file(&kubeconfig_path);
-        return Err(CommandError::Failed(format!("{}: {e}", path.display())));
+        return Err(SecretsGenError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        });
     }
     Ok(Generated {
         secrets_path: output.to_path_buf(),
@@ -89,15 +105,15 @@ pub fn generate(
 }
 
 /// Creates a new file with mode 0600 (never opening an existing one).
-fn create_private(path: &Path) -> Result<std::fs::File, CommandError> {
+fn create_private(path: &Path) -> Result<std::fs::File, SecretsGenError> {
     crate::io::create_new_with_mode(path, 0o600).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            CommandError::BadInput(format!(
-                "{} already exists; refusing to overwrite cluster secrets",
-                path.display()
-            ))
+            SecretsGenError::Exists(path.to_path_buf())
         } else {
-            CommandError::Failed(format!("{}: {e}", path.display()))
+            SecretsGenError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
         }
     })
 }

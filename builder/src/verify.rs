@@ -15,11 +15,16 @@ use keel_minisign::{self as minisign, SignatureFile, TrustedKeys, Verified};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{Bundle, BundleError};
-use crate::commands::CommandError;
-use crate::esp::Window;
+use crate::io::{ReadOnly, Window};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// A public key file that cannot be read or parsed (bad input).
+    #[error("{0}")]
+    Keys(String),
+    /// The thing to verify does not exist (bad input).
+    #[error("{}: no such file or directory", .0.display())]
+    Missing(PathBuf),
     #[error("{0}")]
     Signature(String),
     #[error("{path}: {source}")]
@@ -39,9 +44,9 @@ pub enum VerifyError {
     Bundle(#[from] BundleError),
 }
 
-impl From<VerifyError> for CommandError {
-    fn from(e: VerifyError) -> Self {
-        CommandError::Failed(e.to_string())
+impl crate::error::Classify for VerifyError {
+    fn is_bad_input(&self) -> bool {
+        matches!(self, VerifyError::Keys(_) | VerifyError::Missing(_))
     }
 }
 
@@ -53,10 +58,10 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError + '_ {
 }
 
 /// Reads every public key file into one trusted set.
-pub fn load_trusted(files: &[PathBuf]) -> Result<TrustedKeys, CommandError> {
+pub fn load_trusted(files: &[PathBuf]) -> Result<TrustedKeys, VerifyError> {
     let mut keys = Vec::new();
     for f in files {
-        let set = TrustedKeys::from_file(f).map_err(|e| CommandError::BadInput(e.to_string()))?;
+        let set = TrustedKeys::from_file(f).map_err(|e| VerifyError::Keys(e.to_string()))?;
         for k in set.iter() {
             if !keys
                 .iter()
@@ -66,7 +71,7 @@ pub fn load_trusted(files: &[PathBuf]) -> Result<TrustedKeys, CommandError> {
             }
         }
     }
-    TrustedKeys::new(keys).map_err(|e| CommandError::BadInput(e.to_string()))
+    TrustedKeys::new(keys).map_err(|e| VerifyError::Keys(e.to_string()))
 }
 
 /// A file with `FILE.minisig` beside it.
@@ -86,27 +91,21 @@ pub struct DirReport {
 }
 
 fn sha256_of(reader: &mut impl Read, len: u64) -> std::io::Result<Sha256Digest> {
-    let mut hasher = Sha256::new();
-    let mut left = len;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = buf.len().min(left as usize);
-        reader.read_exact(&mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(Sha256Digest(hasher.finalize().into()))
+    crate::io::sha256_exact(reader, len).map(Sha256Digest)
 }
 
+/// A build output directory: the manifest's signature, then the disk (read-only) against it:
+/// the partition table, each partition with a content digest, the ESP's boot files and
+/// manifest; then `vmlinuz` and `initramfs` beside it, and the update bundle.
 pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport, VerifyError> {
     let manifest_path = dir.join(output::MANIFEST);
-    let sig_path = dir.join(output::SIGNATURE);
     let manifest_bytes = std::fs::read(&manifest_path).map_err(io_at(&manifest_path))?;
-    let sig_text = std::fs::read_to_string(&sig_path).map_err(io_at(&sig_path))?;
-    let sig = SignatureFile::parse(&sig_text)
-        .map_err(|e| VerifyError::Signature(format!("{}: {e}", sig_path.display())))?;
-    let verified = minisign::verify_bytes(trusted, &sig, &manifest_bytes)
-        .map_err(|e| VerifyError::Signature(format!("{}: {e}", manifest_path.display())))?;
+    let verified = signed_by(
+        trusted,
+        &manifest_path,
+        &manifest_bytes,
+        &dir.join(output::SIGNATURE),
+    )?;
     let manifest = Manifest::from_json(&manifest_bytes).map_err(|e| VerifyError::Manifest {
         path: manifest_path.clone(),
         message: e.to_string(),
@@ -114,127 +113,17 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
     let mut checked = vec![format!("manifest signature (key ID {})", verified.key_id)];
 
     let disk_path = dir.join(output::DISK);
-    let mut disk = File::options()
-        .read(true)
-        .write(true)
-        .open(&disk_path)
-        .map_err(io_at(&disk_path))?;
-    let size = disk.metadata().map_err(io_at(&disk_path))?.len();
-    if size != manifest.disk.size {
-        return Err(VerifyError::Output {
-            path: disk_path,
-            message: format!("{size} bytes, the manifest says {}", manifest.disk.size),
-        });
-    }
-    let mut head = vec![0u8; gpt::PRIMARY_BYTES as usize];
-    disk.read_exact(&mut head).map_err(io_at(&disk_path))?;
-    let gpt =
-        Gpt::parse_primary(&head, size / layout::SECTOR_SIZE).map_err(|e| VerifyError::Output {
-            path: disk_path.clone(),
-            message: format!("partition table: {e}"),
-        })?;
-    if gpt.disk_guid.hyphenated().to_string().to_uppercase() != manifest.disk.guid {
-        return Err(VerifyError::Output {
-            path: disk_path.clone(),
-            message: "disk GUID differs from the manifest".into(),
-        });
-    }
-    for part in &manifest.disk.partitions {
-        let label = part.label.clone();
-        let err = |message: String| VerifyError::Partition {
-            label: label.clone(),
-            message,
-        };
-        let (number, found) = gpt
-            .find(&part.label)
-            .ok_or_else(|| err("missing from the partition table".into()))?;
-        let same = number == part.number
-            && found.offset() == part.offset
-            && found.size() == part.size
-            && found.guid.hyphenated().to_string().to_uppercase() == part.guid
-            && found.type_guid.hyphenated().to_string().to_uppercase() == part.type_guid;
-        if !same {
-            return Err(err("partition table entry differs from the manifest".into()));
-        }
-        if let Some(content) = &part.content {
-            disk.seek(SeekFrom::Start(part.offset))
-                .map_err(io_at(&disk_path))?;
-            let digest = sha256_of(&mut disk, content.size).map_err(io_at(&disk_path))?;
-            if digest != content.sha256 {
-                return Err(err(format!(
-                    "content does not match the signed manifest (sha256 {digest}, expected {})",
-                    content.sha256
-                )));
-            }
-            checked.push(format!("{} ({} bytes)", part.label, content.size));
-        }
-    }
-
-    let esp = manifest
-        .partition(layout::PartitionRole::Esp.label())
-        .ok_or_else(|| VerifyError::Manifest {
-            path: manifest_path.clone(),
-            message: "no ESP partition".into(),
-        })?;
-    let files = [
-        ("kernel", Slot::A.kernel_path(), manifest.kernel.sha256),
-        (
-            "initramfs",
-            Slot::A.initramfs_path(),
-            manifest.initramfs.sha256,
-        ),
-        (
-            "bootloader",
-            layout::esp::BOOTLOADER.to_owned(),
-            manifest.bootloader.sha256,
-        ),
-    ];
-    for (what, path, expected) in files {
-        let window = Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?;
-        let bytes = crate::esp::read_fat_file(window, &path).map_err(|e| VerifyError::EspFile {
-            what: format!("{what} {path}"),
-            message: e.to_string(),
-        })?;
-        let digest = Sha256Digest(Sha256::digest(&bytes).into());
-        if digest != expected {
-            return Err(VerifyError::EspFile {
-                what: format!("{what} {path}"),
-                message: format!(
-                    "does not match the signed manifest (sha256 {digest}, expected {expected})"
-                ),
-            });
-        }
-        checked.push(format!("ESP {path}"));
-    }
-    let window = Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(&disk_path))?;
-    let on_disk = crate::esp::read_fat_file(window, &Slot::A.manifest_path()).map_err(|e| {
-        VerifyError::EspFile {
-            what: "manifest".into(),
-            message: e.to_string(),
-        }
-    })?;
-    if on_disk != manifest_bytes {
-        return Err(VerifyError::EspFile {
-            what: Slot::A.manifest_path(),
-            message: "differs from manifest.json".into(),
-        });
-    }
-    for (name, expected) in [
-        (output::KERNEL, manifest.kernel.sha256),
-        (output::INITRAMFS, manifest.initramfs.sha256),
-    ] {
-        let path = dir.join(name);
-        if let Ok(bytes) = std::fs::read(&path) {
-            let digest = Sha256Digest(Sha256::digest(&bytes).into());
-            if digest != expected {
-                return Err(VerifyError::Output {
-                    path,
-                    message: "does not match the signed manifest".into(),
-                });
-            }
-            checked.push(name.to_owned());
-        }
-    }
+    // Read-only: verifying must work on an image nobody may write, and must not change it.
+    let mut disk = ReadOnly(File::open(&disk_path).map_err(io_at(&disk_path))?);
+    check_partitions(&mut disk, &disk_path, &manifest, &mut checked)?;
+    check_esp(
+        &mut disk,
+        &disk_path,
+        (&manifest_path, &manifest),
+        &manifest_bytes,
+        &mut checked,
+    )?;
+    check_boot_files(dir, &manifest, &mut checked)?;
     // Builds since update bundles were added write one; it must carry the same manifest.
     let bundle_dir = dir.join(keel_contract::bundle::BUNDLE_DIR);
     if crate::bundle::is_bundle(&bundle_dir) {
@@ -253,6 +142,168 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
         manifest,
         checked,
     })
+}
+
+/// Checks `signature_path` over `bytes` (the file at `path`) with the trusted keys.
+fn signed_by(
+    trusted: &TrustedKeys,
+    path: &Path,
+    bytes: &[u8],
+    signature_path: &Path,
+) -> Result<Verified, VerifyError> {
+    let sig_text = std::fs::read_to_string(signature_path).map_err(io_at(signature_path))?;
+    let sig = SignatureFile::parse(&sig_text)
+        .map_err(|e| VerifyError::Signature(format!("{}: {e}", signature_path.display())))?;
+    minisign::verify_bytes(trusted, &sig, bytes)
+        .map_err(|e| VerifyError::Signature(format!("{}: {e}", path.display())))
+}
+
+type Disk = ReadOnly<File>;
+
+/// The disk's size and partition table, and every partition's content the manifest has a
+/// digest for (KEEL-A, STATE).
+fn check_partitions(
+    disk: &mut Disk,
+    disk_path: &Path,
+    manifest: &Manifest,
+    checked: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let size = disk.0.metadata().map_err(io_at(disk_path))?.len();
+    if size != manifest.disk.size {
+        return Err(VerifyError::Output {
+            path: disk_path.to_path_buf(),
+            message: format!("{size} bytes, the manifest says {}", manifest.disk.size),
+        });
+    }
+    let mut head = vec![0u8; gpt::PRIMARY_BYTES as usize];
+    disk.read_exact(&mut head).map_err(io_at(disk_path))?;
+    let table =
+        Gpt::parse_primary(&head, size / layout::SECTOR_SIZE).map_err(|e| VerifyError::Output {
+            path: disk_path.to_path_buf(),
+            message: format!("partition table: {e}"),
+        })?;
+    if table.disk_guid.hyphenated().to_string().to_uppercase() != manifest.disk.guid {
+        return Err(VerifyError::Output {
+            path: disk_path.to_path_buf(),
+            message: "disk GUID differs from the manifest".into(),
+        });
+    }
+    for part in &manifest.disk.partitions {
+        let err = |message: String| VerifyError::Partition {
+            label: part.label.clone(),
+            message,
+        };
+        let (number, found) = table
+            .find(&part.label)
+            .ok_or_else(|| err("missing from the partition table".into()))?;
+        let same = number == part.number
+            && found.offset() == part.offset
+            && found.size() == part.size
+            && found.guid.hyphenated().to_string().to_uppercase() == part.guid
+            && found.type_guid.hyphenated().to_string().to_uppercase() == part.type_guid;
+        if !same {
+            return Err(err("partition table entry differs from the manifest".into()));
+        }
+        if let Some(content) = &part.content {
+            disk.seek(SeekFrom::Start(part.offset))
+                .map_err(io_at(disk_path))?;
+            let digest = sha256_of(disk, content.size).map_err(io_at(disk_path))?;
+            if digest != content.sha256 {
+                return Err(err(format!(
+                    "content does not match the signed manifest (sha256 {digest}, expected {})",
+                    content.sha256
+                )));
+            }
+            checked.push(format!("{} ({} bytes)", part.label, content.size));
+        }
+    }
+    Ok(())
+}
+
+/// The ESP's kernel, initramfs and boot loader against the manifest's digests, and its copy
+/// of the manifest against the signed bytes.
+fn check_esp(
+    disk: &mut Disk,
+    disk_path: &Path,
+    (manifest_path, manifest): (&Path, &Manifest),
+    manifest_bytes: &[u8],
+    checked: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    let esp = manifest
+        .partition(layout::PartitionRole::Esp.label())
+        .ok_or_else(|| VerifyError::Manifest {
+            path: manifest_path.to_path_buf(),
+            message: "no ESP partition".into(),
+        })?;
+    let files = [
+        ("kernel", Slot::A.kernel_path(), manifest.kernel.sha256),
+        (
+            "initramfs",
+            Slot::A.initramfs_path(),
+            manifest.initramfs.sha256,
+        ),
+        (
+            "bootloader",
+            layout::esp::BOOTLOADER.to_owned(),
+            manifest.bootloader.sha256,
+        ),
+    ];
+    for (what, path, expected) in files {
+        let window = Window::new(&mut *disk, esp.offset, esp.size).map_err(io_at(disk_path))?;
+        let bytes = crate::fat::read_fat_file(window, &path).map_err(|e| VerifyError::EspFile {
+            what: format!("{what} {path}"),
+            message: e.to_string(),
+        })?;
+        let digest = Sha256Digest(Sha256::digest(&bytes).into());
+        if digest != expected {
+            return Err(VerifyError::EspFile {
+                what: format!("{what} {path}"),
+                message: format!(
+                    "does not match the signed manifest (sha256 {digest}, expected {expected})"
+                ),
+            });
+        }
+        checked.push(format!("ESP {path}"));
+    }
+    let window = Window::new(&mut *disk, esp.offset, esp.size).map_err(io_at(disk_path))?;
+    let on_disk = crate::fat::read_fat_file(window, &Slot::A.manifest_path()).map_err(|e| {
+        VerifyError::EspFile {
+            what: "manifest".into(),
+            message: e.to_string(),
+        }
+    })?;
+    if on_disk != manifest_bytes {
+        return Err(VerifyError::EspFile {
+            what: Slot::A.manifest_path(),
+            message: "differs from manifest.json".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `vmlinuz` and `initramfs` beside the disk, when they are there.
+fn check_boot_files(
+    dir: &Path,
+    manifest: &Manifest,
+    checked: &mut Vec<String>,
+) -> Result<(), VerifyError> {
+    for (name, expected) in [
+        (output::KERNEL, manifest.kernel.sha256),
+        (output::INITRAMFS, manifest.initramfs.sha256),
+    ] {
+        let path = dir.join(name);
+        if let Ok(bytes) = std::fs::read(&path) {
+            let digest = Sha256Digest(Sha256::digest(&bytes).into());
+            if digest != expected {
+                return Err(VerifyError::Output {
+                    path,
+                    message: "does not match the signed manifest".into(),
+                });
+            }
+            checked.push(name.to_owned());
+        }
+    }
+    Ok(())
 }
 
 fn bundle_error(bundle: &Bundle, message: String) -> VerifyError {

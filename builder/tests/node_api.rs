@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_builder::cli::CommandError;
 use keel_builder::cli::{NodeCommand, NodeConnection};
-use keel_builder::commands::CommandError;
 use keel_builder::node::{self, ClientCredentials, NodeClient, NodeError, Upload};
 use keel_builder::progress::Reporter;
 use keel_contract::api::{
@@ -372,14 +372,14 @@ fn secrets_file(dir: &Path, creds: &ClientCredentials) -> PathBuf {
 
 fn conn(addr: SocketAddr, secrets: &Path) -> NodeConnection {
     NodeConnection {
-        endpoint: addr.to_string(),
-        secrets: secrets.to_owned(),
+        endpoint: Some(addr.to_string()),
+        secrets: Some(secrets.to_owned()),
     }
 }
 
 fn run_cli(command: NodeCommand) -> Result<String, CommandError> {
     let mut out = Vec::new();
-    keel_builder::node::command::run_with(
+    keel_builder::cli::node::run_with(
         command,
         &Reporter::quiet(),
         &node::open_update_file,

@@ -81,7 +81,7 @@ pub fn test_key(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// The package cache shared by all tests (and with `keel build`'s default).
 pub fn cache_dir() -> PathBuf {
-    keel_builder::commands::default_cache_dir()
+    keel_builder::userland::default_cache_dir()
 }
 
 /// Builds `profile` into `out` with `key`.
@@ -348,8 +348,8 @@ pub fn esp_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
         .write(true)
         .open(disk)
         .ok()?;
-    let window = keel_builder::esp::Window::new(file, offset, size).ok()?;
-    keel_builder::esp::read_fat_file(window, path).ok()
+    let window = keel_builder::io::Window::new(file, offset, size).ok()?;
+    keel_builder::fat::read_fat_file(window, path).ok()
 }
 
 /// Lists a directory of the ESP of a (stopped) VM disk.
@@ -364,10 +364,10 @@ pub fn esp_list(disk: &Path, dir: &str) -> Vec<String> {
     else {
         return Vec::new();
     };
-    let Ok(window) = keel_builder::esp::Window::new(file, offset, size) else {
+    let Ok(window) = keel_builder::io::Window::new(file, offset, size) else {
         return Vec::new();
     };
-    let mut names = keel_builder::esp::list_fat_dir(window, dir).unwrap_or_default();
+    let mut names = keel_builder::fat::list_fat_dir(window, dir).unwrap_or_default();
     names.sort();
     names
 }
@@ -469,8 +469,8 @@ pub fn state_file(disk: &Path, path: &str) -> Option<Vec<u8>> {
         .write(true)
         .open(disk)
         .ok()?;
-    let window = keel_builder::esp::Window::new(file, state.offset(), state.size()).ok()?;
-    keel_builder::esp::read_fat_file(window, path).ok()
+    let window = keel_builder::io::Window::new(file, state.offset(), state.size()).ok()?;
+    keel_builder::fat::read_fat_file(window, path).ok()
 }
 
 /// A config drive as a person would make one for a bare-metal node: a small FAT image

@@ -336,7 +336,9 @@ fn the_update_bundle_carries_the_slot_bytes_and_survives_skopeo() {
 fn inspect_reads_the_manifest_back_from_the_disk() {
     let (out, _) = stock_image("worker");
     let m = manifest(&out);
-    let text = keel_builder::inspect::inspect(&out.join("disk.raw")).unwrap();
+    let text = keel_builder::inspect::inspect(&out.join("disk.raw"))
+        .unwrap()
+        .render();
     for want in [
         "KEEL-A",
         "KEEL-B",

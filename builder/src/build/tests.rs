@@ -6,7 +6,8 @@ use std::io::Cursor;
 use keel_contract::profile::Role;
 use keel_contract::secrets::{NodeSecrets, Secrets, pem_blocks};
 
-use super::*;
+use super::image::{state_entries, state_partition};
+use super::outputs::restrict_disk_files;
 
 fn state_for(node: Option<&NodeSecrets>) -> Vec<u8> {
     let plan = crate::disk::plan("keel-test", 64 << 20, 64 << 20, 64 << 20).unwrap();
@@ -47,7 +48,7 @@ fn worker_state_holds_its_secrets_and_no_ca_key() {
     let worker = secrets.for_role(Role::Worker);
     let image = state_for(Some(&worker));
 
-    let text = crate::esp::read_fat_file(
+    let text = crate::fat::read_fat_file(
         Cursor::new(image.clone()),
         keel_contract::layout::state::SECRETS,
     )
@@ -85,7 +86,7 @@ fn worker_state_holds_its_secrets_and_no_ca_key() {
     ));
     assert!(contains(image, &lines_of(&secrets.node_api.key)));
     assert!(
-        crate::esp::read_fat_file(Cursor::new(full), keel_contract::layout::state::MARKER).is_ok(),
+        crate::fat::read_fat_file(Cursor::new(full), keel_contract::layout::state::MARKER).is_ok(),
         "the format marker stays"
     );
 }
@@ -95,7 +96,7 @@ fn control_plane_state_holds_the_ca_keys_it_signs_with_but_not_keels() {
     let secrets = keel_pki::generate("keel", 1_700_000_000).unwrap();
     let cp = secrets.for_role(Role::ControlPlane);
     let image = state_for(Some(&cp));
-    let text = crate::esp::read_fat_file(
+    let text = crate::fat::read_fat_file(
         Cursor::new(image.clone()),
         keel_contract::layout::state::SECRETS,
     )
@@ -117,7 +118,7 @@ fn control_plane_state_holds_the_ca_keys_it_signs_with_but_not_keels() {
 fn without_secrets_state_has_only_the_marker() {
     let image = state_for(None);
     assert_eq!(
-        crate::esp::list_fat_dir(Cursor::new(image), "/").unwrap(),
+        crate::fat::list_fat_dir(Cursor::new(image), "/").unwrap(),
         vec!["keel-state"]
     );
 }

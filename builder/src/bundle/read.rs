@@ -20,8 +20,8 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{BlobInfo, BundleError, describe};
-use crate::userland::oci::chain;
-use crate::userland::oci::verify::VerifyingReader;
+use crate::error::chain;
+use crate::io::VerifyingReader;
 
 /// Limits for the JSON files read into memory (a registry refuses manifests over 4 MiB).
 const MAX_JSON: u64 = 4 << 20;

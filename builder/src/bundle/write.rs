@@ -16,7 +16,7 @@ use ocidir::cap_std::{ambient_authority, fs::Dir};
 use ocidir::oci_spec::image::{Arch, Descriptor, MediaType, Os, Platform, PlatformBuilder};
 
 use super::{BlobInfo, BundleError, describe};
-use crate::userland::oci::chain;
+use crate::error::chain;
 
 /// `org.opencontainers.image.version` on the image manifest, for registry UIs.
 const VERSION_ANNOTATION: &str = "org.opencontainers.image.version";

@@ -3,7 +3,6 @@
 //! and the name `keel-node` (whatever address it dialled), and presents the admin client
 //! certificate. One request per connection; HTTP/1.1 by hand, as the server.
 
-pub mod command;
 mod credentials;
 
 use std::io::{self, Read, Write};
@@ -61,10 +60,10 @@ pub enum NodeError {
     Protocol { endpoint: String, message: String },
 }
 
-impl NodeError {
+impl crate::error::Classify for NodeError {
     /// Errors that are the operator's input rather than a failure: bad credentials or
     /// arguments, an unknown service or endpoint, a request the node found malformed.
-    pub fn is_bad_input(&self) -> bool {
+    fn is_bad_input(&self) -> bool {
         match self {
             NodeError::BadInput(_) => true,
             NodeError::Api { kind, .. } => {

@@ -262,7 +262,7 @@ fn read_control(reader: &mut dyn Read) -> Result<Control, ControlReadError> {
         entry
             .read_to_string(&mut text)
             .map_err(ControlReadError::Io)?;
-        let stanzas = super::debian::parse_stanzas(&text);
+        let stanzas = super::deb822::parse_stanzas(&text);
         let stanza = stanzas
             .first()
             .ok_or_else(|| ControlReadError::Bad("empty".into()))?;

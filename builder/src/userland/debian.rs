@@ -37,6 +37,7 @@ use super::deb::{self, DebError, DebStats};
 use crate::tree::Tree;
 
 mod apt_output;
+pub use super::deb822::{Stanza, parse_stanzas};
 pub use apt_output::*;
 
 /// The profile's `[[image.userland]] debian = { .. }` entry; the schema lives in the contract crate.

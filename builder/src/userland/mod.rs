@@ -1,6 +1,7 @@
 //! Userland sources: Debian packages, OCI images and host files, applied to a [`crate::tree::Tree`].
 
 pub mod deb;
+pub mod deb822;
 pub mod debian;
 pub mod oci;
 pub mod shlibs;
@@ -17,6 +18,20 @@ use crate::tree::Tree;
 /// Where baked container images go in the root (one oci-archive per image); the init
 /// imports every archive there into containerd at boot.
 pub use keel_contract::layout::root::BAKED_IMAGES_DIR;
+
+/// The package cache: `$KEEL_CACHE_DIR`, `$XDG_CACHE_HOME/keel` or `~/.cache/keel`.
+pub fn default_cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("KEEL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("keel");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/keel"))
+        .unwrap_or_else(|| PathBuf::from(".keel-cache"))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserlandError {
@@ -49,11 +64,16 @@ pub fn apply_sources(
         match source {
             UserlandSource::Debian(deb) => {
                 let phase = rep.phase("debian", None);
+                let mut log = |line: &str| {
+                    phase.message(line);
+                    rep.debug(line);
+                };
                 let resolved =
-                    debian::resolve_and_download(deb, cache_dir, &mut |line| phase.message(line))
-                        .map_err(|e| UserlandError::Debian {
-                        index,
-                        message: e.to_string(),
+                    debian::resolve_and_download(deb, cache_dir, &mut log).map_err(|e| {
+                        UserlandError::Debian {
+                            index,
+                            message: e.to_string(),
+                        }
                     })?;
                 let stats =
                     debian::install(&resolved, tree).map_err(|e| UserlandError::Debian {

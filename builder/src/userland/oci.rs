@@ -14,7 +14,6 @@
 
 mod export;
 mod select;
-pub(crate) mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -31,15 +30,15 @@ use serde::de::DeserializeOwned;
 use crate::tree::Tree;
 use crate::userland::tar_layer::{LayerError, LayerStats, Whiteouts, apply_tar};
 
+pub use crate::io::Mismatch;
 pub use export::{ExportedImage, export_oci_archive, export_oci_archive_named};
 pub use select::{
     Compression, ManifestKind, REF_NAME_ANNOTATION, SelectError, TARGET_ARCH, TARGET_OS,
     layer_compression, manifest_kind, select_entry, select_platform,
 };
-pub use verify::Mismatch;
 
+use crate::io::{HashingReader, VerifyingReader};
 use select::is_image_config;
-use verify::{HashingReader, VerifyingReader};
 
 /// Manifests, indexes and configs are read into memory; a registry refuses manifests over
 /// 4 MiB, and configs with long histories stay well below this.
@@ -255,17 +254,7 @@ pub enum OciError {
     },
 }
 
-/// `ocidir::Error`'s own messages are terse ("i/o error"); the cause is in its source chain.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
+pub(crate) use crate::error::chain;
 
 /// Reads the image `source` names and applies its layers, in order, to `tree`.
 pub fn apply_oci(tree: &mut Tree, source: &OciSource) -> Result<OciImage, OciError> {
@@ -617,7 +606,7 @@ fn unpack(
     // The tar reader stops at the end-of-archive marker; the padding after it is part of the
     // diff_id.
     io::copy(&mut tar, &mut io::sink()).map_err(UnpackError::Decompress)?;
-    Ok((stats, tar.finish().0))
+    Ok((stats, tar.finish().sha256_hex()))
 }
 
 fn decompress<'a>(

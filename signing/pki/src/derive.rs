@@ -124,6 +124,37 @@ pub fn derive(
     now: u64,
 ) -> Result<Vec<DerivedFile>, PkiError> {
     let now = unix(now)?;
+    let hostname = checked_hostname(id)?;
+    let ca_cert = secrets.kubernetes_ca.cert.as_str();
+    let kubeconfigs = KubeconfigTarget {
+        cluster: secrets.cluster_name.as_str(),
+        server: id.endpoint.to_string(),
+        ca_cert,
+    };
+    let mut out = Out(Vec::new());
+    out.file("pki/ca.crt", ca_cert, PUBLIC);
+    if secrets.role == Role::Worker {
+        let conf = Kubeconfig::with_token(
+            kubeconfigs.cluster,
+            &kubeconfigs.server,
+            ca_cert,
+            "tls-bootstrap-token-user",
+            &secrets.bootstrap_token.token(),
+        );
+        out.file("bootstrap-kubelet.conf", &conf.to_yaml(), PRIVATE);
+        return Ok(out.0);
+    }
+    let cas = ControlPlaneCas::load(secrets)?;
+    out.file("pki/ca.key", cas.kubernetes_key, PRIVATE);
+    apiserver_files(&mut out, &cas, id, &hostname, now)?;
+    etcd_files(&mut out, &cas, id, &hostname, now)?;
+    kubeconfig_files(&mut out, &cas, &kubeconfigs, &hostname, now)?;
+    Ok(out.0)
+}
+
+/// The node name in lower case, refused unless it is a DNS name (it goes into SANs and
+/// `system:node:<name>`); the cluster domain is checked too.
+fn checked_hostname(id: &NodeIdentity) -> Result<String, PkiError> {
     let hostname = id.hostname.to_ascii_lowercase();
     if hostname.parse::<IpAddr>().is_ok() || san(&hostname).is_err() {
         return Err(PkiError::Input(format!(
@@ -141,53 +172,69 @@ pub fn derive(
             id.cluster_domain
         )));
     }
-    let server = id.endpoint.to_string();
-    let cluster = secrets.cluster_name.as_str();
-    let ca_cert = secrets.kubernetes_ca.cert.as_str();
-    let mut out = Out(Vec::new());
-    out.file("pki/ca.crt", ca_cert, PUBLIC);
+    Ok(hostname)
+}
 
-    if secrets.role == Role::Worker {
-        let conf = Kubeconfig::with_token(
-            cluster,
-            &server,
-            ca_cert,
-            "tls-bootstrap-token-user",
-            &secrets.bootstrap_token.token(),
-        );
-        out.file("bootstrap-kubelet.conf", &conf.to_yaml(), PRIVATE);
-        return Ok(out.0);
+/// What every kubeconfig points at.
+struct KubeconfigTarget<'a> {
+    cluster: &'a str,
+    server: String,
+    ca_cert: &'a str,
+}
+
+/// The CAs a control plane signs with, from its share of the secrets.
+struct ControlPlaneCas<'a> {
+    kubernetes: Ca,
+    kubernetes_key: &'a str,
+    etcd: Ca,
+    etcd_pair: &'a CertKey,
+    front_proxy: Ca,
+    front_proxy_pair: &'a CertKey,
+    service_account: &'a keel_contract::secrets::ServiceAccountKey,
+}
+
+impl<'a> ControlPlaneCas<'a> {
+    fn load(secrets: &'a NodeSecrets) -> Result<Self, PkiError> {
+        let missing = |field: &str| secret_err(field, "missing: a control plane needs it");
+        let kubernetes_key = secrets
+            .kubernetes_ca
+            .key
+            .as_deref()
+            .ok_or_else(|| missing("kubernetes_ca.key"))?;
+        let etcd_pair = secrets.etcd_ca.as_ref().ok_or_else(|| missing("etcd_ca"))?;
+        let front_proxy_pair = secrets
+            .front_proxy_ca
+            .as_ref()
+            .ok_or_else(|| missing("front_proxy_ca"))?;
+        let service_account = secrets
+            .service_account
+            .as_ref()
+            .ok_or_else(|| missing("service_account"))?;
+        Ok(ControlPlaneCas {
+            kubernetes: Ca::load("kubernetes_ca", &secrets.kubernetes_ca.cert, kubernetes_key)?,
+            kubernetes_key,
+            etcd: Ca::load("etcd_ca", &etcd_pair.cert, &etcd_pair.key)?,
+            etcd_pair,
+            front_proxy: Ca::load(
+                "front_proxy_ca",
+                &front_proxy_pair.cert,
+                &front_proxy_pair.key,
+            )?,
+            front_proxy_pair,
+            service_account,
+        })
     }
+}
 
-    let missing = |field: &str| secret_err(field, "missing: a control plane needs it");
-    let k8s_key = secrets
-        .kubernetes_ca
-        .key
-        .as_deref()
-        .ok_or_else(|| missing("kubernetes_ca.key"))?;
-    let etcd_pair = secrets.etcd_ca.as_ref().ok_or_else(|| missing("etcd_ca"))?;
-    let fp_pair = secrets
-        .front_proxy_ca
-        .as_ref()
-        .ok_or_else(|| missing("front_proxy_ca"))?;
-    let sa = secrets
-        .service_account
-        .as_ref()
-        .ok_or_else(|| missing("service_account"))?;
-    let k8s = Ca::load("kubernetes_ca", ca_cert, k8s_key)?;
-    let etcd = Ca::load("etcd_ca", &etcd_pair.cert, &etcd_pair.key)?;
-    let front_proxy = Ca::load("front_proxy_ca", &fp_pair.cert, &fp_pair.key)?;
-
-    out.file("pki/ca.key", k8s_key, PRIVATE);
-
-    // The API server: every name a client may dial it by.
+/// Every name a client may dial the API server by.
+fn apiserver_sans(id: &NodeIdentity, hostname: &str) -> Result<Vec<rcgen::SanType>, PkiError> {
     let mut sans = Vec::new();
     for name in [
         "kubernetes".to_owned(),
         "kubernetes.default".to_owned(),
         "kubernetes.default.svc".to_owned(),
         format!("kubernetes.default.svc.{}", id.cluster_domain),
-        hostname.clone(),
+        hostname.to_owned(),
         "localhost".to_owned(),
     ] {
         push_san(&mut sans, san(&name)?);
@@ -207,127 +254,128 @@ pub fn derive(
     for extra in &id.extra_sans {
         push_san(&mut sans, san(extra)?);
     }
-    out.pair(
-        "pki/apiserver",
-        &k8s.issue(
-            &Leaf {
-                purpose: "apiserver",
-                cn: "kube-apiserver",
-                org: None,
-                usage: Usage::Server,
-                sans,
-            },
-            now,
-        )?,
+    Ok(sans)
+}
+
+/// The API server's serving certificate, its clients of the kubelets and etcd, the front
+/// proxy and the service-account keys.
+fn apiserver_files(
+    out: &mut Out,
+    cas: &ControlPlaneCas<'_>,
+    id: &NodeIdentity,
+    hostname: &str,
+    now: i64,
+) -> Result<(), PkiError> {
+    let server = Leaf {
+        purpose: "apiserver",
+        cn: "kube-apiserver",
+        org: None,
+        usage: Usage::Server,
+        sans: apiserver_sans(id, hostname)?,
+    };
+    out.pair("pki/apiserver", &cas.kubernetes.issue(&server, now)?);
+    let kubelet_client = Leaf::client(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some(names::MASTERS),
     );
     out.pair(
         "pki/apiserver-kubelet-client",
-        &k8s.issue(
-            &Leaf::client(
-                "apiserver-kubelet-client",
-                "kube-apiserver-kubelet-client",
-                Some(names::MASTERS),
-            ),
-            now,
-        )?,
+        &cas.kubernetes.issue(&kubelet_client, now)?,
     );
+    let etcd_client = Leaf::client("apiserver-etcd-client", "kube-apiserver-etcd-client", None);
     out.pair(
         "pki/apiserver-etcd-client",
-        &etcd.issue(
-            &Leaf::client("apiserver-etcd-client", "kube-apiserver-etcd-client", None),
-            now,
-        )?,
+        &cas.etcd.issue(&etcd_client, now)?,
     );
-    out.pair("pki/front-proxy-ca", fp_pair);
+    out.pair("pki/front-proxy-ca", cas.front_proxy_pair);
+    let proxy_client = Leaf::client("front-proxy-client", "front-proxy-client", None);
     out.pair(
         "pki/front-proxy-client",
-        &front_proxy.issue(
-            &Leaf::client("front-proxy-client", "front-proxy-client", None),
-            now,
-        )?,
+        &cas.front_proxy.issue(&proxy_client, now)?,
     );
-    out.file("pki/sa.key", &sa.private, PRIVATE);
-    out.file("pki/sa.pub", &sa.public, PUBLIC);
+    out.file("pki/sa.key", &cas.service_account.private, PRIVATE);
+    out.file("pki/sa.pub", &cas.service_account.public, PUBLIC);
+    Ok(())
+}
 
-    // etcd: clients dial it on localhost or the node's addresses; peers by address.
-    out.pair("pki/etcd/ca", etcd_pair);
-    let mut etcd_sans = Vec::new();
-    push_san(&mut etcd_sans, san("localhost")?);
-    push_san(&mut etcd_sans, san(&hostname)?);
+/// etcd's CA, its server and peer certificates (clients dial it on localhost or the node's
+/// addresses, peers by address) and the health-check client.
+fn etcd_files(
+    out: &mut Out,
+    cas: &ControlPlaneCas<'_>,
+    id: &NodeIdentity,
+    hostname: &str,
+    now: i64,
+) -> Result<(), PkiError> {
+    out.pair("pki/etcd/ca", cas.etcd_pair);
+    let mut sans = Vec::new();
+    push_san(&mut sans, san("localhost")?);
+    push_san(&mut sans, san(hostname)?);
     for ip in &id.ips {
-        push_san(&mut etcd_sans, rcgen::SanType::IpAddress(*ip));
+        push_san(&mut sans, rcgen::SanType::IpAddress(*ip));
     }
+    push_san(&mut sans, rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
     push_san(
-        &mut etcd_sans,
-        rcgen::SanType::IpAddress([127, 0, 0, 1].into()),
-    );
-    push_san(
-        &mut etcd_sans,
+        &mut sans,
         rcgen::SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
     );
     for (stem, purpose) in [
         ("pki/etcd/server", "etcd-server"),
         ("pki/etcd/peer", "etcd-peer"),
     ] {
-        out.pair(
-            stem,
-            &etcd.issue(
-                &Leaf {
-                    purpose,
-                    cn: &hostname,
-                    org: None,
-                    usage: Usage::ServerAndClient,
-                    sans: etcd_sans.clone(),
-                },
-                now,
-            )?,
-        );
+        let leaf = Leaf {
+            purpose,
+            cn: hostname,
+            org: None,
+            usage: Usage::ServerAndClient,
+            sans: sans.clone(),
+        };
+        out.pair(stem, &cas.etcd.issue(&leaf, now)?);
     }
+    let health = Leaf::client(
+        "etcd-healthcheck-client",
+        "kube-etcd-healthcheck-client",
+        None,
+    );
     out.pair(
         "pki/etcd/healthcheck-client",
-        &etcd.issue(
-            &Leaf::client(
-                "etcd-healthcheck-client",
-                "kube-etcd-healthcheck-client",
-                None,
-            ),
-            now,
-        )?,
+        &cas.etcd.issue(&health, now)?,
     );
+    Ok(())
+}
 
-    // Kubeconfigs: each a client certificate of the Kubernetes CA.
+/// The kubeconfigs: each a client certificate of the Kubernetes CA.
+fn kubeconfig_files(
+    out: &mut Out,
+    cas: &ControlPlaneCas<'_>,
+    target: &KubeconfigTarget<'_>,
+    hostname: &str,
+    now: i64,
+) -> Result<(), PkiError> {
     let node_cn = format!("system:node:{hostname}");
-    for (file, purpose, cn, org) in [
+    for (file, cn, org) in [
+        ("admin.conf", "kubernetes-admin", Some(names::MASTERS)),
         (
-            "admin.conf",
-            "admin.conf",
-            "kubernetes-admin",
-            Some(names::MASTERS),
-        ),
-        (
-            "controller-manager.conf",
             "controller-manager.conf",
             "system:kube-controller-manager",
             None,
         ),
-        (
-            "scheduler.conf",
-            "scheduler.conf",
-            "system:kube-scheduler",
-            None,
-        ),
-        (
-            "kubelet.conf",
-            "kubelet.conf",
-            node_cn.as_str(),
-            Some("system:nodes"),
-        ),
+        ("scheduler.conf", "system:kube-scheduler", None),
+        ("kubelet.conf", node_cn.as_str(), Some("system:nodes")),
     ] {
-        let client = k8s.issue(&Leaf::client(purpose, cn, org), now)?;
-        let conf = Kubeconfig::with_client_cert(cluster, &server, ca_cert, cn, &client);
+        // The file name is the certificate's purpose (its serial number's input).
+        let client = cas.kubernetes.issue(&Leaf::client(file, cn, org), now)?;
+        let conf = Kubeconfig::with_client_cert(
+            target.cluster,
+            &target.server,
+            target.ca_cert,
+            cn,
+            &client,
+        );
         out.file(file, &conf.to_yaml(), PRIVATE);
     }
-    Ok(out.0)
+    Ok(())
 }
 
 /// Writes derived files under `root`: missing directories are created (0755), each file is

@@ -1,17 +1,41 @@
-//! The command line (clap definitions only; the work is in `commands`).
+//! The command line: clap definitions only. [`super::dispatch`] turns them into library
+//! calls.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use keel_contract::profile::{ClusterName, Endpoint};
+
+use crate::progress::Verbosity;
 
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about = "Build, sign, verify and boot Keel node OS images", long_about = None)]
 pub struct Cli {
     /// Print nothing but errors.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Print more: -v lists what went into an image, -vv also what apt says while resolving.
+    #[arg(long, short, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// The saved context `keel node` uses (see `keel context`; default: the current one).
+    #[arg(long, global = true, env = "KEEL_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+    /// The file contexts are saved in [default: $XDG_CONFIG_HOME/keel/config.toml].
+    #[arg(long, global = true, env = "KEEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (false, 0) => Verbosity::Normal,
+            (false, 1) => Verbosity::Verbose,
+            (false, _) => Verbosity::Debug,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,10 +62,19 @@ pub enum Command {
     /// Manage a running node through its API (HTTPS, mutual TLS, port 50000).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Saved contexts: which nodes `keel node` talks to and with which secrets.
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+    /// Write man pages (keel.1, keel-build.1, ...) into a directory.
+    Man {
+        /// The directory to write them to (created if missing).
+        #[arg(long, short)]
+        output: PathBuf,
     },
 }
 
@@ -58,19 +91,27 @@ pub struct BuildArgs {
     /// OS version (overrides image.version).
     #[arg(long)]
     pub version: Option<semver::Version>,
-    /// The static keel-init binary (default: $KEEL_INIT, or next to keel, or the cargo
-    /// target directory).
-    #[arg(long)]
+    /// The static keel-init binary (default: next to keel, or the cargo target directory).
+    #[arg(long, env = "KEEL_INIT")]
     pub init: Option<PathBuf>,
-    /// Cache for downloaded packages (default: $KEEL_CACHE_DIR or ~/.cache/keel).
-    #[arg(long)]
+    /// Cache for downloaded packages [default: $XDG_CACHE_HOME/keel or ~/.cache/keel].
+    #[arg(long, env = "KEEL_CACHE_DIR")]
     pub cache: Option<PathBuf>,
+    /// Print what was built as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
     /// Validate a profile (and the files it names) without building.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Print the result as JSON on stdout: what the profile builds, or every problem with
+        /// its file, line, column and field.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,10 +138,10 @@ pub enum SecretsCommand {
         output: PathBuf,
         /// Cluster name (kubeconfigs carry it): lower-case letters, digits and '-'.
         #[arg(long, default_value = "keel")]
-        cluster_name: String,
+        cluster_name: ClusterName,
         /// The Kubernetes API endpoint admin.kubeconfig points at.
         #[arg(long, default_value = "https://127.0.0.1:6443")]
-        endpoint: keel_contract::profile::Endpoint,
+        endpoint: Endpoint,
     },
 }
 
@@ -123,12 +164,18 @@ pub struct VerifyArgs {
     /// Trusted public key file(s); each may hold several keys.
     #[arg(long = "pub", required = true)]
     pub public: Vec<PathBuf>,
+    /// Print what was checked as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A disk image, a build output directory, or an update bundle (an OCI layout).
     pub path: PathBuf,
+    /// Print the partition table and manifests as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -159,15 +206,52 @@ pub struct RunArgs {
     pub secrets: Option<PathBuf>,
 }
 
-/// How to reach a node and prove who we are.
+/// How to reach a node and prove who we are: given here, or from the saved context.
 #[derive(Debug, Args)]
 pub struct NodeConnection {
-    /// The node's API: HOST or HOST:PORT (port 50000 by default).
-    #[arg(long, short, value_name = "HOST:PORT")]
-    pub endpoint: String,
-    /// The cluster secrets file (TOML): the keel CA and the admin certificate and key.
-    #[arg(long, value_name = "FILE")]
-    pub secrets: PathBuf,
+    /// The node's API: HOST or HOST:PORT (port 50000 by default) [default: the context's
+    /// first endpoint].
+    #[arg(long, short, value_name = "HOST:PORT", env = "KEEL_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// The cluster secrets file (TOML): the keel CA and the admin certificate and key
+    /// [default: the context's].
+    #[arg(long, value_name = "FILE", env = "KEEL_SECRETS")]
+    pub secrets: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List the saved contexts (`*` marks the current one).
+    List {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make NAME the current context.
+    Use { name: String },
+    /// Show a context (default: the current one).
+    Show {
+        name: Option<String>,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save a context: the nodes' API endpoints and the cluster secrets file. The first
+    /// context saved becomes the current one.
+    Set {
+        name: String,
+        /// A node's API, HOST or HOST:PORT (repeat for several; `keel node` uses the first).
+        #[arg(long = "endpoint", short, value_name = "HOST:PORT", required = true)]
+        endpoints: Vec<String>,
+        /// The cluster secrets file (stored as an absolute path).
+        #[arg(long, value_name = "FILE")]
+        secrets: PathBuf,
+        /// Make it the current context too.
+        #[arg(long = "use")]
+        make_current: bool,
+    },
+    /// Forget a context.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,4 +1,4 @@
-//! Small I/O adapters shared by the build steps.
+//! Hashing while reading or writing.
 //!
 //! Every artifact the builder writes is recorded in the signed manifest with its SHA-256 and
 //! size. Hashing while writing, instead of re-reading the file afterwards, halves the I/O for
@@ -142,6 +142,12 @@ impl<R> HashingReader<R> {
             len: self.len,
         }
     }
+
+    /// The digest and length of what has been read so far, and a fresh start.
+    pub fn take_digest(&mut self) -> ([u8; 32], u64) {
+        let len = std::mem::take(&mut self.len);
+        (self.hasher.finalize_reset().into(), len)
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -154,18 +160,18 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Creates `path` for writing with exactly `mode` (the umask does not widen or narrow it),
-/// failing with `AlreadyExists` rather than opening an existing file: keys and secrets are
-/// never written through a file someone else created.
-pub fn create_new_with_mode(path: &std::path::Path, mode: u32) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    Ok(file)
+/// SHA-256 of the next `len` bytes of `reader` (which must have them).
+pub fn sha256_exact(reader: &mut impl Read, len: u64) -> io::Result<[u8; 32]> {
+    let mut hashing = HashingReader::new(reader.take(len));
+    io::copy(&mut hashing, &mut io::sink())?;
+    let done = hashing.finish();
+    if done.len != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("expected {len} bytes, found {}", done.len),
+        ));
+    }
+    Ok(done.sha256)
 }
 
 #[cfg(test)]

@@ -1,40 +1,10 @@
-//! Readers that hash what passes through them, so a blob is verified while it is unpacked
-//! rather than in a second pass over the file.
+//! A reader that checks a blob against its expected size and SHA-256 while it is read, so a
+//! blob is verified while it is unpacked or streamed rather than in a second pass over the
+//! file (OCI blobs, update bundle parts).
 
 use std::io::{self, Read};
 
-use sha2::{Digest as _, Sha256};
-
-/// Hashes and counts every byte read through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    /// Lowercase hex sha256 and length of what has been read so far.
-    pub fn finish(self) -> (String, u64) {
-        (hex::encode(self.hasher.finalize()), self.len)
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-}
+use super::HashingReader;
 
 /// How a blob differed from its descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,9 +60,8 @@ impl<R: Read> VerifyingReader<R> {
     }
 
     fn conclude(&mut self) -> Result<(), Mismatch> {
-        let hasher = std::mem::replace(&mut self.inner.hasher, Sha256::new());
-        let found_size = self.inner.len;
-        let found_hex = hex::encode(hasher.finalize());
+        let (digest, found_size) = self.inner.take_digest();
+        let found_hex = hex::encode(digest);
         if found_size != self.expected_size {
             Err(Mismatch::Size {
                 expected: self.expected_size,
@@ -123,7 +92,7 @@ impl<R: Read> Read for VerifyingReader<R> {
         let n = self.inner.read(buf)?;
         let verdict = if n == 0 {
             self.conclude()
-        } else if self.inner.len > self.expected_size {
+        } else if self.inner.len() > self.expected_size {
             Err(Mismatch::TooLong {
                 expected: self.expected_size,
             })
@@ -142,6 +111,7 @@ impl<R: Read> Read for VerifyingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     fn sha(bytes: &[u8]) -> String {
         hex::encode(Sha256::digest(bytes))
@@ -205,6 +175,7 @@ mod tests {
     fn hashing_reader_counts() {
         let mut reader = HashingReader::new(&b"abc"[..]);
         io::copy(&mut reader, &mut io::sink()).unwrap();
-        assert_eq!(reader.finish(), (sha(b"abc"), 3));
+        let done = reader.finish();
+        assert_eq!((done.sha256_hex(), done.len), (sha(b"abc"), 3));
     }
 }

@@ -1,27 +1,63 @@
-//! What `keel node ...` does, and how it prints the answers.
+//! `keel node ...`: the node API client's answers as a person or a script reads them.
 
 use std::path::Path;
 
 use keel_contract::api::{Request, Status};
 
-use super::{NodeClient, NodeError, UpdateStream, credentials_from_secrets, open_update_file};
-use crate::cli::{NodeCommand, NodeConnection};
-use crate::commands::CommandError;
+use super::args::{NodeCommand, NodeConnection};
+use super::error::CommandError;
+use crate::context::Config;
+use crate::node::{
+    NodeClient, NodeError, UpdateStream, credentials_from_secrets, open_update_file,
+};
 use crate::progress::Reporter;
 
-impl From<NodeError> for CommandError {
-    fn from(e: NodeError) -> Self {
-        if e.is_bad_input() {
-            CommandError::BadInput(e.to_string())
-        } else {
-            CommandError::Failed(e.to_string())
+fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
+    let (Some(endpoint), Some(secrets)) = (&conn.endpoint, &conn.secrets) else {
+        return Err(CommandError::BadInput(
+            "no node to talk to: pass --endpoint and --secrets, or save a context (keel context set NAME -e HOST --secrets FILE)".into(),
+        ));
+    };
+    let creds = credentials_from_secrets(secrets).map_err(CommandError::BadInput)?;
+    Ok(NodeClient::new(endpoint, &creds)?)
+}
+
+impl NodeCommand {
+    fn connection(&mut self) -> &mut NodeConnection {
+        match self {
+            NodeCommand::Status { conn, .. }
+            | NodeCommand::Version { conn, .. }
+            | NodeCommand::Logs { conn, .. }
+            | NodeCommand::Reboot { conn }
+            | NodeCommand::Shutdown { conn }
+            | NodeCommand::Rollback { conn, .. }
+            | NodeCommand::Upgrade { conn, .. } => conn,
         }
     }
 }
 
-fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
-    let creds = credentials_from_secrets(&conn.secrets).map_err(CommandError::BadInput)?;
-    Ok(NodeClient::new(&conn.endpoint, &creds)?)
+/// Fills what the command line left out from the saved context: `--context NAME`, else the
+/// current one. Flags and their environment variables win over the context.
+pub fn with_context(
+    mut command: NodeCommand,
+    config: &Config,
+    name: Option<&str>,
+) -> Result<NodeCommand, CommandError> {
+    let conn = command.connection();
+    if conn.endpoint.is_some() && conn.secrets.is_some() {
+        return Ok(command);
+    }
+    if name.is_none() && config.current.is_none() {
+        return Ok(command);
+    }
+    let (_, context) = config.get(name)?;
+    if conn.endpoint.is_none() {
+        conn.endpoint = context.endpoints.first().cloned();
+    }
+    if conn.secrets.is_none() {
+        conn.secrets = Some(context.secrets.clone());
+    }
+    Ok(command)
 }
 
 /// Runs a `keel node` subcommand, printing its result on stdout.
@@ -36,33 +72,24 @@ pub fn run_with(
     open_update: &dyn Fn(&Path) -> Result<UpdateStream, NodeError>,
     out: &mut dyn std::io::Write,
 ) -> Result<(), CommandError> {
-    let print = |out: &mut dyn std::io::Write, text: &str| {
-        out.write_all(text.as_bytes())
-            .map_err(|e| CommandError::Failed(format!("writing the output: {e}")))
-    };
-    match command {
+    let text = match command {
         NodeCommand::Status { conn, json } => {
             let node = client(&conn)?;
             if json {
-                let reply = node.request(&Request::Status, None)?;
-                print(out, &ensure_newline(reply.text()))
+                ensure_newline(node.request(&Request::Status, None)?.text())
             } else {
-                print(out, &format_status(&node.status()?))
+                format_status(&node.status()?)
             }
         }
         NodeCommand::Version { conn, json } => {
             let node = client(&conn)?;
             if json {
-                let reply = node.request(&Request::Version, None)?;
-                print(out, &ensure_newline(reply.text()))
+                ensure_newline(node.request(&Request::Version, None)?.text())
             } else {
                 let v = node.version()?;
-                print(
-                    out,
-                    &format!(
-                        "{} {} ({}, slot {}), keel-init {}\n",
-                        v.name, v.version, v.arch, v.slot, v.keel
-                    ),
+                format!(
+                    "{} {} ({}, slot {}), keel-init {}\n",
+                    v.name, v.version, v.arch, v.slot, v.keel
                 )
             }
         }
@@ -70,39 +97,18 @@ pub fn run_with(
             conn,
             service,
             lines,
-        } => {
-            let node = client(&conn)?;
-            print(out, &node.logs(&service, lines)?)
-        }
+        } => client(&conn)?.logs(&service, lines)?,
         NodeCommand::Reboot { conn } => {
             let node = client(&conn)?;
             let ack = node.reboot()?;
-            print(out, &format!("{}: {}\n", node.endpoint(), ack.message))
+            format!("{}: {}\n", node.endpoint(), ack.message)
         }
         NodeCommand::Shutdown { conn } => {
             let node = client(&conn)?;
             let ack = node.shutdown()?;
-            print(out, &format!("{}: {}\n", node.endpoint(), ack.message))
+            format!("{}: {}\n", node.endpoint(), ack.message)
         }
-        NodeCommand::Rollback { conn, json } => {
-            let node = client(&conn)?;
-            if json {
-                let reply = node.request(&Request::Rollback, None)?;
-                return print(out, &ensure_newline(reply.text()));
-            }
-            let r = node.rollback()?;
-            let then = if r.reboot { "; rebooting" } else { "" };
-            print(
-                out,
-                &format!(
-                    "{}: next boot is slot {} ({}, was {}){then}\n",
-                    node.endpoint(),
-                    r.slot,
-                    r.to,
-                    r.from
-                ),
-            )
-        }
+        NodeCommand::Rollback { conn, json } => rollback(&client(&conn)?, json)?,
         NodeCommand::Upgrade {
             conn,
             bundle,
@@ -112,31 +118,52 @@ pub fn run_with(
         } => {
             let node = client(&conn)?;
             let mut update = open_update(&bundle)?;
-            let reboot = !no_reboot;
-            let reply = node.upgrade_raw(&mut update.reader, update.len, force, reboot, rep)?;
+            let reply = node.upgrade_raw(&mut update.reader, update.len, force, !no_reboot, rep)?;
             if json {
-                return print(out, &ensure_newline(reply.text()));
-            }
-            let r: keel_contract::api::UpgradeReport = serde_json::from_slice(&reply.body)
-                .map_err(|e| CommandError::Failed(format!("the node's answer: {e}")))?;
-            let then = if r.reboot {
-                "; rebooting into it"
+                ensure_newline(reply.text())
             } else {
-                "; boots on the next reboot"
-            };
-            print(
-                out,
-                &format!(
-                    "{}: installed {} in slot {} (was {}, {} received){then}\n",
-                    node.endpoint(),
-                    r.to,
-                    r.slot,
-                    r.from,
-                    crate::progress::human_bytes(r.bytes)
-                ),
-            )
+                upgraded(&node, &reply.body)?
+            }
         }
+    };
+    out.write_all(text.as_bytes())
+        .map_err(|e| CommandError::Failed(format!("writing the output: {e}")))
+}
+
+fn rollback(node: &NodeClient, json: bool) -> Result<String, CommandError> {
+    if json {
+        return Ok(ensure_newline(
+            node.request(&Request::Rollback, None)?.text(),
+        ));
     }
+    let r = node.rollback()?;
+    let then = if r.reboot { "; rebooting" } else { "" };
+    Ok(format!(
+        "{}: next boot is slot {} ({}, was {}){then}\n",
+        node.endpoint(),
+        r.slot,
+        r.to,
+        r.from
+    ))
+}
+
+/// The upgrade's answer, as a person reads it.
+fn upgraded(node: &NodeClient, body: &[u8]) -> Result<String, CommandError> {
+    let r: keel_contract::api::UpgradeReport = serde_json::from_slice(body)
+        .map_err(|e| CommandError::Failed(format!("the node's answer: {e}")))?;
+    let then = if r.reboot {
+        "; rebooting into it"
+    } else {
+        "; boots on the next reboot"
+    };
+    Ok(format!(
+        "{}: installed {} in slot {} (was {}, {} received){then}\n",
+        node.endpoint(),
+        r.to,
+        r.slot,
+        r.from,
+        crate::progress::human_bytes(r.bytes)
+    ))
 }
 
 fn ensure_newline(mut text: String) -> String {

@@ -1,0 +1,292 @@
+//! The disk image: its plan, STATE, the signed manifest that describes all of it, the ESP,
+//! and the bytes written into `disk.raw`.
+
+use std::path::Path;
+
+use keel_contract::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
+use keel_contract::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest, SourceItem};
+use keel_contract::secrets::NodeSecrets;
+use keel_minisign::SecretKey;
+use sha2::{Digest, Sha256};
+
+use super::boot::BootFiles;
+use super::payload::Payload;
+use super::{BuildError, io_at, sha256};
+use crate::disk::{DiskPlan, PlannedPartition};
+use crate::fat::{FatEntry, FatSpec};
+use crate::initramfs::Initramfs;
+use crate::io::Window;
+use crate::progress::{Reporter, human_bytes};
+
+/// The disk's layout, checked to hold the payload in a slot.
+pub(super) fn plan_disk(
+    name: &str,
+    image: &keel_contract::profile::Image,
+    payload: &Payload,
+) -> Result<DiskPlan, BuildError> {
+    let plan = crate::disk::plan(
+        name,
+        image.esp_size.bytes(),
+        image.slot_size.bytes(),
+        image.state_size.bytes(),
+    )?;
+    let slot_a = partition(&plan, PartitionRole::SlotA)?;
+    if payload.bytes_len() > slot_a.size {
+        return Err(BuildError::Input(format!(
+            "the root needs {} but image.slot_size is {}: raise image.slot_size",
+            human_bytes(payload.bytes_len()),
+            human_bytes(slot_a.size)
+        )));
+    }
+    Ok(plan)
+}
+
+pub(super) fn partition(
+    plan: &DiskPlan,
+    role: PartitionRole,
+) -> Result<&PlannedPartition, BuildError> {
+    plan.partition(role)
+        .ok_or_else(|| BuildError::Input(format!("no {} partition", role.label())))
+}
+
+/// A FAT volume id derived from the disk GUID and the partition's name.
+fn volume_id(disk_guid: &uuid::Uuid, what: &str) -> u32 {
+    let digest = Sha256::digest([disk_guid.as_bytes().as_slice(), what.as_bytes()].concat());
+    u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// What STATE starts with: a format marker and, when the profile names `image.secrets`,
+/// the node's share of them as [`layout::state::SECRETS`]. The secrets go to STATE only: the
+/// root, the initramfs and the manifest are the same for every node of a release and may be
+/// published, while STATE is the node's own (the manifest lists only its digest). The disk
+/// image then carries them, so an image built with secrets is as secret as they are.
+pub(super) fn state_entries(
+    name: &str,
+    node_secrets: Option<&NodeSecrets>,
+) -> Result<Vec<FatEntry>, BuildError> {
+    let mut entries = vec![FatEntry::File(
+        layout::state::MARKER.into(),
+        layout::state::marker(name).into_bytes(),
+    )];
+    if let Some(secrets) = node_secrets {
+        let text = secrets
+            .to_toml()
+            .map_err(|e| BuildError::Input(format!("image.secrets: {e}")))?;
+        entries.push(FatEntry::File(
+            layout::state::SECRETS.into(),
+            text.into_bytes(),
+        ));
+    }
+    Ok(entries)
+}
+
+/// STATE: a FAT filesystem labelled STATE holding `entries`. The node keeps its applied
+/// profile, identity and upgrade journal there too.
+pub(super) fn state_partition(
+    plan: &DiskPlan,
+    entries: &[FatEntry],
+    sde: u64,
+) -> Result<Vec<u8>, BuildError> {
+    let state = partition(plan, PartitionRole::State)?;
+    let mut image = std::io::Cursor::new(vec![0u8; state.size as usize]);
+    crate::fat::write_fat(
+        &mut image,
+        &FatSpec {
+            label: layout::state::VOLUME_LABEL,
+            volume_id: volume_id(&plan.disk_guid, PartitionRole::State.label()),
+            source_date_epoch: sde,
+            entries,
+        },
+    )?;
+    Ok(image.into_inner())
+}
+
+/// The parts of the image the manifest describes.
+pub(super) struct Described<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub image: &'a keel_contract::profile::Image,
+    pub source_date_epoch: u64,
+    pub profile_sha256: [u8; 32],
+    pub boot: &'a BootFiles,
+    pub initramfs: &'a Initramfs,
+    pub payload: &'a Payload,
+    pub plan: &'a DiskPlan,
+    pub state_image: &'a [u8],
+    pub sources: Vec<SourceItem>,
+}
+
+/// The image manifest: everything a node or `keel verify` checks, by digest.
+pub(super) fn manifest(d: Described<'_>) -> Manifest {
+    let partitions = d
+        .plan
+        .partitions
+        .iter()
+        .map(|p| manifest::Partition {
+            number: p.role.number(),
+            label: p.role.label().to_owned(),
+            type_guid: p.role.type_guid().to_owned(),
+            guid: p.guid.hyphenated().to_string().to_uppercase(),
+            offset: p.offset,
+            size: p.size,
+            content: match p.role {
+                PartitionRole::SlotA => Some(d.payload.digest()),
+                PartitionRole::State => Some(FileDigest {
+                    size: d.state_image.len() as u64,
+                    sha256: sha256(d.state_image),
+                }),
+                _ => None,
+            },
+        })
+        .collect();
+    Manifest {
+        schema: manifest::MANIFEST_SCHEMA,
+        name: d.name.to_owned(),
+        version: d.version.to_owned(),
+        arch: d.image.arch.as_str().to_owned(),
+        builder: format!("keel {}", env!("CARGO_PKG_VERSION")),
+        source_date_epoch: d.source_date_epoch,
+        profile_sha256: Sha256Digest(d.profile_sha256),
+        kernel: KernelFile {
+            release: d.boot.kernel.release.clone(),
+            size: d.boot.kernel.image.len() as u64,
+            sha256: sha256(&d.boot.kernel.image),
+        },
+        initramfs: FileDigest {
+            size: d.initramfs.bytes.len() as u64,
+            sha256: sha256(&d.initramfs.bytes),
+        },
+        bootloader: FileDigest {
+            size: d.boot.bootloader.len() as u64,
+            sha256: sha256(&d.boot.bootloader),
+        },
+        cmdline: d.image.cmdline.clone(),
+        root: d.payload.root_fs(d.image.squashfs.compression),
+        slot_payload: d.payload.digest(),
+        disk: manifest::Disk {
+            size: d.plan.total_size,
+            guid: d.plan.disk_guid.hyphenated().to_string().to_uppercase(),
+            partitions,
+        },
+        sources: d.sources,
+    }
+}
+
+/// The manifest's canonical bytes and their minisign signature (file text).
+pub(super) struct Signed {
+    pub bytes: Vec<u8>,
+    pub signature: String,
+}
+
+pub(super) fn sign(manifest: &Manifest, secret: &SecretKey) -> Result<Signed, BuildError> {
+    let bytes = manifest.to_canonical_json()?;
+    let comment = format!(
+        "timestamp:{}\tfile:{}\tkeel:{} {}",
+        manifest.source_date_epoch,
+        layout::MANIFEST_FILE,
+        manifest.name,
+        manifest.version
+    );
+    let signature = keel_minisign::sign_bytes(secret, &bytes, &comment)
+        .map_err(|e| BuildError::Sign(e.to_string()))?
+        .to_file_string();
+    Ok(Signed { bytes, signature })
+}
+
+/// The ESP's contents: systemd-boot and its configuration, slot A's boot entry with a fresh
+/// counter, and slot A's kernel, initramfs and signed manifest.
+fn esp_entries(
+    boot: &BootFiles,
+    initramfs: &Initramfs,
+    signed: &Signed,
+    entry: &BootEntry,
+) -> Vec<FatEntry> {
+    vec![
+        FatEntry::Dir("/EFI".into()),
+        FatEntry::Dir("/EFI/BOOT".into()),
+        FatEntry::File(layout::esp::BOOTLOADER.into(), boot.bootloader.clone()),
+        FatEntry::Dir("/loader".into()),
+        FatEntry::File(
+            layout::esp::LOADER_CONF.into(),
+            layout::loader_conf().into_bytes(),
+        ),
+        FatEntry::Dir(layout::esp::ENTRIES_DIR.into()),
+        FatEntry::File(
+            format!(
+                "{}/{}",
+                layout::esp::ENTRIES_DIR,
+                EntryName::fresh(Slot::A).file_name()
+            ),
+            entry.render().into_bytes(),
+        ),
+        FatEntry::Dir(layout::esp::SLOTS_DIR.into()),
+        FatEntry::Dir(Slot::A.esp_dir()),
+        FatEntry::File(Slot::A.kernel_path(), boot.kernel.image.clone()),
+        FatEntry::File(Slot::A.initramfs_path(), initramfs.bytes.clone()),
+        FatEntry::File(Slot::A.manifest_path(), signed.bytes.clone()),
+        FatEntry::File(
+            Slot::A.signature_path(),
+            signed.signature.clone().into_bytes(),
+        ),
+    ]
+}
+
+/// What goes onto the disk besides its plan.
+pub(super) struct DiskContents<'a> {
+    pub boot: &'a BootFiles,
+    pub initramfs: &'a Initramfs,
+    pub payload: &'a Payload,
+    pub state_image: &'a [u8],
+    pub signed: &'a Signed,
+    pub manifest: &'a Manifest,
+}
+
+/// Writes `disk.raw` (sparse): the partition table, the ESP, slot A and STATE.
+pub(super) fn write_disk(
+    disk_path: &Path,
+    plan: &DiskPlan,
+    c: &DiskContents<'_>,
+    sde: u64,
+    rep: &Reporter,
+) -> Result<(), BuildError> {
+    let phase = rep.phase("disk", Some(plan.total_size));
+    let mut disk = crate::disk::create_disk(disk_path, plan)?;
+    let entry = BootEntry::new(
+        Slot::A,
+        &c.manifest.version,
+        &c.payload.root_hash_hex(),
+        &c.manifest.cmdline,
+    );
+    let esp = partition(plan, PartitionRole::Esp)?;
+    crate::fat::write_fat(
+        Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(disk_path))?,
+        &FatSpec {
+            label: layout::esp::VOLUME_LABEL,
+            volume_id: volume_id(&plan.disk_guid, PartitionRole::Esp.label()),
+            source_date_epoch: sde,
+            entries: &esp_entries(c.boot, c.initramfs, c.signed, &entry),
+        },
+    )?;
+    phase.set_position(esp.offset + esp.size);
+    let slot_a = partition(plan, PartitionRole::SlotA)?;
+    c.payload
+        .write_at(&mut disk, slot_a.offset)
+        .map_err(io_at(disk_path))?;
+    let state = partition(plan, PartitionRole::State)?;
+    write_at(&mut disk, state.offset, c.state_image).map_err(io_at(disk_path))?;
+    disk.sync_all().map_err(io_at(disk_path))?;
+    drop(disk);
+    phase.finish(&format!(
+        "disk.raw {} (root {}, initramfs {})",
+        human_bytes(plan.total_size),
+        human_bytes(c.payload.bytes_len()),
+        human_bytes(c.initramfs.bytes.len() as u64)
+    ));
+    Ok(())
+}
+
+fn write_at(file: &mut std::fs::File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(bytes)
+}

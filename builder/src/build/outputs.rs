@@ -1,0 +1,130 @@
+//! What a build writes into its output directory besides `disk.raw`: the signed manifest and
+//! its signature, the kernel and initramfs, the update bundle, the SBOM and the other disk
+//! formats.
+
+use std::path::Path;
+
+use keel_contract::bundle::{BUNDLE_DIR, Part};
+use keel_contract::manifest::Manifest;
+use keel_contract::output;
+use keel_contract::profile::OutputFormat;
+
+use super::boot::BootFiles;
+use super::image::Signed;
+use super::payload::Payload;
+use super::{BuildError, OutputDir, io_at};
+use crate::initramfs::Initramfs;
+use crate::progress::{Reporter, human_bytes};
+
+/// `manifest.json`, its signature, `vmlinuz` and `initramfs`.
+pub(super) fn write_boot_files(
+    out: &OutputDir,
+    signed: &Signed,
+    boot: &BootFiles,
+    initramfs: &Initramfs,
+) -> Result<(), BuildError> {
+    out.write(output::MANIFEST, &signed.bytes)?;
+    out.write(output::SIGNATURE, signed.signature.as_bytes())?;
+    out.write(output::KERNEL, &boot.kernel.image)?;
+    out.write(output::INITRAMFS, &initramfs.bytes)
+}
+
+/// The update bundle: the same signed manifest, signature, kernel and initramfs, and the
+/// payload streamed from the same buffers that were just written into KEEL-A.
+pub(super) fn write_update_bundle(
+    out: &OutputDir,
+    manifest: &Manifest,
+    signed: &Signed,
+    boot: &BootFiles,
+    initramfs: &Initramfs,
+    payload: &Payload,
+    rep: &Reporter,
+) -> Result<(), BuildError> {
+    let phase = rep.phase("bundle", None);
+    let written = crate::bundle::write_bundle(
+        &out.path().join(BUNDLE_DIR),
+        &manifest.version,
+        &signed.bytes,
+        signed.signature.as_bytes(),
+        &boot.kernel.image,
+        &initramfs.bytes,
+        &|w| payload.write_to(w),
+    )?;
+    let blob = written.part(Part::Payload);
+    if blob.size != manifest.slot_payload.size || blob.digest != manifest.slot_payload.sha256 {
+        return Err(BuildError::Bundle(crate::bundle::BundleError::Invalid {
+            path: written.path.clone(),
+            message: format!(
+                "the payload blob ({} bytes, {}) differs from the manifest's slot_payload",
+                blob.size,
+                blob.oci_digest()
+            ),
+        }));
+    }
+    phase.finish(&format!(
+        "{BUNDLE_DIR}/ {}, ref {}",
+        written.image_manifest.oci_digest(),
+        manifest.version
+    ));
+    Ok(())
+}
+
+/// The software bill of materials, beside the manifest it is derived from.
+pub(super) fn write_sbom(out: &OutputDir, manifest: &Manifest) -> Result<(), BuildError> {
+    let sbom = crate::sbom::spdx(manifest).map_err(|e| BuildError::Sbom(e.to_string()))?;
+    out.write(output::SBOM, &sbom)
+}
+
+/// Converts `disk.raw` to each other output format the profile asks for.
+pub(super) fn convert_formats(
+    formats: &[OutputFormat],
+    out: &OutputDir,
+    sde: u64,
+    disk_guid: &uuid::Uuid,
+    rep: &Reporter,
+) -> Result<(), BuildError> {
+    let raw = out.path().join(output::DISK);
+    for &format in formats {
+        if format == OutputFormat::Raw {
+            continue;
+        }
+        let phase = rep.phase(format.name(), None);
+        let dest = out.path().join(format.file_name());
+        let summary = crate::formats::convert(
+            &raw,
+            format,
+            &dest,
+            &crate::formats::ConvertOptions {
+                source_date_epoch: sde,
+                unique_id_seed: *disk_guid.as_bytes(),
+            },
+        )
+        .map_err(|e| BuildError::Format {
+            format: format.name().to_owned(),
+            message: e.to_string(),
+        })?;
+        phase.finish(&format!(
+            "{} {}",
+            format.file_name(),
+            human_bytes(summary.size)
+        ));
+    }
+    Ok(())
+}
+
+/// With `image.secrets`, STATE holds the node's secrets and every disk format carries
+/// STATE: the disk files become owner-only (0600), like the secrets file itself.
+pub(super) fn restrict_disk_files(dir: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let path = entry.map_err(io_at(dir))?.path();
+        let is_disk = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("disk."));
+        if is_disk {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_at(&path))?;
+        }
+    }
+    Ok(())
+}

@@ -103,13 +103,16 @@ pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
         .write(true)
         .open("/dev/tty")?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tty);
-    // SAFETY: termios calls on a valid, open terminal descriptor with a zeroed struct that
-    // tcgetattr fills in.
+    // SAFETY: termios is plain old data (integers and arrays); all-zero is a valid value,
+    // which tcgetattr then fills in.
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for as long as `tty` lives, and `saved` is a valid termios to
+    // write to.
     let have_termios = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
     if have_termios {
         let mut quiet = saved;
         quiet.c_lflag &= !libc::ECHO;
+        // SAFETY: `fd` is open; `quiet` is the terminal's own settings with ECHO cleared.
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
     }
     let mut writer = &tty;
@@ -118,6 +121,7 @@ pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
     let mut line = String::new();
     let result = std::io::BufReader::new(&tty).read_line(&mut line);
     if have_termios {
+        // SAFETY: `fd` is still open; `saved` is what tcgetattr returned for it.
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
     }
     let _ = writeln!(writer);

@@ -246,7 +246,8 @@ unsafe fn child(
     cwd: Option<&CString>,
     empty: &libc::sigset_t,
 ) -> ! {
-    // SAFETY (whole body): only async-signal-safe calls on memory prepared before the fork.
+    // SAFETY: the whole body makes only async-signal-safe calls, on memory prepared before
+    // the fork (the caller's contract), so nothing here takes a lock another thread held.
     unsafe {
         // Handlers do not survive exec anyway, but ignored signals would (the Rust runtime
         // ignores SIGPIPE, for one). The raw system call, because glibc refuses to touch the
@@ -330,6 +331,7 @@ mod tests {
         let (r, w) = pipe().unwrap();
         for fd in [r.as_raw_fd(), w.as_raw_fd()] {
             assert!(fd > 2);
+            // SAFETY: F_GETFD only reads the descriptor's flags; `fd` is open.
             let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
             assert_ne!(flags & libc::FD_CLOEXEC, 0);
         }

@@ -161,8 +161,8 @@ impl Drop for Lab {
 fn private_sysfs(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let err = || std::io::Error::last_os_error();
-    // SAFETY: unshare takes no pointers; CLONE_NEWNS affects only this thread.
     assert_eq!(
+        // SAFETY: unshare takes no pointers; CLONE_NEWNS affects only this thread.
         unsafe { libc::unshare(libc::CLONE_NEWNS) },
         0,
         "unshare: {}",

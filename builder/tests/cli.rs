@@ -534,3 +534,231 @@ fn run_refuses_a_bad_boot_profile_or_secrets_before_starting_qemu() {
         stderr(&o)
     );
 }
+
+/// clap's `env` feature: every variable keel reads for an option is shown in `--help`.
+#[test]
+fn help_names_the_environment_variables() {
+    for (args, vars) in [
+        (
+            vec!["node", "status", "--help"],
+            vec!["KEEL_ENDPOINT", "KEEL_SECRETS"],
+        ),
+        (vec!["build", "--help"], vec!["KEEL_INIT", "KEEL_CACHE_DIR"]),
+        (vec!["--help"], vec!["KEEL_CONTEXT", "KEEL_CONFIG"]),
+    ] {
+        let out = keel(&args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for var in vars {
+            assert!(text.contains(var), "{var} missing from {args:?}:\n{text}");
+        }
+    }
+}
+
+/// `keel man -o DIR` writes a page per command, and groff (the independent renderer) reads
+/// every one with all warnings on and complains about none.
+#[test]
+fn man_pages_are_written_and_render_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keel(&["man", "-o", p(dir.path())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for want in [
+        "keel.1",
+        "keel-build.1",
+        "keel-verify.1",
+        "keel-node-status.1",
+        "keel-node-upgrade.1",
+        "keel-context-set.1",
+        "keel-man.1",
+    ] {
+        assert!(pages.iter().any(|p| p == want), "{want} missing: {pages:?}");
+    }
+    for page in &pages {
+        let rendered = Command::new("groff")
+            // -cbou: plain text, no overstriking, so the words can be searched.
+            .args(["-man", "-ww", "-Tutf8", "-P", "-cbou"])
+            .arg(dir.path().join(page))
+            .env("LC_ALL", "C")
+            .output()
+            .expect("groff (groff-base) is installed: vm-tests/install-host-packages");
+        assert!(rendered.status.success(), "{page}: {}", stderr(&rendered));
+        assert_eq!(stderr(&rendered), "", "{page}: groff warnings");
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(
+            text.contains("NAME") && text.contains("SYNOPSIS"),
+            "{page}:\n{text}"
+        );
+    }
+    let status = String::from_utf8_lossy(
+        &Command::new("groff")
+            .args(["-man", "-Tascii", "-P", "-cbou"])
+            .arg(dir.path().join("keel-node-status.1"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    for want in ["--endpoint", "KEEL_ENDPOINT", "--context", "--json"] {
+        assert!(status.contains(want), "{want} missing:\n{status}");
+    }
+}
+
+/// `-q` silences everything but errors; `-v` and `-q` together are a usage error.
+#[test]
+fn quiet_and_verbose() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keel(&["-q", "key", "gen", "-o", p(dir.path()), "--unencrypted"]);
+    assert!(out.status.success());
+    assert_eq!(stderr(&out), "");
+    let out = keel(&["-q", "-v", "key", "gen", "-o", p(&dir.path().join("b"))]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = keel(&[
+        "-vv",
+        "key",
+        "gen",
+        "-o",
+        p(&dir.path().join("c")),
+        "--unencrypted",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("key ID"));
+}
+
+/// `keel profile check --json`: what the profile builds, or each problem with its file, line,
+/// column and field, for a script to read.
+#[test]
+fn profile_check_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[image]\nversion = \"1.2.0\"\n[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [\"containerd\"] }\n[node]\nrole = \"controlplane\"\n",
+    )
+    .unwrap();
+    let out = keel(&["profile", "check", "--json", p(&good)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["version"], "1.2.0");
+    assert_eq!(v["role"], "controlplane");
+    assert_eq!(v["layers"].as_array().unwrap().len(), 1);
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[node.kubernetes]\nversion = \"one.two\"\n").unwrap();
+    let out = keel(&["profile", "check", "--json", p(&bad)]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(2), Some(11))
+    );
+    assert_eq!(d["field"], "node.kubernetes.version");
+    assert!(d["file"].as_str().unwrap().ends_with("bad.toml"));
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("Kubernetes version")
+    );
+}
+
+/// Saved contexts: `keel context set/list/show/use/delete` in the file `--config` (or
+/// KEEL_CONFIG) names, and `keel node` taking its endpoint and secrets from the current
+/// context when the command line gives none.
+#[test]
+fn contexts_give_keel_node_its_endpoint_and_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cfg/keel/config.toml");
+    let env = [("KEEL_CONFIG", p(&config))];
+    let k = |args: &[&str]| keel_env(args, &env);
+    let secrets = dir.path().join("cluster.secrets.toml");
+    assert!(k(&["secrets", "gen", "-o", p(&secrets)]).status.success());
+
+    // Without a context or flags, keel node says what it needs.
+    let out = k(&["node", "version"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("keel context set"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Port 1 on loopback: nothing listens, so the error names the endpoint that was used.
+    let out = k(&[
+        "context",
+        "set",
+        "lab",
+        "-e",
+        "127.0.0.1:1",
+        "--secrets",
+        p(&secrets),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = k(&[
+        "context",
+        "set",
+        "prod",
+        "-e",
+        "127.0.0.2:1",
+        "-e",
+        "10.0.0.6",
+        "--secrets",
+        p(&secrets),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let list = k(&["context", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("* lab") && text.contains("  prod"), "{text}");
+    let show: serde_json::Value =
+        serde_json::from_slice(&k(&["context", "show", "prod", "--json"]).stdout).unwrap();
+    assert_eq!(show["endpoints"][1], "10.0.0.6");
+    assert_eq!(show["secrets"], p(&secrets));
+    assert_eq!(show["current"], false);
+
+    let out = k(&["node", "version"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
+    // --context picks another; -e on the command line wins over the context.
+    let out = k(&["--context", "prod", "node", "version"]);
+    assert!(stderr(&out).contains("127.0.0.2:1"), "{}", stderr(&out));
+    let out = k(&["node", "version", "-e", "127.0.0.3:1"]);
+    assert!(stderr(&out).contains("127.0.0.3:1"), "{}", stderr(&out));
+    let out = keel_env(
+        &["node", "version"],
+        &[env[0], ("KEEL_ENDPOINT", "127.0.0.4:1")],
+    );
+    assert!(stderr(&out).contains("127.0.0.4:1"), "{}", stderr(&out));
+
+    assert!(k(&["context", "use", "prod"]).status.success());
+    let out = k(&["node", "version"]);
+    assert!(stderr(&out).contains("127.0.0.2:1"), "{}", stderr(&out));
+    let out = k(&["context", "use", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lab, prod"), "{}", stderr(&out));
+    assert!(k(&["context", "delete", "prod"]).status.success());
+    let out = k(&["node", "version"]);
+    assert_eq!(out.status.code(), Some(2), "no current context now");
+    let out = k(&[
+        "context",
+        "set",
+        "Bad_Name",
+        "-e",
+        "x",
+        "--secrets",
+        p(&secrets),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

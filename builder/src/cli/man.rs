@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use super::error::CommandError;
 
 /// Writes the pages and returns their paths.
-pub fn write_pages(dir: &Path, command: clap::Command) -> Result<Vec<PathBuf>, CommandError> {
+pub fn write_pages(dir: &Path, mut command: clap::Command) -> Result<Vec<PathBuf>, CommandError> {
+    // Propagates global options (-q, -v, --context, --config) to every subcommand's page.
+    command.build();
     std::fs::create_dir_all(dir)
         .map_err(|e| CommandError::Failed(format!("{}: {e}", dir.display())))?;
     let mut written = Vec::new();

@@ -133,7 +133,7 @@ mod tests {
         }
     }
 
-    /// The test vector measured with `veritysetup format` (FIELD-NOTES.md).
+    /// The test vector measured with `veritysetup format` (docs/field-notes.md).
     #[test]
     fn eight_mib_of_zeros_matches_veritysetup() {
         let tree = build(&vec![0u8; 8 << 20], &params()).unwrap();

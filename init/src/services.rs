@@ -20,7 +20,7 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a role service may take to become healthy before the gate fails.
 const ROLE_TIMEOUT: Duration = Duration::from_secs(180);
 pub const LOG_DIR: &str = "/var/log/keel";
-const KUBERNETES_DIR: &str = "/etc/kubernetes";
+use crate::roles::paths::KUBERNETES_DIR;
 
 fn log(line: &str) {
     console::line(line);

@@ -20,6 +20,7 @@
 
 pub mod kube;
 mod load;
+pub mod node;
 pub mod schema;
 mod validate;
 pub mod values;

@@ -1,0 +1,271 @@
+//! `[node]`: what the node reads when it boots (its role, network, cluster, Kubernetes and
+//! etcd settings, system containers). The builder bakes this section into the initramfs; a
+//! node also takes it over fw_cfg, a URL or a config drive. Every value is typed and checked
+//! when parsed.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::kube::{
+    ImageRepository, KubeVersion, LabelValue, NodeLabelKey, PeerUrl, SubjectAltName, Taint,
+};
+use super::values::{ClusterName, ContainerName, Endpoint, Hostname, InterfaceName, IpCidr};
+use crate::names::DnsSubdomain;
+
+/// The name containerd knows a baked image (`image.container_images`) by after the node
+/// imported it: the builder bakes it for this name, the node runs it by this name.
+pub fn baked_image_ref(name: &str) -> String {
+    format!("keel.local/{name}:latest")
+}
+
+/// `[node]`: read by the init when the node boots.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// `controlplane` or `worker` (default `worker`).
+    #[serde(default)]
+    pub role: Role,
+    /// The node's host name; default: `keel-` and the last bytes of the first MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<Hostname>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub cluster: Cluster,
+    /// System containers the node runs through containerd (Talos calls these extension
+    /// services).
+    #[serde(default)]
+    pub containers: Vec<SystemContainer>,
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
+    #[serde(default)]
+    pub etcd: Etcd,
+    /// Seconds a boot may take to pass its health gate; past it the node reboots, so that a
+    /// version that hangs is rolled back like one that fails (default 300).
+    #[serde(default = "default_boot_deadline")]
+    pub boot_deadline_secs: u64,
+}
+
+fn default_boot_deadline() -> u64 {
+    300
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            role: Role::default(),
+            hostname: None,
+            network: Network::default(),
+            cluster: Cluster::default(),
+            containers: Vec::new(),
+            kubernetes: Kubernetes::default(),
+            etcd: Etcd::default(),
+            boot_deadline_secs: default_boot_deadline(),
+        }
+    }
+}
+
+/// `[[node.containers]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemContainer {
+    /// Container and service name: lower-case letters, digits and `-`, starting with a letter.
+    pub name: ContainerName,
+    /// A baked image's short name (see `image.container_images`) or a full image reference
+    /// already present in containerd.
+    pub image: String,
+    /// Arguments after the image's entrypoint (replacing its default command).
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+impl SystemContainer {
+    /// The image reference to run: short names are baked images.
+    pub fn image_ref(&self) -> String {
+        if self.image.contains(['/', ':', '@']) {
+            self.image.clone()
+        } else {
+            baked_image_ref(&self.image)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    ControlPlane,
+    #[default]
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "controlplane",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// `[node.network]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// Interface to configure (default: the first Ethernet interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<InterfaceName>,
+    /// Static addresses with prefix length (static mode only).
+    #[serde(default)]
+    pub addresses: Vec<IpCidr>,
+    /// Default gateway (static mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::IpAddr>,
+    /// DNS servers (with DHCP: used in addition to the lease's).
+    #[serde(default)]
+    pub dns: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Dhcp,
+    Static,
+}
+
+/// `[node.cluster]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name (default `keel`): a DNS label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<ClusterName>,
+    /// The Kubernetes API endpoint every node talks to: `https://HOST:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+}
+
+/// `[node.kubernetes]`: what the kubelet and the control plane run with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// Kubernetes version: the control-plane images' tag (`v` prepended).
+    #[serde(default = "default_k8s_version")]
+    pub version: KubeVersion,
+    /// Registry and path of the control-plane images.
+    #[serde(default = "default_image_repository")]
+    pub image_repository: ImageRepository,
+    /// The kubelet binary in the root (from the userland or `image.files`).
+    #[serde(default = "default_kubelet")]
+    pub kubelet: PathBuf,
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: IpCidr,
+    #[serde(default = "default_pod_cidr")]
+    pub pod_cidr: IpCidr,
+    #[serde(default = "default_cluster_dns")]
+    pub cluster_dns: std::net::IpAddr,
+    #[serde(default = "default_cluster_domain")]
+    pub cluster_domain: DnsSubdomain,
+    /// Node labels, registered by the kubelet (so only keys it may set).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<NodeLabelKey, LabelValue>,
+    /// Node taints, `key=value:Effect` or `key:Effect`.
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    /// More names and addresses for the API server's certificate.
+    #[serde(default)]
+    pub extra_sans: Vec<SubjectAltName>,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Kubernetes {
+            version: default_k8s_version(),
+            image_repository: default_image_repository(),
+            kubelet: default_kubelet(),
+            service_cidr: default_service_cidr(),
+            pod_cidr: default_pod_cidr(),
+            cluster_dns: default_cluster_dns(),
+            cluster_domain: default_cluster_domain(),
+            labels: Default::default(),
+            taints: Vec::new(),
+            extra_sans: Vec::new(),
+        }
+    }
+}
+
+fn default_k8s_version() -> KubeVersion {
+    KubeVersion::new(1, 31, 4)
+}
+fn default_image_repository() -> ImageRepository {
+    ImageRepository::registry_k8s_io()
+}
+fn default_kubelet() -> PathBuf {
+    PathBuf::from("/usr/bin/kubelet")
+}
+fn default_service_cidr() -> IpCidr {
+    IpCidr {
+        addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 0)),
+        prefix: 12,
+    }
+}
+fn default_pod_cidr() -> IpCidr {
+    IpCidr {
+        addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 244, 0, 0)),
+        prefix: 16,
+    }
+}
+fn default_cluster_dns() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10))
+}
+fn default_cluster_domain() -> DnsSubdomain {
+    DnsSubdomain::cluster_local()
+}
+
+/// `[node.etcd]` (control plane).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// The etcd binary in the root.
+    #[serde(default = "default_etcd")]
+    pub binary: PathBuf,
+    /// The cluster's members, this node included. Empty: a single member, this node.
+    #[serde(default)]
+    pub members: Vec<EtcdMember>,
+}
+
+impl Default for Etcd {
+    fn default() -> Self {
+        Etcd {
+            binary: default_etcd(),
+            members: Vec::new(),
+        }
+    }
+}
+
+fn default_etcd() -> PathBuf {
+    PathBuf::from("/usr/bin/etcd")
+}
+
+/// One etcd member: its name (the node's host name) and peer URL.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdMember {
+    pub name: DnsSubdomain,
+    /// `https://HOST:2380`.
+    pub peer_url: PeerUrl,
+}

@@ -21,6 +21,8 @@ pub const MOUNT_POINTS: &[(&str, u16)] = &[
     ("/var", 0o755),
     ("/efi", 0o700),
     ("/state", 0o700),
+    // containerd and CNI DaemonSets expect /opt/cni/bin; the init mounts /opt from /var.
+    ("/opt", 0o755),
     ("/etc", 0o755),
     ("/root", 0o700),
 ];

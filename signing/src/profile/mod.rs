@@ -19,11 +19,13 @@
 //! whole profile. See [`schema`] for every field.
 
 mod load;
+pub mod pod_network;
 pub mod schema;
 mod validate;
 pub mod values;
 
 pub use load::{Diagnostic, Layer, LoadedProfile, ProfileError};
+pub use pod_network::{PodNetwork, PodNetworkMode, PodNetworkPeer};
 pub use schema::*;
 pub use validate::{
     MIN_ESP_SIZE, MIN_SLOT_SIZE, MIN_STATE_SIZE, Problem, RESERVED_CMDLINE_KEYS, validate,

@@ -266,6 +266,7 @@ fn check_node(node: &Node, out: &mut Vec<Problem>) {
             format!("{iface:?} is not an interface name"),
         ));
     }
+    super::pod_network::check(&node.pod_network, &node.kubernetes.pod_cidr, out);
     if !(30..=3600).contains(&node.boot_deadline_secs) {
         out.push(problem(
             "node.boot_deadline_secs",

@@ -25,8 +25,16 @@
 //! configuration's healthz address (127.0.0.1:10248) until it is killed.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+// Shared with the QEMU tests, which use more of it than the fake does.
+#[allow(dead_code)]
+#[path = "../cri.rs"]
+mod cri;
 #[path = "fake_kubelet/pki.rs"]
 mod pki;
+#[path = "fake_kubelet/pods.rs"]
+mod pods;
+#[path = "fake_kubelet/preflight.rs"]
+mod preflight;
 #[path = "fake_kubelet/yaml.rs"]
 mod yaml;
 
@@ -44,6 +52,9 @@ use serde_json::Value;
 const BANNER: &str = "fake-kubelet: this is a test double, not the real kubelet";
 /// Skips the check that `--node-ip` is one of this machine's addresses.
 const ANY_NODE_IP: &str = "FAKE_KUBELET_ANY_NODE_IP";
+/// The fake runs on a build machine, not on a node: skips the host's preflight checks and
+/// everything that needs a container runtime (CRI calls, static pods).
+const OFF_NODE: &str = "FAKE_KUBELET_OFF_NODE";
 /// The flags Keel's init passes (see keel-init's `roles::kubelet::argv`).
 const FLAGS: &[&str] = &[
     "config",
@@ -59,7 +70,18 @@ const FLAGS: &[&str] = &[
 fn main() -> ExitCode {
     println!("{BANNER}");
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let healthz = match check_all(&args, &mut |line| println!("fake-kubelet: ok: {line}")) {
+    let on_node = std::env::var_os(OFF_NODE).is_none();
+    let mut ok = |line: String| println!("fake-kubelet: ok: {line}");
+    let checked = check_all(&args, &mut ok).and_then(|config| {
+        if on_node {
+            preflight::run(&config.hostname, config.control_plane, &mut |line| {
+                println!("fake-kubelet: {line}")
+            })?;
+            pods::run_static_pods(&config, &mut |line| println!("fake-kubelet: {line}"))?;
+        }
+        Ok(config.healthz)
+    });
+    let healthz = match checked {
         Ok(addr) => addr,
         Err(e) => {
             eprintln!("fake-kubelet: error: {e}");
@@ -78,8 +100,8 @@ fn main() -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Runs every check, reporting each success through `ok`; the healthz address to serve.
-fn check_all(args: &[String], ok: &mut dyn FnMut(String)) -> Result<SocketAddr, String> {
+/// Runs every check, reporting each success through `ok`; what the rest needs.
+fn check_all(args: &[String], ok: &mut dyn FnMut(String)) -> Result<Config, String> {
     let flags = parse_flags(args)?;
     ok(format!(
         "flags: {}",
@@ -114,12 +136,15 @@ fn check_all(args: &[String], ok: &mut dyn FnMut(String)) -> Result<SocketAddr, 
     }
     ok(format!("--cert-dir={}", flags.cert_dir.display()));
 
-    let config = check_config(&flags.config, ok)?;
+    let mut config = check_config(&flags.config, ok)?;
     check_kubeconfigs(&flags, ok)?;
     if let Some(dir) = &config.static_pod_path {
         check_static_pods(dir, ok)?;
     }
-    Ok(config.healthz)
+    config.hostname = flags.hostname.clone();
+    // Keel gives only a control plane's kubelet static pods.
+    config.control_plane = config.static_pod_path.is_some();
+    Ok(config)
 }
 
 struct Flags {
@@ -309,6 +334,10 @@ fn name_part(name: &str) -> Result<(), String> {
 struct Config {
     static_pod_path: Option<PathBuf>,
     healthz: SocketAddr,
+    /// containerd's socket (containerRuntimeEndpoint without `unix://`).
+    runtime_socket: String,
+    hostname: String,
+    control_plane: bool,
 }
 
 fn read_json(path: &Path, what: &str) -> Result<Value, String> {
@@ -427,6 +456,9 @@ fn check_config(path: &Path, ok: &mut dyn FnMut(String)) -> Result<Config, Strin
     Ok(Config {
         static_pod_path,
         healthz,
+        runtime_socket: socket.to_owned(),
+        hostname: String::new(),
+        control_plane: false,
     })
 }
 

@@ -9,11 +9,94 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cri::{ContainerSpec, Cri, PodSpec};
+use crate::{
+    build, cluster_secrets, derived_profile, fake_kubelet, test_dir, test_key, write_file,
+};
 
 /// The guest port the relay listens on.
 pub const RELAY_PORT: u16 = 10010;
 /// The baked probe image, as the node's containerd knows it.
 pub const PROBE: &str = "keel.local/probe:latest";
+/// The test node's pod range (`[node.pod_network]`).
+pub const POD_CIDR: &str = "10.244.1.0/24";
+
+/// A control-plane image ready for CRI tests, built in several versions with one key and one
+/// cluster's secrets: the fake kubelet as `/usr/bin/kubelet`, the relay static pod, the probe
+/// image baked, containerd told to pull from the local registry over plain HTTP, Keel's pod
+/// network on [`POD_CIDR`].
+pub struct CriNode {
+    pub dir: PathBuf,
+    pub secrets: PathBuf,
+    /// One output directory per version asked for.
+    pub images: Vec<PathBuf>,
+    /// Holds the probe image as `keel-test/probe:1`.
+    pub registry: Registry,
+}
+
+pub fn node_images(name: &str, versions: &[&str]) -> CriNode {
+    let dir = test_dir(name);
+    let (secrets, _) = cluster_secrets(&dir.join("secrets"));
+    let (key, _) = test_key(&dir.join("keys"));
+    let layout = probe_image(&dir.join("probe"));
+    let registry = Registry::start(&dir.join("registry"));
+    registry.push(&layout, "keel-test/probe:1");
+    let relay = write_file(&dir, "cri-relay.json", &relay_manifest());
+    let registry_host = format!("10.0.2.2:{}", registry.port);
+    let hosts = write_file(&dir, "hosts.toml", &registry_hosts_toml(&registry_host));
+    let extra = format!(
+        r#"[image]
+secrets = "{secrets}"
+
+[[image.files]]
+src = "{kubelet}"
+dst = "/usr/bin/kubelet"
+mode = "0755"
+
+[[image.files]]
+src = "{relay}"
+dst = "/etc/kubernetes/manifests/cri-relay.json"
+mode = "0644"
+
+[[image.files]]
+src = "{hosts}"
+dst = "/etc/containerd/certs.d/{registry_host}/hosts.toml"
+mode = "0644"
+
+[[image.container_images]]
+name = "probe"
+layout = "{layout}"
+ref = "latest"
+
+[node]
+role = "controlplane"
+hostname = "cri-node"
+
+[node.pod_network]
+mode = "bridge"
+pod_cidr = "{POD_CIDR}"
+"#,
+        secrets = secrets.display(),
+        kubelet = fake_kubelet().display(),
+        relay = relay.display(),
+        hosts = hosts.display(),
+        layout = layout.display(),
+    );
+    let profile = derived_profile(&dir.join("profile"), "worker", &extra);
+    let images = versions
+        .iter()
+        .map(|v| {
+            let out = dir.join(format!("v{v}"));
+            build(&profile, &out, &key, Some(v), 1_700_000_000);
+            out
+        })
+        .collect();
+    CriNode {
+        dir,
+        secrets,
+        images,
+        registry,
+    }
+}
 
 /// An OCI layout (made with umoci) holding `/bin/busybox` from the host's busybox-static
 /// with a link for each applet, and `/cri-relay`.

@@ -20,7 +20,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_cri::v1::ContainerState;
@@ -28,17 +28,10 @@ use keel_builder::node::{NodeClient, credentials_from_secrets};
 use keel_builder::progress::Reporter;
 use keel_signing::profile::IpCidr;
 use keel_vm_tests::cri::{ContainerSpec, Cri, PodSpec};
-use keel_vm_tests::cri_node::{
-    Inspector, PROBE, RELAY_PORT, Registry, connect, probe_image, registry_hosts_toml,
-    relay_manifest,
-};
-use keel_vm_tests::{
-    Machine, build, cluster_secrets, derived_profile, fake_kubelet, free_port, test_dir, test_key,
-    vm_disk, write_file,
-};
+use keel_vm_tests::cri_node::{Inspector, POD_CIDR, PROBE, RELAY_PORT, connect, node_images};
+use keel_vm_tests::{Machine, free_port, vm_disk};
 
 const BOOT: Duration = Duration::from_secs(420);
-const POD_CIDR: &str = "10.244.1.0/24";
 const DAEMONSET_CIDR: &str = "10.99.0.0/24";
 const HOST_PORT: u16 = 30080;
 
@@ -77,76 +70,6 @@ const PREFLIGHT_WARNINGS_ALLOWED: &[&str] = &[
     "FileExisting-touch",
     "optional CONFIG_AUFS_FS",
 ];
-
-struct Node {
-    dir: PathBuf,
-    secrets: PathBuf,
-    v1: PathBuf,
-    v2: PathBuf,
-    registry: Registry,
-}
-
-fn node_images(name: &str) -> Node {
-    let dir = test_dir(name);
-    let (secrets, _) = cluster_secrets(&dir.join("secrets"));
-    let (key, _) = test_key(&dir.join("keys"));
-    let layout = probe_image(&dir.join("probe"));
-    let registry = Registry::start(&dir.join("registry"));
-    registry.push(&layout, "keel-test/probe:1");
-    let relay = write_file(&dir, "cri-relay.json", &relay_manifest());
-    let registry_host = format!("10.0.2.2:{}", registry.port);
-    let hosts = write_file(&dir, "hosts.toml", &registry_hosts_toml(&registry_host));
-    let extra = format!(
-        r#"[image]
-secrets = "{secrets}"
-
-[[image.files]]
-src = "{kubelet}"
-dst = "/usr/bin/kubelet"
-mode = "0755"
-
-[[image.files]]
-src = "{relay}"
-dst = "/etc/kubernetes/manifests/cri-relay.json"
-mode = "0644"
-
-[[image.files]]
-src = "{hosts}"
-dst = "/etc/containerd/certs.d/{registry_host}/hosts.toml"
-mode = "0644"
-
-[[image.container_images]]
-name = "probe"
-layout = "{layout}"
-ref = "latest"
-
-[node]
-role = "controlplane"
-hostname = "cri-node"
-
-[node.pod_network]
-mode = "bridge"
-pod_cidr = "{POD_CIDR}"
-"#,
-        secrets = secrets.display(),
-        kubelet = fake_kubelet().display(),
-        relay = relay.display(),
-        hosts = hosts.display(),
-        layout = layout.display(),
-    );
-    let profile = derived_profile(&dir.join("profile"), "worker", &extra);
-    let v1 = dir.join("v1");
-    let v2 = dir.join("v2");
-    build(&profile, &v1, &key, Some("1.0.0"), 1_700_000_000);
-    build(&profile, &v2, &key, Some("1.1.0"), 1_700_000_000);
-    Node {
-        dir,
-        secrets,
-        v1,
-        v2,
-        registry,
-    }
-}
 
 /// A tiny HTTP server on the host's loopback (10.0.2.2 for the guest): pods' egress target.
 fn host_http_server(body: &'static str) -> u16 {
@@ -511,9 +434,9 @@ fn upgrade(client: &NodeClient, bundle: &Path) {
 
 #[test]
 fn pods_run_through_cri_with_limits_cleanup_and_cni_that_survives_reboot_and_upgrade() {
-    let node = node_images("cri");
+    let node = node_images("cri", &["1.0.0", "1.1.0"]);
     let creds = credentials_from_secrets(&node.secrets).unwrap();
-    let disk = vm_disk(&node.v1, &node.dir, 8 << 30);
+    let disk = vm_disk(&node.images[0], &node.dir, 8 << 30);
     let (relay, api, hostport) = (free_port(), free_port(), free_port());
     let start = |name: &str| {
         Machine::start(name, &disk, &node.dir.join("vm"), |c| {
@@ -571,7 +494,7 @@ fn pods_run_through_cri_with_limits_cleanup_and_cni_that_survives_reboot_and_upg
 
     // An A/B upgrade: the same on the new slot.
     let client = NodeClient::new(&format!("127.0.0.1:{api}"), &creds).unwrap();
-    upgrade(&client, &node.v2.join("update"));
+    upgrade(&client, &node.images[1].join("update"));
     vm.expect("keel: ready: keel-worker 1.1.0 slot b", BOOT);
     let mut cri = connect(relay, Duration::from_secs(180));
     let inspector = Inspector::start(&mut cri, "inspector3");

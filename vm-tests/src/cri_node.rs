@@ -34,6 +34,11 @@ pub struct CriNode {
 }
 
 pub fn node_images(name: &str, versions: &[&str]) -> CriNode {
+    node_images_with(name, versions, &[])
+}
+
+/// [`node_images`] with more static pods: (file name, manifest JSON).
+pub fn node_images_with(name: &str, versions: &[&str], static_pods: &[(&str, String)]) -> CriNode {
     let dir = test_dir(name);
     let (secrets, _) = cluster_secrets(&dir.join("secrets"));
     let (key, _) = test_key(&dir.join("keys"));
@@ -43,7 +48,7 @@ pub fn node_images(name: &str, versions: &[&str]) -> CriNode {
     let relay = write_file(&dir, "cri-relay.json", &relay_manifest());
     let registry_host = format!("10.0.2.2:{}", registry.port);
     let hosts = write_file(&dir, "hosts.toml", &registry_hosts_toml(&registry_host));
-    let extra = format!(
+    let mut extra = format!(
         r#"[image]
 secrets = "{secrets}"
 
@@ -81,6 +86,13 @@ pod_cidr = "{POD_CIDR}"
         hosts = hosts.display(),
         layout = layout.display(),
     );
+    for (file, manifest) in static_pods {
+        let src = write_file(&dir, file, manifest);
+        extra.push_str(&format!(
+            "\n[[image.files]]\nsrc = \"{}\"\ndst = \"/etc/kubernetes/manifests/{file}\"\nmode = \"0644\"\n",
+            src.display()
+        ));
+    }
     let profile = derived_profile(&dir.join("profile"), "worker", &extra);
     let images = versions
         .iter()

@@ -281,7 +281,7 @@ fn cleanup(cri: &mut Cri, inspector: &Inspector, pod_id: &str, id: &str, ip: &st
     );
     // The only pod with a network namespace of its own so far.
     assert_eq!(
-        count(cri, &[" /run/netns/cni-"]),
+        count(cri, &["/netns/cni-"]),
         1,
         "the pod's network namespace"
     );
@@ -295,7 +295,7 @@ fn cleanup(cri: &mut Cri, inspector: &Inspector, pod_id: &str, id: &str, ip: &st
     inspector.sh(cri, &format!("test ! -e {lease}"));
     assert_eq!(count(cri, &pod_mounts), 0, "mounts of the pod left");
     assert_eq!(
-        count(cri, &[" /run/netns/cni-"]),
+        count(cri, &["/netns/cni-"]),
         0,
         "network namespace left"
     );

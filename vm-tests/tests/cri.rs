@@ -294,11 +294,7 @@ fn cleanup(cri: &mut Cri, inspector: &Inspector, pod_id: &str, id: &str, ip: &st
     );
     inspector.sh(cri, &format!("test ! -e {lease}"));
     assert_eq!(count(cri, &pod_mounts), 0, "mounts of the pod left");
-    assert_eq!(
-        count(cri, &["/netns/cni-"]),
-        0,
-        "network namespace left"
-    );
+    assert_eq!(count(cri, &["/netns/cni-"]), 0, "network namespace left");
     assert!(
         cri.pods_with_labels(&[("io.kubernetes.pod.name", "one")])
             .unwrap()

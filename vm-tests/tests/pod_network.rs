@@ -27,7 +27,7 @@ printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho "pod $REMOTE_ADDR r
 chmod +x /www/cgi-bin/who
 httpd -p 8080 -h /www
 echo "pod-to-pod: $(hostname) up on $node, calling $peer" > /host-console
-until wget -q -T 5 -O /tmp/answer "http://$peer:8080/cgi-bin/who"; do sleep 2; done
+until timeout 10 wget -q -O - "http://$peer:8080/cgi-bin/who" > /tmp/answer; do sleep 2; done
 echo "pod-to-pod: $(cat /tmp/answer)" > /host-console
 exec sleep 1000000"#;
     serde_json::json!({
@@ -80,10 +80,9 @@ fn a_pod_on_one_node_reaches_a_pod_on_another_by_pod_ip() {
         &["1.0.0"],
         &[("pod-to-pod.json", pod_to_pod_manifest())],
     );
-    let secrets = keel_signing::secrets::Secrets::from_toml(
-        &std::fs::read_to_string(&node.secrets).unwrap(),
-    )
-    .unwrap();
+    let secrets =
+        keel_signing::secrets::Secrets::from_toml(&std::fs::read_to_string(&node.secrets).unwrap())
+            .unwrap();
     let node_secrets = write_file(
         &node.dir,
         "cp.secrets.toml",
@@ -91,8 +90,22 @@ fn a_pod_on_one_node_reaches_a_pod_on_another_by_pod_ip() {
     );
     let segment = free_port();
     let nodes = [
-        ("n1", "192.168.100.11", "10.244.1.0/24", "192.168.100.12", "10.244.2.0/24", "52:54:00:aa:00:01"),
-        ("n2", "192.168.100.12", "10.244.2.0/24", "192.168.100.11", "10.244.1.0/24", "52:54:00:aa:00:02"),
+        (
+            "n1",
+            "192.168.100.11",
+            "10.244.1.0/24",
+            "192.168.100.12",
+            "10.244.2.0/24",
+            "52:54:00:aa:00:01",
+        ),
+        (
+            "n2",
+            "192.168.100.12",
+            "10.244.2.0/24",
+            "192.168.100.11",
+            "10.244.1.0/24",
+            "52:54:00:aa:00:02",
+        ),
     ];
     let mut vms: Vec<Machine> = nodes
         .iter()
@@ -104,29 +117,39 @@ fn a_pod_on_one_node_reaches_a_pod_on_another_by_pod_ip() {
                 &node_profile(name, address, own, peer, peer_pods),
             );
             let disk = vm_disk(&node.images[0], &dir, 6 << 30);
-            Machine::start(&format!("pod_network-{name}"), &disk, &dir.join("vm"), |c| {
-                c.fw_cfg.push(("opt/keel/profile".into(), profile.clone()));
-                c.fw_cfg.push(("opt/keel/secrets".into(), node_secrets.clone()));
-                c.extra_args.extend([
-                    "-netdev".into(),
-                    format!("socket,id=cluster,mcast=230.0.0.1:{segment},localaddr=127.0.0.1"),
-                    "-device".into(),
-                    format!("virtio-net-pci,netdev=cluster,mac={mac}"),
-                ]);
-            })
+            Machine::start(
+                &format!("pod_network-{name}"),
+                &disk,
+                &dir.join("vm"),
+                |c| {
+                    c.fw_cfg.push(("opt/keel/profile".into(), profile.clone()));
+                    c.fw_cfg
+                        .push(("opt/keel/secrets".into(), node_secrets.clone()));
+                    c.extra_args.extend([
+                        "-netdev".into(),
+                        format!("socket,id=cluster,mcast=230.0.0.1:{segment},localaddr=127.0.0.1"),
+                        "-device".into(),
+                        format!("virtio-net-pci,netdev=cluster,mac={mac}"),
+                    ]);
+                },
+            )
         })
         .collect();
     for (vm, (name, ..)) in vms.iter_mut().zip(&nodes) {
         let before = vm.expect("keel: ready", BOOT);
         assert!(
-            before.contains(&format!("host-gw routes: 10.244.{}.0/24 via", if *name == "n1" { 2 } else { 1 })),
+            before.contains(&format!(
+                "host-gw routes: 10.244.{}.0/24 via",
+                if *name == "n1" { 2 } else { 1 }
+            )),
             "{name}: {before}"
         );
     }
-    // Each pod saw the other's pod address as the caller: routed, not masqueraded.
+    // Each pod saw the other's pod address as the caller: routed, not masqueraded (busybox
+    // httpd listens on IPv6 and names IPv4 callers in their mapped form).
     let wants = [
-        "pod-to-pod: pod 10.244.1.2 reached pod-to-pod-n2 on n2",
-        "pod-to-pod: pod 10.244.2.2 reached pod-to-pod-n1 on n1",
+        "pod-to-pod: pod [::ffff:10.244.1.2] reached pod-to-pod-n2 on n2",
+        "pod-to-pod: pod [::ffff:10.244.2.2] reached pod-to-pod-n1 on n1",
     ];
     for (vm, want) in vms.iter_mut().zip(wants) {
         vm.expect_seen_or_next(want, Duration::from_secs(300));

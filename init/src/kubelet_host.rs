@@ -8,6 +8,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use keel_signing::profile::Node;
 
@@ -100,11 +102,65 @@ pub const SYSCTLS: &[(&str, &str)] = &[
 /// node's `machineID`; `/etc/machine-id` is on a tmpfs overlay).
 const MACHINE_ID_STORE: &str = "/var/lib/keel/machine-id";
 
-/// Prepares the host. Every step that fails is reported and the boot goes on: a node whose
-/// pods cannot get a network still serves its API and says why.
-pub fn prepare(node: &Node, net: &NetState, log: &dyn Fn(&str)) {
-    match kmod::ModuleDeps::for_running_kernel() {
-        Some(deps) => deps.load(MODULES, &mut BTreeSet::new(), log),
+/// Modules loaded before the sysctls (which need `br_netfilter`) and containerd (overlayfs).
+const FIRST: &[&str] = &["overlay", "bridge", "br_netfilter", "veth", "nf_conntrack"];
+/// How long the kubelet's start waits for the host to be prepared.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A one-way flag threads wait on: the host prepared, the sandbox image imported.
+pub struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    pub const fn new() -> Gate {
+        Gate {
+            open: Mutex::new(false),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn open(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        *open = true;
+        self.changed.notify_all();
+    }
+
+    /// Whether the gate opened within `timeout`.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (open, _) = self
+            .changed
+            .wait_timeout_while(open, timeout, |open| !*open)
+            .unwrap_or_else(|e| e.into_inner());
+        *open
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::new()
+    }
+}
+
+/// Opens when containerd answers and the baked images are imported (`services::start_core`).
+pub static CONTAINERD_UP: Gate = Gate::new();
+/// Opens when the network modules are loaded and the pod network is set up.
+pub static HOST_READY: Gate = Gate::new();
+/// Opens when the pod sandbox image has been imported (or failed to be).
+pub static SANDBOX_IMAGE: Gate = Gate::new();
+
+/// Prepares the host. What containerd and the health gate need is done at once; loading the
+/// rest of the network modules and setting up the pod network wait until containerd is up
+/// (on one CPU they would only slow its start: under TCG they take seconds) and go on in the
+/// background, and the kubelet's start waits for them ([`wait_for_kubelet`]).
+/// Every step that fails is reported and the boot goes on: a node whose pods cannot get a
+/// network still serves its API and says why.
+pub fn prepare(node: &Node, net: &NetState, log: &'static (dyn Fn(&str) + Sync)) {
+    let deps = kmod::ModuleDeps::for_running_kernel();
+    match &deps {
+        Some(deps) => deps.load(FIRST, &mut BTreeSet::new(), log),
         None => log("warning: no modules.dep: the Kubernetes network modules are not loaded"),
     }
     let failed: Vec<String> = SYSCTLS
@@ -116,13 +172,7 @@ pub fn prepare(node: &Node, net: &NetState, log: &dyn Fn(&str)) {
     }
     // Like systemd: mounts propagate, so a pod's Bidirectional volume mounts (CSI drivers)
     // reach the host and other pods.
-    if let Err(e) = sys::mount(
-        "none",
-        "/",
-        "",
-        libc::MS_REC | libc::MS_SHARED,
-        None::<&str>,
-    ) {
+    if let Err(e) = sys::mount("none", "/", "", libc::MS_REC | libc::MS_SHARED, None) {
         log(&format!("warning: {e}"));
     }
     match machine_id(Path::new(MACHINE_ID_STORE), &random_id) {
@@ -136,14 +186,47 @@ pub fn prepare(node: &Node, net: &NetState, log: &dyn Fn(&str)) {
     if let Err(e) = cni::mount_dirs() {
         log(&format!("warning: CNI directories: {e}"));
     }
-    match cni::apply(&node.pod_network, &node.kubernetes.pod_cidr, net) {
-        Ok(Some(summary)) => log(&format!("pod network: {summary}")),
-        Ok(None) => log(&format!(
-            "pod network: none from Keel (a CNI DaemonSet installs one into {} and {})",
-            cni::BIN_DIR,
-            cni::CONF_DIR
-        )),
-        Err(e) => log(&format!("warning: pod network: {e}")),
+    let (pods, cluster, net) = (
+        node.pod_network.clone(),
+        node.kubernetes.pod_cidr,
+        net.clone(),
+    );
+    std::thread::spawn(move || {
+        CONTAINERD_UP.wait(READY_TIMEOUT);
+        if let Some(deps) = deps {
+            let rest: Vec<&str> = MODULES
+                .iter()
+                .filter(|m| !FIRST.contains(m))
+                .copied()
+                .collect();
+            deps.load(&rest, &mut BTreeSet::new(), log);
+        }
+        match cni::apply(&pods, &cluster, &net) {
+            Ok(Some(summary)) => log(&format!("pod network: {summary}")),
+            Ok(None) => log(&format!(
+                "pod network: none from Keel (a CNI DaemonSet installs one into {} and {})",
+                cni::BIN_DIR,
+                cni::CONF_DIR
+            )),
+            Err(e) => log(&format!("warning: pod network: {e}")),
+        }
+        HOST_READY.open();
+    });
+}
+
+/// Called before the kubelet starts: waits until the host is prepared and the sandbox image
+/// imported, so the kubelet never sees a half-prepared host.
+pub fn wait_for_kubelet(log: &dyn Fn(&str)) {
+    for (gate, what) in [
+        (&HOST_READY, "the network modules and the pod network"),
+        (&SANDBOX_IMAGE, "the pod sandbox image"),
+    ] {
+        if !gate.wait(READY_TIMEOUT) {
+            log(&format!(
+                "warning: {what} not ready after {}s; starting the kubelet anyway",
+                READY_TIMEOUT.as_secs()
+            ));
+        }
     }
 }
 
@@ -218,6 +301,17 @@ mod tests {
             err.starts_with("net.bridge.bridge-nf-call-iptables=1: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_gate_opens_once_for_every_waiter() {
+        let gate = std::sync::Arc::new(Gate::new());
+        assert!(!gate.wait(Duration::from_millis(10)));
+        let g = gate.clone();
+        let waiter = std::thread::spawn(move || g.wait(Duration::from_secs(10)));
+        gate.open();
+        assert!(waiter.join().unwrap());
+        assert!(gate.wait(Duration::ZERO));
     }
 
     #[test]

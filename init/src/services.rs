@@ -101,7 +101,12 @@ pub fn start_core() -> Result<Arc<Supervisor>, String> {
             )?;
         }
     }
-    import_pause_image();
+    crate::kubelet_host::CONTAINERD_UP.open();
+    // Pods need it, the health gate does not: the kubelet's start waits for it instead.
+    std::thread::spawn(|| {
+        import_pause_image();
+        crate::kubelet_host::SANDBOX_IMAGE.open();
+    });
     Ok(Arc::new(core))
 }
 
@@ -223,6 +228,9 @@ pub fn start_role(plan: roles::RolePlan) -> Result<Option<Arc<Supervisor>>, Stri
         return Ok(None);
     }
     let names: Vec<String> = plan.services.iter().map(|s| s.name.clone()).collect();
+    if names.iter().any(|n| n == roles::kubelet::SERVICE) {
+        crate::kubelet_host::wait_for_kubelet(&log);
+    }
     let sup = Supervisor::start(plan.services, options()).map_err(|e| e.to_string())?;
     for name in &names {
         sup.wait_healthy(name, ROLE_TIMEOUT)

@@ -487,3 +487,46 @@ pub fn cpu_millis(quantity: &str) -> Option<i64> {
         None => q.parse::<i64>().ok().and_then(|c| c.checked_mul(1000)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(memory_bytes("128Mi"), Some(128 << 20));
+        assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(memory_bytes("512"), Some(512));
+        assert_eq!(memory_bytes("1.5Gi"), None);
+        assert_eq!(cpu_millis("500m"), Some(500));
+        assert_eq!(cpu_millis("2"), Some(2000));
+        assert_eq!(cpu_millis("x"), None);
+    }
+
+    #[test]
+    fn limits_and_namespaces_as_the_kubelet_sends_them() {
+        let mut pod = PodSpec::new("p", "ns", "u1");
+        pod.host_network = true;
+        let sandbox = pod.sandbox_config();
+        let linux = sandbox.linux.as_ref().unwrap();
+        assert_eq!(linux.cgroup_parent, "/kubepods/podu1");
+        assert_eq!(sandbox.log_directory, "/var/log/pods/ns_p_u1");
+        let ns = linux
+            .security_context
+            .as_ref()
+            .unwrap()
+            .namespace_options
+            .clone()
+            .unwrap();
+        assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
+        assert_eq!(ns.pid, cri::NamespaceMode::Pod as i32);
+        let mut c = ContainerSpec::new("c", "img", &["/bin/true"]);
+        c.memory_limit = 32 << 20;
+        c.cpu_limit_millis = 250;
+        let config = c.config(&pod);
+        let r = config.linux.unwrap().resources.unwrap();
+        assert_eq!((r.cpu_quota, r.cpu_period), (25_000, 100_000));
+        assert_eq!(r.memory_limit_in_bytes, 32 << 20);
+        assert_eq!(config.log_path, "c/0.log");
+    }
+}

@@ -243,3 +243,43 @@ fn run_pod(
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_static_pod_becomes_sandbox_and_containers() {
+        let text = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"relay","namespace":"kube-system"},
+            "spec":{"hostNetwork":true,"containers":[{"name":"r","image":"keel.local/probe:latest",
+            "command":["/cri-relay"],"args":["0.0.0.0:1"],"securityContext":{"privileged":true},
+            "resources":{"limits":{"memory":"64Mi","cpu":"250m"}},
+            "volumeMounts":[{"name":"sock","mountPath":"/run/containerd","readOnly":true}]}],
+            "volumes":[{"name":"sock","hostPath":{"path":"/run/containerd"}}]}}"#;
+        let pod: Value = serde_json::from_str(text).unwrap();
+        let (spec, containers) = describe(&pod, text, "cp1").unwrap();
+        assert_eq!(spec.name, "relay-cp1");
+        assert_eq!(spec.namespace, "kube-system");
+        assert!(spec.host_network && spec.privileged && !spec.host_pid);
+        assert_eq!(spec.uid, uid_of(text), "derived from the manifest");
+        assert_ne!(uid_of(text), uid_of("{}"));
+        let c = &containers[0];
+        assert_eq!(c.command, ["/cri-relay"]);
+        assert_eq!(c.args, ["0.0.0.0:1"]);
+        assert_eq!((c.memory_limit, c.cpu_limit_millis), (64 << 20, 250));
+        assert_eq!(
+            c.mounts,
+            [(
+                "/run/containerd".to_owned(),
+                "/run/containerd".to_owned(),
+                true
+            )]
+        );
+        let bad: Value = serde_json::from_str(
+            r#"{"metadata":{"name":"x"},"spec":{"containers":[{"name":"c","image":"i","volumeMounts":[{"name":"v","mountPath":"/v"}]}],"volumes":[{"name":"v","emptyDir":{}}]}}"#,
+        )
+        .unwrap();
+        let err = describe(&bad, "", "n").unwrap_err();
+        assert!(err.contains("hostPath volumes only"), "{err}");
+    }
+}

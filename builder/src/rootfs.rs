@@ -22,6 +22,8 @@ pub const MOUNT_POINTS: &[(&str, u16)] = &[
     ("/var", 0o755),
     (root::ESP_MOUNT, 0o700),
     (root::STATE_MOUNT, 0o700),
+    // containerd and CNI DaemonSets expect /opt/cni/bin; the init mounts /opt from /var.
+    ("/opt", 0o755),
     ("/etc", 0o755),
     ("/root", 0o700),
 ];

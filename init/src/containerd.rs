@@ -10,11 +10,18 @@ pub const SOCKET: &str = "/run/containerd/containerd.sock";
 pub const BAKED_IMAGES: &str = keel_contract::layout::root::BAKED_IMAGES_DIR;
 /// containerd namespace for Keel's system containers (kubelet-managed pods use `k8s.io`).
 pub const NAMESPACE: &str = "keel";
+/// containerd namespace of the CRI plugin: the images pods can use, the pause image.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// Per-registry configuration (`<host>/hosts.toml`: mirrors, CAs, plain HTTP), as containerd
+/// documents it; a profile bakes files there with `image.files`.
+pub const REGISTRY_CONFIG_DIR: &str = "/etc/containerd/certs.d";
 
 /// containerd 1.6 configuration (version 2): state on /var and /run, cgroupfs (no systemd),
-/// the CRI plugin on, and the `opt` plugin off (it wants to create /opt on the read-only root).
+/// the CRI plugin on with the pause image the node makes and the CNI directories on /var, and
+/// the `opt` plugin off (Keel does not use it; /opt belongs to CNI DaemonSets).
 pub fn config() -> String {
-    r#"version = 2
+    format!(
+        r#"version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
 disabled_plugins = ["io.containerd.internal.v1.opt"]
@@ -27,7 +34,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt"]
   level = "warn"
 
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.9"
+  sandbox_image = "{sandbox}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -36,10 +43,16 @@ disabled_plugins = ["io.containerd.internal.v1.opt"]
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "/etc/cni/net.d"
-"#
-    .to_owned()
+    bin_dir = "{bin_dir}"
+    conf_dir = "{conf_dir}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{registries}"
+"#,
+        sandbox = crate::pause_image::NAME,
+        bin_dir = crate::cni::BIN_DIR,
+        conf_dir = crate::cni::CONF_DIR,
+        registries = REGISTRY_CONFIG_DIR,
+    )
 }
 
 pub fn write_config() -> std::io::Result<()> {
@@ -71,13 +84,14 @@ pub fn baked_archives(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-pub fn import_argv(archive: &Path) -> Vec<String> {
+/// `ctr images import` of an oci-archive into `namespace`.
+pub fn import_argv(namespace: &str, archive: &Path) -> Vec<String> {
     vec![
         "/usr/bin/ctr".into(),
         "--address".into(),
         SOCKET.into(),
         "-n".into(),
-        NAMESPACE.into(),
+        namespace.into(),
         "images".into(),
         "import".into(),
         "--platform".into(),
@@ -158,6 +172,17 @@ mod tests {
             Some("io.containerd.internal.v1.opt")
         );
         assert_eq!(value["root"].as_str(), Some("/var/lib/containerd"));
+        let cri = &value["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(
+            cri["sandbox_image"].as_str(),
+            Some(crate::pause_image::NAME)
+        );
+        assert_eq!(cri["cni"]["bin_dir"].as_str(), Some("/opt/cni/bin"));
+        assert_eq!(cri["cni"]["conf_dir"].as_str(), Some("/etc/cni/net.d"));
+        assert_eq!(
+            cri["registry"]["config_path"].as_str(),
+            Some(REGISTRY_CONFIG_DIR)
+        );
     }
 
     #[test]

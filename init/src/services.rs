@@ -91,11 +91,54 @@ pub fn start_core() -> Result<Arc<Supervisor>, String> {
     let core = Supervisor::start(vec![spec], options()).map_err(|e| e.to_string())?;
     core.wait_healthy("containerd", CONTAINERD_TIMEOUT)
         .map_err(|e| format!("containerd: {e}"))?;
+    // Baked images serve system containers (their namespace) and pods (CRI's namespace).
     for archive in containerd::baked_archives(Path::new(containerd::BAKED_IMAGES)) {
         log(&format!("importing {}", archive.display()));
-        run_command(&containerd::import_argv(&archive), IMPORT_TIMEOUT)?;
+        for namespace in [containerd::NAMESPACE, containerd::CRI_NAMESPACE] {
+            run_command(
+                &containerd::import_argv(namespace, &archive),
+                IMPORT_TIMEOUT,
+            )?;
+        }
     }
+    crate::kubelet_host::CONTAINERD_UP.open();
+    // Pods need it, the health gate does not: the kubelet's start waits for it instead.
+    std::thread::spawn(|| {
+        import_pause_image();
+        crate::kubelet_host::SANDBOX_IMAGE.open();
+    });
     Ok(Arc::new(core))
+}
+
+/// The pod sandbox image (`pause_image`), made from the root's catatonit. Without it no pod
+/// can start, but the node's own services can: a failure is reported, not fatal.
+fn import_pause_image() {
+    let made = std::fs::read(crate::pause_image::CATATONIT)
+        .map_err(|e| format!("{}: {e}", crate::pause_image::CATATONIT))
+        .and_then(|bin| crate::pause_image::archive(&bin).map_err(|e| e.to_string()))
+        .and_then(|tar| {
+            std::fs::write(crate::pause_image::ARCHIVE, tar)
+                .map_err(|e| format!("{}: {e}", crate::pause_image::ARCHIVE))
+        });
+    let imported = made.and_then(|()| {
+        run_command(
+            &containerd::import_argv(
+                containerd::CRI_NAMESPACE,
+                Path::new(crate::pause_image::ARCHIVE),
+            ),
+            IMPORT_TIMEOUT,
+        )
+    });
+    match imported {
+        Ok(()) => log(&format!(
+            "pod sandbox image {} imported",
+            crate::pause_image::NAME
+        )),
+        Err(e) => log(&format!(
+            "warning: pod sandbox image {}: {e}; no pod can start",
+            crate::pause_image::NAME
+        )),
+    }
 }
 
 /// The API endpoint a node's kubeconfigs and certificates name: the profile's, else (on a
@@ -190,6 +233,9 @@ pub fn start_role(plan: roles::RolePlan) -> Result<Option<Arc<Supervisor>>, Stri
         return Ok(None);
     }
     let names: Vec<String> = plan.services.iter().map(|s| s.name.clone()).collect();
+    if names.iter().any(|n| n == roles::kubelet::SERVICE) {
+        crate::kubelet_host::wait_for_kubelet(&log);
+    }
     let sup = Supervisor::start(plan.services, options()).map_err(|e| e.to_string())?;
     for name in &names {
         sup.wait_healthy(name, ROLE_TIMEOUT)

@@ -401,6 +401,8 @@ fn run() -> Result<std::convert::Infallible, String> {
     ));
     let renewal = net_state.clone();
     std::thread::spawn(move || net::renew_forever(renewal, &|m| log(m)));
+    // What the kubelet expects of its host, CNI directories and the pod network.
+    crate::kubelet_host::prepare(&node, &net_state, &log);
 
     let target = upgrade_target(&handoff, slot, &state_dir)
         .map_err(|e| log(&format!("upgrades: off: {e}")))

@@ -13,6 +13,8 @@ use keel_builder::progress::Reporter;
 use keel_builder::qemu::{Vm, VmConfig};
 use rexpect::reader::{NBReader, Options, ReadUntil};
 
+pub mod cri;
+pub mod cri_node;
 pub mod fake_apiserver;
 
 /// The workspace root (vm-tests/..).
@@ -422,6 +424,13 @@ pub fn flip_byte(path: &Path, at: u64) {
 pub fn fake_kubelet() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| static_binary("keel-vm-tests", "fake-kubelet"))
+        .clone()
+}
+
+/// `cri-relay` (a test tool: TCP to a Unix socket), built static for the probe image.
+pub fn cri_relay() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| static_binary("keel-vm-tests", "cri-relay"))
         .clone()
 }
 

@@ -61,6 +61,8 @@ pub struct DebStats {
     /// The data member's name (`data.tar.xz`), which tells the compression.
     pub data_member: String,
     pub layer: LayerStats,
+    /// The package's `postinst`, never run; read for its `update-alternatives` calls.
+    pub postinst: Option<String>,
 }
 
 /// Unpacks the `.deb` at `path` into `tree`.
@@ -105,6 +107,7 @@ pub fn apply_decoded(
         architecture: decoded.control.architecture,
         data_member: decoded.data_member,
         layer,
+        postinst: decoded.control.postinst,
     })
 }
 
@@ -241,6 +244,7 @@ struct Control {
     package: String,
     version: String,
     architecture: String,
+    postinst: Option<String>,
 }
 
 enum ControlReadError {
@@ -248,20 +252,27 @@ enum ControlReadError {
     Bad(String),
 }
 
-/// Finds `./control` in a control tarball and reads the package's identity from it.
+/// Reads the package's identity from `./control` in a control tarball, and `./postinst`.
 fn read_control(reader: &mut dyn Read) -> Result<Control, ControlReadError> {
     let mut archive = tar::Archive::new(reader);
+    let mut control = None;
+    let mut postinst = None;
     for entry in archive.entries().map_err(ControlReadError::Io)? {
         let mut entry = entry.map_err(ControlReadError::Io)?;
-        let is_control = entry.path_bytes().as_ref() == b"./control"
-            || entry.path_bytes().as_ref() == b"control";
-        if !is_control {
+        let path = entry.path_bytes();
+        let name = path.strip_prefix(b"./").unwrap_or(&path).to_vec();
+        if name != b"control" && name != b"postinst" {
             continue;
         }
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         entry
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(ControlReadError::Io)?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if name == b"postinst" {
+            postinst = Some(text);
+            continue;
+        }
         let stanzas = super::deb822::parse_stanzas(&text);
         let stanza = stanzas
             .first()
@@ -272,13 +283,16 @@ fn read_control(reader: &mut dyn Read) -> Result<Control, ControlReadError> {
                 .map(str::to_string)
                 .ok_or_else(|| ControlReadError::Bad(format!("no {name} field")))
         };
-        return Ok(Control {
-            package: field("Package")?,
-            version: field("Version")?,
-            architecture: field("Architecture")?,
-        });
+        control = Some((field("Package")?, field("Version")?, field("Architecture")?));
     }
-    Err(ControlReadError::Bad("no ./control in control.tar".into()))
+    let (package, version, architecture) =
+        control.ok_or_else(|| ControlReadError::Bad("no ./control in control.tar".into()))?;
+    Ok(Control {
+        package,
+        version,
+        architecture,
+        postinst,
+    })
 }
 
 #[cfg(test)]

@@ -18,8 +18,9 @@
 //! - `/etc/ld.so.cache` (the `ldconfig` trigger). Not needed: Debian's glibc searches
 //!   `/lib/<triplet>` and `/usr/lib/<triplet>` without it; only `/etc/ld.so.conf.d` extras are
 //!   lost. [`super::shlibs::missing_shared_libraries`] checks with exactly that search path.
-//! - update-alternatives links (`/usr/sbin/iptables` -> `/etc/alternatives/iptables` ->
-//!   `iptables-nft`), `/lib/modules/<kver>/modules.dep*` (the kernel's postinst runs depmod),
+//! - update-alternatives links are made from the `postinst` scripts' literal calls instead
+//!   (`/usr/sbin/iptables` -> `/usr/sbin/iptables-nft`, see [`super::alternatives`]);
+//!   `/lib/modules/<kver>/modules.dep*` (the kernel's postinst runs depmod),
 //!   `/etc/ssl/certs/ca-certificates.crt` (update-ca-certificates), `/vmlinuz` links,
 //!   systemd enablement symlinks, diversions, and files a postinst creates (`/etc/modules`).
 //! - Essential packages are not added implicitly: nothing depends on them, so `base-files`
@@ -325,6 +326,18 @@ pub fn install(resolved: &[ResolvedDeb], tree: &mut Tree) -> Result<Vec<DebStats
         }
         stats.push(s);
     }
+    // What the packages' postinst scripts would have linked with update-alternatives.
+    let wanted = stats
+        .iter()
+        .filter_map(|s| s.postinst.as_deref())
+        .flat_map(super::alternatives::parse_postinst)
+        .collect();
+    super::alternatives::apply(tree, &super::alternatives::choose(wanted)).map_err(|e| {
+        DebError::Control {
+            path: PathBuf::from("update-alternatives"),
+            reason: e.to_string(),
+        }
+    })?;
     Ok(stats)
 }
 

@@ -1,5 +1,6 @@
 //! Userland sources: Debian packages, OCI images and host files, applied to a [`crate::tree::Tree`].
 
+pub mod alternatives;
 pub mod deb;
 pub mod deb822;
 pub mod debian;

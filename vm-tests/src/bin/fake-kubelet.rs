@@ -25,8 +25,18 @@
 //! configuration's healthz address (127.0.0.1:10248) until it is killed.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+// Shared with the QEMU tests, which use more of it than the fake does.
+#[allow(dead_code)]
+#[path = "../cri.rs"]
+mod cri;
+#[path = "fake_kubelet/names.rs"]
+mod names;
 #[path = "fake_kubelet/pki.rs"]
 mod pki;
+#[path = "fake_kubelet/pods.rs"]
+mod pods;
+#[path = "fake_kubelet/preflight.rs"]
+mod preflight;
 #[path = "fake_kubelet/yaml.rs"]
 mod yaml;
 
@@ -39,11 +49,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use names::{check_labels, check_node_name, check_taints};
 use serde_json::Value;
 
 const BANNER: &str = "fake-kubelet: this is a test double, not the real kubelet";
 /// Skips the check that `--node-ip` is one of this machine's addresses.
 const ANY_NODE_IP: &str = "FAKE_KUBELET_ANY_NODE_IP";
+/// The fake runs on a build machine, not on a node: skips the host's preflight checks and
+/// everything that needs a container runtime (CRI calls, static pods).
+const OFF_NODE: &str = "FAKE_KUBELET_OFF_NODE";
 /// The flags Keel's init passes (see keel-init's `roles::kubelet::argv`).
 const FLAGS: &[&str] = &[
     "config",
@@ -59,7 +73,18 @@ const FLAGS: &[&str] = &[
 fn main() -> ExitCode {
     println!("{BANNER}");
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let healthz = match check_all(&args, &mut |line| println!("fake-kubelet: ok: {line}")) {
+    let on_node = std::env::var_os(OFF_NODE).is_none();
+    let mut ok = |line: String| println!("fake-kubelet: ok: {line}");
+    let checked = check_all(&args, &mut ok).and_then(|config| {
+        if on_node {
+            preflight::run(&config.hostname, config.control_plane, &mut |line| {
+                println!("fake-kubelet: {line}")
+            })?;
+            pods::run_static_pods(&config, &mut |line| println!("fake-kubelet: {line}"))?;
+        }
+        Ok(config.healthz)
+    });
+    let healthz = match checked {
         Ok(addr) => addr,
         Err(e) => {
             eprintln!("fake-kubelet: error: {e}");
@@ -78,8 +103,8 @@ fn main() -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Runs every check, reporting each success through `ok`; the healthz address to serve.
-fn check_all(args: &[String], ok: &mut dyn FnMut(String)) -> Result<SocketAddr, String> {
+/// Runs every check, reporting each success through `ok`; what the rest needs.
+fn check_all(args: &[String], ok: &mut dyn FnMut(String)) -> Result<Config, String> {
     let flags = parse_flags(args)?;
     ok(format!(
         "flags: {}",
@@ -114,12 +139,15 @@ fn check_all(args: &[String], ok: &mut dyn FnMut(String)) -> Result<SocketAddr, 
     }
     ok(format!("--cert-dir={}", flags.cert_dir.display()));
 
-    let config = check_config(&flags.config, ok)?;
+    let mut config = check_config(&flags.config, ok)?;
     check_kubeconfigs(&flags, ok)?;
     if let Some(dir) = &config.static_pod_path {
         check_static_pods(dir, ok)?;
     }
-    Ok(config.healthz)
+    config.hostname = flags.hostname.clone();
+    // Keel gives only a control plane's kubelet static pods.
+    config.control_plane = config.static_pod_path.is_some();
+    Ok(config)
 }
 
 struct Flags {
@@ -205,112 +233,13 @@ fn check_node_ip(ip: IpAddr) -> Result<(), String> {
     Ok(())
 }
 
-fn check_node_name(name: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if name.len() <= 253 && name.split('.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(format!(
-            "--hostname-override {name:?} is not a lower-case DNS subdomain"
-        ))
-    }
-}
-
-/// Labels `k=v,...`; keys in the kubernetes.io and k8s.io namespaces only where the kubelet
-/// allows them (its `IsKubeletLabel`). Written again here on purpose, not taken from
-/// `keel_contract::profile::kube`: the fake judges what the init renders, so it must not
-/// share the parser whose output it checks.
-fn check_labels(labels: &str) -> Result<(), String> {
-    const ALLOWED: &[&str] = &[
-        "kubernetes.io/hostname",
-        "kubernetes.io/os",
-        "kubernetes.io/arch",
-        "beta.kubernetes.io/os",
-        "beta.kubernetes.io/arch",
-        "beta.kubernetes.io/instance-type",
-        "node.kubernetes.io/instance-type",
-        "topology.kubernetes.io/region",
-        "topology.kubernetes.io/zone",
-        "failure-domain.beta.kubernetes.io/region",
-        "failure-domain.beta.kubernetes.io/zone",
-    ];
-    let within = |ns: &str, parent: &str| ns == parent || ns.ends_with(&format!(".{parent}"));
-    for pair in labels.split(',') {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--node-labels: {pair:?} is not key=value"))?;
-        qualified_name(key).map_err(|e| format!("--node-labels: key {key:?}: {e}"))?;
-        if !value.is_empty() {
-            name_part(value).map_err(|e| format!("--node-labels: value {value:?}: {e}"))?;
-        }
-        if let Some((ns, _)) = key.split_once('/') {
-            let restricted = within(ns, "kubernetes.io") || within(ns, "k8s.io");
-            let allowed = ALLOWED.contains(&key)
-                || within(ns, "kubelet.kubernetes.io")
-                || within(ns, "node.kubernetes.io");
-            if restricted && !allowed {
-                return Err(format!(
-                    "--node-labels: unknown 'kubernetes.io' or 'k8s.io' label {key:?} (the real kubelet refuses to start)"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_taints(taints: &str) -> Result<(), String> {
-    for taint in taints.split(',') {
-        let bad = |why: &str| format!("--register-with-taints: {taint:?}: {why}");
-        let (kv, effect) = taint.rsplit_once(':').ok_or_else(|| bad("no effect"))?;
-        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-            return Err(bad(
-                "the effect is not NoSchedule, PreferNoSchedule or NoExecute",
-            ));
-        }
-        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-        qualified_name(key).map_err(|e| bad(&e))?;
-        if !value.is_empty() {
-            name_part(value).map_err(|e| bad(&e))?;
-        }
-    }
-    Ok(())
-}
-
-fn qualified_name(key: &str) -> Result<(), String> {
-    let (prefix, name) = key.split_once('/').unwrap_or(("", key));
-    if key.contains('/') {
-        check_node_name(prefix).map_err(|_| format!("prefix {prefix:?} is not a DNS subdomain"))?;
-    }
-    name_part(name)
-}
-
-fn name_part(name: &str) -> Result<(), String> {
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    let ok = name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && edge(name.chars().next())
-        && edge(name.chars().last());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not 1-63 letters, digits, '-', '_', '.' starting and ending alphanumeric"
-        ))
-    }
-}
-
 struct Config {
     static_pod_path: Option<PathBuf>,
     healthz: SocketAddr,
+    /// containerd's socket (containerRuntimeEndpoint without `unix://`).
+    runtime_socket: String,
+    hostname: String,
+    control_plane: bool,
 }
 
 fn read_json(path: &Path, what: &str) -> Result<Value, String> {
@@ -429,6 +358,9 @@ fn check_config(path: &Path, ok: &mut dyn FnMut(String)) -> Result<Config, Strin
     Ok(Config {
         static_pod_path,
         healthz,
+        runtime_socket: socket.to_owned(),
+        hostname: String::new(),
+        control_plane: false,
     })
 }
 

@@ -21,6 +21,7 @@
 pub mod kube;
 mod load;
 pub mod node;
+pub mod pod_network;
 pub mod schema;
 mod validate;
 pub mod values;
@@ -30,6 +31,7 @@ pub use kube::{
     Taint, TaintEffect,
 };
 pub use load::{Diagnostic, Layer, LoadedProfile, ProfileError};
+pub use pod_network::{PodNetwork, PodNetworkMode, PodNetworkPeer};
 pub use schema::*;
 pub use validate::{
     MIN_ESP_SIZE, MIN_SLOT_SIZE, MIN_STATE_SIZE, Problem, RESERVED_CMDLINE_KEYS, validate,

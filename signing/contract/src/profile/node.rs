@@ -41,6 +41,10 @@ pub struct Node {
     pub kubernetes: Kubernetes,
     #[serde(default)]
     pub etcd: Etcd,
+    /// Keel's own pod network (bridge, host-local, portmap, host-gw routes), for clusters
+    /// without a CNI DaemonSet.
+    #[serde(default)]
+    pub pod_network: super::pod_network::PodNetwork,
     /// Seconds a boot may take to pass its health gate; past it the node reboots, so that a
     /// version that hangs is rolled back like one that fails (default 300).
     #[serde(default = "default_boot_deadline")]
@@ -61,6 +65,7 @@ impl Default for Node {
             containers: Vec::new(),
             kubernetes: Kubernetes::default(),
             etcd: Etcd::default(),
+            pod_network: Default::default(),
             boot_deadline_secs: default_boot_deadline(),
         }
     }

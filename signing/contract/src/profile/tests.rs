@@ -122,6 +122,21 @@ fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
             &["`node.network.gateway`", "static"],
         ),
         (
+            "pod network outside the cluster's pods",
+            "[node.pod_network]\nmode = \"bridge\"\npod_cidr = \"10.9.0.0/24\"\n",
+            "DIR/p.toml:3:12",
+            &[
+                "`node.pod_network.pod_cidr`",
+                "not inside node.kubernetes.pod_cidr",
+            ],
+        ),
+        (
+            "pod network mode",
+            "[node.pod_network]\nmode = \"flannel\"\n",
+            "DIR/p.toml:2:8",
+            &["`node.pod_network.mode`", "`bridge`"],
+        ),
+        (
             "bad endpoint",
             "[node.cluster]\nendpoint = \"http://x:6443\"\n",
             "DIR/p.toml:2:12",

@@ -242,6 +242,7 @@ fn check_node(node: &Node, out: &mut Vec<Problem>) {
             }
         }
     }
+    super::pod_network::check(&node.pod_network, &node.kubernetes.pod_cidr, out);
     if !(30..=3600).contains(&node.boot_deadline_secs) {
         out.push(problem(
             "node.boot_deadline_secs",

@@ -142,6 +142,7 @@ fn status() -> Status {
                 entry: Some("keel-a.conf".into()),
                 booted: true,
                 healthy: true,
+                invalid: None,
             },
             SlotInfo {
                 slot: "b".into(),
@@ -149,6 +150,7 @@ fn status() -> Status {
                 entry: Some("keel-b+0-3.conf".into()),
                 booted: false,
                 healthy: false,
+                invalid: None,
             },
         ],
         services: vec![ServiceInfo {
@@ -163,6 +165,8 @@ fn status() -> Status {
         rollback_requested: false,
         quarantined: vec!["1.2.0".into()],
         uptime_secs: 3725,
+        degraded: None,
+        warnings: vec![],
     }
 }
 

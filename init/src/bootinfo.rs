@@ -6,6 +6,8 @@ use std::path::Path;
 use keel_contract::layout::{self, Slot};
 use serde::{Deserialize, Serialize};
 
+use crate::block::{Disk, Partition};
+
 /// Where stage 1 leaves what stage 2 needs; /run is a tmpfs moved into the new root.
 pub const RUN_DIR: &str = "/run/keel";
 pub const HANDOFF: &str = "/run/keel/boot.json";
@@ -17,16 +19,46 @@ pub const BAKED_PROFILE: &str = "/run/keel/profile.toml";
 const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 
+/// The partitions of the disk the node booted from, found once by stage 1 (by GPT label, on
+/// the disk that holds the booted slot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partitions {
+    pub esp: Partition,
+    /// The booted slot.
+    pub slot: Partition,
+    /// The other slot, which upgrades write.
+    pub other_slot: Option<Partition>,
+    pub state: Option<Partition>,
+    /// `None` until the first boot creates it.
+    pub data: Option<Partition>,
+}
+
+/// What stage 1 found and did about this boot's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BootAttempt {
+    /// The booted slot's entry as systemd-boot left it (`keel-a+1-2.conf`, `keel-a.conf`).
+    pub entry: Option<String>,
+    /// The name stage 1 gave a blessed entry to count this boot (`keel-a+2.conf`).
+    pub rearmed: Option<String>,
+    /// Every entry is out of tries: a reboot would come back here, so this boot must not
+    /// reboot on failure (see [`crate::entries::BootState::last_resort`]).
+    pub last_resort: bool,
+}
+
+/// What stage 1 hands to stage 2, typed (JSON in /run, which stage 1 moves into the new root).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Handoff {
-    pub slot: String,
-    pub version: String,
+    pub slot: Slot,
+    /// From the verified manifest.
     pub name: String,
+    pub version: semver::Version,
+    pub arch: String,
     pub root_hash: String,
+    /// The key ID that signed the manifest.
     pub signer: String,
-    pub disk: String,
-    pub slot_device: String,
-    pub esp_device: String,
+    pub disk: Disk,
+    pub partitions: Partitions,
+    pub boot: BootAttempt,
     /// CLOCK_BOOTTIME when stage 1 started and when it handed over.
     pub stage1_start: f64,
     pub stage1_end: f64,
@@ -41,10 +73,6 @@ impl Handoff {
     pub fn read() -> std::io::Result<Self> {
         let bytes = std::fs::read(HANDOFF)?;
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
-    }
-
-    pub fn slot(&self) -> Option<Slot> {
-        self.slot.parse().ok()
     }
 }
 
@@ -80,12 +108,6 @@ pub fn firmware_and_loader_seconds() -> Option<f64> {
     Some(usec / 1e6)
 }
 
-/// The booted entry's file name when it carries a boot counter (`keel-a+2-1.conf`).
-pub fn boot_count_entry() -> Option<String> {
-    let path = loader_variable("LoaderBootCountPath")?;
-    path.rsplit(['\\', '/']).next().map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,19 +137,46 @@ mod tests {
 
     #[test]
     fn handoff_round_trips() {
+        let disk = Disk {
+            name: "vda".into(),
+            path: "/dev/vda".into(),
+            major: 254,
+            minor: 0,
+        };
+        let part = |n: u32, label: &str| Partition {
+            name: format!("vda{n}"),
+            path: format!("/dev/vda{n}").into(),
+            major: 254,
+            minor: n,
+            number: n,
+            label: Some(label.into()),
+            disk: disk.clone(),
+        };
         let h = Handoff {
-            slot: "a".into(),
-            version: "1.0.0".into(),
+            slot: Slot::A,
             name: "keel".into(),
+            version: "1.0.0".parse().unwrap(),
+            arch: "x86_64".into(),
             root_hash: "ab".into(),
             signer: "K".into(),
-            disk: "/dev/vda".into(),
-            slot_device: "/dev/vda2".into(),
-            esp_device: "/dev/vda1".into(),
+            disk: disk.clone(),
+            partitions: Partitions {
+                esp: part(1, "ESP"),
+                slot: part(2, "KEEL-A"),
+                other_slot: Some(part(3, "KEEL-B")),
+                state: Some(part(4, "STATE")),
+                data: None,
+            },
+            boot: BootAttempt {
+                entry: Some("keel-a.conf".into()),
+                rearmed: Some("keel-a+2.conf".into()),
+                last_resort: false,
+            },
             stage1_start: 1.5,
             stage1_end: 2.5,
         };
         let text = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<Handoff>(&text).unwrap(), h);
+        assert!(text.contains("\"slot\":\"a\""), "{text}");
     }
 }

@@ -5,15 +5,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use keel_contract::layout::{self, config as contract};
 use keel_contract::profile::{LoadedProfile, Node};
+use keel_contract::secrets::NodeSecrets;
 
 use crate::sys;
 
-/// Where the kernel's qemu_fw_cfg module shows fw_cfg entries by name.
 const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
 pub use keel_contract::layout::config::DRIVE_LABEL as CONFIG_DRIVE_LABEL;
 const CONFIG_DRIVE_MOUNT: &str = "/run/keel/config-drive";
@@ -58,8 +58,10 @@ pub struct Found {
 pub struct NodeConfig {
     pub node: Node,
     pub source: Source,
-    /// The node's secrets (TOML, the NodeSecrets format), if any source had them.
-    pub secrets: Option<String>,
+    /// The node's secrets, if any source had good ones.
+    pub secrets: Option<NodeSecrets>,
+    /// What was refused or worked around (for the console and the API's status).
+    pub warnings: Vec<String>,
 }
 
 /// Parses and validates a profile's node section.
@@ -72,8 +74,8 @@ pub fn parse(origin: &str, text: &str) -> Result<Node, String> {
     Ok(loaded.profile.node)
 }
 
-/// QEMU's fw_cfg entries `opt/keel/profile` and `opt/keel/secrets` (module qemu_fw_cfg),
-/// under `root` (the `by_name` directory).
+/// QEMU's fw_cfg entries `opt/keel/profile` and `opt/keel/secrets` (module qemu_fw_cfg), under
+/// `root`, the `by_name` directory.
 pub fn from_fw_cfg(root: &Path) -> Option<Found> {
     let read = |name: &str| std::fs::read_to_string(root.join(name).join("raw")).ok();
     let profile = read(contract::FW_CFG_PROFILE);
@@ -229,185 +231,229 @@ pub fn config_drive() -> Option<Found> {
 
 /// Writes a file on STATE so that a power cut leaves either the old or the new content.
 pub fn save(state: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    let path = layout::on_volume(state, name);
-    let mut tmp = path.clone().into_os_string();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
+    let tmp = layout::on_volume(state, &format!("{name}.new"));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
-    sys::rename_durably(&tmp, &path)
+    sys::rename_durably(&tmp, &layout::on_volume(state, name))
+}
+
+/// The copy [`save_keeping_previous`] keeps of what it replaced.
+pub fn previous(name: &str) -> String {
+    format!("{name}.prev")
+}
+
+/// Saves `text` as `name`, first keeping what was there as `name.prev`. Nothing is written
+/// when the content is the same (a profile given at every boot).
+pub fn save_keeping_previous(state: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    match std::fs::read_to_string(layout::on_volume(state, name)) {
+        Ok(current) if current == text => return Ok(()),
+        Ok(current) => save(state, &previous(name), &current)?,
+        Err(_) => {}
+    }
+    save(state, name, text)
+}
+
+/// Parses a profile STATE kept, which a newer init may have written (then rolled back from):
+/// keys this version does not know are dropped, and named, instead of failing the boot.
+pub fn parse_saved(origin: &str, text: &str) -> Result<(Node, Vec<String>), String> {
+    let mut text = text.to_owned();
+    let mut ignored = Vec::new();
+    loop {
+        let err = match LoadedProfile::from_text(Path::new(origin), &text) {
+            Ok(_) => return parse(origin, &text).map(|node| (node, ignored)),
+            Err(e) => e,
+        };
+        let unknown = err
+            .diagnostics()
+            .iter()
+            .find(|d| d.message.starts_with("unknown field"))
+            .and_then(|d| d.field.clone());
+        let Some(field) = unknown.filter(|_| ignored.len() < 64) else {
+            return Err(err.to_string());
+        };
+        let mut table: toml::Table = text.parse().map_err(|_| err.to_string())?;
+        if !remove_field(&mut table, &field) {
+            return Err(err.to_string());
+        }
+        ignored.push(field);
+        text = toml::to_string(&table).map_err(|e| format!("{origin}: {e}"))?;
+    }
+}
+
+/// Removes a dotted field (`node.containers[0].extra`) from a TOML table.
+fn remove_field(table: &mut toml::Table, field: &str) -> bool {
+    let mut segments: Vec<(&str, Vec<usize>)> = Vec::new();
+    for part in field.split('.') {
+        let mut pieces = part.split('[');
+        let key = pieces.next().unwrap_or_default();
+        let indexes = pieces
+            .filter_map(|p| p.trim_end_matches(']').parse().ok())
+            .collect();
+        segments.push((key, indexes));
+    }
+    let Some(((last, last_indexes), parents)) = segments.split_last() else {
+        return false;
+    };
+    if !last_indexes.is_empty() {
+        return false;
+    }
+    let mut current = table;
+    for (key, indexes) in parents {
+        let mut value = match current.get_mut(*key) {
+            Some(v) => v,
+            None => return false,
+        };
+        for i in indexes {
+            value = match value.as_array_mut().and_then(|a| a.get_mut(*i)) {
+                Some(v) => v,
+                None => return false,
+            };
+        }
+        current = match value.as_table_mut() {
+            Some(t) => t,
+            None => return false,
+        };
+    }
+    current.remove(*last).is_some()
+}
+
+/// The profile and where it came from.
+struct Chosen {
+    node: Node,
+    source: Source,
+}
+
+/// A boot-time profile, checked before it is saved; a bad one is refused, not fatal (the
+/// next boot would find it again: a loop).
+fn boot_time_profile(found: &Found, state: &Path, warnings: &mut Vec<String>) -> Option<Chosen> {
+    let text = found.profile.as_ref()?;
+    match parse(&found.source.to_string(), text) {
+        Ok(node) => {
+            if let Err(e) = save_keeping_previous(state, STATE_PROFILE, text) {
+                warnings.push(format!(
+                    "the profile from {} could not be saved to STATE ({e}): the next boot without it will not find it",
+                    found.source
+                ));
+            }
+            Some(Chosen {
+                node,
+                source: found.source.clone(),
+            })
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "the profile from {} was refused, the node runs its previous one: {e}",
+                found.source
+            ));
+            None
+        }
+    }
+}
+
+/// STATE's profile, or the copy kept before it was last replaced.
+fn saved_profile(state: &Path, warnings: &mut Vec<String>) -> Option<Chosen> {
+    for name in [STATE_PROFILE.to_owned(), previous(STATE_PROFILE)] {
+        let Ok(text) = std::fs::read_to_string(layout::on_volume(state, &name)) else {
+            continue;
+        };
+        match parse_saved(&format!("STATE {name}"), &text) {
+            Ok((node, ignored)) => {
+                if !ignored.is_empty() {
+                    warnings.push(format!(
+                        "STATE {name}: ignored what this version does not know: {}",
+                        ignored.join(", ")
+                    ));
+                }
+                return Some(Chosen {
+                    node,
+                    source: Source::State,
+                });
+            }
+            Err(e) => warnings.push(format!("STATE {name} is unreadable, not used: {e}")),
+        }
+    }
+    None
+}
+
+fn baked_profile(baked: &Path, warnings: &mut Vec<String>) -> Chosen {
+    let fallback = Chosen {
+        node: Node::default(),
+        source: Source::Default,
+    };
+    let Ok(text) = std::fs::read_to_string(baked) else {
+        return fallback;
+    };
+    match parse(&baked.display().to_string(), &text) {
+        Ok(node) => Chosen {
+            node,
+            source: Source::Baked,
+        },
+        Err(e) => {
+            warnings.push(format!("the baked profile is unreadable: {e}"));
+            fallback
+        }
+    }
+}
+
+/// The node's secrets: a boot-time source's, parsed before they replace STATE's (a malformed
+/// file must not replace a good one: every later boot would fail); else STATE's, or the copy
+/// kept before they were last replaced.
+fn secrets(
+    boot_time: Option<&Found>,
+    state: &Path,
+    warnings: &mut Vec<String>,
+) -> Option<NodeSecrets> {
+    if let Some((text, source)) = boot_time.and_then(|f| f.secrets.as_ref().map(|t| (t, &f.source)))
+    {
+        match NodeSecrets::from_toml(text) {
+            Ok(secrets) => {
+                if let Err(e) = save_keeping_previous(state, STATE_SECRETS, text) {
+                    warnings.push(format!(
+                        "secrets from {source} could not be saved to STATE: {e}"
+                    ));
+                }
+                return Some(secrets);
+            }
+            Err(e) => warnings.push(format!(
+                "secrets from {source} were refused, the node keeps the ones it had: {e}"
+            )),
+        }
+    }
+    for name in [STATE_SECRETS.to_owned(), previous(STATE_SECRETS)] {
+        let Ok(text) = std::fs::read_to_string(layout::on_volume(state, &name)) else {
+            continue;
+        };
+        match NodeSecrets::from_toml(&text) {
+            Ok(secrets) => return Some(secrets),
+            Err(e) => warnings.push(format!("STATE {name} is unreadable, not used: {e}")),
+        }
+    }
+    None
 }
 
 /// Chooses the configuration: a boot-time source, else what STATE saved, else the baked
-/// profile. A boot-time source is saved to STATE.
-pub fn choose(boot_time: Option<Found>, state: &Path, baked: &Path) -> Result<NodeConfig, String> {
-    let saved = |name: &str| std::fs::read_to_string(layout::on_volume(state, name)).ok();
-    let (node, source, profile_text) = match boot_time
+/// profile. What a boot-time source gives is checked before it is saved to STATE, and what is
+/// refused or unreadable is skipped with a warning: no configuration problem stops a boot
+/// (the next boot would meet it again).
+pub fn choose(boot_time: Option<Found>, state: &Path, baked: &Path) -> NodeConfig {
+    let mut warnings = Vec::new();
+    let chosen = boot_time
         .as_ref()
-        .and_then(|f| f.profile.clone().map(|p| (p, f.source.clone())))
-    {
-        Some((text, source)) => (parse(&source.to_string(), &text)?, source, Some(text)),
-        None => match saved(STATE_PROFILE) {
-            Some(text) => (parse("STATE profile.toml", &text)?, Source::State, None),
-            None => match std::fs::read_to_string(baked) {
-                Ok(text) => (
-                    parse(&baked.display().to_string(), &text)?,
-                    Source::Baked,
-                    None,
-                ),
-                Err(_) => (Node::default(), Source::Default, None),
-            },
-        },
-    };
-    if let Some(text) = profile_text {
-        save(state, STATE_PROFILE, &text)
-            .map_err(|e| format!("saving the profile to STATE: {e}"))?;
-    }
-    let secrets = match boot_time.and_then(|f| f.secrets) {
-        Some(text) => {
-            save(state, STATE_SECRETS, &text)
-                .map_err(|e| format!("saving secrets to STATE: {e}"))?;
-            Some(text)
-        }
-        None => saved(STATE_SECRETS),
-    };
-    Ok(NodeConfig {
-        node,
-        source,
+        .and_then(|f| boot_time_profile(f, state, &mut warnings))
+        .or_else(|| saved_profile(state, &mut warnings))
+        .unwrap_or_else(|| baked_profile(baked, &mut warnings));
+    let secrets = secrets(boot_time.as_ref(), state, &mut warnings);
+    NodeConfig {
+        node: chosen.node,
+        source: chosen.source,
         secrets,
-    })
-}
-
-/// Where STATE is mounted.
-pub fn state_dir() -> PathBuf {
-    PathBuf::from(layout::root::STATE_MOUNT)
+        warnings,
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const WORKER: &str = "[node]\nrole = \"worker\"\nhostname = \"w1\"\n";
-    const CP: &str = "[node]\nrole = \"controlplane\"\nhostname = \"cp1\"\n";
-
-    #[test]
-    fn boot_time_profile_wins_and_is_kept_in_state() {
-        let state = tempfile::tempdir().unwrap();
-        let baked = state.path().join("baked.toml");
-        std::fs::write(&baked, WORKER).unwrap();
-        let first = choose(
-            Some(Found {
-                source: Source::FwCfg,
-                profile: Some(CP.into()),
-                secrets: Some("s = 1\n".into()),
-            }),
-            state.path(),
-            &baked,
-        )
-        .unwrap();
-        assert_eq!(first.source, Source::FwCfg);
-        assert_eq!(
-            first.node.hostname.as_ref().map(|h| h.as_str()),
-            Some("cp1")
-        );
-        // Next boot without the fw_cfg entry: STATE keeps the identity.
-        let second = choose(None, state.path(), &baked).unwrap();
-        assert_eq!(second.source, Source::State);
-        assert_eq!(second.node.role, keel_contract::profile::Role::ControlPlane);
-        assert_eq!(second.secrets.as_deref(), Some("s = 1\n"));
-    }
-
-    #[test]
-    fn baked_profile_applies_without_other_sources_and_bad_profiles_are_refused() {
-        let state = tempfile::tempdir().unwrap();
-        let baked = state.path().join("baked.toml");
-        std::fs::write(&baked, WORKER).unwrap();
-        let c = choose(None, state.path(), &baked).unwrap();
-        assert_eq!(c.source, Source::Baked);
-        assert!(!layout::on_volume(state.path(), STATE_PROFILE).exists());
-        let bad = Found {
-            source: Source::FwCfg,
-            profile: Some("[node]\nrole = \"boss\"\n".into()),
-            secrets: None,
-        };
-        let err = choose(Some(bad), state.path(), &baked).unwrap_err();
-        assert!(err.contains("role"), "{err}");
-    }
-
-    #[test]
-    fn labels_of_fat32_and_iso9660() {
-        let mut fat = vec![0u8; 512];
-        fat[510] = 0x55;
-        fat[511] = 0xAA;
-        fat[82..90].copy_from_slice(b"FAT32   ");
-        fat[71..82].copy_from_slice(b"KEELCFG    ");
-        assert_eq!(volume_label(&fat).as_deref(), Some("KEELCFG"));
-        let mut iso = vec![0u8; 0x8800];
-        iso[0x8001..0x8006].copy_from_slice(b"CD001");
-        iso[0x8028..0x8028 + 7].copy_from_slice(b"KEELCFG");
-        assert_eq!(volume_label(&iso).as_deref(), Some("KEELCFG"));
-        assert_eq!(volume_label(&[0u8; 600]), None);
-    }
-
-    #[test]
-    fn fw_cfg_entries_are_read_from_sysfs() {
-        let root = tempfile::tempdir().unwrap();
-        let entry = root.path().join(contract::FW_CFG_PROFILE);
-        std::fs::create_dir_all(&entry).unwrap();
-        std::fs::write(entry.join("raw"), CP).unwrap();
-        let found = from_fw_cfg(root.path()).unwrap();
-        assert_eq!(found.profile.as_deref(), Some(CP));
-        assert!(found.secrets.is_none());
-        assert!(from_fw_cfg(&root.path().join("none")).is_none());
-    }
-
-    #[test]
-    fn http_get_fetches_a_body() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).unwrap();
-            s.write_all(
-                b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n[node]\nrole = \"worker\"\n",
-            )
-            .unwrap();
-        });
-        let body = http_get(
-            &format!("http://127.0.0.1:{port}/node.toml"),
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(body, "[node]\nrole = \"worker\"\n");
-        assert!(http_get("https://x/y", Duration::from_secs(1)).is_err());
-    }
-
-    #[test]
-    fn fetch_retries_after_each_delay_then_gives_up() {
-        let calls = std::cell::Cell::new(0);
-        let slept = std::cell::RefCell::new(Vec::new());
-        let delays = [Duration::from_secs(1), Duration::from_secs(2)];
-        let flaky = |_: &str| {
-            calls.set(calls.get() + 1);
-            if calls.get() < 3 {
-                Err("connection refused".to_owned())
-            } else {
-                Ok("[node]\n".to_owned())
-            }
-        };
-        let sleep = |d: Duration| slept.borrow_mut().push(d);
-        let got = fetch_with_retry("http://x/", &delays, &flaky, &|_| {}, &sleep);
-        assert_eq!(got.as_deref(), Ok("[node]\n"));
-        assert_eq!(*slept.borrow(), delays);
-
-        calls.set(-10);
-        slept.borrow_mut().clear();
-        let got = fetch_with_retry("http://x/", &delays, &flaky, &|_| {}, &sleep);
-        assert_eq!(got, Err("connection refused".to_owned()));
-        assert_eq!(calls.get(), -7, "three tries");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

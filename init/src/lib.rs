@@ -6,17 +6,19 @@
 //! a supervisor, the health gate and blessing, and an orderly shutdown.
 //!
 //! PID 1 never panics and never exits: every error ends in [`fatal::fatal`], which prints
-//! the reason, waits, and reboots.
+//! the reason, waits, and reboots (or, when a reboot would only come back to the same
+//! failure, stays up degraded and says why). A panic on any thread is fatal too.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
-pub mod bless;
 pub mod block;
 pub mod bootinfo;
 pub mod cni;
 pub mod config;
 pub mod console;
 pub mod containerd;
+pub mod deadline;
+pub mod entries;
 pub mod fatal;
 pub mod history;
 pub mod kmod;
@@ -33,7 +35,9 @@ pub mod stage1;
 pub mod stage2;
 pub mod supervisor;
 pub mod sys;
+pub mod testhooks;
 pub mod upgrade;
+pub mod var;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The init inside the root filesystem, executed by stage 1 (the builder puts it there).
@@ -43,10 +47,9 @@ pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 
 /// The entry point of the binary.
 pub fn main() -> ! {
-    // A panic anywhere (a bug) must not kill PID 1: print it and let fatal() reboot.
-    std::panic::set_hook(Box::new(|info| {
-        console::line(&format!("BUG: {info}"));
-    }));
+    // A panic anywhere (a bug) must not kill PID 1, nor leave it without the thread that
+    // panicked (the reaper, a supervisor): it is fatal, on whatever thread it happens.
+    std::panic::set_hook(Box::new(fatal::on_panic));
     let stage2 = std::env::args().any(|a| a == STAGE2_ARG);
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {

@@ -10,18 +10,34 @@ use keel_contract::api::{RollbackReport, ServiceInfo, SlotInfo, Status, UpgradeR
 use keel_contract::layout::Slot;
 
 use crate::api::{ApiError, NodeApi};
+use crate::entries::{BootState, DiskStorage};
 use crate::supervisor::Supervisor;
 use crate::{power, upgrade};
 
-/// What the API reads and does; filled in by stage 2.
-pub struct Node {
+/// What the node is (from the verified manifest, by stage 1).
+#[derive(Debug, Clone)]
+pub struct Identity {
     pub name: String,
     pub version: String,
+    pub arch: String,
     pub slot: Slot,
+}
+
+/// What this boot found out, for the status.
+#[derive(Debug, Clone, Default)]
+pub struct BootFacts {
     pub hostname: String,
     pub addresses: Vec<String>,
+    /// This boot's number on the disk; 0 when the history could not be read.
     pub boot: u64,
     pub rolled_back_from: Option<upgrade::RolledBack>,
+    pub warnings: Vec<String>,
+}
+
+/// What the API reads and does; filled in by stage 2.
+pub struct Node {
+    pub identity: Identity,
+    pub facts: BootFacts,
     pub esp: PathBuf,
     pub state: PathBuf,
     pub log_dir: PathBuf,
@@ -29,51 +45,59 @@ pub struct Node {
     /// What an upgrade writes into; `None` when the other slot cannot be found.
     pub target: Option<upgrade::Target>,
     pub supervisors: Mutex<Vec<Arc<Supervisor>>>,
+    /// Why the node is degraded, when it is (see [`Status::degraded`]).
+    pub degraded: Mutex<Option<String>>,
     /// One upgrade or rollback at a time.
     busy: Mutex<()>,
     pub log: fn(&str),
 }
 
 impl Node {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        (name, version, slot): (String, String, Slot),
-        hostname: String,
-        addresses: Vec<String>,
-        boot: u64,
-        rolled_back_from: Option<upgrade::RolledBack>,
+        identity: Identity,
+        facts: BootFacts,
         (esp, state, log_dir): (PathBuf, PathBuf, PathBuf),
         target: Option<upgrade::Target>,
         log: fn(&str),
     ) -> Self {
         Node {
-            name,
-            version,
-            slot,
-            hostname,
-            addresses,
-            boot,
-            rolled_back_from,
+            identity,
+            facts,
             esp,
             state,
             log_dir,
             started: Instant::now(),
             target,
             supervisors: Mutex::new(Vec::new()),
+            degraded: Mutex::new(None),
             busy: Mutex::new(()),
             log,
         }
     }
 
-    fn slot_info(&self, slot: Slot) -> SlotInfo {
-        let entry = upgrade::slot_entry(&self.esp, slot);
+    fn boot_state(&self) -> Option<BootState> {
+        let storage = DiskStorage {
+            esp: self.esp.clone(),
+            state: Some(self.state.clone()),
+        };
+        BootState::load(&storage).ok()
+    }
+
+    fn slot_info(&self, boot: Option<&BootState>, slot: Slot) -> SlotInfo {
+        let s = boot.map(|b| b.slot(slot));
+        let entry = s.and_then(|s| s.entry);
+        let invalid = match boot {
+            Some(b) => b.invalid(slot),
+            None => Some("the ESP could not be read".into()),
+        };
         SlotInfo {
             slot: slot.to_string(),
-            version: upgrade::slot_version(&self.esp, slot),
+            version: s.and_then(|s| s.version.clone()),
             entry: entry.map(|e| e.file_name()),
-            booted: slot == self.slot,
+            booted: slot == self.identity.slot,
             // Blessed: its entry has no counter any more.
-            healthy: entry.is_some_and(|e| e.counter.is_none()),
+            healthy: invalid.is_none() && entry.is_some_and(|e| e.is_blessed()),
+            invalid,
         }
     }
 
@@ -100,10 +124,10 @@ pub fn tail(path: &Path, lines: usize) -> std::io::Result<String> {
 impl NodeApi for Node {
     fn version(&self) -> Version {
         Version {
-            name: self.name.clone(),
-            version: self.version.clone(),
-            slot: self.slot.to_string(),
-            arch: "x86_64".into(),
+            name: self.identity.name.clone(),
+            version: self.identity.version.clone(),
+            slot: self.identity.slot.to_string(),
+            arch: self.identity.arch.clone(),
             keel: crate::VERSION.into(),
         }
     }
@@ -121,19 +145,32 @@ impl NodeApi for Node {
                 message: s.message.clone(),
             })
             .collect();
+        let boot = self.boot_state();
+        let facts = &self.facts;
+        let degraded = self
+            .degraded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .or_else(crate::fatal::degraded);
         Status {
-            name: self.name.clone(),
-            version: self.version.clone(),
-            slot: self.slot.to_string(),
-            hostname: self.hostname.clone(),
-            addresses: self.addresses.clone(),
-            slots: vec![self.slot_info(Slot::A), self.slot_info(Slot::B)],
+            name: self.identity.name.clone(),
+            version: self.identity.version.clone(),
+            slot: self.identity.slot.to_string(),
+            hostname: facts.hostname.clone(),
+            addresses: facts.addresses.clone(),
+            slots: vec![
+                self.slot_info(boot.as_ref(), Slot::A),
+                self.slot_info(boot.as_ref(), Slot::B),
+            ],
             services,
-            boot: self.boot,
-            rolled_back_from: self.rolled_back_from.as_ref().map(|r| r.from.clone()),
-            rollback_requested: self.rolled_back_from.as_ref().is_some_and(|r| r.requested),
+            boot: facts.boot,
+            rolled_back_from: facts.rolled_back_from.as_ref().map(|r| r.from.clone()),
+            rollback_requested: facts.rolled_back_from.as_ref().is_some_and(|r| r.requested),
             quarantined: upgrade::quarantined(&self.state),
             uptime_secs: self.started.elapsed().as_secs(),
+            degraded,
+            warnings: facts.warnings.clone(),
         }
     }
 
@@ -173,6 +210,7 @@ impl NodeApi for Node {
             upgrade::install(body, target, force, &|m| (self.log)(m)).map_err(|e| match e {
                 upgrade::UpgradeError::Rejected(m) => ApiError::verification_failed(m),
                 upgrade::UpgradeError::Refused(m) => ApiError::conflict(m),
+                upgrade::UpgradeError::Unavailable(m) => ApiError::unavailable(m),
                 e @ upgrade::UpgradeError::Io { .. } => ApiError::internal(e.to_string()),
             })?;
         if reboot {
@@ -193,19 +231,22 @@ impl NodeApi for Node {
             .busy
             .try_lock()
             .map_err(|_| ApiError::conflict("an upgrade or rollback is already running"))?;
-        let to = upgrade::rollback(&self.esp, &self.state, self.slot).map_err(|e| match e {
-            upgrade::UpgradeError::Io { .. } => ApiError::internal(e.to_string()),
-            other => ApiError::conflict(other.to_string()),
-        })?;
+        let slot = self.identity.slot;
+        let to = upgrade::rollback(&self.esp, &self.state, slot, &self.identity.version).map_err(
+            |e| match e {
+                upgrade::UpgradeError::Io { .. } => ApiError::internal(e.to_string()),
+                other => ApiError::conflict(other.to_string()),
+            },
+        )?;
         (self.log)(&format!(
             "rollback to {to} in slot {} requested; rebooting",
-            self.slot.other()
+            slot.other()
         ));
         self.reboot_soon(power::Request::Reboot);
         Ok(RollbackReport {
-            from: self.version.clone(),
+            from: self.identity.version.clone(),
             to,
-            slot: self.slot.other().to_string(),
+            slot: slot.other().to_string(),
             reboot: true,
         })
     }

@@ -42,6 +42,27 @@ fn console_fd() -> Option<OwnedFd> {
         .map(OwnedFd::from)
 }
 
+/// Runs a command to completion through the reaper, its output on the console; its exit
+/// code (a command killed by a signal is an error).
+pub fn run_command_code(argv: &[String], timeout: Duration) -> Result<i32, String> {
+    let reaper = Reaper::global().map_err(|e| format!("reaper: {e}"))?;
+    let env = env();
+    let spec = ProcessSpec {
+        argv,
+        env: &env,
+        working_dir: None,
+        stdout: console_fd(),
+        stderr: console_fd(),
+    };
+    match reaper
+        .run(spec, timeout)
+        .map_err(|e| format!("{}: {e}", argv.join(" ")))?
+    {
+        crate::supervisor::ExitStatus::Exited(code) => Ok(code),
+        other => Err(format!("{} failed: {other:?}", argv.join(" "))),
+    }
+}
+
 /// Runs a command to completion through the reaper, its output on the console.
 pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
     let reaper = Reaper::global().map_err(|e| format!("reaper: {e}"))?;

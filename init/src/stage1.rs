@@ -1,6 +1,8 @@
-//! Stage 1, in the initramfs: find the booted slot, verify the signed manifest with the baked
-//! keys, put dm-verity over the slot with the manifest's root hash, mount the squashfs and
-//! switch root into it. Nothing from the slot runs before its root hash is checked.
+//! Stage 1, in the initramfs: find the booted slot and its disk's partitions, count this boot
+//! (a blessed entry gets its counter back), verify the signed manifest with the baked keys,
+//! put dm-verity over the slot with the manifest's root hash, mount the squashfs and switch
+//! root into it. Nothing from the slot runs before its root hash is checked, and nothing is
+//! read from it before the boot is counted.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +11,8 @@ use keel_contract::layout::{self, PartitionRole, Slot};
 use keel_contract::manifest::Manifest;
 use keel_minisign::{self as minisign, SignatureFile, TrustedKeys};
 
-use crate::bootinfo::{self, Handoff};
+use crate::bootinfo::{self, BootAttempt, Handoff, Partitions};
+use crate::entries::{self, BootState, DiskStorage, Op};
 use crate::{block, console, kmod, sys};
 
 const ESP_MOUNT: &str = "/run/keel/esp";
@@ -19,6 +22,9 @@ const INITRAMFS_KEYS: &str = layout::initramfs::TRUSTED_KEYS;
 const INITRAMFS_PROFILE: &str = layout::initramfs::PROFILE;
 /// Disks appear asynchronously after their drivers load.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Why a last-resort boot does not reboot on failure.
+pub const LAST_RESORT: &str =
+    "every boot entry is out of tries, so a reboot would only come back to this boot";
 
 fn mount_early_filesystems() -> Result<(), String> {
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -43,24 +49,12 @@ fn mount_early_filesystems() -> Result<(), String> {
     sys::mkdir_p(bootinfo::RUN_DIR, 0o755).map_err(|e| e.to_string())
 }
 
-/// Reads and verifies the slot's signed manifest from the ESP.
-fn verified_manifest(esp_device: &str, slot: Slot) -> Result<(Manifest, Vec<u8>, String), String> {
-    sys::mkdir_p(ESP_MOUNT, 0o700).map_err(|e| e.to_string())?;
-    sys::mount(
-        esp_device,
-        ESP_MOUNT,
-        "vfat",
-        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+/// Reads and verifies the slot's signed manifest from the mounted ESP.
+fn verified_manifest(slot: Slot) -> Result<(Manifest, Vec<u8>, String), String> {
     let read = |p: String| {
         std::fs::read(format!("{ESP_MOUNT}{p}")).map_err(|e| format!("{p} on the ESP: {e}"))
     };
-    let manifest = read(slot.manifest_path());
-    let signature = read(slot.signature_path());
-    let _ = sys::umount(ESP_MOUNT, 0);
-    let (manifest_bytes, signature) = (manifest?, signature?);
+    let (manifest_bytes, signature) = (read(slot.manifest_path())?, read(slot.signature_path())?);
     let keys_text =
         std::fs::read_to_string(INITRAMFS_KEYS).map_err(|e| format!("{INITRAMFS_KEYS}: {e}"))?;
     let keys = TrustedKeys::parse(&keys_text).map_err(|e| format!("{INITRAMFS_KEYS}: {e}"))?;
@@ -77,6 +71,93 @@ fn verified_manifest(esp_device: &str, slot: Slot) -> Result<(Manifest, Vec<u8>,
     Ok((manifest, manifest_bytes, verified.key_id.to_string()))
 }
 
+/// Counts this boot: a blessed entry of the booted slot gets its counter back before anything
+/// is read from the slot (see [`BootState::rearm`]), so a slot that turned bad since it was
+/// blessed cannot trap the node. A failure here is reported, not fatal: a fatal error before
+/// the counter is re-armed would loop on the blessed entry.
+fn count_this_boot(slot: Slot) -> BootAttempt {
+    let mut storage = DiskStorage {
+        esp: ESP_MOUNT.into(),
+        state: None,
+    };
+    let state = match BootState::load(&storage) {
+        Ok(s) => s,
+        Err(e) => {
+            console::line(&format!("warning: reading the boot entries: {e}"));
+            return BootAttempt::default();
+        }
+    };
+    let entry = state.slot(slot).entry;
+    let ops = state.rearm(slot);
+    let started = sys::boottime();
+    let mut rearmed = None;
+    if let Some(Op::RenameEntry { from, to }) = ops.first() {
+        match entries::apply(&ops, &mut storage) {
+            Ok(()) => {
+                console::line(&format!(
+                    "boot counted: {} -> {} ({:.1} ms)",
+                    from.file_name(),
+                    to.file_name(),
+                    (sys::boottime() - started) * 1000.0
+                ));
+                rearmed = Some(to.file_name());
+            }
+            Err(e) => console::line(&format!("warning: counting this boot: {e}")),
+        }
+    }
+    BootAttempt {
+        entry: entry.map(|e| e.file_name()),
+        rearmed,
+        last_resort: state.after_all(&ops).last_resort(slot),
+    }
+}
+
+/// The booted slot's partition and the rest of its disk, by GPT label.
+fn find_partitions(roots: &block::Roots, slot: Slot) -> Result<Partitions, String> {
+    let slot_part = block::wait_for_partition(roots, slot.partition().label(), DEVICE_TIMEOUT)
+        .map_err(|e| format!("slot {slot}: {e}"))?;
+    let disk = slot_part.disk.clone();
+    // The partitions of the disk we booted from, even if another disk carries Keel too.
+    let on_disk = |role: PartitionRole| {
+        block::sysfs::find_partition_on(roots, &disk, role.label())
+            .map_err(|e| format!("{}: {e}", role.label()))
+    };
+    // Only the ESP is needed to boot; the others are for stage 2, which says what is missing.
+    let optional = |role: PartitionRole| {
+        on_disk(role).unwrap_or_else(|e| {
+            console::line(&format!("warning: {e}"));
+            None
+        })
+    };
+    Ok(Partitions {
+        esp: on_disk(PartitionRole::Esp)?
+            .ok_or_else(|| format!("no ESP on {}", disk.path.display()))?,
+        other_slot: optional(slot.other().partition()),
+        state: optional(PartitionRole::State),
+        data: optional(PartitionRole::Data),
+        slot: slot_part,
+    })
+}
+
+/// Mounts the ESP (writable: the boot is counted there), counts the boot, reads the verified
+/// manifest, unmounts.
+fn read_esp(esp: &Path, slot: Slot) -> Result<(BootAttempt, Manifest, Vec<u8>, String), String> {
+    sys::mkdir_p(ESP_MOUNT, 0o700).map_err(|e| e.to_string())?;
+    sys::mount(
+        &esp.display().to_string(),
+        ESP_MOUNT,
+        "vfat",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let boot = count_this_boot(slot);
+    let manifest = verified_manifest(slot);
+    let _ = sys::umount(ESP_MOUNT, 0);
+    let (manifest, bytes, signer) = manifest?;
+    Ok((boot, manifest, bytes, signer))
+}
+
 fn run() -> Result<Handoff, String> {
     let started = sys::boottime();
     mount_early_filesystems()?;
@@ -86,14 +167,8 @@ fn run() -> Result<Handoff, String> {
     console::line(&format!("booted slot {slot}"));
     let loaded = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))
         .map_err(|e| e.to_string())?;
-
     let roots = block::Roots::default();
-    let slot_part = block::wait_for_partition(&roots, slot.partition().label(), DEVICE_TIMEOUT)
-        .map_err(|e| format!("slot {slot}: {e}"))?;
-    // The ESP of the disk we booted from, even if another disk carries Keel too.
-    let esp = block::sysfs::find_partition_on(&roots, &slot_part.disk, PartitionRole::Esp.label())
-        .map_err(|e| format!("ESP: {e}"))?
-        .ok_or_else(|| format!("no ESP on {}", slot_part.disk.path.display()))?;
+    let partitions = find_partitions(&roots, slot)?;
     let skipped = if loaded.not_for_this_machine.is_empty() {
         String::new()
     } else {
@@ -105,12 +180,15 @@ fn run() -> Result<Handoff, String> {
     console::line(&format!(
         "{} modules loaded{skipped}; slot {slot} is {}, ESP {}",
         loaded.loaded,
-        slot_part.path.display(),
-        esp.path.display()
+        partitions.slot.path.display(),
+        partitions.esp.path.display()
     ));
 
-    let (manifest, manifest_bytes, signer) =
-        verified_manifest(&esp.path.display().to_string(), slot)?;
+    let (boot, manifest, manifest_bytes, signer) = read_esp(&partitions.esp.path, slot)?;
+    if boot.last_resort {
+        crate::fatal::set_no_reboot(LAST_RESORT);
+        console::line(&format!("last resort: {LAST_RESORT}"));
+    }
     let root_hash = manifest.root.verity.root_hash.to_hex();
     if let Some(from_entry) = layout::cmdline::get(&cmdline, layout::cmdline::ROOTHASH)
         && from_entry != root_hash
@@ -123,26 +201,7 @@ fn run() -> Result<Handoff, String> {
         "manifest {} {} verified (key ID {signer}); root hash {root_hash}",
         manifest.name, manifest.version
     ));
-
-    // A corrupted block restarts the machine rather than handing back an error some program
-    // might ignore: the boot counter then moves on to the other slot.
-    let verity = block::create_verity_root(
-        &roots,
-        block::ROOT_NAME,
-        &manifest.root.verity.uuid,
-        &slot_part.path,
-        &manifest.root.verity,
-        block::OnCorruption::Restart,
-    )
-    .map_err(|e| format!("dm-verity on {}: {e}", slot_part.path.display()))?;
-    sys::mount(
-        &verity.path.display().to_string(),
-        SYSROOT,
-        "squashfs",
-        libc::MS_RDONLY | libc::MS_NODEV,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    mount_verified_root(&roots, &partitions.slot.path, &manifest, boot.last_resort)?;
 
     // What stage 2 needs from the initramfs, which is about to go away.
     let copy = |from: &str, to: &str| {
@@ -157,14 +216,18 @@ fn run() -> Result<Handoff, String> {
         copy(INITRAMFS_PROFILE, bootinfo::BAKED_PROFILE)?;
     }
     let handoff = Handoff {
-        slot: slot.to_string(),
-        version: manifest.version.clone(),
+        slot,
+        version: manifest
+            .version
+            .parse()
+            .map_err(|e| format!("manifest version {:?}: {e}", manifest.version))?,
         name: manifest.name.clone(),
+        arch: manifest.arch.clone(),
         root_hash,
         signer,
-        disk: slot_part.disk.path.display().to_string(),
-        slot_device: slot_part.path.display().to_string(),
-        esp_device: esp.path.display().to_string(),
+        disk: partitions.slot.disk.clone(),
+        partitions,
+        boot,
         stage1_start: started,
         stage1_end: sys::boottime(),
     };
@@ -172,6 +235,41 @@ fn run() -> Result<Handoff, String> {
         .write()
         .map_err(|e| format!("{}: {e}", bootinfo::HANDOFF))?;
     Ok(handoff)
+}
+
+/// dm-verity over the slot with the manifest's root hash, and the squashfs on it at SYSROOT.
+/// A corrupted block restarts the machine rather than handing back an error some program
+/// might ignore: the boot counter then moves on to the other slot. On a last-resort boot
+/// there is no other slot to move on to, and a restart would loop: the read fails with EIO
+/// instead (still never returning unverified data), and the init stays up degraded.
+fn mount_verified_root(
+    roots: &block::Roots,
+    slot_device: &Path,
+    manifest: &Manifest,
+    last_resort: bool,
+) -> Result<(), String> {
+    let on_corruption = if last_resort {
+        block::OnCorruption::Eio
+    } else {
+        block::OnCorruption::Restart
+    };
+    let verity = block::create_verity_root(
+        roots,
+        block::ROOT_NAME,
+        &manifest.root.verity.uuid,
+        slot_device,
+        &manifest.root.verity,
+        on_corruption,
+    )
+    .map_err(|e| format!("dm-verity on {}: {e}", slot_device.display()))?;
+    sys::mount(
+        &verity.path.display().to_string(),
+        SYSROOT,
+        "squashfs",
+        libc::MS_RDONLY | libc::MS_NODEV,
+        None,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Deletes the initramfs's files (they would stay in RAM otherwise), without crossing into
@@ -229,6 +327,17 @@ pub fn main() -> ! {
         handoff.version,
         handoff.stage1_end - handoff.stage1_start
     ));
+    if handoff.boot.last_resort {
+        // dm-verity returns EIO here instead of restarting. A corrupted page of the stage-2
+        // init met after exec would kill PID 1 (a kernel panic, then a reboot: the loop this
+        // boot must not enter); read it all now, while a failure is still ours to handle.
+        if let Err(e) = std::fs::read(crate::INIT_IN_ROOT) {
+            crate::fatal::fatal(&format!(
+                "{} in the verified root cannot be read: {e}",
+                crate::INIT_IN_ROOT
+            ));
+        }
+    }
     let err = sys::exec(
         crate::INIT_IN_ROOT,
         &["keel-init", crate::STAGE2_ARG],

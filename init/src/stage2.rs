@@ -1,7 +1,11 @@
-//! Stage 2, in the verified root: writable paths, DATA at /var, the node's configuration,
-//! identity and network, the management API, containerd, the Kubernetes role and the system
-//! containers under the supervisor, the health gate, blessing, the ready line, and an orderly
-//! shutdown when asked.
+//! Stage 2, in the verified root, as named steps: the boot deadline (first), writable paths,
+//! ESP and STATE, the boot entries an interrupted upgrade left, the node's configuration,
+//! network and identity, DATA at /var, the management API, containerd, the Kubernetes role
+//! and the system containers under the supervisor, the health gate, blessing, the ready line,
+//! and an orderly shutdown when asked.
+//!
+//! A node whose `/var` cannot be mounted comes up *degraded*: its API serves and says why,
+//! and it neither blesses its entry nor reboots (see [`degraded`]).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -9,15 +13,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_contract::layout::{self, PartitionRole, Slot};
-use keel_contract::profile::{Node, Role};
+use keel_contract::layout;
+use keel_contract::profile::{Network, Role};
 use keel_contract::secrets::NodeSecrets;
 
 use crate::bootinfo::{self, Handoff};
+use crate::deadline::{self, BootDeadline};
+use crate::entries::{self, BootState, DiskStorage};
 use crate::supervisor::{Reaper, Supervisor};
 use crate::{
-    bless, block, config, console, history, kmod, mounts, net, node_api, power, services, sys,
-    upgrade,
+    block, config, console, history, kmod, mounts, net, node_api, power, services, sys, upgrade,
+    var,
 };
 
 /// Modules stage 2 loads from the root, when the kernel has them as modules: container
@@ -38,59 +44,117 @@ const MODULES: &[&str] = &[
     "veth",
 ];
 const VAR_TIMEOUT: Duration = Duration::from_secs(30);
-const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const ESP: &str = layout::root::ESP_MOUNT;
 const STATE: &str = layout::root::STATE_MOUNT;
+/// Where the node keeps its state when STATE is not there (lost at the next boot).
+const STATE_FALLBACK: &str = "/run/keel/state";
 
 fn log(line: &str) {
     console::line(line);
 }
 
-/// DATA at /var: the partition is created (filling the disk) and formatted on first boot.
-fn mount_var(handoff: &Handoff) -> Result<(), String> {
-    let roots = block::Roots::default();
-    let disk =
-        block::disk_for(&roots, Path::new(&handoff.slot_device)).map_err(|e| e.to_string())?;
-    let existing = block::sysfs::find_partition_on(&roots, &disk, PartitionRole::Data.label())
+fn warn(warnings: &mut Vec<String>, line: String) {
+    log(&format!("warning: {line}"));
+    warnings.push(line);
+}
+
+/// Signals, the basic mounts, modules, /etc, EFI variables, the power button, the ESP and the
+/// reaper: what every later step stands on.
+fn system_basics(handoff: &Handoff) -> Result<(), String> {
+    power::install_signal_handlers();
+    sys::ctrl_alt_del_to_signal();
+    mounts::stage2_basics().map_err(|e| e.to_string())?;
+    let mut loaded = BTreeSet::new();
+    match kmod::ModuleDeps::for_running_kernel() {
+        Some(deps) => deps.load(MODULES, &mut loaded, &|m| log(m)),
+        None => log("warning: no modules.dep for the running kernel"),
+    }
+    mounts::etc_overlay().map_err(|e| e.to_string())?;
+    if let Err(e) = mounts::efivars() {
+        log(&format!("warning: {e} (no firmware timing information)"));
+    }
+    power::watch_power_button(log);
+    mounts::fat(&handoff.partitions.esp.path.display().to_string(), ESP)
         .map_err(|e| e.to_string())?;
-    if existing.is_none() {
-        log(&format!(
-            "creating DATA on {} (first boot)",
-            disk.path.display()
-        ));
-    }
-    let data =
-        block::ensure_data_partition(&roots, &disk, VAR_TIMEOUT).map_err(|e| e.to_string())?;
-    let device = data.path.display().to_string();
-    if !block::is_ext4(&data.path).map_err(|e| e.to_string())? {
-        log(&format!("formatting {device} as ext4"));
-        let argv: Vec<String> = [
-            "/usr/sbin/mkfs.ext4",
-            "-F",
-            "-q",
-            "-L",
-            "DATA",
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1",
-            &device,
-        ]
-        .map(String::from)
-        .to_vec();
-        services::run_command(&argv, MKFS_TIMEOUT)?;
-    }
-    sys::mount(
-        &device,
-        "/var",
-        "ext4",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    for dir in [services::LOG_DIR, "/var/lib/keel", "/var/lib/containerd"] {
-        sys::mkdir_p(dir, 0o755).map_err(|e| e.to_string())?;
-    }
+    Reaper::global().map_err(|e| format!("reaper: {e}"))?;
     Ok(())
+}
+
+/// STATE at /state, or a directory in /run when there is none (the node then forgets its
+/// configuration at the next boot, and says so).
+fn mount_state(handoff: &Handoff, warnings: &mut Vec<String>) -> Result<PathBuf, String> {
+    let mounted = match &handoff.partitions.state {
+        Some(state) => mounts::fat(&state.path.display().to_string(), STATE)
+            .map_err(|e| format!("STATE: {e}"))
+            .and_then(|()| {
+                // The builder marks Keel's STATE; anything else is not ours to write.
+                layout::on_volume(Path::new(STATE), layout::state::MARKER)
+                    .exists()
+                    .then_some(())
+                    .ok_or_else(|| format!("STATE has no {}", layout::state::MARKER))
+            }),
+        None => Err("no STATE partition".to_owned()),
+    };
+    match mounted {
+        Ok(()) => Ok(PathBuf::from(STATE)),
+        Err(e) => {
+            warn(
+                warnings,
+                format!(
+                    "{e}: the applied profile and the upgrade journal will not survive a reboot"
+                ),
+            );
+            sys::mkdir_p(STATE_FALLBACK, 0o700).map_err(|e| e.to_string())?;
+            Ok(PathBuf::from(STATE_FALLBACK))
+        }
+    }
+}
+
+/// Finishes what an interrupted upgrade left on the ESP (see [`BootState::recover`]) and
+/// tells whether this boot is a rollback.
+fn settle_boot_entries(
+    handoff: &Handoff,
+    state_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Option<upgrade::RolledBack> {
+    let mut storage = DiskStorage {
+        esp: PathBuf::from(ESP),
+        state: Some(state_dir.to_path_buf()),
+    };
+    let mut boot = match BootState::load(&storage) {
+        Ok(b) => b,
+        Err(e) => {
+            warn(warnings, format!("reading the boot entries: {e}"));
+            return None;
+        }
+    };
+    let ops = boot.recover(handoff.slot);
+    if !ops.is_empty() {
+        for op in &ops {
+            log(&format!("boot entries: {op}"));
+        }
+        if let Err(e) = entries::apply(&ops, &mut storage) {
+            warn(warnings, format!("tidying the boot entries: {e}"));
+        }
+        boot = boot.after_all(&ops);
+    }
+    if let Some(why) = boot.invalid(handoff.slot.other()) {
+        log(&format!("slot {}: {why}", handoff.slot.other()));
+    }
+    let rolled_back = upgrade::detect_rollback(&boot, state_dir, handoff.slot, &handoff.version);
+    match &rolled_back {
+        Some(r) if r.requested => log(&format!(
+            "rolled back from {} as requested: {} runs again",
+            r.from, handoff.version
+        )),
+        Some(r) => log(&format!(
+            "rolled back from {}: it failed to boot, {} runs again",
+            r.from, handoff.version
+        )),
+        None => {}
+    }
+    rolled_back
 }
 
 /// The node's configuration: a boot-time source (fw_cfg, `keel.config=` URL, config drive),
@@ -102,9 +166,9 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
     let boot_time = if let Some(found) = config::fw_cfg() {
         Some(found)
     } else if let Some(url) = layout::cmdline::get(&cmdline, layout::cmdline::CONFIG) {
-        let dhcp = keel_contract::profile::Network::default();
         early_net = Some(
-            net::configure(&dhcp, &|m| log(m)).map_err(|e| format!("network for {url}: {e}"))?,
+            net::configure(&Network::default(), &|m| log(m))
+                .map_err(|e| format!("network for {url}: {e}"))?,
         );
         let delays = [1, 2, 4, 8, 15, 15, 15].map(Duration::from_secs);
         let fetched = config::fetch_with_retry(
@@ -132,11 +196,11 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
     } else {
         config::config_drive()
     };
-    let cfg = config::choose(boot_time, state, Path::new(bootinfo::BAKED_PROFILE))?;
+    let cfg = config::choose(boot_time, state, Path::new(bootinfo::BAKED_PROFILE));
     Ok((cfg, early_net))
 }
 
-fn apply_hostname(node: &Node, state: &net::NetState) -> String {
+fn apply_hostname(node: &keel_contract::profile::Node, state: &net::NetState) -> String {
     let name = node
         .hostname
         .as_ref()
@@ -157,25 +221,30 @@ fn apply_hostname(node: &Node, state: &net::NetState) -> String {
     name
 }
 
-/// Reboots the node if the health gate has not passed `deadline` seconds after the kernel
-/// started the init: a version that hangs is treated like one that fails, so the boot
-/// counter moves on to the other slot.
-fn arm_boot_deadline(
-    deadline: u64,
-    init_started: f64,
-) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = ready.clone();
-    std::thread::spawn(move || {
-        let left = (init_started + deadline as f64 - sys::boottime()).max(0.0);
-        std::thread::sleep(Duration::from_secs_f64(left));
-        if !flag.load(std::sync::atomic::Ordering::SeqCst) {
-            crate::fatal::fatal(&format!(
-                "the health gate did not pass within {deadline} seconds of boot"
-            ));
-        }
-    });
-    ready
+/// The network (reusing what the configuration fetch brought up, when the profile asks for
+/// the same) and the host name; lease renewal runs on its own thread.
+fn network(
+    node: &keel_contract::profile::Node,
+    early: Option<net::NetState>,
+) -> Result<(net::NetState, String), String> {
+    let state = match early {
+        Some(state) if node.network == Network::default() => state,
+        _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
+    };
+    let hostname = apply_hostname(node, &state);
+    let addresses: Vec<String> = state.addresses.iter().map(ToString::to_string).collect();
+    log(&format!(
+        "network: {} {} via {}; hostname {hostname}",
+        state.interface,
+        addresses.join(" "),
+        state
+            .gateway
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "-".into())
+    ));
+    let renewal = state.clone();
+    std::thread::spawn(move || net::renew_forever(renewal, &|m| log(m)));
+    Ok((state, hostname))
 }
 
 fn status_line(supervisors: &[Arc<Supervisor>], net: &net::NetState, hostname: &str) -> String {
@@ -221,14 +290,13 @@ fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
     crate::fatal::fatal(&format!("{err}"))
 }
 
-/// What an upgrade writes into: the other slot's partition on this disk.
-fn upgrade_target(handoff: &Handoff, slot: Slot, state: &Path) -> Result<upgrade::Target, String> {
-    let roots = block::Roots::default();
-    let disk =
-        block::disk_for(&roots, Path::new(&handoff.slot_device)).map_err(|e| e.to_string())?;
-    let other = block::sysfs::find_partition_on(&roots, &disk, slot.other().partition().label())
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no {} partition", slot.other().partition().label()))?;
+/// What an upgrade writes into: the other slot's partition, as stage 1 found it.
+fn upgrade_target(handoff: &Handoff, state: &Path) -> Result<upgrade::Target, String> {
+    let other = handoff
+        .partitions
+        .other_slot
+        .as_ref()
+        .ok_or_else(|| format!("no {} partition", handoff.slot.other().partition().label()))?;
     let file =
         std::fs::File::open(&other.path).map_err(|e| format!("{}: {e}", other.path.display()))?;
     let size = block::device_size(&file, &other.path).map_err(|e| e.to_string())?;
@@ -237,13 +305,10 @@ fn upgrade_target(handoff: &Handoff, slot: Slot, state: &Path) -> Result<upgrade
     let trusted_keys = keel_minisign::TrustedKeys::parse(&keys_text).map_err(|e| e.to_string())?;
     Ok(upgrade::Target {
         name: handoff.name.clone(),
-        arch: "x86_64".into(),
-        running: handoff
-            .version
-            .parse()
-            .map_err(|e| format!("running version {}: {e}", handoff.version))?,
-        active: slot,
-        slot_device: other.path,
+        arch: handoff.arch.clone(),
+        running: handoff.version.clone(),
+        active: handoff.slot,
+        slot_device: other.path.clone(),
         slot_size: size,
         esp: PathBuf::from(ESP),
         state: state.to_path_buf(),
@@ -278,211 +343,219 @@ fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
             return;
         }
     };
-    match crate::api::spawn(
-        listener,
-        tls,
-        node,
-        log,
-        crate::api::ServerOptions::default(),
-    ) {
-        Ok(_server) => {
-            log(&format!(
-                "management API on port {} (mutual TLS, keel CA)",
-                keel_contract::api::PORT
-            ));
-        }
+    let options = crate::api::ServerOptions::default();
+    match crate::api::spawn(listener, tls, node, log, options) {
+        Ok(_server) => log(&format!(
+            "management API on port {} (mutual TLS, keel CA)",
+            keel_contract::api::PORT
+        )),
         Err(e) => log(&format!("management API: off: {e}")),
     }
 }
 
-fn run() -> Result<std::convert::Infallible, String> {
-    let handoff = Handoff::read().map_err(|e| format!("{}: {e}", bootinfo::HANDOFF))?;
-    let slot: Slot = handoff.slot().ok_or("bad slot in the hand-off")?;
-    log(&format!(
-        "stage 2: {} {} from slot {slot}",
-        handoff.name, handoff.version
-    ));
-    power::install_signal_handlers();
-    sys::ctrl_alt_del_to_signal();
-    mounts::stage2_basics().map_err(|e| e.to_string())?;
-    let mut loaded = BTreeSet::new();
-    match kmod::ModuleDeps::for_running_kernel() {
-        Some(deps) => deps.load(MODULES, &mut loaded, &|m| log(m)),
-        None => log("warning: no modules.dep for the running kernel"),
+/// DATA at /var and this boot's number in its history (best-effort).
+fn data_and_history(
+    handoff: &Handoff,
+    state_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<u64, var::Unavailable> {
+    let mounted = var::mount(&handoff.disk, state_dir, VAR_TIMEOUT, &|m| log(m))?;
+    if let Some(note) = mounted.note {
+        warnings.push(note);
     }
-    mounts::etc_overlay().map_err(|e| e.to_string())?;
-    if let Err(e) = mounts::efivars() {
-        log(&format!("warning: {e} (no boot counting information)"));
-    }
-    power::watch_power_button(log);
-    mounts::fat(&handoff.esp_device, ESP).map_err(|e| e.to_string())?;
-    let roots = block::Roots::default();
-    if let Ok(disk) = block::disk_for(&roots, Path::new(&handoff.slot_device)) {
-        match block::sysfs::find_partition_on(&roots, &disk, PartitionRole::State.label()) {
-            Ok(Some(state)) => {
-                if let Err(e) = mounts::fat(&state.path.display().to_string(), STATE) {
-                    log(&format!("warning: STATE: {e}"));
-                }
-            }
-            _ => log("warning: no STATE partition"),
-        }
-    }
-    Reaper::global().map_err(|e| format!("reaper: {e}"))?;
-    mount_var(&handoff)?;
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let boot = history::record(
+    let (boot, problem) = history::record_best_effort(
         Path::new(history::HISTORY),
-        slot.letter(),
-        &handoff.version,
+        handoff.slot.letter(),
+        &handoff.version.to_string(),
         boot_id.trim(),
-    )
-    .map_err(|e| format!("{}: {e}", history::HISTORY))?;
-    log(&format!(
-        "boot {boot} of this disk (history in {})",
-        history::HISTORY
-    ));
-
-    let state_dir = if layout::on_volume(Path::new(STATE), layout::state::MARKER).exists() {
-        config::state_dir()
-    } else {
-        log("warning: STATE is not mounted; the applied profile will not survive a reboot");
-        let dir = PathBuf::from("/run/keel/state");
-        sys::mkdir_p(&dir, 0o700).map_err(|e| e.to_string())?;
-        dir
-    };
-    let running: semver::Version = handoff
-        .version
-        .parse()
-        .map_err(|e| format!("version {}: {e}", handoff.version))?;
-    let rolled_back_from = upgrade::detect_rollback(Path::new(ESP), &state_dir, slot, &running);
-    match &rolled_back_from {
-        Some(r) if r.requested => log(&format!(
-            "rolled back from {} as requested: {} runs again",
-            r.from, handoff.version
+    );
+    match problem {
+        Some(p) => warn(warnings, p),
+        None => log(&format!(
+            "boot {boot} of this disk (history in {})",
+            history::HISTORY
         )),
-        Some(r) => log(&format!(
-            "rolled back from {}: it failed to boot, {} runs again",
-            r.from, handoff.version
-        )),
-        None => {}
     }
-    let (cfg, early_net) = node_config(&state_dir)?;
-    let node = cfg.node.clone();
-    log(&format!(
-        "profile from {}: role {}",
-        cfg.source,
-        node.role.as_str()
-    ));
-    let ready = arm_boot_deadline(node.boot_deadline_secs, handoff.stage1_start);
-    let secrets = cfg
-        .secrets
-        .as_deref()
-        .map(NodeSecrets::from_toml)
-        .transpose()
-        .map_err(|e| format!("node secrets: {e}"))?;
-    let net_state = match early_net {
-        Some(state) if node.network == keel_contract::profile::Network::default() => state,
-        _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
-    };
-    let hostname = apply_hostname(&node, &net_state);
-    let addresses: Vec<String> = net_state
-        .addresses
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    log(&format!(
-        "network: {} {} via {}; hostname {hostname}",
-        net_state.interface,
-        addresses.join(" "),
-        net_state
-            .gateway
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "-".into())
-    ));
-    let renewal = net_state.clone();
-    std::thread::spawn(move || net::renew_forever(renewal, &|m| log(m)));
-    // What the kubelet expects of its host, CNI directories and the pod network.
-    crate::kubelet_host::prepare(&node, &net_state, &log);
+    Ok(boot)
+}
 
-    let target = upgrade_target(&handoff, slot, &state_dir)
-        .map_err(|e| log(&format!("upgrades: off: {e}")))
-        .ok();
-    let api_node = Arc::new(node_api::Node::new(
-        (handoff.name.clone(), handoff.version.clone(), slot),
-        hostname.clone(),
-        addresses,
-        boot,
-        rolled_back_from,
-        (
-            PathBuf::from(ESP),
-            state_dir.clone(),
-            PathBuf::from(services::LOG_DIR),
-        ),
-        target,
-        log,
+/// `/var` cannot be mounted: not the slot's fault, and the other slot would find it just as
+/// broken, so the node neither blesses its entry (it did not pass its gate) nor fails it
+/// (the deadline is suspended: no reboot). It stays up, its API serving and saying why,
+/// until an operator repairs DATA and reboots it, or rolls it back.
+fn degraded(deadline: &BootDeadline, node: &node_api::Node, problem: &var::Unavailable) -> ! {
+    deadline.suspend();
+    let why = problem.to_string();
+    log(&format!(
+        "DEGRADED: {why}; the node stays up with its API, does not bless its boot entry and does not reboot"
     ));
-    start_api(secrets.as_ref(), api_node.clone());
+    *node.degraded.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+    crate::fatal::set_degraded(&why);
+    crate::fatal::stay_up()
+}
 
-    // The health gate: the root was verified in stage 1, the profile is applied, /var is
-    // mounted, containerd answers, and the role's services are healthy.
-    let ips: Vec<IpAddr> = net_state.addresses.iter().map(|a| a.addr).collect();
+/// containerd, the role and the system containers, in start order.
+fn start_services(
+    node: &keel_contract::profile::Node,
+    secrets: Option<&NodeSecrets>,
+    hostname: &str,
+    ips: &[IpAddr],
+) -> Result<Vec<Arc<Supervisor>>, String> {
     let core = services::start_core()?;
-    let role = services::prepare_role(&node, &hostname, &ips, secrets.as_ref())?;
+    let role = services::prepare_role(node, hostname, ips, secrets)?;
     let role = match role {
         Some(plan) => services::start_role(plan)?,
         None => None,
     };
-    if let Some(s) = secrets.as_ref().filter(|s| s.role == Role::ControlPlane) {
+    if let Some(s) = secrets.filter(|s| s.role == Role::ControlPlane) {
         services::spawn_cluster_bootstrap(s);
     }
-    let containers = services::start_containers(&node)?;
-    let start_order: Vec<Arc<Supervisor>> = std::iter::once(core)
+    let containers = services::start_containers(node)?;
+    Ok(std::iter::once(core)
         .chain(role)
         .chain(containers)
-        .collect();
-    let stop_order: Vec<Arc<Supervisor>> = start_order.iter().rev().cloned().collect();
-    if let Ok(mut list) = api_node.supervisors.lock() {
-        *list = start_order.clone();
-    }
+        .collect())
+}
 
-    // Only now does the boot entry lose its counter.
-    match bless::bless(
-        &layout::on_volume(Path::new(ESP), layout::esp::ENTRIES_DIR),
-        slot,
-        bootinfo::boot_count_entry().as_deref(),
-    ) {
-        Ok(bless::Blessing::Blessed { from, to }) => log(&format!("blessed {from} -> {to}")),
-        Ok(bless::Blessing::AlreadyBlessed(name)) => log(&format!("{name} already blessed")),
+/// The health gate passed: the entry is blessed, the deadline is off, and the ready line says
+/// how long it took.
+fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline, boot: u64) {
+    crate::testhooks::pause_at("bless");
+    let mut storage = DiskStorage {
+        esp: PathBuf::from(ESP),
+        state: Some(state_dir.to_path_buf()),
+    };
+    let blessed = BootState::load(&storage)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            let current = b.slot(handoff.slot).entry;
+            let ops = b.bless(handoff.slot).map_err(|e| e.to_string())?;
+            entries::apply(&ops, &mut storage).map_err(|e| e.to_string())?;
+            Ok((current, ops.is_empty()))
+        });
+    match blessed {
+        Ok((Some(entry), true)) => log(&format!("{} already blessed", entry.file_name())),
+        Ok((Some(entry), false)) => log(&format!(
+            "blessed {} -> {}",
+            entry.file_name(),
+            layout::EntryName::blessed(handoff.slot).file_name()
+        )),
+        Ok((None, _)) => {}
         Err(e) => log(&format!("warning: could not bless the boot entry: {e}")),
     }
-    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    deadline.passed();
     let now = sys::boottime();
     let firmware = bootinfo::firmware_and_loader_seconds().map(|f| f + handoff.stage1_start);
     let rss = sys::rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
     // systemd-boot records the firmware's time only when it can calibrate the TSC (not
     // under QEMU's TCG); the kernel's share is known either way.
     log(&format!(
-        "ready: {} {} slot {slot}, boot {boot}; firmware to init {}, kernel to init {:.2}s, init to ready {:.2}s, PID 1 RSS {rss:.1} MiB",
+        "ready: {} {} slot {}, boot {boot}; firmware to init {}, kernel to init {:.2}s, init to ready {:.2}s, PID 1 RSS {rss:.1} MiB",
         handoff.name,
         handoff.version,
+        handoff.slot,
         firmware
             .map(|f| format!("{f:.2}s"))
             .unwrap_or_else(|| "not measured".into()),
         handoff.stage1_start,
         now - handoff.stage1_start
     ));
+}
+
+/// After ready: a status line whenever a service's state changes, and a stop when asked.
+fn serve(start_order: &[Arc<Supervisor>], net: &net::NetState, hostname: &str) -> ! {
+    let stop_order: Vec<Arc<Supervisor>> = start_order.iter().rev().cloned().collect();
     let mut last = String::new();
     loop {
         if let Some(request) = power::pending() {
             shutdown(request, &stop_order);
         }
-        let line = status_line(&start_order, &net_state, &hostname);
+        let line = status_line(start_order, net, hostname);
         if line != last {
             log(&line);
             last = line;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+fn run() -> Result<std::convert::Infallible, String> {
+    let handoff = Handoff::read().map_err(|e| format!("{}: {e}", bootinfo::HANDOFF))?;
+    // First: every step after this one counts against the deadline.
+    let deadline = BootDeadline::arm(
+        deadline::DEFAULT_SECS,
+        handoff.stage1_start,
+        sys::boottime,
+        deadline::reboot_on_expiry,
+    );
+    if handoff.boot.last_resort {
+        crate::fatal::set_no_reboot(crate::stage1::LAST_RESORT);
+    }
+    let slot = handoff.slot;
+    log(&format!(
+        "stage 2: {} {} from slot {slot}",
+        handoff.name, handoff.version
+    ));
+    system_basics(&handoff)?;
+    let mut warnings = Vec::new();
+    let state_dir = mount_state(&handoff, &mut warnings)?;
+    let rolled_back_from = settle_boot_entries(&handoff, &state_dir, &mut warnings);
+    let (cfg, early_net) = node_config(&state_dir)?;
+    deadline.set_secs(cfg.node.boot_deadline_secs);
+    log(&format!(
+        "profile from {}: role {}",
+        cfg.source,
+        cfg.node.role.as_str()
+    ));
+    for w in &cfg.warnings {
+        warn(&mut warnings, w.clone());
+    }
+    let (net_state, hostname) = network(&cfg.node, early_net)?;
+    let var = data_and_history(&handoff, &state_dir, &mut warnings);
+    let target = upgrade_target(&handoff, &state_dir)
+        .map_err(|e| log(&format!("upgrades: off: {e}")))
+        .ok();
+    let facts = node_api::BootFacts {
+        hostname: hostname.clone(),
+        addresses: net_state
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        boot: *var.as_ref().unwrap_or(&0),
+        rolled_back_from,
+        warnings,
+    };
+    let identity = node_api::Identity {
+        name: handoff.name.clone(),
+        version: handoff.version.to_string(),
+        arch: handoff.arch.clone(),
+        slot,
+    };
+    let paths = (
+        PathBuf::from(ESP),
+        state_dir.clone(),
+        PathBuf::from(services::LOG_DIR),
+    );
+    let api_node = Arc::new(node_api::Node::new(identity, facts, paths, target, log));
+    start_api(cfg.secrets.as_ref(), api_node.clone());
+    let boot = match var {
+        Ok(boot) => boot,
+        Err(problem) => degraded(&deadline, &api_node, &problem),
+    };
+    // What the kubelet expects of its host, CNI directories (on /var) and the pod network.
+    crate::kubelet_host::prepare(&cfg.node, &net_state, &log);
+
+    // The health gate: the root was verified in stage 1, the profile is applied, /var is
+    // mounted, containerd answers, and the role's services are healthy.
+    let ips: Vec<IpAddr> = net_state.addresses.iter().map(|a| a.addr).collect();
+    let start_order = start_services(&cfg.node, cfg.secrets.as_ref(), &hostname, &ips)?;
+    if let Ok(mut list) = api_node.supervisors.lock() {
+        *list = start_order.clone();
+    }
+    pass_health_gate(&handoff, &state_dir, &deadline, boot);
+    serve(&start_order, &net_state, &hostname)
 }
 
 /// Runs stage 2. Never returns.

@@ -223,6 +223,25 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page.max(4096) as u64)
 }
 
+/// The peak resident set size of this process in bytes (`VmHWM` in /proc/self/status): what
+/// an upgrade's buffers cost PID 1 at most.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `PID 1 RSS 4.1 MiB (peak 9.3 MiB)`, for the console.
+pub fn rss_summary() -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    format!(
+        "PID 1 RSS {:.1} MiB (peak {:.1} MiB)",
+        mib(rss_bytes().unwrap_or(0)),
+        mib(peak_rss_bytes().unwrap_or(0))
+    )
+}
+
 /// fsync a directory, so a rename in it is durable.
 pub fn fsync_dir(path: impl AsRef<Path>) -> SysResult<()> {
     let path = path.as_ref();

@@ -474,8 +474,9 @@ fn data_partition_through_a_loop_device_with_blkpg() {
         "BLKRRPART worked with a partition open"
     );
 
-    let data =
+    let (data, created) =
         keel_init::block::ensure_data_partition(&roots, &disk, Duration::from_secs(10)).unwrap();
+    assert!(created, "this call wrote DATA into the table");
     assert_eq!(data.number, 5);
     assert_eq!(data.disk, disk);
     assert!(data.path.exists(), "{} has no node", data.path.display());
@@ -492,7 +493,7 @@ fn data_partition_through_a_loop_device_with_blkpg() {
     // Idempotent: the table and the kernel both have DATA now.
     assert_eq!(
         keel_init::block::ensure_data_partition(&roots, &disk, Duration::from_secs(1)).unwrap(),
-        data
+        (data.clone(), false)
     );
 
     // What the next boot sees: with nothing open, re-read the table; DATA has its label.

@@ -68,11 +68,15 @@ fn static_binary(package: &str, bin: &str) -> PathBuf {
         .join(bin)
 }
 
-/// The static init, built once per test process.
+/// The static init, built once per test process. `KEEL_TEST_INIT=PATH` uses another one
+/// (an init built from an older commit, to show a test failing before a fix).
 pub fn init_binary() -> PathBuf {
     static INIT: OnceLock<PathBuf> = OnceLock::new();
-    INIT.get_or_init(|| static_binary("keel-init", "keel-init"))
-        .clone()
+    INIT.get_or_init(|| match std::env::var_os("KEEL_TEST_INIT") {
+        Some(path) => PathBuf::from(path),
+        None => static_binary("keel-init", "keel-init"),
+    })
+    .clone()
 }
 
 /// An unencrypted key pair in `dir` (tests cannot answer a passphrase prompt).
@@ -94,12 +98,25 @@ pub fn build(
     version: Option<&str>,
     sde: u64,
 ) -> BuildReport {
+    build_with_init(profile, out, key, version, sde, &init_binary())
+}
+
+/// Builds `profile` into `out` with `key` and the given static init (benchmarks compare
+/// two inits side by side).
+pub fn build_with_init(
+    profile: &Path,
+    out: &Path,
+    key: &Path,
+    version: Option<&str>,
+    sde: u64,
+    init: &Path,
+) -> BuildReport {
     let request = BuildRequest {
         profile: profile.to_path_buf(),
         output: out.to_path_buf(),
         key: Some(key.to_path_buf()),
         version: version.map(|v| v.parse().unwrap()),
-        init: Some(init_binary()),
+        init: Some(init.to_path_buf()),
         cache_dir: cache_dir(),
         source_date_epoch: sde,
     };
@@ -402,6 +419,62 @@ pub fn root_file_block_offset(out: &Path, file: &[u8]) -> Option<u64> {
         .windows(stored.len())
         .position(|w| w == stored.as_slice())?;
     Some(slot.offset + at as u64 + stored.len() as u64 / 2)
+}
+
+/// Offset and size of the partition labelled `label` in a disk image.
+pub fn partition_window(disk: &Path, label: &str) -> Option<(u64, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(disk).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut head = vec![0u8; 34 * 512];
+    f.read_exact(&mut head).ok()?;
+    let gpt = keel_contract::gpt::Gpt::parse_primary(&head, size / 512).ok()?;
+    let (_, part) = gpt.find(label)?;
+    Some((part.offset(), part.size()))
+}
+
+/// Disk offset of the first data block of `file` inside the squashfs in partition `label` of
+/// a VM disk (which `out`'s image was written to, in that slot), found as
+/// [`root_file_block_offset`] finds it.
+pub fn slot_file_block_offset(disk: &Path, label: &str, out: &Path, file: &[u8]) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let manifest = keel_contract::manifest::Manifest::from_json(
+        &std::fs::read(out.join("manifest.json")).ok()?,
+    )
+    .ok()?;
+    let options = keel_builder::squashfs::SquashfsOptions::default();
+    let block = file.get(..options.block_size as usize)?;
+    let stored = keel_builder::squashfs::stored_block(block, &options).ok()?;
+    let (offset, _) = partition_window(disk, label)?;
+    let mut f = std::fs::File::open(disk).ok()?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut root = vec![0u8; manifest.root.size as usize];
+    f.read_exact(&mut root).ok()?;
+    let at = root
+        .windows(stored.len())
+        .position(|w| w == stored.as_slice())?;
+    Some(offset + at as u64 + stored.len() as u64 / 2)
+}
+
+/// A reader that fails after `left` bytes, as a connection cut mid-upload does.
+pub struct CutReader<R> {
+    pub inner: R,
+    pub left: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for CutReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the test cut the upload here",
+            ));
+        }
+        let n = buf.len().min(self.left as usize);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Flips every bit of the byte at `at`.

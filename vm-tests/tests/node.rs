@@ -77,11 +77,20 @@ fn boots_to_ready_runs_a_system_container_blesses_and_keeps_var_across_reboots()
     );
     assert_eq!(esp_list(&disk, "/loader/entries"), ["keel-a.conf"]);
 
-    // Second boot from the same disk and firmware variables: still blessed, /var kept.
+    // Second boot from the same disk and firmware variables: the blessed entry is counted
+    // again before anything is read from the slot, and blessed again at the gate; /var kept.
     let mut vm = Machine::start("node_ready-boot2", &disk, &dir.join("vm"), |_| {});
+    let before_root = vm.expect("switching to", BOOT);
+    assert!(
+        before_root.contains("boot counted: keel-a.conf -> keel-a+2.conf"),
+        "{before_root}"
+    );
     vm.expect("boot 2 ", BOOT);
     let before_ready = vm.expect("keel: ready", BOOT);
-    assert!(before_ready.contains("already blessed"), "{before_ready}");
+    assert!(
+        before_ready.contains("blessed keel-a+2.conf -> keel-a.conf"),
+        "{before_ready}"
+    );
     assert!(
         !before_ready.contains("creating DATA"),
         "DATA must be reused"

@@ -1,59 +1,66 @@
 //! A/B upgrades through the management API in QEMU: v1 -> v2, a requested rollback and
-//! forward again, a v3 that fails its health gate and is rolled back by itself, bad bundles, downgrades, foreign clients, and power cuts at
-//! several points of an upgrade.
+//! forward again, a v3 that fails its health gate and is rolled back by itself, bad bundles,
+//! downgrades, foreign clients, and a power cut before every durable step of an upgrade.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use keel_builder::node::{ClientCredentials, NodeClient, credentials_from_secrets};
 use keel_builder::progress::Reporter;
 use keel_vm_tests::{
     Machine, build, cluster_secrets, derived_profile, free_port, test_dir, test_key, vm_disk,
+    write_file,
 };
 
 const BOOT: Duration = Duration::from_secs(300);
 
-/// v1 (1.0.0), v2 (1.1.0) and a broken v3 (1.2.0: containerd replaced by a program that
-/// exits at once, so its health gate never passes; a 30 s boot deadline) of one worker image,
-/// signed with one key and carrying one cluster's secrets.
+/// v1 (1.0.0), v2 (1.1.0), a broken v3 (1.2.0: containerd replaced by a program that exits
+/// at once, so its health gate never passes; a 30 s boot deadline) and a good v4 (1.3.0) of
+/// one worker image, signed with one key and carrying one cluster's secrets; built once for
+/// the tests of this file.
 struct Images {
     dir: PathBuf,
     secrets: PathBuf,
     v1: PathBuf,
     v2: PathBuf,
     v3: PathBuf,
+    v4: PathBuf,
 }
 
-fn images(name: &str) -> Images {
-    let dir = test_dir(name);
-    let (secrets, _) = cluster_secrets(&dir.join("secrets"));
-    let (key, _) = test_key(&dir.join("keys"));
-    let base = format!(
-        "[image]\nsecrets = \"{}\"\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:6443\"\n",
-        secrets.display()
-    );
-    let good = derived_profile(&dir.join("good"), "worker", &base);
-    let broken = derived_profile(
-        &dir.join("broken"),
-        "worker",
-        &format!(
-            "{base}\n[[image.files]]\nsrc = \"/bin/false\"\ndst = \"/usr/bin/containerd\"\nmode = \"0755\"\n\n[node]\nboot_deadline_secs = 30\n"
-        ),
-    );
-    let v1 = dir.join("v1");
-    let v2 = dir.join("v2");
-    let v3 = dir.join("v3");
-    build(&good, &v1, &key, Some("1.0.0"), 1_700_000_000);
-    build(&good, &v2, &key, Some("1.1.0"), 1_700_000_000);
-    build(&broken, &v3, &key, Some("1.2.0"), 1_700_000_000);
-    Images {
-        dir,
-        secrets,
-        v1,
-        v2,
-        v3,
-    }
+fn images() -> &'static Images {
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = test_dir("upgrade");
+        let (secrets, _) = cluster_secrets(&dir.join("secrets"));
+        let (key, _) = test_key(&dir.join("keys"));
+        let base = format!(
+            "[image]\nsecrets = \"{}\"\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:6443\"\n",
+            secrets.display()
+        );
+        let good = derived_profile(&dir.join("good"), "worker", &base);
+        let broken = derived_profile(
+            &dir.join("broken"),
+            "worker",
+            &format!(
+                "{base}\n[[image.files]]\nsrc = \"/bin/false\"\ndst = \"/usr/bin/containerd\"\nmode = \"0755\"\n\n[node]\nboot_deadline_secs = 30\n"
+            ),
+        );
+        let [v1, v2, v3, v4] = ["v1", "v2", "v3", "v4"].map(|v| dir.join(v));
+        build(&good, &v1, &key, Some("1.0.0"), 1_700_000_000);
+        build(&good, &v2, &key, Some("1.1.0"), 1_700_000_000);
+        build(&broken, &v3, &key, Some("1.2.0"), 1_700_000_000);
+        build(&good, &v4, &key, Some("1.3.0"), 1_700_000_000);
+        Images {
+            dir,
+            secrets,
+            v1,
+            v2,
+            v3,
+            v4,
+        }
+    })
 }
 
 fn client(port: u16, creds: &ClientCredentials) -> NodeClient {
@@ -80,12 +87,13 @@ fn upgrade(
 
 #[test]
 fn upgrades_roll_forward_roll_back_and_refuse_what_they_must() {
-    let img = images("upgrade_flow");
+    let img = images();
     let creds = credentials_from_secrets(&img.secrets).unwrap();
-    let disk = vm_disk(&img.v1, &img.dir, 6 << 30);
+    let dir = img.dir.join("flow");
+    let disk = vm_disk(&img.v1, &dir, 6 << 30);
     let port = free_port();
     let start = |name: &str| {
-        Machine::start(name, &disk, &img.dir.join("vm"), |c| {
+        Machine::start(name, &disk, &dir.join("vm"), |c| {
             c.forwards.push((port, keel_contract::api::PORT))
         })
     };
@@ -209,46 +217,130 @@ fn upgrades_roll_forward_roll_back_and_refuse_what_they_must() {
     vm.kill();
 }
 
-/// QEMU is killed at several points of an upgrade; every restart boots a good version and
-/// /var is intact.
+/// The power is cut before every durable step of an upgrade (the init stops there, asked
+/// through QEMU's fw_cfg `opt/keel/test/pause-at`, and QEMU is killed): the journal, the
+/// removal of the target slot's entry, manifest and signature, inside and after the payload,
+/// the staged kernel and initramfs renamed into place, the signature, the manifest, the
+/// cleared journal, the entry, and after the entry. Every restart boots a good version with
+/// /var intact, and the target slot is invalid wherever it must be.
 #[test]
-fn power_cuts_during_an_upgrade_never_leave_an_unbootable_node() {
-    let img = images("upgrade_power");
+fn power_cuts_at_every_step_of_an_upgrade_leave_a_good_node() {
+    let img = images();
     let creds = credentials_from_secrets(&img.secrets).unwrap();
-    let disk = vm_disk(&img.v1, &img.dir, 6 << 30);
+    let dir = img.dir.join("power");
+    let disk = vm_disk(&img.v1, &dir, 6 << 30);
     let port = free_port();
-    let mut boots = 0;
-    for (cut_at, expect_version) in [
-        ("upgrade: writing slot b: 30%", "1.0.0"),
-        ("written to the ESP", "1.0.0"),
-        ("boots next", "1.1.0"),
-    ] {
-        let name = format!(
-            "upgrade_power-{}",
-            cut_at.split(':').next().unwrap_or("cut").replace(' ', "-")
-        );
-        let mut vm = Machine::start(&name, &disk, &img.dir.join("vm"), |c| {
-            c.forwards.push((port, keel_contract::api::PORT))
-        });
+    let start = |name: &str, pause: Option<&str>| {
+        let pause = pause.map(|p| write_file(&dir, &format!("{name}.pause"), p));
+        Machine::start(name, &disk, &dir.join(name), |c| {
+            c.forwards.push((port, keel_contract::api::PORT));
+            c.fw_cfg
+                .extend(pause.map(|p| ("opt/keel/test/pause-at".to_owned(), p)));
+        })
+    };
+    let node = client(port, &creds);
+    // Slot b runs 1.1.0 (blessed); slot a holds 1.0.0 (blessed): the upgrades below rewrite a.
+    let mut vm = start("power-setup", None);
+    vm.expect("keel: ready: keel-worker 1.0.0 slot a, boot 1;", BOOT);
+    upgrade(&node, &img.v2.join("update"), false, true).unwrap();
+    vm.expect("keel: ready: keel-worker 1.1.0 slot b, boot 2;", BOOT);
+    vm.kill();
+    let journal = "upgrade journal: {\"state\":\"writing\",\"slot\":\"a\",\"to\":\"1.3.0\"}";
+    let writing = Some("being written");
+    // (before which step the power is cut, slot a's problem at the next boot (None: still
+    // valid), whether a complete upgrade must first make slot a valid again)
+    let cuts: [(&str, Option<&str>, bool); 12] = [
+        (journal, None, false),
+        ("upgrade remove loader/entries/keel-a.conf", writing, false),
+        ("upgrade remove keel/a/manifest.json", writing, true),
+        ("upgrade remove keel/a/manifest.json.minisig", writing, true),
+        ("upgrade payload 50%", writing, false),
+        ("upgrade read back done", writing, false),
+        (
+            "upgrade rename keel/a/vmlinuz.new into place",
+            writing,
+            false,
+        ),
+        (
+            "upgrade rename keel/a/initramfs.new into place",
+            writing,
+            false,
+        ),
+        ("upgrade write keel/a/manifest.json.minisig", writing, false),
+        ("upgrade write keel/a/manifest.json", writing, false),
+        ("upgrade journal: {\"state\":\"idle\"}", writing, false),
+        (
+            "upgrade write loader/entries/keel-a+3.conf",
+            Some("no boot entry"),
+            false,
+        ),
+    ];
+    // Each boot after a cut is also the next cut's: it must come up on 1.1.0 with /var (its
+    // boot number goes on), and slot a must be as the previous cut left it.
+    let check = |cut: &str, problem: Option<&str>| {
+        let status = node.status().unwrap();
+        let a = &status.slots[0];
+        match problem {
+            None => assert_eq!(
+                (a.version.as_deref(), a.invalid.as_deref()),
+                (Some("1.0.0"), None),
+                "cut before {cut}"
+            ),
+            Some(p) => {
+                let why = a.invalid.as_deref().unwrap_or("");
+                assert!(why.contains(p), "cut before {cut}: {a:?}");
+                assert_eq!(a.entry, None, "cut before {cut}");
+                let err = node.rollback().unwrap_err().to_string();
+                assert!(err.contains("409"), "cut before {cut}: {err}");
+            }
+        }
+    };
+    let mut boots = 2;
+    let mut previous: Option<(&str, Option<&str>)> = None;
+    for (i, (cut, problem, reinstall)) in cuts.into_iter().enumerate() {
+        let mut vm = start(&format!("power-cut-{i}"), Some(cut));
         boots += 1;
-        vm.expect(&format!("slot a, boot {boots};"), BOOT);
-        let node = client(port, &creds);
-        let bundle = img.v2.join("update");
-        let uploader = std::thread::spawn(move || upgrade(&node, &bundle, false, false));
-        vm.expect(cut_at, BOOT);
-        vm.kill(); // the power cut
-        let _ = uploader.join();
-
-        let mut vm = Machine::start(&format!("{name}-after"), &disk, &img.dir.join("vm"), |c| {
-            c.forwards.push((port, keel_contract::api::PORT))
-        });
-        boots += 1;
-        let slot = if expect_version == "1.0.0" { "a" } else { "b" };
         vm.expect(
-            &format!("keel: ready: keel-worker {expect_version} slot {slot}, boot {boots};"),
+            &format!("ready: keel-worker 1.1.0 slot b, boot {boots};"),
             BOOT,
         );
-        vm.vm.powerdown().unwrap();
-        assert!(vm.vm.wait_timeout(Duration::from_secs(90)).is_some());
+        if let Some((cut, problem)) = previous {
+            check(cut, problem);
+        }
+        if reinstall {
+            upgrade(&node, &img.v4.join("update"), false, false).unwrap();
+        }
+        let bundle = img.v4.join("update");
+        let uploader = {
+            let node = client(port, &creds);
+            std::thread::spawn(move || upgrade(&node, &bundle, false, false))
+        };
+        vm.expect(&format!("test hook: paused at {cut:?}"), BOOT);
+        vm.kill(); // the power cut
+        let _ = uploader.join();
+        previous = Some((cut, problem));
     }
+    // After the entry: the new version boots next.
+    let mut vm = start("power-cut-entry", None);
+    boots += 1;
+    vm.expect(
+        &format!("ready: keel-worker 1.1.0 slot b, boot {boots};"),
+        BOOT,
+    );
+    if let Some((cut, problem)) = previous {
+        check(cut, problem);
+    }
+    let bundle = img.v4.join("update");
+    let uploader = std::thread::spawn(move || upgrade(&node, &bundle, false, false));
+    vm.expect("boots next", BOOT);
+    vm.kill();
+    let _ = uploader.join();
+    let mut vm = start("power-cut-entry-after", None);
+    boots += 1;
+    vm.expect(
+        &format!("ready: keel-worker 1.3.0 slot a, boot {boots};"),
+        BOOT,
+    );
+    vm.vm.powerdown().unwrap();
+    assert!(vm.vm.wait_timeout(Duration::from_secs(90)).is_some());
 }

@@ -241,6 +241,12 @@ pub fn format_status(s: &Status) -> String {
     if !s.quarantined.is_empty() {
         out.push_str(&format!("quarantined {}\n", s.quarantined.join(" ")));
     }
+    if let Some(why) = &s.degraded {
+        out.push_str(&format!("DEGRADED   {why}\n"));
+    }
+    for warning in &s.warnings {
+        out.push_str(&format!("warning    {warning}\n"));
+    }
     out.push('\n');
     let slots: Vec<Vec<String>> = s
         .slots
@@ -255,11 +261,15 @@ pub fn format_status(s: &Status) -> String {
                 slot.version.clone().unwrap_or_else(|| "(empty)".into()),
                 slot.entry.clone().unwrap_or_else(dash),
                 if slot.healthy { "yes" } else { "no" }.into(),
+                slot.invalid
+                    .as_ref()
+                    .map(|why| format!("invalid: {why}"))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
     out.push_str(&table(
-        &["SLOT", "VERSION", "BOOT ENTRY", "HEALTHY"],
+        &["SLOT", "VERSION", "BOOT ENTRY", "HEALTHY", "NOTE"],
         &slots,
     ));
     out.push('\n');
@@ -311,6 +321,7 @@ mod tests {
                     entry: Some("keel-a.conf".into()),
                     booted: true,
                     healthy: true,
+                    invalid: None,
                 },
                 SlotInfo {
                     slot: "b".into(),
@@ -318,6 +329,7 @@ mod tests {
                     entry: Some("keel-b+0-3.conf".into()),
                     booted: false,
                     healthy: false,
+                    invalid: None,
                 },
             ],
             services: vec![
@@ -341,6 +353,8 @@ mod tests {
             rollback_requested: false,
             quarantined: vec!["1.2.0".into()],
             uptime_secs: 7500,
+            degraded: None,
+            warnings: vec![],
         };
         let text = format_status(&status);
         let expected = "\
@@ -350,7 +364,7 @@ addresses  10.0.2.15/24
 rolled back from 1.2.0 (it failed to boot)
 quarantined 1.2.0
 
-SLOT  VERSION  BOOT ENTRY       HEALTHY
+SLOT  VERSION  BOOT ENTRY       HEALTHY  NOTE
 a *   1.1.0    keel-a.conf      yes
 b     1.2.0    keel-b+0-3.conf  no
 
@@ -359,5 +373,26 @@ containerd  running  0         412
 etcd        backoff  3         -    exited with 1
 ";
         assert_eq!(text, expected, "\n{text}");
+
+        // A degraded node with an invalid slot says so.
+        let mut degraded = status.clone();
+        degraded.degraded = Some("/var is unavailable: e2fsck exited with 8".into());
+        degraded.warnings = vec!["secrets from fw_cfg refused".into()];
+        degraded.slots[1] = SlotInfo {
+            slot: "b".into(),
+            version: None,
+            entry: None,
+            booted: false,
+            healthy: false,
+            invalid: Some("being written by an upgrade that did not finish".into()),
+        };
+        let text = format_status(&degraded);
+        for line in [
+            "DEGRADED   /var is unavailable: e2fsck exited with 8\n",
+            "warning    secrets from fw_cfg refused\n",
+            "b     (empty)  -            no       invalid: being written by an upgrade that did not finish\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! [`keel_contract::api`]; what they do is the init's [`NodeApi`] implementation.
 //!
 //! Nothing here panics, and a panic in a handler is caught and answered with a 500: this
-//! runs inside PID 1.
+//! runs inside PID 1 (whose panic hook otherwise treats a panic as fatal).
 
 mod http;
 #[cfg(test)]
@@ -402,7 +402,7 @@ fn error_response(kind: ErrorKind, message: &str) -> http::Response {
 /// Runs a handler, turning a panic (a bug) into a 500 instead of a dead connection thread
 /// with the client left waiting.
 fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+    crate::fatal::contained(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         Err(ApiError::internal(
             "the node's handler failed (a bug: see the node's console)",
         ))

@@ -71,6 +71,8 @@ impl NodeApi for Fake {
             rollback_requested: false,
             quarantined: vec![],
             uptime_secs: 1,
+            degraded: None,
+            warnings: vec![],
         }
     }
     fn logs(&self, service: &str, lines: usize) -> Result<String, ApiError> {

@@ -217,6 +217,20 @@ pub struct DataTable {
     pub created: bool,
 }
 
+/// Whether the partition table of `disk` lists DATA.
+pub fn data_in_table(disk: &Path) -> Result<bool> {
+    let file = File::open(disk).map_err(io_err("open", disk))?;
+    let sectors = device_size(&file, disk)? / SECTOR;
+    let mut primary = vec![0u8; PRIMARY_BYTES as usize];
+    file.read_exact_at(&mut primary, 0)
+        .map_err(io_err("read partition table of", disk))?;
+    let table = Gpt::parse_primary(&primary, sectors).map_err(|source| BlockError::Gpt {
+        path: disk.to_path_buf(),
+        source,
+    })?;
+    Ok(table.find(PartitionRole::Data.label()).is_some())
+}
+
 /// Makes sure the partition table of `disk` (a block device or an image file) has DATA,
 /// writing it if not. Only the table: see [`ensure_data_partition`] for the running kernel.
 pub fn ensure_data_table(disk: &Path) -> Result<DataTable> {
@@ -368,9 +382,14 @@ pub fn add_partition(disk: &Path, number: u32, start: u64, length: u64, label: &
     Ok(())
 }
 
-/// Makes sure `disk` has DATA in its table and in the running kernel, and returns it.
-/// `timeout` bounds the wait for the kernel to show the new partition in sysfs.
-pub fn ensure_data_partition(roots: &Roots, disk: &Disk, timeout: Duration) -> Result<Partition> {
+/// Makes sure `disk` has DATA in its table and in the running kernel, and returns it, and
+/// whether this call wrote it into the table (a new partition, which only then may be
+/// formatted). `timeout` bounds the wait for the kernel to show the new partition in sysfs.
+pub fn ensure_data_partition(
+    roots: &Roots,
+    disk: &Disk,
+    timeout: Duration,
+) -> Result<(Partition, bool)> {
     let table = ensure_data_table(&disk.path)?;
     let start = table.partition.first_lba;
     let sectors = table.partition.last_lba + 1 - start;
@@ -385,7 +404,7 @@ pub fn ensure_data_partition(roots: &Roots, disk: &Disk, timeout: Duration) -> R
                 ),
             });
         }
-        return Ok(existing);
+        return Ok((existing, table.created));
     }
     add_partition(
         &disk.path,
@@ -396,7 +415,7 @@ pub fn ensure_data_partition(roots: &Roots, disk: &Disk, timeout: Duration) -> R
     )?;
     let partition = sysfs::wait_for_partition_number(roots, disk, table.number, timeout)?;
     sysfs::wait_for_node(roots, &partition.path, timeout)?;
-    Ok(partition)
+    Ok((partition, table.created))
 }
 
 #[cfg(test)]

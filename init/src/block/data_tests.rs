@@ -219,8 +219,10 @@ fn ensure_data_table_on_an_image_file() {
     file.set_len(64 * MIB).unwrap();
     drop(file);
 
+    assert!(!data_in_table(&path).unwrap());
     let made = ensure_data_table(&path).unwrap();
     assert!(made.created);
+    assert!(data_in_table(&path).unwrap());
     assert_eq!(made.number, 5);
     assert_eq!(made.partition.last_lba, 63 * MIB_SECTORS - 1);
     let bytes = std::fs::read(&path).unwrap();

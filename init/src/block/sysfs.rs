@@ -82,8 +82,8 @@ impl BlockDevice {
     }
 }
 
-/// A whole disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A whole disk (stage 1 hands it to stage 2 as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Disk {
     /// sysfs name.
     pub name: String,
@@ -94,7 +94,7 @@ pub struct Disk {
 }
 
 /// A partition and the disk that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Partition {
     pub name: String,
     pub path: PathBuf,

@@ -183,7 +183,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Calls the console sink, containing a panic in caller-provided code to this one line.
 pub(crate) fn emit(console: &ConsoleSink, line: &str) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| console(line)));
+    let _ = crate::fatal::contained(std::panic::AssertUnwindSafe(|| console(line)));
 }
 
 /// Snapshots published by the manager thread.

@@ -304,7 +304,7 @@ impl Reaper {
         if let Some(on_exit) = state.claims.remove(&pid) {
             drop(state);
             // A panicking callback must not take the reaper thread down with it.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_exit(status)));
+            let _ = crate::fatal::contained(std::panic::AssertUnwindSafe(|| on_exit(status)));
             return;
         }
         let now = Instant::now();
@@ -383,7 +383,7 @@ fn prune(state: &mut State, now: Instant) {
 
 fn report_orphans(sink: Option<OrphanSink>, records: &[OrphanRecord]) {
     for record in records {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &sink {
+        let _ = crate::fatal::contained(std::panic::AssertUnwindSafe(|| match &sink {
             Some(sink) => sink(record),
             None => crate::console::line(&format!(
                 "reaped orphan pid {} ({})",

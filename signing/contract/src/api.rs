@@ -70,6 +70,11 @@ pub struct SlotInfo {
     /// Blessed: a boot from it passed the health gate. A fresh entry with tries left is not
     /// yet healthy; one with no tries left has failed.
     pub healthy: bool,
+    /// Why the slot cannot be booted or rolled back to, when it cannot: an upgrade was
+    /// writing it and did not finish, it is empty, a file of it is missing on the ESP, it has
+    /// no boot entry. `None`: the slot is complete and has its entry.
+    #[serde(default)]
+    pub invalid: Option<String>,
 }
 
 /// One supervised service.
@@ -106,6 +111,17 @@ pub struct Status {
     /// Versions the node refuses to install again (they failed to boot here).
     pub quarantined: Vec<String>,
     pub uptime_secs: u64,
+    /// Why the node is up but not doing its job, when it is not: `/var` could not be mounted,
+    /// or every boot entry ran out of tries and the node stays up instead of rebooting in a
+    /// loop. A degraded node serves this API, does not bless its entry and does not reboot by
+    /// itself.
+    #[serde(default)]
+    pub degraded: Option<String>,
+    /// What the node had to work around at this boot and wants an operator to know: a
+    /// configuration it refused and the copy it used instead, keys it ignored, a boot
+    /// history it could not write.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/upgrade`: what was installed.
@@ -565,6 +581,7 @@ mod tests {
                 entry: Some("keel-a.conf".into()),
                 booted: true,
                 healthy: true,
+                invalid: None,
             }],
             services: vec![ServiceInfo {
                 name: "containerd".into(),
@@ -578,6 +595,8 @@ mod tests {
             rollback_requested: false,
             quarantined: vec![],
             uptime_secs: 61,
+            degraded: Some("/var is unavailable".into()),
+            warnings: vec!["w".into()],
         };
         let json = serde_json::to_value(&status).unwrap();
         for key in [
@@ -592,6 +611,8 @@ mod tests {
             "rolled_back_from",
             "quarantined",
             "uptime_secs",
+            "degraded",
+            "warnings",
         ] {
             assert!(json.get(key).is_some(), "{key}");
         }

@@ -10,8 +10,9 @@
 //!
 //! On the wire to a node (the *upload stream*) the same five parts travel as a plain tar, in
 //! [`UPLOAD_ENTRIES`] order: the signed manifest and its signature first, so the node verifies
-//! before it writes anything; the kernel and initramfs (small, checked against the manifest
-//! in memory); the slot payload last, so it is streamed straight into the inactive slot.
+//! before it writes anything; the kernel and initramfs (staged on the ESP and checked against
+//! the sizes and digests in the manifest before the inactive slot is touched); the slot
+//! payload last, so it is streamed straight into the inactive slot.
 //!
 //! This module is the contract only: names, media types and the rules a reader applies.
 //! Reading and writing live in the builder (and, for the upload stream, in the init).

@@ -77,8 +77,11 @@ impl PartitionRole {
     }
 }
 
-/// A root slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A root slot (`a` or `b` in names, on the command line and in JSON).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub enum Slot {
     A,
     B,
@@ -127,6 +130,19 @@ impl Slot {
 impl fmt::Display for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.letter())
+    }
+}
+
+impl From<Slot> for String {
+    fn from(slot: Slot) -> String {
+        slot.letter().to_owned()
+    }
+}
+
+impl TryFrom<String> for Slot {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 
@@ -222,6 +238,12 @@ pub mod config {
 
 /// Boot tries a fresh entry gets (systemd-boot Automatic Boot Assessment).
 pub const BOOT_TRIES: u32 = 3;
+/// Tries a blessed entry gets back at the start of every boot: stage 1 renames `keel-a.conf`
+/// to `keel-a+2.conf` before it reads anything from the slot, and the health gate blesses it
+/// again. A slot that turns bad after it was blessed then fails at most [`BOOT_TRIES`] times
+/// (the boot that re-armed it, then two counted ones) before systemd-boot falls back to the
+/// other slot.
+pub const REARM_TRIES: u32 = BOOT_TRIES - 1;
 /// `sort-key` shared by both slots' entries, so systemd-boot orders them by `version`.
 pub const SORT_KEY: &str = "keel";
 
@@ -264,6 +286,33 @@ impl EntryName {
             slot,
             counter: None,
         }
+    }
+
+    /// A blessed entry counted again at the start of a boot (see [`REARM_TRIES`]).
+    pub fn rearmed(slot: Slot) -> Self {
+        EntryName {
+            slot,
+            counter: Some(BootCounter {
+                left: REARM_TRIES,
+                done: None,
+            }),
+        }
+    }
+
+    /// An entry out of tries, as `keel node rollback` leaves the running one: systemd-boot
+    /// sorts it last.
+    pub fn demoted(slot: Slot) -> Self {
+        EntryName {
+            slot,
+            counter: Some(BootCounter {
+                left: 0,
+                done: Some(BOOT_TRIES),
+            }),
+        }
+    }
+
+    pub fn is_blessed(&self) -> bool {
+        self.counter.is_none()
     }
 
     pub fn file_name(&self) -> String {
@@ -374,6 +423,13 @@ mod tests {
             assert_eq!(EntryName::parse(name).unwrap().file_name(), name);
         }
         assert_eq!(EntryName::fresh(Slot::A).file_name(), "keel-a+3.conf");
+        assert_eq!(EntryName::rearmed(Slot::B).file_name(), "keel-b+2.conf");
+        assert_eq!(EntryName::demoted(Slot::A).file_name(), "keel-a+0-3.conf");
+        assert!(EntryName::demoted(Slot::A).exhausted());
+        assert!(EntryName::blessed(Slot::A).is_blessed());
+        assert_eq!(serde_json::to_string(&Slot::B).unwrap(), "\"b\"");
+        assert_eq!(serde_json::from_str::<Slot>("\"a\"").unwrap(), Slot::A);
+        assert!(serde_json::from_str::<Slot>("\"c\"").is_err());
         assert!(EntryName::parse("keel-a+0-3.conf").unwrap().exhausted());
         assert!(!EntryName::parse("keel-a+1-2.conf").unwrap().exhausted());
         for bad in ["keel-c+3.conf", "keel-a+x.conf", "other.conf", "keel-a+3"] {

@@ -134,9 +134,9 @@ pub fn stock_image(name: &str) -> (PathBuf, PathBuf) {
     if let Some((_, out, public)) = images.iter().find(|(n, _, _)| n == name) {
         return (out.clone(), public.clone());
     }
-    let dir = work_dir()
-        .join("images")
-        .join(format!("{name}-{}", std::process::id()));
+    let images_dir = work_dir().join("images");
+    remove_images_of_finished_processes(&images_dir);
+    let dir = images_dir.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (secret, public) = test_key(&dir.join("keys"));
@@ -152,6 +152,24 @@ pub fn stock_image(name: &str) -> (PathBuf, PathBuf) {
     );
     images.push((name.to_owned(), out.clone(), public.clone()));
     (out, public)
+}
+
+/// Removes `images/<name>-<pid>` directories whose test process has ended: every test binary
+/// builds its own stock images, and a whole suite's worth would fill a CI machine's disk.
+fn remove_images_of_finished_processes(images_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(images_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            let alive = Path::new("/proc").join(pid.to_string()).exists();
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// Copies a built disk into `dir` as the VM's disk, grown to `size` bytes like a real disk.

@@ -416,9 +416,8 @@ impl NodeClient {
             headers.push(("Content-Type", api::content_type::UPDATE));
             headers.push(("Content-Length", length.as_str()));
         }
-        let head =
-            keel_http::request_head(request.method().as_str(), &request.target(), &headers)
-                .map_err(|e| NodeError::BadInput(format!("the {what} request: {e}")))?;
+        let head = keel_http::request_head(request.method().as_str(), &request.target(), &headers)
+            .map_err(|e| NodeError::BadInput(format!("the {what} request: {e}")))?;
         let sent = stream
             .write_all(&head)
             .and_then(|()| match upload {
@@ -536,14 +535,13 @@ fn read_reply(stream: &mut dyn Read) -> Result<Reply, ReplyError> {
         )),
         e => ReplyError::Protocol(format!("response {e}")),
     })?;
-    let body =
-        keel_http::read_body(&head, early, stream, MAX_RESPONSE_BODY).map_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidData {
-                ReplyError::Protocol(e.to_string())
-            } else {
-                ReplyError::Io(e)
-            }
-        })?;
+    let body = keel_http::read_body(&head, early, stream, MAX_RESPONSE_BODY).map_err(|e| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            ReplyError::Protocol(e.to_string())
+        } else {
+            ReplyError::Io(e)
+        }
+    })?;
     Ok(Reply {
         status: head.status,
         content_type: head.headers.get("content-type").map(str::to_owned),

@@ -158,6 +158,9 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
 }
 
+/// A head parsed from the start of a buffer, with its length; `None` while incomplete.
+pub type Parsed<T> = Result<Option<(T, usize)>, HeadError>;
+
 fn parse_error(what: &str, e: httparse::Error) -> HeadError {
     match e {
         httparse::Error::TooManyHeaders => HeadError::TooLarge,
@@ -167,7 +170,7 @@ fn parse_error(what: &str, e: httparse::Error) -> HeadError {
 
 /// Parses a request head from the start of `buf`: `None` while incomplete, else the head
 /// and its length in bytes (the body starts there).
-pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
+pub fn parse_request_head(buf: &[u8]) -> Parsed<RequestHead> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
     let len = match req.parse(buf).map_err(|e| parse_error("request", e))? {
@@ -194,7 +197,7 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, He
 }
 
 /// Parses a response head from the start of `buf`, as [`parse_request_head`].
-pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+pub fn parse_response_head(buf: &[u8]) -> Parsed<ResponseHead> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut raw);
     let len = match res.parse(buf).map_err(|e| parse_error("response", e))? {
@@ -221,7 +224,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, 
 fn read_head<T>(
     r: &mut dyn Read,
     mut buf: Vec<u8>,
-    parse: fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>,
+    parse: fn(&[u8]) -> Parsed<T>,
 ) -> Result<(T, Vec<u8>), HeadError> {
     let mut chunk = [0u8; 4096];
     loop {

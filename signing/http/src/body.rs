@@ -164,9 +164,13 @@ fn dechunk(r: &mut dyn BufRead, max: u64) -> io::Result<Vec<u8>> {
         let size = u64::from_str_radix(size_text, 16)
             .map_err(|_| bad_chunk(&format!("bad chunk size {size_text:?}")))?;
         if size == 0 {
-            // Trailers, up to the empty line.
-            while !chunk_line(r)?.is_empty() {}
-            return Ok(body);
+            // Trailers, up to the empty line; as many as a head may have headers.
+            for _ in 0..=crate::MAX_HEADERS {
+                if chunk_line(r)?.is_empty() {
+                    return Ok(body);
+                }
+            }
+            return Err(bad_chunk("too many trailer lines"));
         }
         if (body.len() as u64).saturating_add(size) > max {
             return Err(too_large(max));

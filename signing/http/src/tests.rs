@@ -267,6 +267,13 @@ fn chunked_bodies() {
             String::from_utf8_lossy(bad)
         );
     }
+    // Endless trailers end in an error, not a loop for as long as the peer sends.
+    let trailers = "X: y\r\n".repeat(MAX_HEADERS + 2);
+    let wire = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{trailers}\r\n");
+    let err = response(wire.as_bytes(), 100).unwrap_err();
+    assert!(err.to_string().contains("trailer"), "{err}");
+    let few = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: y\r\n\r\n";
+    assert_eq!(response(few, 100).unwrap(), b"");
 }
 
 #[test]

@@ -118,47 +118,47 @@ pub fn fetch_with_retry(
     }
 }
 
-/// `http://host[:port]/path`: plain HTTP GET (no TLS: the profile carries no secrets unless
-/// the operator put them there; use fw_cfg or a config drive for those).
+/// The largest profile fetched over HTTP.
+const MAX_FETCHED: u64 = 16 << 20;
+
+/// `http://host[:port]/path` (`[v6]` literals included): plain HTTP GET (no TLS: the
+/// profile carries no secrets unless the operator put them there; use fw_cfg or a config
+/// drive for those).
 pub fn http_get(url: &str, timeout: Duration) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let address = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
+    let parsed = keel_http::Url::parse(url).map_err(|e| e.to_string())?;
+    if parsed.scheme() != keel_http::Scheme::Http {
+        return Err(format!("{url}: only http:// URLs are supported"));
+    }
     let fail = |e: std::io::Error| format!("{url}: {e}");
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&address)
+    let addr = parsed
+        .socket_addrs()
         .map_err(fail)?
+        .into_iter()
         .next()
-        .ok_or_else(|| format!("{url}: no address for {authority}"))?;
+        .ok_or_else(|| format!("{url}: no address for {}", parsed.host()))?;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
     stream.set_read_timeout(Some(timeout)).map_err(fail)?;
+    let authority = parsed.authority();
+    let request = keel_http::request_head(
+        "GET",
+        parsed.target(),
+        &[
+            ("Host", &authority),
+            ("User-Agent", "keel-init"),
+            ("Connection", "close"),
+        ],
+    )
+    .map_err(fail)?;
     // One write: a server that answers as soon as it has the request line must not find the
     // rest of the request arriving after it closed.
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: keel-init\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(fail)?;
-    let mut response = Vec::new();
-    stream
-        .take(16 << 20)
-        .read_to_end(&mut response)
-        .map_err(fail)?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{url}: malformed HTTP response"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("{url}: HTTP status {status}"));
+    stream.write_all(&request).map_err(fail)?;
+    let (head, early) = keel_http::read_response_head(&mut stream)
+        .map_err(|e| format!("{url}: malformed HTTP response: {e}"))?;
+    if head.status != 200 {
+        return Err(format!("{url}: HTTP status {}", head.status));
     }
-    Ok(body.to_owned())
+    let body = keel_http::read_body(&head, early, &mut stream, MAX_FETCHED).map_err(fail)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A FAT volume label (boot sector offset 71, FAT32) or an ISO 9660 volume id (sector 16,

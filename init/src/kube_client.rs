@@ -16,7 +16,8 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use crate::api::tls;
 use crate::roles::cluster_bootstrap::ApiObject;
 
-/// Responses larger than this are cut (the init only reads status codes and messages).
+/// Response bodies larger than this are refused (the init only reads status codes and
+/// messages).
 const MAX_RESPONSE: u64 = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -26,8 +27,8 @@ pub enum KubeError {
     Kubeconfig(String),
     #[error("{endpoint}: {message}")]
     Connect { endpoint: String, message: String },
-    #[error("{endpoint}: malformed HTTP response")]
-    Malformed { endpoint: String },
+    #[error("{endpoint}: malformed HTTP response: {message}")]
+    Malformed { endpoint: String, message: String },
 }
 
 /// What creating an object came to.
@@ -113,12 +114,7 @@ impl KubeClient {
             message,
         };
         let host = &self.endpoint.host;
-        let address = if host.contains(':') {
-            format!("[{host}]:{}", self.endpoint.port)
-        } else {
-            format!("{host}:{}", self.endpoint.port)
-        };
-        let addr = address
+        let addr = (host.as_str(), self.endpoint.port)
             .to_socket_addrs()
             .map_err(|e| fail(e.to_string()))?
             .next()
@@ -132,23 +128,37 @@ impl KubeClient {
             .map_err(|e| fail(format!("TLS: {e}")))?;
         let mut stream = StreamOwned::new(conn, tcp);
         let body = body.unwrap_or("");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: keel-init\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
+        let authority = if host.contains(':') {
+            format!("[{host}]:{}", self.endpoint.port)
+        } else {
+            format!("{host}:{}", self.endpoint.port)
+        };
+        let length = body.len().to_string();
+        let mut request = keel_http::request_head(
+            method,
+            path,
+            &[
+                ("Host", &authority),
+                ("User-Agent", "keel-init"),
+                ("Accept", "application/json"),
+                ("Content-Type", "application/json"),
+                ("Content-Length", &length),
+                ("Connection", "close"),
+            ],
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        request.extend_from_slice(body.as_bytes());
         stream
-            .write_all(head.as_bytes())
-            .and_then(|_| stream.write_all(body.as_bytes()))
+            .write_all(&request)
             .and_then(|_| stream.flush())
             .map_err(|e| fail(e.to_string()))?;
-        let mut response = Vec::new();
-        if let Err(e) = (&mut stream).take(MAX_RESPONSE).read_to_end(&mut response) {
-            // Servers that close without TLS close_notify: what came is the whole response.
-            if e.kind() != std::io::ErrorKind::UnexpectedEof || response.is_empty() {
-                return Err(fail(e.to_string()));
-            }
-        }
-        parse_response(&response).ok_or(KubeError::Malformed { endpoint })
+        read_response(&mut stream).map_err(|e| match e {
+            ResponseError::Io(e) => fail(e.to_string()),
+            ResponseError::Malformed(message) => KubeError::Malformed {
+                endpoint: self.endpoint(),
+                message,
+            },
+        })
     }
 
     /// `GET /readyz`: the API server answers and is ready.
@@ -174,37 +184,25 @@ impl KubeClient {
     }
 }
 
-/// Status code and body of an HTTP/1.x response (body de-chunked if need be).
-fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = &raw[split + 4..];
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
+enum ResponseError {
+    Io(std::io::Error),
+    Malformed(String),
 }
 
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
+/// Status code and body of an HTTP/1.x response (de-chunked if need be), read to its end.
+fn read_response(r: &mut dyn Read) -> Result<(u16, String), ResponseError> {
+    let (head, early) = keel_http::read_response_head(r).map_err(|e| match e {
+        keel_http::HeadError::Io(e) => ResponseError::Io(e),
+        e => ResponseError::Malformed(e.to_string()),
+    })?;
+    let body = keel_http::read_body(&head, early, r, MAX_RESPONSE).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            ResponseError::Malformed(e.to_string())
+        } else {
+            ResponseError::Io(e)
         }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
-    }
+    })?;
+    Ok((head.status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The `message` of a Kubernetes `Status` body, else the body itself (shortened).
@@ -218,6 +216,10 @@ fn status_message(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_response(mut raw: &[u8]) -> Option<(u16, String)> {
+        read_response(&mut raw).ok()
+    }
 
     #[test]
     fn responses_plain_and_chunked() {
@@ -236,6 +238,10 @@ mod tests {
             parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
             None
         );
+        assert!(matches!(
+            read_response(&mut &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..]),
+            Err(ResponseError::Malformed(_))
+        ));
     }
 
     #[test]

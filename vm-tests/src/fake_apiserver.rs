@@ -84,11 +84,13 @@ impl FakeApiServer {
                     not_ready_first,
                 );
                 drop(seen);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                    reply.len()
+                let response = keel_http::Response::new(
+                    status,
+                    keel_http::reason(status),
+                    "application/json",
+                    reply.into_bytes(),
                 );
+                let _ = response.write_to(&mut stream);
                 stream.conn.send_close_notify();
                 let _ = stream.flush();
             }
@@ -147,31 +149,19 @@ fn server_config(secrets: &Secrets, endpoint_ip: IpAddr, port: u16) -> Arc<Serve
     Arc::new(config)
 }
 
-/// Method, path and body of one HTTP/1.1 request with a Content-Length body.
+/// Method, path and body of one HTTP/1.1 request with a Content-Length body (at most
+/// 1 MiB: the init's objects are a few hundred bytes).
 fn read_request(stream: &mut impl Read) -> Option<(String, String, String)> {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).ok()? == 0 || raw.len() > 64 << 10 {
-            return None;
-        }
-        raw.push(byte[0]);
+    let (head, early) = keel_http::read_request_head(stream).ok()?;
+    let length = head.content_length.unwrap_or(0);
+    if length > 1 << 20 || head.headers.has_transfer_encoding() {
+        return None;
     }
-    let head = String::from_utf8(raw).ok()?;
-    let mut words = head.split_whitespace();
-    let method = words.next()?.to_owned();
-    let path = words.next()?.to_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).ok()?;
-    Some((method, path, String::from_utf8(body).ok()?))
+    let mut body = Vec::new();
+    keel_http::Body::new(early, stream, length)
+        .read_to_end(&mut body)
+        .ok()?;
+    Some((head.method, head.target, String::from_utf8(body).ok()?))
 }
 
 fn client_subject(conn: &ServerConnection) -> String {

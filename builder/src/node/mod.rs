@@ -1,7 +1,7 @@
 //! `keel node`: the client of the node management API (the init's `api` module), over
 //! HTTPS with mutual TLS. It verifies the node's certificate against the cluster's keel CA
 //! and the name `keel-node` (whatever address it dialled), and presents the admin client
-//! certificate. One request per connection; HTTP/1.1 by hand, as the server.
+//! certificate. One request per connection; HTTP/1.1 from keel-http, as the server.
 
 mod credentials;
 
@@ -28,7 +28,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// After an upload, the node verifies and writes the slot before it answers.
 const UPGRADE_READ_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Logs are the largest answers (at most 100 000 lines).
 const MAX_RESPONSE_BODY: u64 = 64 * 1024 * 1024;
 const UPLOAD_CHUNK: usize = 64 * 1024;
@@ -406,22 +405,21 @@ impl NodeClient {
         };
         let mut stream = self.connect(timeout)?;
         let len = upload.as_ref().map_or(0, |u| u.len);
-        let mut head = format!(
-            "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keel/{}\r\nAccept: application/json, text/plain\r\n",
-            request.method().as_str(),
-            request.target(),
-            api::SERVER_NAME,
-            env!("CARGO_PKG_VERSION"),
-        );
+        let user_agent = format!("keel/{}", env!("CARGO_PKG_VERSION"));
+        let length = len.to_string();
+        let mut headers = vec![
+            ("Host", api::SERVER_NAME),
+            ("User-Agent", user_agent.as_str()),
+            ("Accept", "application/json, text/plain"),
+        ];
         if request.has_body() {
-            head.push_str(&format!(
-                "Content-Type: {}\r\nContent-Length: {len}\r\n",
-                api::content_type::UPDATE
-            ));
+            headers.push(("Content-Type", api::content_type::UPDATE));
+            headers.push(("Content-Length", length.as_str()));
         }
-        head.push_str("\r\n");
+        let head = keel_http::request_head(request.method().as_str(), &request.target(), &headers)
+            .map_err(|e| NodeError::BadInput(format!("the {what} request: {e}")))?;
         let sent = stream
-            .write_all(head.as_bytes())
+            .write_all(&head)
             .and_then(|()| match upload {
                 Some(upload) => send_body(&mut stream, upload),
                 None => Ok(()),
@@ -527,82 +525,28 @@ impl From<io::Error> for ReplyError {
     }
 }
 
+/// The node's answer (interim 100s skipped), its body bounded.
 fn read_reply(stream: &mut dyn Read) -> Result<Reply, ReplyError> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // Interim responses (100 Continue) are skipped.
-        let end = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos;
-            }
-            if buf.len() > MAX_RESPONSE_HEAD {
-                return Err(ReplyError::Protocol("response head too large".into()));
-            }
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(ReplyError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the node closed the connection without answering",
-                )));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let rest = buf.split_off(end + 4);
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf = rest;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .strip_prefix("HTTP/1.1 ")
-            .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
-            .and_then(|s| s.get(..3))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ReplyError::Protocol(format!("bad status line {status_line:?}")))?;
-        if (100..200).contains(&status) {
-            continue;
+    let (head, early) = keel_http::read_response_head(stream).map_err(|e| match e {
+        keel_http::HeadError::Io(e) => ReplyError::Io(e),
+        keel_http::HeadError::Closed => ReplyError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the node closed the connection without answering",
+        )),
+        e => ReplyError::Protocol(format!("response {e}")),
+    })?;
+    let body = keel_http::read_body(&head, early, stream, MAX_RESPONSE_BODY).map_err(|e| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            ReplyError::Protocol(e.to_string())
+        } else {
+            ReplyError::Io(e)
         }
-        let mut content_length = None;
-        let mut content_type = None;
-        for line in lines {
-            if let Some((name, value)) = line.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    content_length = Some(value.parse::<u64>().map_err(|_| {
-                        ReplyError::Protocol(format!("bad Content-Length {value:?}"))
-                    })?);
-                } else if name.eq_ignore_ascii_case("content-type") {
-                    content_type = Some(value.to_owned());
-                }
-            }
-        }
-        let limit = content_length.unwrap_or(MAX_RESPONSE_BODY);
-        if limit > MAX_RESPONSE_BODY {
-            return Err(ReplyError::Protocol(format!(
-                "response of {limit} bytes is too large"
-            )));
-        }
-        let mut body = buf;
-        body.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let mut reader = stream.take(limit - body.len() as u64);
-        match reader.read_to_end(&mut body) {
-            Ok(_) => {}
-            // Without a Content-Length the body ends at the close, clean or not.
-            Err(e) if content_length.is_none() && e.kind() == io::ErrorKind::UnexpectedEof => {}
-            Err(e) => return Err(e.into()),
-        }
-        if content_length.is_some_and(|n| n != body.len() as u64) {
-            return Err(ReplyError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("the response ended after {} of {limit} bytes", body.len()),
-            )));
-        }
-        return Ok(Reply {
-            status,
-            content_type,
-            body,
-        });
-    }
+    })?;
+    Ok(Reply {
+        status: head.status,
+        content_type: head.headers.get("content-type").map(str::to_owned),
+        body,
+    })
 }
 
 /// An error during the exchange, after `doing`, unless it is the TLS layer's: in TLS 1.3

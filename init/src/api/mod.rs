@@ -1,5 +1,5 @@
 //! The node management API (Keel's apid): HTTPS with mutual TLS on port 50000, served by
-//! PID 1 with plain threads (one per connection, a cap on how many), HTTP/1.1 by hand.
+//! PID 1 with plain threads (one per connection, a cap on how many), HTTP/1.1 from keel-http.
 //!
 //! A connection is: the TLS handshake, which fails unless the client presents a certificate
 //! the cluster's keel CA issued (nothing is read from a client before that); one request
@@ -427,7 +427,7 @@ pub(crate) fn handle(
         Ok(x) => x,
         Err(http::HeadError::Closed) => return None,
         Err(e) => {
-            if let Some((kind, message)) = e.response()
+            if let Some((kind, message)) = http::refusal(&e)
                 && error_response(kind, &message).write_to(t).is_ok()
             {
                 t.close_write();

@@ -1,7 +1,7 @@
 //! Health checks, each service instance's run on its own thread so that a slow check never
 //! delays supervision.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -170,10 +170,21 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
         return Err(format!("invalid HTTP path {path:?}"));
     }
     let slash = if path.starts_with('/') { "" } else { "/" };
+    let target = format!("{slash}{path}");
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let url = format!("http://{addr}{slash}{path}");
+    let url = format!("http://{addr}{target}");
     let fail = |what: &str, e: std::io::Error| format!("{url}: {what}: {e}");
+    let request = keel_http::request_head(
+        "GET",
+        &target,
+        &[
+            ("Host", &addr.to_string()),
+            ("User-Agent", "keel-init"),
+            ("Connection", "close"),
+        ],
+    )
+    .map_err(|e| format!("invalid HTTP path {path:?}: {e}"))?;
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("cannot connect", e))?;
     let remaining = deadline
@@ -181,43 +192,22 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
         .max(MIN_PAUSE);
     let _ = stream.set_read_timeout(Some(remaining));
     let _ = stream.set_write_timeout(Some(remaining));
-    let request = format!(
-        "GET {slash}{path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: keel-init\r\nConnection: close\r\n\r\n"
-    );
     stream
-        .write_all(request.as_bytes())
+        .write_all(&request)
         .map_err(|e| fail("cannot send request", e))?;
-    // Only the status line matters.
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 128];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(fail("no answer", e)),
-        }
-    }
-    let status_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let status_line = String::from_utf8_lossy(status_line);
-    let mut words = status_line.split_whitespace();
-    let code = match (words.next(), words.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/") => code.parse::<u16>().ok(),
-        _ => None,
-    };
-    match code {
-        Some(200..=299) => Ok(()),
-        Some(code) => Err(format!("{url}: HTTP status {code}")),
-        None => Err(format!(
-            "{url}: not an HTTP answer: {:?}",
-            status_line.trim_end()
-        )),
+    // Only the status matters: the body is never read.
+    match keel_http::read_response_head(&mut stream) {
+        Ok((head, _)) if (200..300).contains(&head.status) => Ok(()),
+        Ok((head, _)) => Err(format!("{url}: HTTP status {}", head.status)),
+        Err(keel_http::HeadError::Io(e)) => Err(fail("no answer", e)),
+        Err(e) => Err(format!("{url}: not an HTTP answer: {e}")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::TcpListener;
 
     fn serve_once(answer: &'static str) -> u16 {
@@ -227,7 +217,7 @@ mod tests {
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = [0u8; 1024];
             let n = conn.read(&mut buf).unwrap();
-            assert!(buf[..n].starts_with(b"GET /healthz HTTP/1.0\r\n"));
+            assert!(buf[..n].starts_with(b"GET /healthz HTTP/1.1\r\n"));
             conn.write_all(answer.as_bytes()).unwrap();
         });
         port

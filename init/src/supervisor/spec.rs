@@ -12,7 +12,7 @@ pub enum Health {
     ProcessAlive,
     /// Healthy when a connection to this Unix stream socket succeeds.
     UnixSocket(PathBuf),
-    /// Healthy when `GET path` on `127.0.0.1:port` (plain HTTP/1.0) answers 2xx.
+    /// Healthy when `GET path` on `127.0.0.1:port` (HTTP/1.1, keel-http) answers 2xx.
     Http { port: u16, path: String },
     /// Healthy when this command (program + args, run with the service's environment) exits
     /// with status 0 within [`ServiceSpec::health_timeout`].

@@ -41,7 +41,6 @@ mod preflight;
 mod yaml;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -466,29 +465,20 @@ fn serve(listener: &TcpListener) {
             continue;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut request = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
-        let line = String::from_utf8_lossy(&request);
-        let healthz = line.starts_with("GET /healthz ") || line.starts_with("GET /healthz?");
+        let healthz = keel_http::read_request_head(&mut stream)
+            .is_ok_and(|(head, _)| head.method == "GET" && head.path() == "/healthz");
         let (status, body) = if healthz {
-            ("200 OK", "ok")
+            (200, "ok")
         } else {
-            (
-                "404 Not Found",
-                "not found: the fake serves /healthz only\n",
-            )
+            (404, "not found: the fake serves /healthz only\n")
         };
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        let response = keel_http::Response::new(
+            status,
+            keel_http::reason(status),
+            "text/plain; charset=utf-8",
+            body.as_bytes().to_vec(),
         );
+        let _ = response.write_to(&mut stream);
     }
 }
 

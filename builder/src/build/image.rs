@@ -20,12 +20,12 @@ use crate::progress::{Reporter, human_bytes};
 
 /// The disk's layout, checked to hold the payload in a slot.
 pub(super) fn plan_disk(
-    name: &str,
+    identity: &str,
     image: &keel_contract::profile::Image,
     payload: &Payload,
 ) -> Result<DiskPlan, BuildError> {
     let plan = crate::disk::plan(
-        name,
+        identity,
         image.esp_size.bytes(),
         image.slot_size.bytes(),
         image.state_size.bytes(),

@@ -136,7 +136,8 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     let payload = payload::build(&tree, &image.squashfs, sde32, rep)?;
     drop(tree);
 
-    let plan = image::plan_disk(name, image, &payload)?;
+    let identity = crate::disk::build_identity(name, &version, &payload.root_hash_hex());
+    let plan = image::plan_disk(&identity, image, &payload)?;
     let state_image = image::state_partition(
         &plan,
         &image::state_entries(name, prepared.node_secrets.as_ref())?,

@@ -21,12 +21,12 @@ pub enum DiskError {
     Unaligned { what: &'static str, size: u64 },
 }
 
-/// Derived, never random: the same name gives the same GUIDs, build after build.
 /// What a disk's GUIDs are derived from: one build of one image.
 pub fn build_identity(image_name: &str, version: &str, root_hash_hex: &str) -> String {
     format!("{image_name}/{version}/{root_hash_hex}")
 }
 
+/// Derived, never random: the same inputs give the same GUIDs, build after build.
 pub fn derive_uuid(parts: &[&str]) -> Uuid {
     let namespace = Uuid::new_v5(&Uuid::NAMESPACE_URL, b"https://keel.invalid/ns/build");
     Uuid::new_v5(&namespace, parts.join("/").as_bytes())
@@ -106,19 +106,21 @@ impl DiskPlan {
     }
 }
 
-/// Creates the (sparse) disk file at its full size and writes both partition tables.
-pub fn create_disk(path: &Path, plan: &DiskPlan) -> Result<File, DiskError> {
+/// Creates the (sparse) disk file at its full size and writes both partition tables. A disk
+/// that will hold secrets (`private`) is owner-only (0600) from its creation, not from the end
+/// of the build: a build killed halfway must not leave a readable copy behind.
+pub fn create_disk(path: &Path, plan: &DiskPlan, private: bool) -> Result<File, DiskError> {
     let io = |source| DiskError::Io {
         path: path.display().to_string(),
         source,
     };
     let gpt = plan.gpt()?;
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io)?;
+    let mut options = File::options();
+    options.read(true).write(true).create_new(true);
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
     file.set_len(plan.total_size).map_err(io)?;
     file.write_all(&gpt.primary_region()?).map_err(io)?;
     let (offset, backup) = gpt.backup_region()?;

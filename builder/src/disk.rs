@@ -21,7 +21,12 @@ pub enum DiskError {
     Unaligned { what: &'static str, size: u64 },
 }
 
-/// Derived, never random: the same name gives the same GUIDs, build after build.
+/// What a disk's GUIDs are derived from: one build of one image.
+pub fn build_identity(image_name: &str, version: &str, root_hash_hex: &str) -> String {
+    format!("{image_name}/{version}/{root_hash_hex}")
+}
+
+/// Derived, never random: the same inputs give the same GUIDs, build after build.
 pub fn derive_uuid(parts: &[&str]) -> Uuid {
     let namespace = Uuid::new_v5(&Uuid::NAMESPACE_URL, b"https://keel.invalid/ns/build");
     Uuid::new_v5(&namespace, parts.join("/").as_bytes())
@@ -45,7 +50,12 @@ pub struct DiskPlan {
 /// Lays out ESP, KEEL-A, KEEL-B and STATE back to back from 1 MiB, each 1 MiB aligned, with
 /// 1 MiB at the end for the backup table. DATA is not planned: the node creates it on first
 /// boot to fill whatever disk it lands on.
-pub fn plan(image_name: &str, esp: u64, slot: u64, state: u64) -> Result<DiskPlan, DiskError> {
+///
+/// The GUIDs are derived from `identity` (the build's name, version and root hash, see
+/// [`build_identity`]): reproducible, yet different for every build, so the ESP GUID that
+/// systemd-boot reports tells a node's boot disk from a Keel disk of another build next to
+/// it. Copies of one image share them; the node refuses to choose between those.
+pub fn plan(identity: &str, esp: u64, slot: u64, state: u64) -> Result<DiskPlan, DiskError> {
     for (what, size) in [("ESP", esp), ("slot", slot), ("STATE", state)] {
         if size == 0 || size % ALIGNMENT != 0 {
             return Err(DiskError::Unaligned { what, size });
@@ -63,13 +73,13 @@ pub fn plan(image_name: &str, esp: u64, slot: u64, state: u64) -> Result<DiskPla
             role,
             offset,
             size,
-            guid: derive_uuid(&[image_name, "partition", role.label()]),
+            guid: derive_uuid(&[identity, "partition", role.label()]),
         });
         offset += size;
     }
     Ok(DiskPlan {
         total_size: offset + ALIGNMENT,
-        disk_guid: derive_uuid(&[image_name, "disk"]),
+        disk_guid: derive_uuid(&[identity, "disk"]),
         partitions,
     })
 }
@@ -96,19 +106,21 @@ impl DiskPlan {
     }
 }
 
-/// Creates the (sparse) disk file at its full size and writes both partition tables.
-pub fn create_disk(path: &Path, plan: &DiskPlan) -> Result<File, DiskError> {
+/// Creates the (sparse) disk file at its full size and writes both partition tables. A disk
+/// that will hold secrets (`private`) is owner-only (0600) from its creation, not from the end
+/// of the build: a build killed halfway must not leave a readable copy behind.
+pub fn create_disk(path: &Path, plan: &DiskPlan, private: bool) -> Result<File, DiskError> {
     let io = |source| DiskError::Io {
         path: path.display().to_string(),
         source,
     };
     let gpt = plan.gpt()?;
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io)?;
+    let mut options = File::options();
+    options.read(true).write(true).create_new(true);
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
     file.set_len(plan.total_size).map_err(io)?;
     file.write_all(&gpt.primary_region()?).map_err(io)?;
     let (offset, backup) = gpt.backup_region()?;
@@ -139,6 +151,18 @@ mod tests {
                 .unwrap()
                 .disk_guid
         );
+        // Another version, or another root of the same version: other GUIDs everywhere.
+        let esp = |identity: &str| {
+            super::plan(identity, 256 * MIB, 1024 * MIB, 32 * MIB)
+                .unwrap()
+                .partition(PartitionRole::Esp)
+                .unwrap()
+                .guid
+        };
+        let v1 = esp(&build_identity("keel-worker", "1.0.0", "aa"));
+        assert_eq!(v1, esp(&build_identity("keel-worker", "1.0.0", "aa")));
+        assert_ne!(v1, esp(&build_identity("keel-worker", "1.0.1", "aa")));
+        assert_ne!(v1, esp(&build_identity("keel-worker", "1.0.0", "bb")));
         let gpt = plan.gpt().unwrap();
         assert_eq!(gpt.partitions[1].name, "KEEL-A");
         assert_eq!(gpt.partitions[1].first_lba, 257 * MIB / 512);

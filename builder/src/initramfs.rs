@@ -11,7 +11,8 @@ use crate::tree::{NodeKind, Tree};
 /// Modules stage 1 cannot do without: the root is squashfs under dm-verity and the manifest
 /// is read from the FAT ESP (Debian's default FAT charsets: cp437 and ascii).
 pub const REQUIRED_MODULES: &[&str] = &["squashfs", "dm_verity", "vfat", "nls_cp437", "nls_ascii"];
-/// Disk drivers taken when the kernel has them: QEMU and clouds (virtio, NVMe, SCSI).
+/// Taken when the kernel has them as modules: disk drivers for QEMU and clouds (virtio, NVMe,
+/// SCSI), and efivarfs.
 pub const OPTIONAL_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -21,6 +22,8 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "ahci",
     "xen_blkfront",
     "hv_storvsc",
+    // Stage 1 reads which disk systemd-boot booted from in efivarfs.
+    keel_contract::layout::efi::EFIVARFS_MODULE,
 ];
 
 /// Paths inside the initramfs that the init reads (the contract).

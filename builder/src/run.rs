@@ -67,10 +67,19 @@ fn install_sigint_handler() {
 }
 
 /// Copies `src` to `dst` without writing the zero blocks (the image is mostly empty space),
-/// then extends `dst` to `size` bytes.
+/// then extends `dst` to `size` bytes. The copy is owner-only (0600) from its first byte: the
+/// disk may carry a node's secrets in STATE, and a running node writes more there.
 pub fn sparse_copy(src: &Path, dst: &Path, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut input = std::fs::File::open(src)?;
-    let mut output = std::fs::File::create(dst)?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dst)?;
+    // An existing file keeps its mode through open(2).
+    output.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     loop {
@@ -280,5 +289,34 @@ fn wait_for_power_off(vm: &mut Vm) {
             }
             powerdown_at = Some(Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn the_disk_copy_is_owner_only_and_sparse_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("disk.raw");
+        let mut bytes = vec![0u8; 3 << 20];
+        bytes[5] = 1;
+        bytes[(2 << 20) + 7] = 2;
+        std::fs::write(&src, &bytes).unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let dst = dir.path().join("copy.raw");
+        sparse_copy(&src, &dst, 8 << 20).unwrap();
+        let meta = std::fs::metadata(&dst).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 8 << 20);
+        let copy = std::fs::read(&dst).unwrap();
+        assert_eq!(&copy[..bytes.len()], &bytes[..]);
+        // Copied again over a file someone made readable: owner-only again.
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644)).unwrap();
+        sparse_copy(&src, &dst, 0).unwrap();
+        let meta = std::fs::metadata(&dst).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.len()), (0o600, 3 << 20));
     }
 }

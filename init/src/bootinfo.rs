@@ -15,9 +15,7 @@ pub const MANIFEST: &str = "/run/keel/manifest.json";
 pub const TRUSTED_KEYS: &str = "/run/keel/trusted.pub";
 pub const BAKED_PROFILE: &str = "/run/keel/profile.toml";
 
-/// systemd-boot's vendor GUID for its EFI variables.
-const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
-const EFIVARS: &str = "/sys/firmware/efi/efivars";
+use layout::efi::{EFIVARS_DIR as EFIVARS, LOADER_VENDOR_GUID as LOADER_GUID};
 
 /// The partitions of the disk the node booted from, found once by stage 1 (by GPT label, on
 /// the disk that holds the booted slot).
@@ -102,9 +100,25 @@ fn read_utf16_variable(dir: &Path, name: &str) -> Option<String> {
     Some(String::from_utf16_lossy(&units))
 }
 
+/// The unique GUID of the partition systemd-boot was loaded from, read from efivarfs mounted
+/// at `dir`. `Ok(None)`: no such variable (another boot loader, or no EFI); an error: the
+/// variable is there but is not a GUID, which must not be taken as "no variable".
+pub fn loader_partition_uuid(dir: &Path) -> Result<Option<uuid::Uuid>, String> {
+    let name = layout::efi::LOADER_DEVICE_PART_UUID;
+    match read_utf16_variable(dir, name) {
+        None => Ok(None),
+        Some(text) => uuid::Uuid::parse_str(text.trim())
+            .map(Some)
+            .map_err(|e| format!("EFI variable {name} = {text:?} is not a GUID: {e}")),
+    }
+}
+
 /// Seconds from firmware start to the kernel taking over, as systemd-boot measured it.
 pub fn firmware_and_loader_seconds() -> Option<f64> {
-    let usec: f64 = loader_variable("LoaderTimeExecUSec")?.trim().parse().ok()?;
+    let usec: f64 = loader_variable(layout::efi::LOADER_TIME_EXEC_USEC)?
+        .trim()
+        .parse()
+        .ok()?;
     Some(usec / 1e6)
 }
 
@@ -133,6 +147,39 @@ mod tests {
             Some("\\loader\\entries\\keel-a+2-1.conf")
         );
         assert!(read_utf16_variable(dir.path(), "Missing").is_none());
+    }
+
+    fn write_variable(dir: &Path, name: &str, value: &str) {
+        let mut bytes = vec![6, 0, 0, 0];
+        for u in value.encode_utf16().chain([0]) {
+            bytes.extend(u.to_le_bytes());
+        }
+        std::fs::write(dir.join(format!("{name}-{LOADER_GUID}")), bytes).unwrap();
+    }
+
+    #[test]
+    fn reads_the_loader_partition_uuid_in_either_case() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(loader_partition_uuid(dir.path()), Ok(None));
+        // systemd-boot writes it in upper case.
+        write_variable(
+            dir.path(),
+            "LoaderDevicePartUUID",
+            "1D3F5C2A-0B4E-4F7A-9C8D-2E6B1A0F3C5D",
+        );
+        assert_eq!(
+            loader_partition_uuid(dir.path())
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "1d3f5c2a-0b4e-4f7a-9c8d-2e6b1a0f3c5d"
+        );
+        write_variable(dir.path(), "LoaderDevicePartUUID", "not-a-guid");
+        let e = loader_partition_uuid(dir.path()).unwrap_err();
+        assert!(
+            e.contains("LoaderDevicePartUUID") && e.contains("not-a-guid"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -112,30 +112,69 @@ fn count_this_boot(slot: Slot) -> BootAttempt {
     }
 }
 
-/// The booted slot's partition and the rest of its disk, by GPT label.
-fn find_partitions(roots: &block::Roots, slot: Slot) -> Result<Partitions, String> {
-    let slot_part = block::wait_for_partition(roots, slot.partition().label(), DEVICE_TIMEOUT)
+/// The partition systemd-boot was loaded from, through efivarfs (mounted only for this: stage
+/// 2 mounts its own). `None` when the firmware or boot loader gives none; stage 1 then refuses
+/// to choose between several Keel disks.
+fn loader_partition() -> Option<uuid::Uuid> {
+    let dir = layout::efi::EFIVARS_DIR;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    if let Err(e) = sys::mount("efivarfs", dir, "efivarfs", flags, None) {
+        console::line(&format!(
+            "no EFI variables ({dir}: {e}): the boot disk is the only one with Keel's labels"
+        ));
+        return None;
+    }
+    let found = bootinfo::loader_partition_uuid(Path::new(dir));
+    let _ = sys::umount(dir, 0);
+    match found {
+        Ok(Some(uuid)) => Some(uuid),
+        Ok(None) => {
+            console::line(&format!(
+                "the boot loader did not set {}: the boot disk is the only one with Keel's labels",
+                layout::efi::LOADER_DEVICE_PART_UUID
+            ));
+            None
+        }
+        Err(e) => {
+            console::line(&format!("warning: {e}"));
+            None
+        }
+    }
+}
+
+/// The booted slot's partition and the rest of its disk, by GPT label, on the disk the boot
+/// loader booted from: never the first of several disks carrying the labels.
+fn find_partitions(
+    roots: &block::Roots,
+    slot: Slot,
+    loader: Option<uuid::Uuid>,
+) -> Result<Partitions, String> {
+    let warn = |m: &str| console::line(&format!("warning: {m}"));
+    let label = slot.partition().label();
+    let choice = block::bootdisk::wait_for_boot_disk(roots, label, loader, DEVICE_TIMEOUT, &warn)
         .map_err(|e| format!("slot {slot}: {e}"))?;
-    let disk = slot_part.disk.clone();
-    // The partitions of the disk we booted from, even if another disk carries Keel too.
+    console::line(&format!("boot disk {choice}"));
+    let disk = choice.disk;
     let on_disk = |role: PartitionRole| {
         block::sysfs::find_partition_on(roots, &disk, role.label())
             .map_err(|e| format!("{}: {e}", role.label()))
     };
-    // Only the ESP is needed to boot; the others are for stage 2, which says what is missing.
+    // Only the slot and the ESP are needed to boot; the others are for stage 2, which says
+    // what is missing.
     let optional = |role: PartitionRole| {
         on_disk(role).unwrap_or_else(|e| {
-            console::line(&format!("warning: {e}"));
+            warn(&e);
             None
         })
     };
     Ok(Partitions {
+        slot: on_disk(slot.partition())?
+            .ok_or_else(|| format!("no {label} on {}", disk.path.display()))?,
         esp: on_disk(PartitionRole::Esp)?
             .ok_or_else(|| format!("no ESP on {}", disk.path.display()))?,
         other_slot: optional(slot.other().partition()),
         state: optional(PartitionRole::State),
         data: optional(PartitionRole::Data),
-        slot: slot_part,
     })
 }
 
@@ -168,7 +207,7 @@ fn run() -> Result<Handoff, String> {
     let loaded = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))
         .map_err(|e| e.to_string())?;
     let roots = block::Roots::default();
-    let partitions = find_partitions(&roots, slot)?;
+    let partitions = find_partitions(&roots, slot, loader_partition())?;
     let skipped = if loaded.not_for_this_machine.is_empty() {
         String::new()
     } else {

@@ -20,12 +20,12 @@ use crate::progress::{Reporter, human_bytes};
 
 /// The disk's layout, checked to hold the payload in a slot.
 pub(super) fn plan_disk(
-    name: &str,
+    identity: &str,
     image: &keel_contract::profile::Image,
     payload: &Payload,
 ) -> Result<DiskPlan, BuildError> {
     let plan = crate::disk::plan(
-        name,
+        identity,
         image.esp_size.bytes(),
         image.slot_size.bytes(),
         image.state_size.bytes(),
@@ -241,16 +241,18 @@ pub(super) struct DiskContents<'a> {
     pub manifest: &'a Manifest,
 }
 
-/// Writes `disk.raw` (sparse): the partition table, the ESP, slot A and STATE.
+/// Writes `disk.raw` (sparse): the partition table, the ESP, slot A and STATE; owner-only
+/// from the start when STATE holds secrets (`private`).
 pub(super) fn write_disk(
     disk_path: &Path,
     plan: &DiskPlan,
+    private: bool,
     c: &DiskContents<'_>,
     sde: u64,
     rep: &Reporter,
 ) -> Result<(), BuildError> {
     let phase = rep.phase("disk", Some(plan.total_size));
-    let mut disk = crate::disk::create_disk(disk_path, plan)?;
+    let mut disk = crate::disk::create_disk(disk_path, plan, private)?;
     let entry = BootEntry::new(
         Slot::A,
         &c.manifest.version,

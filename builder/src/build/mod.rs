@@ -136,7 +136,8 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     let payload = payload::build(&tree, &image.squashfs, sde32, rep)?;
     drop(tree);
 
-    let plan = image::plan_disk(name, image, &payload)?;
+    let identity = crate::disk::build_identity(name, &version, &payload.root_hash_hex());
+    let plan = image::plan_disk(&identity, image, &payload)?;
     let state_image = image::state_partition(
         &plan,
         &image::state_entries(name, prepared.node_secrets.as_ref())?,
@@ -164,15 +165,16 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         signed: &signed,
         manifest: &manifest,
     };
-    image::write_disk(&out.path().join(output::DISK), &plan, &contents, sde, rep)?;
+    // With `image.secrets`, STATE holds the node's share and every disk format carries STATE:
+    // the disk files are owner-only from their first byte, like the secrets file itself.
+    let private = prepared.node_secrets.is_some();
+    let disk = out.path().join(output::DISK);
+    image::write_disk(&disk, &plan, private, &contents, sde, rep)?;
 
     outputs::write_boot_files(&out, &signed, &boot, &initramfs)?;
     outputs::write_update_bundle(&out, &manifest, &signed, &boot, &initramfs, &payload, rep)?;
     outputs::write_sbom(&out, &manifest)?;
-    outputs::convert_formats(&image.formats, &out, sde, &plan.disk_guid, rep)?;
-    if prepared.node_secrets.is_some() {
-        outputs::restrict_disk_files(out.path())?;
-    }
+    outputs::convert_formats(&image.formats, &out, sde, &plan.disk_guid, private, rep)?;
     let files = out.list()?;
     let output = out.commit()?;
     Ok(BuildReport {

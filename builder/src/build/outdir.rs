@@ -1,9 +1,19 @@
 //! The output directory: built in a temporary directory beside the destination and renamed
 //! into place at the end, so an interrupted or failed build leaves no half-written OUTDIR.
+//! The temporary directory is owner-only (0700) from its creation: a build with secrets
+//! writes them there, and a killed build leaves it behind. It becomes 0755 when it is
+//! renamed into place (files holding secrets stay 0600).
 
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::PermissionsExt;
+
 use super::{BuildError, io_at};
+
+/// While the build runs: nobody else may look in.
+const STAGING_MODE: u32 = 0o700;
+/// The finished output directory: its files are meant to be shared.
+const FINISHED_MODE: u32 = 0o755;
 
 pub struct OutputDir {
     temp: tempfile::TempDir,
@@ -50,6 +60,7 @@ impl OutputDir {
         }
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{name}.partial-"))
+            .permissions(std::fs::Permissions::from_mode(STAGING_MODE))
             .tempdir_in(&parent)
             .map_err(io_at(&parent))?;
         Ok(OutputDir {
@@ -96,6 +107,8 @@ impl OutputDir {
     pub fn commit(self) -> Result<PathBuf, BuildError> {
         let temp = self.temp.keep();
         let dest = self.dest;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(FINISHED_MODE))
+            .map_err(io_at(&temp))?;
         if let Ok(dir) = std::fs::File::open(&temp) {
             let _ = dir.sync_all();
         }
@@ -114,5 +127,35 @@ impl OutputDir {
             std::fs::rename(&temp, &dest).map_err(io_at(&dest))?;
         }
         Ok(dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn staging_is_owner_only_and_the_result_is_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        let out = OutputDir::create(&dest).unwrap();
+        assert!(
+            out.path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".out.partial-")
+        );
+        assert_eq!(mode(out.path()), 0o700);
+        out.write("manifest.json", b"{}").unwrap();
+        let done = out.commit().unwrap();
+        assert_eq!(done, dest);
+        assert_eq!(mode(&dest), 0o755);
+        assert_eq!(std::fs::read(dest.join("manifest.json")).unwrap(), b"{}");
     }
 }

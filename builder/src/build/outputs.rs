@@ -2,8 +2,6 @@
 //! its signature, the kernel and initramfs, the update bundle, the SBOM and the other disk
 //! formats.
 
-use std::path::Path;
-
 use keel_contract::bundle::{BUNDLE_DIR, Part};
 use keel_contract::manifest::Manifest;
 use keel_contract::output;
@@ -12,7 +10,7 @@ use keel_contract::profile::OutputFormat;
 use super::boot::BootFiles;
 use super::image::Signed;
 use super::payload::Payload;
-use super::{BuildError, OutputDir, io_at};
+use super::{BuildError, OutputDir};
 use crate::initramfs::Initramfs;
 use crate::progress::{Reporter, human_bytes};
 
@@ -81,6 +79,7 @@ pub(super) fn convert_formats(
     out: &OutputDir,
     sde: u64,
     disk_guid: &uuid::Uuid,
+    private: bool,
     rep: &Reporter,
 ) -> Result<(), BuildError> {
     let raw = out.path().join(output::DISK);
@@ -97,6 +96,7 @@ pub(super) fn convert_formats(
             &crate::formats::ConvertOptions {
                 source_date_epoch: sde,
                 unique_id_seed: *disk_guid.as_bytes(),
+                private,
             },
         )
         .map_err(|e| BuildError::Format {
@@ -108,23 +108,6 @@ pub(super) fn convert_formats(
             format.file_name(),
             human_bytes(summary.size)
         ));
-    }
-    Ok(())
-}
-
-/// With `image.secrets`, STATE holds the node's secrets and every disk format carries
-/// STATE: the disk files become owner-only (0600), like the secrets file itself.
-pub(super) fn restrict_disk_files(dir: &Path) -> Result<(), BuildError> {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
-        let path = entry.map_err(io_at(dir))?.path();
-        let is_disk = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("disk."));
-        if is_disk {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io_at(&path))?;
-        }
     }
     Ok(())
 }

@@ -7,7 +7,6 @@ use keel_contract::profile::Role;
 use keel_contract::secrets::{NodeSecrets, Secrets, pem_blocks};
 
 use super::image::{state_entries, state_partition};
-use super::outputs::restrict_disk_files;
 
 fn state_for(node: Option<&NodeSecrets>) -> Vec<u8> {
     let plan = crate::disk::plan("keel-test", 64 << 20, 64 << 20, 64 << 20).unwrap();
@@ -121,32 +120,4 @@ fn without_secrets_state_has_only_the_marker() {
         crate::fat::list_fat_dir(Cursor::new(image), "/").unwrap(),
         vec!["keel-state"]
     );
-}
-
-#[test]
-fn disk_files_become_owner_only() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    for name in [
-        "disk.raw",
-        "disk.qcow2",
-        "disk.tar.gz",
-        "manifest.json",
-        "vmlinuz",
-    ] {
-        let path = dir.path().join(name);
-        std::fs::write(&path, b"x").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    restrict_disk_files(dir.path()).unwrap();
-    for (name, mode) in [
-        ("disk.raw", 0o600),
-        ("disk.qcow2", 0o600),
-        ("disk.tar.gz", 0o600),
-        ("manifest.json", 0o644),
-        ("vmlinuz", 0o644),
-    ] {
-        let meta = std::fs::metadata(dir.path().join(name)).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
-    }
 }

@@ -47,6 +47,9 @@ pub struct ConvertOptions {
     /// Seed for identifiers a format wants unique (the VHD unique id). Derive it from the image,
     /// e.g. the GPT disk GUID, so a rebuild reproduces it and different images differ.
     pub unique_id_seed: [u8; 16],
+    /// The image holds secrets (STATE with the node's share): the output stays owner-only
+    /// (0600), as its temporary file is from its first byte, instead of becoming 0644.
+    pub private: bool,
 }
 
 /// What [`convert`] wrote.
@@ -155,9 +158,12 @@ pub fn convert(
         .map_err(|e| FormatError::io(dest, "write", e.into_error()))?;
     // A stream that ends in a hole was only seeked over; the length makes the hole real.
     file.set_len(len).at(dest, "set length")?;
-    // Temporary files are private; artifacts are meant to be shared.
-    file.set_permissions(Permissions::from_mode(0o644))
-        .at(dest, "set permissions")?;
+    // Temporary files are private (0600); artifacts are meant to be shared, unless they
+    // carry secrets.
+    if !opts.private {
+        file.set_permissions(Permissions::from_mode(0o644))
+            .at(dest, "set permissions")?;
+    }
     file.sync_all().at(dest, "sync")?;
     tmp.persist(dest)
         .map_err(|e| FormatError::io(dest, "rename into place", e.error))?;

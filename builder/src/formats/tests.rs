@@ -22,6 +22,7 @@ fn opts() -> ConvertOptions {
     ConvertOptions {
         source_date_epoch: 1_700_000_000,
         unique_id_seed: *b"keel-test-seed-1",
+        private: false,
     }
 }
 
@@ -529,4 +530,20 @@ fn formats_real_size_sparse_round_trip() {
     let summary = convert(&raw, OutputFormat::Gce, &gz, &opts()).unwrap();
     assert!(summary.size < data + MIB);
     check_gce_archive(&raw, &gz);
+}
+
+/// An image holding secrets converts to owner-only files; others to shareable ones.
+#[test]
+fn private_images_convert_to_owner_only_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    make_image(&raw, 4 * MIB, &[(0, noise(BLOCK as usize, 1))]);
+    for (private, mode) in [(true, 0o600), (false, 0o644)] {
+        for format in [OutputFormat::Qcow2, OutputFormat::Vhd, OutputFormat::Gce] {
+            let dest = dir.path().join(format!("{private}-{}", format.file_name()));
+            convert(&raw, format, &dest, &ConvertOptions { private, ..opts() }).unwrap();
+            let found = fs::metadata(&dest).unwrap().mode() & 0o777;
+            assert_eq!(found, mode, "{}", dest.display());
+        }
+    }
 }

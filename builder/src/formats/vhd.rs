@@ -195,6 +195,7 @@ mod tests {
         let opts = ConvertOptions {
             source_date_epoch: VHD_EPOCH + 1000,
             unique_id_seed: [7; 16],
+            private: false,
         };
         let f = footer(63 * MIB, &opts);
         assert_eq!(&f[0..8], b"conectix");

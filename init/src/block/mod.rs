@@ -1,10 +1,11 @@
-//! Block devices without udev: finding partitions by GPT label in sysfs, the verified root
-//! through device-mapper's ioctl interface, and the DATA partition a node adds to its own disk
-//! on first boot.
+//! Block devices without udev: the disk the boot loader booted from and its partitions by GPT
+//! label in sysfs, the verified root through device-mapper's ioctl interface, and the DATA
+//! partition a node adds to its own disk on first boot.
 //!
 //! Everything that touches the kernel takes its sysfs and /dev roots as a [`Roots`], so the
 //! parsing and lookup logic runs against fake trees in unit tests.
 
+pub mod bootdisk;
 pub mod data;
 pub mod dm;
 pub mod sysfs;

@@ -213,6 +213,23 @@ pub mod initramfs {
     pub const MODULES_LOAD: &str = "/etc/keel/modules.load";
 }
 
+/// systemd-boot's EFI variables (the Boot Loader Interface), which the node reads through
+/// efivarfs; the builder puts the module into the initramfs so that stage 1 can.
+pub mod efi {
+    /// Where efivarfs is mounted.
+    pub const EFIVARS_DIR: &str = "/sys/firmware/efi/efivars";
+    /// The kernel module providing efivarfs, when the kernel does not have it built in.
+    pub const EFIVARFS_MODULE: &str = "efivarfs";
+    /// The vendor GUID of systemd-boot's variables; a variable's file in efivarfs is
+    /// `<name>-<guid>`.
+    pub const LOADER_VENDOR_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+    /// The unique GUID of the partition (the ESP) systemd-boot was loaded from, as UTF-16LE
+    /// text: how stage 1 knows its boot disk among several carrying Keel's labels.
+    pub const LOADER_DEVICE_PART_UUID: &str = "LoaderDevicePartUUID";
+    /// Microseconds from firmware start to the loader handing over to the kernel.
+    pub const LOADER_TIME_EXEC_USEC: &str = "LoaderTimeExecUSec";
+}
+
 /// Paths in the root filesystem: the builder puts them there, the node relies on them.
 pub mod root {
     /// The init in the verified root; stage 1 executes it after switching root.

@@ -127,8 +127,8 @@ pub fn fetch_with_retry(
     }
 }
 
-/// `http://host[:port]/path`: plain HTTP GET (no TLS: the profile carries no secrets unless
-/// the operator put them there; use fw_cfg or a config drive for those).
+/// `http://host[:port]/path`: plain HTTP GET (no TLS: the profile is signed and a URL never
+/// carries secrets, see [`crate::config_trust`]; only confidentiality is not had).
 pub fn http_get(url: &str, timeout: Duration) -> Result<String, String> {
     let rest = url
         .strip_prefix("http://")

@@ -159,7 +159,8 @@ fn settle_boot_entries(
 
 /// The node's configuration: a boot-time source (fw_cfg, `keel.config=` URL, config drive),
 /// else what STATE kept, else the profile baked into the image. A URL needs the network
-/// first: DHCP on the first interface, which is returned for reuse.
+/// first: DHCP on the first interface, which is returned for reuse. What a URL or a drive
+/// gives applies only when signed by the image's keys (see [`config::choose`]).
 fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState>), String> {
     let cmdline = bootinfo::cmdline();
     let mut early_net = None;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use keel_contract::layout::{self, config as contract};
 use keel_contract::profile::{LoadedProfile, Node};
 use keel_contract::secrets::NodeSecrets;
+use keel_minisign::TrustedKeys;
 
+use crate::config_trust::Verdict;
 use crate::sys;
 
 const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
@@ -22,8 +24,9 @@ pub const STATE_SECRETS: &str = layout::state::SECRETS;
 /// The kernel command-line key naming a URL to fetch the profile from.
 pub use keel_contract::layout::cmdline::CONFIG as CMDLINE_URL;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Source {
+    #[default]
     FwCfg,
     Url(String),
     ConfigDrive(String),
@@ -45,12 +48,15 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// A profile and, optionally, node secrets from one source.
-#[derive(Debug, Clone)]
+/// A profile and, optionally, node secrets from one source, each with the minisign
+/// signature found beside it (`profile.toml.minisig`, `URL.minisig`).
+#[derive(Debug, Clone, Default)]
 pub struct Found {
     pub source: Source,
     pub profile: Option<String>,
     pub secrets: Option<String>,
+    pub profile_sig: Option<String>,
+    pub secrets_sig: Option<String>,
 }
 
 /// The configuration the node runs with.
@@ -62,6 +68,8 @@ pub struct NodeConfig {
     pub secrets: Option<NodeSecrets>,
     /// What was refused or worked around (for the console and the API's status).
     pub warnings: Vec<String>,
+    /// What the console should say that is not a problem (a config drive left attached).
+    pub notes: Vec<String>,
 }
 
 /// Parses and validates a profile's node section.
@@ -84,6 +92,7 @@ pub fn from_fw_cfg(root: &Path) -> Option<Found> {
         source: Source::FwCfg,
         profile,
         secrets,
+        ..Found::default()
     })
 }
 
@@ -121,9 +130,9 @@ pub fn fetch_with_retry(
 /// The largest profile fetched over HTTP.
 const MAX_FETCHED: u64 = 16 << 20;
 
-/// `http://host[:port]/path` (`[v6]` literals included): plain HTTP GET (no TLS: the
-/// profile carries no secrets unless the operator put them there; use fw_cfg or a config
-/// drive for those).
+/// `http://host[:port]/path` (`[v6]` literals included): plain HTTP GET (no TLS: the profile
+/// is signed and a URL never carries secrets, see [`crate::config_trust`]; only
+/// confidentiality is not had).
 pub fn http_get(url: &str, timeout: Duration) -> Result<String, String> {
     let parsed = keel_http::Url::parse(url).map_err(|e| e.to_string())?;
     if parsed.scheme() != keel_http::Scheme::Http {
@@ -220,6 +229,8 @@ pub fn config_drive() -> Option<Found> {
             source: Source::ConfigDrive(dev.clone()),
             profile: read(contract::DRIVE_PROFILE),
             secrets: read(contract::DRIVE_SECRETS),
+            profile_sig: read(&contract::signature_of(contract::DRIVE_PROFILE)),
+            secrets_sig: read(&contract::signature_of(contract::DRIVE_SECRETS)),
         };
         let _ = sys::umount(CONFIG_DRIVE_MOUNT, 0);
         if found.profile.is_some() || found.secrets.is_some() {
@@ -435,11 +446,34 @@ fn secrets(
 }
 
 /// Chooses the configuration: a boot-time source, else what STATE saved, else the baked
-/// profile. What a boot-time source gives is checked before it is saved to STATE, and what is
-/// refused or unreadable is skipped with a warning: no configuration problem stops a boot
-/// (the next boot would meet it again).
-pub fn choose(boot_time: Option<Found>, state: &Path, baked: &Path) -> NodeConfig {
+/// profile. A boot-time source must first pass [`crate::config_trust::admit`] (signed by
+/// one of `keys` unless it is fw_cfg, not older than what was applied); what it gives is
+/// checked before it is saved to STATE, and what is refused or unreadable is skipped with a
+/// warning: no configuration problem stops a boot (the next boot would meet it again).
+pub fn choose(
+    boot_time: Option<Found>,
+    state: &Path,
+    baked: &Path,
+    keys: Option<&TrustedKeys>,
+) -> NodeConfig {
     let mut warnings = Vec::new();
+    let mut notes = Vec::new();
+    let boot_time = boot_time.and_then(|found| {
+        let applied = crate::config_trust::applied(state, baked);
+        match crate::config_trust::admit(found, keys, applied) {
+            Verdict::Apply(found) => Some(found),
+            Verdict::Ignore(note) => {
+                notes.push(note);
+                None
+            }
+            Verdict::Refuse(refused) => {
+                warnings.push(format!(
+                    "refused, the node keeps the configuration it had: {refused}"
+                ));
+                None
+            }
+        }
+    });
     let chosen = boot_time
         .as_ref()
         .and_then(|f| boot_time_profile(f, state, &mut warnings))
@@ -451,9 +485,13 @@ pub fn choose(boot_time: Option<Found>, state: &Path, baked: &Path) -> NodeConfi
         source: chosen.source,
         secrets,
         warnings,
+        notes,
     }
 }
 
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+#[cfg(test)]
+#[path = "config_trust_tests.rs"]
+mod trust_tests;

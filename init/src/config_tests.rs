@@ -19,6 +19,7 @@ fn fw_cfg(profile: Option<&str>, secrets: Option<&str>) -> Option<Found> {
         source: Source::FwCfg,
         profile: profile.map(str::to_owned),
         secrets: secrets.map(str::to_owned),
+        ..Found::default()
     })
 }
 
@@ -28,7 +29,7 @@ fn boot_time_profile_wins_and_is_kept_in_state() {
     let baked = state.path().join("baked.toml");
     std::fs::write(&baked, WORKER).unwrap();
     let secrets = worker_secrets();
-    let first = choose(fw_cfg(Some(CP), Some(&secrets)), state.path(), &baked);
+    let first = choose(fw_cfg(Some(CP), Some(&secrets)), state.path(), &baked, None);
     assert_eq!(first.source, Source::FwCfg);
     assert_eq!(
         first.node.hostname.as_ref().map(|h| h.as_str()),
@@ -37,12 +38,12 @@ fn boot_time_profile_wins_and_is_kept_in_state() {
     assert!(first.secrets.is_some());
     assert!(first.warnings.is_empty(), "{:?}", first.warnings);
     // Next boot without the fw_cfg entry: STATE keeps the identity.
-    let second = choose(None, state.path(), &baked);
+    let second = choose(None, state.path(), &baked, None);
     assert_eq!(second.source, Source::State);
     assert_eq!(second.node.role, keel_contract::profile::Role::ControlPlane);
     assert_eq!(second.secrets, first.secrets);
     // A new profile replaces it, and the old one is kept aside.
-    let third = choose(fw_cfg(Some(WORKER), None), state.path(), &baked);
+    let third = choose(fw_cfg(Some(WORKER), None), state.path(), &baked, None);
     assert_eq!(third.source, Source::FwCfg);
     assert_eq!(
         std::fs::read_to_string(layout::on_volume(state.path(), &previous(STATE_PROFILE))).unwrap(),
@@ -55,7 +56,7 @@ fn baked_profile_applies_without_other_sources_and_bad_profiles_are_refused_not_
     let state = tempfile::tempdir().unwrap();
     let baked = state.path().join("baked.toml");
     std::fs::write(&baked, WORKER).unwrap();
-    let c = choose(None, state.path(), &baked);
+    let c = choose(None, state.path(), &baked, None);
     assert_eq!(c.source, Source::Baked);
     assert!(!layout::on_volume(state.path(), STATE_PROFILE).exists());
     // A bad profile at boot is refused (not saved), and the node runs what it had.
@@ -63,16 +64,18 @@ fn baked_profile_applies_without_other_sources_and_bad_profiles_are_refused_not_
         fw_cfg(Some("[node]\nrole = \"boss\"\n"), None),
         state.path(),
         &baked,
+        None,
     );
     assert_eq!(c.source, Source::Baked);
     assert!(c.warnings[0].contains("was refused"), "{:?}", c.warnings);
     assert!(c.warnings[0].contains("role"), "{:?}", c.warnings);
     assert!(!layout::on_volume(state.path(), STATE_PROFILE).exists());
-    choose(fw_cfg(Some(CP), None), state.path(), &baked);
+    choose(fw_cfg(Some(CP), None), state.path(), &baked, None);
     let c = choose(
         fw_cfg(Some("[node]\nrole = 3\n"), None),
         state.path(),
         &baked,
+        None,
     );
     assert_eq!((c.source, c.node.role), (Source::State, Role::ControlPlane));
 }
@@ -85,12 +88,13 @@ fn malformed_secrets_at_boot_are_refused_and_the_good_copy_stays() {
     let baked = state.path().join("baked.toml");
     std::fs::write(&baked, WORKER).unwrap();
     let good = worker_secrets();
-    let first = choose(fw_cfg(None, Some(&good)), state.path(), &baked);
+    let first = choose(fw_cfg(None, Some(&good)), state.path(), &baked, None);
     assert!(first.secrets.is_some());
     let bad = choose(
         fw_cfg(None, Some("version = 1\n[garbage")),
         state.path(),
         &baked,
+        None,
     );
     assert_eq!(bad.secrets, first.secrets, "the good copy is used");
     assert!(
@@ -103,7 +107,7 @@ fn malformed_secrets_at_boot_are_refused_and_the_good_copy_stays() {
         good,
         "the good copy stays on STATE"
     );
-    let next = choose(None, state.path(), &baked);
+    let next = choose(None, state.path(), &baked, None);
     assert_eq!(next.secrets, first.secrets);
     assert!(next.warnings.is_empty(), "{:?}", next.warnings);
 }
@@ -119,7 +123,7 @@ fn state_profiles_with_unknown_keys_or_unreadable_do_not_stop_the_boot() {
                  [node.network]\nmode = \"dhcp\"\nwifi = \"x\"\n\n\
                  [[node.containers]]\nname = \"m\"\nimage = \"m\"\nsandbox = \"gvisor\"\n";
     std::fs::write(layout::on_volume(state.path(), STATE_PROFILE), newer).unwrap();
-    let c = choose(None, state.path(), &baked);
+    let c = choose(None, state.path(), &baked, None);
     assert_eq!(c.source, Source::State);
     assert_eq!(c.node.role, Role::ControlPlane);
     assert_eq!(c.node.containers.len(), 1);
@@ -137,7 +141,7 @@ fn state_profiles_with_unknown_keys_or_unreadable_do_not_stop_the_boot() {
         "[node\nrole=",
     )
     .unwrap();
-    let c = choose(None, state.path(), &baked);
+    let c = choose(None, state.path(), &baked, None);
     assert_eq!(c.source, Source::Baked);
     assert!(c.warnings[0].contains("unreadable"), "{:?}", c.warnings);
     std::fs::write(
@@ -145,7 +149,7 @@ fn state_profiles_with_unknown_keys_or_unreadable_do_not_stop_the_boot() {
         CP,
     )
     .unwrap();
-    let c = choose(None, state.path(), &baked);
+    let c = choose(None, state.path(), &baked, None);
     assert_eq!((c.source, c.node.role), (Source::State, Role::ControlPlane));
 }
 

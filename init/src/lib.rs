@@ -15,6 +15,7 @@ pub mod block;
 pub mod bootinfo;
 pub mod cni;
 pub mod config;
+pub mod config_trust;
 pub mod console;
 pub mod containerd;
 pub mod deadline;

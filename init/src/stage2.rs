@@ -159,7 +159,8 @@ fn settle_boot_entries(
 
 /// The node's configuration: a boot-time source (fw_cfg, `keel.config=` URL, config drive),
 /// else what STATE kept, else the profile baked into the image. A URL needs the network
-/// first: DHCP on the first interface, which is returned for reuse.
+/// first: DHCP on the first interface, which is returned for reuse. What a URL or a drive
+/// gives applies only when signed by the image's keys (see [`config::choose`]).
 fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState>), String> {
     let cmdline = bootinfo::cmdline();
     let mut early_net = None;
@@ -179,10 +180,18 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
             &std::thread::sleep,
         );
         match fetched {
+            // The signature is fetched once: the server just answered. Without it the
+            // profile is refused as unsigned (config::choose says so).
             Ok(text) => Some(config::Found {
                 source: config::Source::Url(url.to_owned()),
                 profile: Some(text),
-                secrets: None,
+                profile_sig: config::http_get(
+                    &layout::config::signature_of(url),
+                    Duration::from_secs(10),
+                )
+                .map_err(|e| log(&format!("warning: no signature for the profile: {e}")))
+                .ok(),
+                ..config::Found::default()
             }),
             // A node that applied a profile before keeps its identity while the server is away.
             Err(e) if layout::on_volume(state, layout::state::PROFILE).exists() => {
@@ -196,7 +205,22 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
     } else {
         config::config_drive()
     };
-    let cfg = config::choose(boot_time, state, Path::new(bootinfo::BAKED_PROFILE));
+    // The keys stage 1 copied from the verified initramfs; without them nothing signed can
+    // be checked, so only fw_cfg and what the node already has apply.
+    let keys = std::fs::read_to_string(bootinfo::TRUSTED_KEYS)
+        .map_err(|e| e.to_string())
+        .and_then(|t| keel_minisign::TrustedKeys::parse(&t).map_err(|e| e.to_string()))
+        .map_err(|e| log(&format!("warning: {}: {e}", bootinfo::TRUSTED_KEYS)))
+        .ok();
+    let cfg = config::choose(
+        boot_time,
+        state,
+        Path::new(bootinfo::BAKED_PROFILE),
+        keys.as_ref(),
+    );
+    for note in &cfg.notes {
+        log(note);
+    }
     Ok((cfg, early_net))
 }
 

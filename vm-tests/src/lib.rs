@@ -546,6 +546,24 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// Writes `text` to `dir/name`, signs it the way `keel sign` does (the same code) and
+/// returns the `.minisig` text; the stock `minisign` tool checks it with `public`, so a
+/// signature the node accepts is one an operator's tools accept too.
+pub fn sign_text(dir: &Path, name: &str, text: &str, key: &Path, public: &Path) -> String {
+    let path = write_file(dir, name, text);
+    let (sig, _) = keel_builder::keys::sign_file(&path, key, None).unwrap();
+    let out = Command::new("minisign")
+        .arg("-V")
+        .arg("-p")
+        .arg(public)
+        .arg("-m")
+        .arg(&path)
+        .output()
+        .expect("minisign is installed");
+    assert!(out.status.success(), "minisign -V: {out:?}");
+    std::fs::read_to_string(sig).unwrap()
+}
+
 /// A free TCP port on 127.0.0.1 (for QEMU port forwards).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

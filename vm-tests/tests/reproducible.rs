@@ -72,7 +72,10 @@ fn two_builds_are_bit_identical() {
         "update/oci-layout",
         "update/index.json",
     ] {
-        assert!(names.contains(&name.to_string()), "{name} missing: {names:?}");
+        assert!(
+            names.contains(&name.to_string()),
+            "{name} missing: {names:?}"
+        );
     }
     let check = std::process::Command::new("qemu-img")
         .arg("check")
@@ -93,7 +96,10 @@ fn two_builds_are_bit_identical() {
         second.keys().collect::<Vec<_>>()
     );
     for (name, sum) in &first {
-        assert!(second[name] == *sum, "{name} differs between the two builds");
+        assert!(
+            second[name] == *sum,
+            "{name} differs between the two builds"
+        );
     }
     // And SOURCE_DATE_EPOCH is an input: another value gives another image.
     let c = dir.join("third/out");

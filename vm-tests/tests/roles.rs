@@ -11,7 +11,7 @@ use keel_contract::profile::Role;
 use keel_vm_tests::fake_apiserver::FakeApiServer;
 use keel_vm_tests::{
     Machine, build, cluster_secrets, config_drive, derived_profile, extra_disk_args, fake_kubelet,
-    free_port, test_dir, test_key, vm_disk, write_file,
+    free_port, sign_text, test_dir, test_key, vm_disk, write_file,
 };
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -162,7 +162,7 @@ fn a_worker_gets_no_ca_key_and_boots_with_a_bootstrap_kubeconfig() {
             fake_kubelet().display()
         ),
     );
-    let (key, _) = test_key(&dir.join("keys"));
+    let (key, public) = test_key(&dir.join("keys"));
     let out = dir.join("out");
     build(&profile, &out, &key, None, 1_700_000_000);
 
@@ -224,12 +224,22 @@ fn a_worker_gets_no_ca_key_and_boots_with_a_bootstrap_kubeconfig() {
     assert!(before.contains("keel: kubelet: healthy"), "{before}");
     shut_down(vm);
 
+    // A config drive is anyone's who can plug in a disk: its files apply only when signed
+    // (`keel sign`) by a key the image trusts (issue 11).
+    let drive_profile = "[node]\nrole = \"worker\"\nhostname = \"rack4-node7\"\nconfig_generation = 1\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:6443\"\n";
+    let signature = sign_text(
+        &dir.join("signed"),
+        "profile.toml",
+        drive_profile,
+        &key,
+        &public,
+    );
     let drive = config_drive(
         &dir.join("config-drive"),
-        &[(
-            "profile.toml",
-            "[node]\nrole = \"worker\"\nhostname = \"rack4-node7\"\n\n[node.cluster]\nendpoint = \"https://10.0.2.2:6443\"\n",
-        )],
+        &[
+            ("profile.toml", drive_profile),
+            ("profile.toml.minisig", &signature),
+        ],
     );
     let mut vm = Machine::start("roles_worker-config-drive", &disk, &dir.join("vm"), |c| {
         c.extra_args.extend(extra_disk_args(&drive))
@@ -261,78 +271,4 @@ fn shut_down(mut vm: Machine) {
         vm.vm.wait_timeout(Duration::from_secs(90)).is_some(),
         "the node did not power off"
     );
-}
-
-/// A profile served over HTTP and named by `keel.config=` on the kernel command line (as on a
-/// PXE-booted rack) is fetched after DHCP and applied; when the server is gone at a later boot
-/// the node keeps the identity it applied before.
-#[test]
-fn a_node_fetches_its_profile_from_keel_config_url_and_keeps_it() {
-    let dir = test_dir("roles_config_url");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // QEMU's user network shows the host's loopback as 10.0.2.2.
-    let url = format!("http://10.0.2.2:{port}/nodes/url-node-1.toml");
-    let profile = derived_profile(
-        &dir,
-        "worker",
-        &format!(
-            "[image]\ncmdline = [\"console=ttyS0,115200\", \"panic=10\", \"keel.config={url}\"]\n\n[[image.files]]\nsrc = \"{}\"\ndst = \"/usr/bin/kubelet\"\nmode = \"0755\"\n",
-            fake_kubelet().display()
-        ),
-    );
-    let (key, _) = test_key(&dir.join("keys"));
-    let out = dir.join("out");
-    build(&profile, &out, &key, None, 1_700_000_000);
-
-    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let log = served.clone();
-    let server = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut request = Vec::new();
-        let mut byte = [0u8; 1];
-        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
-            request.push(byte[0]);
-        }
-        let request = String::from_utf8_lossy(&request).into_owned();
-        let body = "[node]\nrole = \"worker\"\nhostname = \"url-node-1\"\n";
-        write!(
-            stream,
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        log.lock().unwrap().push(request);
-        // The listener is dropped here: the server is gone for the second boot.
-    });
-
-    let disk = vm_disk(&out, &dir, 4 << 30);
-    let mut vm = Machine::start("roles_config_url-boot1", &disk, &dir.join("vm"), |_| {});
-    let before = vm.expect("keel: ready", BOOT);
-    for want in [
-        format!("profile from {url}: role worker"),
-        "hostname url-node-1".to_owned(),
-    ] {
-        assert!(before.contains(&want), "{want:?} missing:\n{before}");
-    }
-    server.join().unwrap();
-    let requests = served.lock().unwrap().clone();
-    assert!(
-        requests[0].starts_with("GET /nodes/url-node-1.toml HTTP/1."),
-        "{requests:?}"
-    );
-    shut_down(vm);
-
-    let mut vm = Machine::start("roles_config_url-boot2", &disk, &dir.join("vm"), |_| {});
-    let before = vm.expect("keel: ready", BOOT);
-    for want in [
-        "fetching the profile failed",
-        "keeping the profile applied at an earlier boot",
-        "profile from STATE (applied at an earlier boot): role worker",
-        "hostname url-node-1",
-    ] {
-        assert!(before.contains(want), "{want:?} missing:\n{before}");
-    }
-    vm.kill();
 }

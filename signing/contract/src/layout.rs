@@ -251,6 +251,14 @@ pub mod config {
     pub const DRIVE_LABEL: &str = "KEELCFG";
     pub const DRIVE_PROFILE: &str = "profile.toml";
     pub const DRIVE_SECRETS: &str = "secrets.toml";
+    /// What is appended to a configuration file's name or URL to find its minisign
+    /// signature (`keel sign` writes it): `profile.toml.minisig`, `http://…/n1.toml.minisig`.
+    pub const SIGNATURE_SUFFIX: &str = ".minisig";
+
+    /// Where the signature of `file` (a drive file name or a URL) is.
+    pub fn signature_of(file: &str) -> String {
+        format!("{file}{SIGNATURE_SUFFIX}")
+    }
 }
 
 /// Boot tries a fresh entry gets (systemd-boot Automatic Boot Assessment).

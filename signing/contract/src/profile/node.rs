@@ -49,6 +49,12 @@ pub struct Node {
     /// version that hangs is rolled back like one that fails (default 300).
     #[serde(default = "default_boot_deadline")]
     pub boot_deadline_secs: u64,
+    /// The configuration's generation. A node refuses a profile given at boot whose
+    /// generation is lower than the one it applied before (a replayed old, signed profile),
+    /// and reads a config drive after its first boot only when the drive's is higher
+    /// (default 0).
+    #[serde(default)]
+    pub config_generation: u64,
 }
 
 fn default_boot_deadline() -> u64 {
@@ -67,6 +73,7 @@ impl Default for Node {
             etcd: Etcd::default(),
             pod_network: Default::default(),
             boot_deadline_secs: default_boot_deadline(),
+            config_generation: 0,
         }
     }
 }

@@ -519,3 +519,17 @@ fn node_section_round_trips_through_toml() {
         .profile;
     assert_eq!(p, again);
 }
+
+/// Issue 11: the configuration's generation is typed (a non-negative integer, default 0).
+#[test]
+fn config_generation_is_a_non_negative_integer() {
+    let p = LoadedProfile::from_text(Path::new("p.toml"), "[node]\nconfig_generation = 7\n")
+        .unwrap()
+        .profile;
+    assert_eq!(p.node.config_generation, 7);
+    assert_eq!(Node::default().config_generation, 0);
+    for bad in ["-1", "\"7\"", "1.5"] {
+        let (text, _) = load_err(&format!("[node]\nconfig_generation = {bad}\n"));
+        assert!(text.contains("config_generation"), "{bad}: {text}");
+    }
+}

@@ -107,6 +107,8 @@ struct Fake {
     calls: AtomicUsize,
     /// One per upgrade call.
     uploads: Mutex<Vec<Seen>>,
+    /// Upgrades are refused before their first byte (a node on trial).
+    on_trial: std::sync::atomic::AtomicBool,
 }
 
 impl Fake {
@@ -249,6 +251,12 @@ impl NodeApi for Fake {
     fn rollback(&self) -> Result<RollbackReport, ApiError> {
         self.hit();
         Err(ApiError::conflict("slot b holds no bootable version"))
+    }
+    fn upgrade_admissible(&self, force: bool) -> Result<(), ApiError> {
+        if self.on_trial.load(Ordering::SeqCst) && !force {
+            return Err(ApiError::unavailable("slot a is on trial"));
+        }
+        Ok(())
     }
 }
 
@@ -730,6 +738,61 @@ impl Read for Breaking<'_> {
         self.good -= n;
         Ok(n)
     }
+}
+
+/// A source that counts what is read from it.
+struct Counting<'a> {
+    data: &'a [u8],
+    read: usize,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.data.len() - self.read);
+        buf[..n].copy_from_slice(&self.data[self.read..self.read + n]);
+        self.read += n;
+        Ok(n)
+    }
+}
+
+/// A refusal the node knows before the body (on trial, busy) comes back instead of the 100
+/// the client waits for: no byte of the image is sent, so it is never pushed into a closing
+/// connection whose reset would lose the answer (issue 10's trial-boot test saw a broken pipe).
+#[test]
+fn a_refusal_before_the_body_arrives_before_any_byte_is_sent() {
+    let pki = pki();
+    let (addr, fake) = start(&pki);
+    fake.on_trial.store(true, Ordering::SeqCst);
+    let node = client(addr, &pki.admin_creds());
+    let data = pattern(64 * 1024 * 1024);
+    let mut source = Counting {
+        data: &data,
+        read: 0,
+    };
+    let err = node
+        .upgrade(
+            &mut source,
+            data.len() as u64,
+            false,
+            false,
+            &Reporter::quiet(),
+        )
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("503") && message.contains("on trial"),
+        "{message}"
+    );
+    assert_eq!(source.read, 0, "the client sent part of the image");
+    assert!(fake.uploads.lock().unwrap().is_empty());
+    // Forced, the same node takes the whole upload after its 100.
+    let mut source = Counting {
+        data: &data[..1024 * 1024],
+        read: 0,
+    };
+    let _ = node.upgrade(&mut source, 1024 * 1024, true, false, &Reporter::quiet());
+    let (bytes, ..) = fake.wait_upload().unwrap();
+    assert_eq!(bytes, 1024 * 1024);
 }
 
 #[test]

@@ -121,6 +121,15 @@ pub fn tail(path: &Path, lines: usize) -> std::io::Result<String> {
     Ok(all[start..].iter().map(|l| format!("{l}\n")).collect())
 }
 
+fn upgrade_error(e: upgrade::UpgradeError) -> ApiError {
+    match e {
+        upgrade::UpgradeError::Rejected(m) => ApiError::verification_failed(m),
+        upgrade::UpgradeError::Refused(m) => ApiError::conflict(m),
+        upgrade::UpgradeError::Unavailable(m) => ApiError::unavailable(m),
+        e @ upgrade::UpgradeError::Io { .. } => ApiError::internal(e.to_string()),
+    }
+}
+
 impl NodeApi for Node {
     fn version(&self) -> Version {
         Version {
@@ -191,6 +200,19 @@ impl NodeApi for Node {
         Ok(())
     }
 
+    fn upgrade_admissible(&self, force: bool) -> Result<(), ApiError> {
+        if self.busy.try_lock().is_err() {
+            return Err(ApiError::conflict(
+                "an upgrade or rollback is already running",
+            ));
+        }
+        let target = self
+            .target
+            .as_ref()
+            .ok_or_else(|| ApiError::unavailable("the inactive slot was not found"))?;
+        upgrade::admissible(target, force).map_err(upgrade_error)
+    }
+
     fn upgrade(
         &self,
         body: &mut dyn Read,
@@ -207,12 +229,7 @@ impl NodeApi for Node {
             .as_ref()
             .ok_or_else(|| ApiError::unavailable("the inactive slot was not found"))?;
         let installed =
-            upgrade::install(body, target, force, &|m| (self.log)(m)).map_err(|e| match e {
-                upgrade::UpgradeError::Rejected(m) => ApiError::verification_failed(m),
-                upgrade::UpgradeError::Refused(m) => ApiError::conflict(m),
-                upgrade::UpgradeError::Unavailable(m) => ApiError::unavailable(m),
-                e @ upgrade::UpgradeError::Io { .. } => ApiError::internal(e.to_string()),
-            })?;
+            upgrade::install(body, target, force, &|m| (self.log)(m)).map_err(upgrade_error)?;
         if reboot {
             (self.log)(&format!("upgrade to {} installed; rebooting", installed.to));
             self.reboot_soon(power::Request::Reboot);

@@ -415,17 +415,29 @@ impl NodeClient {
         if request.has_body() {
             headers.push(("Content-Type", api::content_type::UPDATE));
             headers.push(("Content-Length", length.as_str()));
+            // The node answers a refusal it knows before the first byte (busy, on trial)
+            // instead of a 100; the image is then never sent into a closing connection,
+            // which can reset it and lose the answer.
+            headers.push(("Expect", "100-continue"));
         }
         let head = keel_http::request_head(request.method().as_str(), &request.target(), &headers)
             .map_err(|e| NodeError::BadInput(format!("the {what} request: {e}")))?;
-        let sent = stream
-            .write_all(&head)
-            .and_then(|()| match upload {
-                Some(upload) => send_body(&mut stream, upload),
-                None => Ok(()),
-            })
-            .and_then(|()| stream.flush());
-        let reply = read_reply(&mut stream);
+        let sent = stream.write_all(&head).and_then(|()| stream.flush());
+        let (sent, early_reply) = match (sent, upload) {
+            (Ok(()), Some(upload)) => match await_continue(&mut stream) {
+                Ok(None) => (
+                    send_body(&mut stream, upload).and_then(|()| stream.flush()),
+                    None,
+                ),
+                Ok(Some(refusal)) => (Ok(()), Some(Ok(refusal))),
+                Err(e) => (Ok(()), Some(Err(e))),
+            },
+            (sent, _) => (sent, None),
+        };
+        let reply = match early_reply {
+            Some(reply) => reply,
+            None => read_reply(&mut stream),
+        };
         let reply = match (sent, reply) {
             (_, Ok(reply)) => reply,
             // The node may have answered (and closed) before taking the whole upload: its
@@ -525,16 +537,64 @@ impl From<io::Error> for ReplyError {
     }
 }
 
-/// The node's answer (interim 100s skipped), its body bounded.
-fn read_reply(stream: &mut dyn Read) -> Result<Reply, ReplyError> {
-    let (head, early) = keel_http::read_response_head(stream).map_err(|e| match e {
+fn head_error(e: keel_http::HeadError) -> ReplyError {
+    match e {
         keel_http::HeadError::Io(e) => ReplyError::Io(e),
         keel_http::HeadError::Closed => ReplyError::Io(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the node closed the connection without answering",
         )),
         e => ReplyError::Protocol(format!("response {e}")),
-    })?;
+    }
+}
+
+/// After a request with `Expect: 100-continue`: `None` on the node's 100 (send the body),
+/// or its final answer, a refusal, when it has one before the body.
+fn await_continue(stream: &mut dyn Read) -> Result<Option<Reply>, ReplyError> {
+    let (head, early) = keel_http::read_any_response_head(stream).map_err(head_error)?;
+    if head.status == 100 {
+        if !early.is_empty() {
+            return Err(ReplyError::Protocol(
+                "response: bytes after the 100 Continue before the body was sent".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if (100..200).contains(&head.status) {
+        // Another interim answer: wait on for the 100 or the final one.
+        return match read_reply_after(stream, early)? {
+            reply if reply.status == 100 => Ok(None),
+            reply => Ok(Some(reply)),
+        };
+    }
+    reply_from(head, early, stream).map(Some)
+}
+
+/// The answer to a request that expected a 100, read from what followed an interim head.
+fn read_reply_after(stream: &mut dyn Read, early: Vec<u8>) -> Result<Reply, ReplyError> {
+    let mut chained = io::Cursor::new(early).chain(stream);
+    let (head, early) = keel_http::read_any_response_head(&mut chained).map_err(head_error)?;
+    if head.status == 100 {
+        return Ok(Reply {
+            status: 100,
+            content_type: None,
+            body: Vec::new(),
+        });
+    }
+    reply_from(head, early, &mut chained)
+}
+
+/// The node's answer (interim 100s skipped), its body bounded.
+fn read_reply(stream: &mut dyn Read) -> Result<Reply, ReplyError> {
+    let (head, early) = keel_http::read_response_head(stream).map_err(head_error)?;
+    reply_from(head, early, stream)
+}
+
+fn reply_from(
+    head: keel_http::ResponseHead,
+    early: Vec<u8>,
+    stream: &mut dyn Read,
+) -> Result<Reply, ReplyError> {
     let body = keel_http::read_body(&head, early, stream, MAX_RESPONSE_BODY).map_err(|e| {
         if e.kind() == io::ErrorKind::InvalidData {
             ReplyError::Protocol(e.to_string())

@@ -103,6 +103,12 @@ pub trait NodeApi: Send + Sync {
         force: bool,
         reboot: bool,
     ) -> Result<UpgradeReport, ApiError>;
+    /// Whether an upgrade would be refused before its first byte (busy, on trial, no other
+    /// slot): asked before a `100 Continue`, so that such a refusal reaches the client before
+    /// it sends a whole image into a connection about to close.
+    fn upgrade_admissible(&self, _force: bool) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// Make the other slot the next boot.
     fn rollback(&self) -> Result<RollbackReport, ApiError>;
 }
@@ -478,10 +484,16 @@ pub(crate) fn handle(
                 let unread = len.saturating_sub(early.len() as u64);
                 return Some(finish(t, &what, &response, Some(unread), opts));
             }
-            if head.expect_continue
-                && let Err(e) = t.write_all(http::CONTINUE).and_then(|()| t.flush())
-            {
-                return Some(format!("{what}: {e}"));
+            if head.expect_continue {
+                // The client holds the body back until the 100: a refusal known before any
+                // byte is answered now, instead of after draining an upload it never needed.
+                if let Err(e) = guarded(|| api.upgrade_admissible(force)) {
+                    let response = error_response(e.kind, &e.message);
+                    return Some(finish(t, &what, &response, None, opts));
+                }
+                if let Err(e) = t.write_all(http::CONTINUE).and_then(|()| t.flush()) {
+                    return Some(format!("{what}: {e}"));
+                }
             }
             let mut body = http::Body::new(early, t, len);
             let result = guarded(|| api.upgrade(&mut body, len, force, reboot))

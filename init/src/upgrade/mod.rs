@@ -166,13 +166,18 @@ pub fn require_blessed(boot: &BootState, active: Slot, force: bool) -> Result<()
 }
 
 /// Installs the update stream into the inactive slot. See the module comment for the order.
+/// What [`install`] checks before it reads a byte of the stream.
+pub fn admissible(target: &Target, force: bool) -> Result<(), UpgradeError> {
+    require_blessed(&target.boot_state()?, target.active, force)
+}
+
 pub fn install(
     stream: &mut dyn Read,
     target: &Target,
     force: bool,
     progress: &dyn Fn(&str),
 ) -> Result<Installed, UpgradeError> {
-    require_blessed(&target.boot_state()?, target.active, force)?;
+    admissible(target, force)?;
     let mut archive = tar::Archive::new(stream);
     let mut upload = Upload::new(&mut archive)?;
     let verified = upload.verified_manifest(&target.trusted_keys)?;

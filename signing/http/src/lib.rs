@@ -148,7 +148,7 @@ impl RequestHead {
     }
 }
 
-/// A parsed response head (never an interim 1xx: [`read_response_head`] skips those).
+/// A parsed response head (an interim 1xx only from [`read_any_response_head`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
     pub minor_version: u8,
@@ -258,6 +258,13 @@ fn read_head<T>(
 /// Reads a request head. Returns it with the bytes read past it (the start of the body).
 pub fn read_request_head(r: &mut dyn Read) -> Result<(RequestHead, Vec<u8>), HeadError> {
     read_head(r, Vec::with_capacity(1024), parse_request_head)
+}
+
+/// Reads the next response head, interim ones (`100 Continue`) included: a client that sent
+/// `Expect: 100-continue` learns from it whether to send its body. Returns it with the bytes
+/// read past it.
+pub fn read_any_response_head(r: &mut dyn Read) -> Result<(ResponseHead, Vec<u8>), HeadError> {
+    read_head(r, Vec::with_capacity(1024), parse_response_head)
 }
 
 /// Reads a response head, skipping interim responses (`100 Continue`). Returns it with the

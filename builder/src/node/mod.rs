@@ -549,39 +549,22 @@ fn head_error(e: keel_http::HeadError) -> ReplyError {
 }
 
 /// After a request with `Expect: 100-continue`: `None` on the node's 100 (send the body),
-/// or its final answer, a refusal, when it has one before the body.
+/// or its final answer when it has one before the body: a refusal, or the answer to an empty
+/// upload, which can follow the 100 at once.
 fn await_continue(stream: &mut dyn Read) -> Result<Option<Reply>, ReplyError> {
-    let (head, early) = keel_http::read_any_response_head(stream).map_err(head_error)?;
-    if head.status == 100 {
-        if !early.is_empty() {
-            return Err(ReplyError::Protocol(
-                "response: bytes after the 100 Continue before the body was sent".into(),
-            ));
+    let mut already = Vec::new();
+    loop {
+        let (head, early) =
+            keel_http::read_any_response_head(stream, already).map_err(head_error)?;
+        if head.status == 100 && early.is_empty() {
+            return Ok(None);
         }
-        return Ok(None);
+        if !(100..200).contains(&head.status) {
+            return reply_from(head, early, stream).map(Some);
+        }
+        // Another interim answer, or the final one already behind the 100: read on.
+        already = early;
     }
-    if (100..200).contains(&head.status) {
-        // Another interim answer: wait on for the 100 or the final one.
-        return match read_reply_after(stream, early)? {
-            reply if reply.status == 100 => Ok(None),
-            reply => Ok(Some(reply)),
-        };
-    }
-    reply_from(head, early, stream).map(Some)
-}
-
-/// The answer to a request that expected a 100, read from what followed an interim head.
-fn read_reply_after(stream: &mut dyn Read, early: Vec<u8>) -> Result<Reply, ReplyError> {
-    let mut chained = io::Cursor::new(early).chain(stream);
-    let (head, early) = keel_http::read_any_response_head(&mut chained).map_err(head_error)?;
-    if head.status == 100 {
-        return Ok(Reply {
-            status: 100,
-            content_type: None,
-            body: Vec::new(),
-        });
-    }
-    reply_from(head, early, &mut chained)
 }
 
 /// The node's answer (interim 100s skipped), its body bounded.

@@ -260,11 +260,14 @@ pub fn read_request_head(r: &mut dyn Read) -> Result<(RequestHead, Vec<u8>), Hea
     read_head(r, Vec::with_capacity(1024), parse_request_head)
 }
 
-/// Reads the next response head, interim ones (`100 Continue`) included: a client that sent
-/// `Expect: 100-continue` learns from it whether to send its body. Returns it with the bytes
-/// read past it.
-pub fn read_any_response_head(r: &mut dyn Read) -> Result<(ResponseHead, Vec<u8>), HeadError> {
-    read_head(r, Vec::with_capacity(1024), parse_response_head)
+/// Reads the next response head, interim ones (`100 Continue`) included, starting with
+/// `already` (bytes read past an earlier head): a client that sent `Expect: 100-continue`
+/// learns from it whether to send its body. Returns it with the bytes read past it.
+pub fn read_any_response_head(
+    r: &mut dyn Read,
+    already: Vec<u8>,
+) -> Result<(ResponseHead, Vec<u8>), HeadError> {
+    read_head(r, already, parse_response_head)
 }
 
 /// Reads a response head, skipping interim responses (`100 Continue`). Returns it with the

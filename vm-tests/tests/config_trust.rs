@@ -125,8 +125,8 @@ fn a_node_applies_only_signed_and_not_older_profiles_from_its_keel_config_url() 
     assert_has(&console, &[&applied, "hostname url-node-1", api]);
     let requests = seen.lock().unwrap().clone();
     assert!(
-        requests.contains(&format!("GET {PATH} HTTP/1.0"))
-            && requests.contains(&format!("GET {PATH}.minisig HTTP/1.0")),
+        requests.contains(&format!("GET {PATH} HTTP/1.1"))
+            && requests.contains(&format!("GET {PATH}.minisig HTTP/1.1")),
         "{requests:?}"
     );
     shut_down(vm);

@@ -27,9 +27,38 @@ pub fn workspace_root() -> PathBuf {
 
 /// `target/vm-tests`, where images, disks and console logs of tests go.
 pub fn work_dir() -> PathBuf {
+    static PRUNED: OnceLock<()> = OnceLock::new();
     let dir = workspace_root().join("target").join("vm-tests");
     std::fs::create_dir_all(&dir).unwrap();
+    PRUNED.get_or_init(|| {
+        if std::env::var_os(PRUNE_VAR).is_some_and(|v| v == "1") {
+            prune_large_files(&dir);
+        }
+    });
     dir
+}
+
+/// Set by `vm-tests/test`, which runs the test binaries one after another: each one first
+/// deletes the disks and images the earlier ones left (consoles and logs stay), so that the
+/// suite needs the disk space of one test binary, not of all of them (a CI machine ran out).
+/// Not set when tests are run by hand, which may be several at once.
+pub const PRUNE_VAR: &str = "KEEL_TEST_PRUNE";
+
+/// Files of 16 MiB and more under `dir`: disks, images, bundles. Logs are far smaller.
+fn prune_large_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.metadata() {
+            Ok(m) if m.is_dir() => prune_large_files(&path),
+            Ok(m) if m.len() >= 16 << 20 => {
+                let _ = std::fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A fresh directory for one test: `target/vm-tests/<name>`.

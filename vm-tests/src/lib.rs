@@ -25,41 +25,22 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/vm-tests`, where images, disks and console logs of tests go.
+/// Where images, disks and console logs of tests go: `target/vm-tests`, or the directory
+/// `KEEL_TEST_WORK_DIR` names (the suite runner gives each test binary its own, and deletes
+/// its disks when it ends: `src/bin/keel-suite.rs`).
 pub fn work_dir() -> PathBuf {
-    static PRUNED: OnceLock<()> = OnceLock::new();
-    let dir = workspace_root().join("target").join("vm-tests");
+    let dir = match std::env::var_os(WORK_DIR_VAR) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => workspace_root().join("target").join("vm-tests"),
+    };
     std::fs::create_dir_all(&dir).unwrap();
-    PRUNED.get_or_init(|| {
-        if std::env::var_os(PRUNE_VAR).is_some_and(|v| v == "1") {
-            prune_large_files(&dir);
-        }
-    });
     dir
 }
 
-/// Set by `vm-tests/test`, which runs the test binaries one after another: each one first
-/// deletes the disks and images the earlier ones left (consoles and logs stay), so that the
-/// suite needs the disk space of one test binary, not of all of them (a CI machine ran out).
-/// Not set when tests are run by hand, which may be several at once.
-pub const PRUNE_VAR: &str = "KEEL_TEST_PRUNE";
-
-/// Files of 16 MiB and more under `dir`: disks, images, bundles. Logs are far smaller.
-fn prune_large_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.metadata() {
-            Ok(m) if m.is_dir() => prune_large_files(&path),
-            Ok(m) if m.len() >= 16 << 20 => {
-                let _ = std::fs::remove_file(&path);
-            }
-            _ => {}
-        }
-    }
-}
+/// Set by the suite runner for each test binary: its work directory.
+pub const WORK_DIR_VAR: &str = "KEEL_TEST_WORK_DIR";
+/// When set, the suite runner keeps the disks and images of finished test binaries.
+pub const KEEP_VAR: &str = "KEEL_TEST_KEEP";
 
 /// A fresh directory for one test: `target/vm-tests/<name>`.
 pub fn test_dir(name: &str) -> PathBuf {

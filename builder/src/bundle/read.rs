@@ -174,6 +174,52 @@ pub fn open_bundle(path: &Path, reference: Option<&str>) -> Result<Bundle, Bundl
         path: path.to_path_buf(),
         message,
     };
+    let chosen = choose_image(path, reference)?;
+    let layout = Layout {
+        location: path.to_path_buf(),
+        oci: Dir::open_ambient_dir(path, ambient_authority())
+            .map_err(ocidir::Error::from)
+            .and_then(OciDir::open)
+            .map_err(|e| invalid(format!("opening the OCI layout: {}", chain(&e))))?,
+    };
+    let (config, parts) = read_image_manifest(&layout, &chosen.image_manifest)?;
+    let read_part = |part: Part| {
+        let info = &parts[part.index()];
+        layout.read_blob(&blob_what(part, info), info)
+    };
+    let manifest = read_part(Part::Manifest)?;
+    let signature = read_part(Part::Signature)?;
+    let bundle = Bundle {
+        layout,
+        reference: chosen.reference,
+        platform: chosen.platform,
+        image_manifest: chosen.image_manifest,
+        config,
+        parts,
+        manifest,
+        signature,
+    };
+    // The large parts are read later; opening them now reports a missing or truncated blob
+    // before anything else happens.
+    for part in [Part::Kernel, Part::Initramfs, Part::Payload] {
+        bundle.open_part(part)?;
+    }
+    Ok(bundle)
+}
+
+/// The image `oci-layout` and `index.json` point at, checked as far as they describe it.
+struct ChosenImage {
+    reference: Option<String>,
+    platform: Option<String>,
+    image_manifest: BlobInfo,
+}
+
+/// Reads `oci-layout` and `index.json` and picks the image (by `reference` when given).
+fn choose_image(path: &Path, reference: Option<&str>) -> Result<ChosenImage, BundleError> {
+    let invalid = |message: String| BundleError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
     let layout: RawLayout = parse_json(path, "oci-layout")?;
     if layout.image_layout_version != "1.0.0" {
         return Err(invalid(format!(
@@ -183,27 +229,7 @@ pub fn open_bundle(path: &Path, reference: Option<&str>) -> Result<Bundle, Bundl
     }
     let index: RawIndex = parse_json(path, "index.json")?;
     let index_err = |message: String| invalid(format!("index.json: {message}"));
-    if index.schema_version != 2 {
-        return Err(index_err(format!(
-            "schemaVersion {}, expected 2",
-            index.schema_version
-        )));
-    }
-    if let Some(mt) = index
-        .media_type
-        .as_deref()
-        .filter(|mt| *mt != bundle::IMAGE_INDEX_MEDIA_TYPE)
-    {
-        return Err(index_err(format!(
-            "mediaType {mt:?}, expected {:?}",
-            bundle::IMAGE_INDEX_MEDIA_TYPE
-        )));
-    }
-    if index.subject.is_some() || index.artifact_type.is_some() {
-        return Err(index_err(
-            "an index with a subject or artifactType is not a bundle layout".into(),
-        ));
-    }
+    check_index(&index).map_err(index_err)?;
     let entry = select(&index.manifests, reference).map_err(index_err)?;
     let reference = entry
         .annotation(bundle::REF_NAME_ANNOTATION)
@@ -213,47 +239,7 @@ pub fn open_bundle(path: &Path, reference: Option<&str>) -> Result<Bundle, Bundl
         None => "the image".to_owned(),
     };
     let entry_err = |message: String| index_err(format!("{what_entry}: {message}"));
-    if entry.media_type != bundle::IMAGE_MANIFEST_MEDIA_TYPE {
-        return Err(entry_err(format!(
-            "mediaType {:?}, expected {:?}",
-            entry.media_type,
-            bundle::IMAGE_MANIFEST_MEDIA_TYPE
-        )));
-    }
-    if let Some(at) = entry
-        .artifact_type
-        .as_deref()
-        .filter(|at| *at != bundle::ARTIFACT_TYPE)
-    {
-        return Err(entry_err(format!(
-            "artifactType {at:?}, expected {:?}",
-            bundle::ARTIFACT_TYPE
-        )));
-    }
-    if entry.urls.is_some() || entry.data.is_some() {
-        return Err(entry_err(
-            "urls and data are not used in a bundle's index".into(),
-        ));
-    }
-    let platform = match &entry.platform {
-        None => None,
-        Some(p) => {
-            let extra = p.os_version.is_some()
-                || p.os_features.is_some()
-                || p.variant.is_some()
-                || p.features.is_some();
-            // Keel builds x86_64 only; the platform is the one the writer derives from it.
-            if p.architecture != "amd64" || p.os != "linux" || extra {
-                return Err(entry_err(format!(
-                    "platform {}/{}{}: a bundle is linux/amd64",
-                    p.architecture,
-                    p.os,
-                    if extra { " with extra fields" } else { "" }
-                )));
-            }
-            Some(format!("{}/{}", p.os, p.architecture))
-        }
-    };
+    let platform = check_index_entry(entry).map_err(entry_err)?;
     let image_manifest = entry.info().map_err(entry_err)?;
     if image_manifest.size > MAX_JSON {
         return Err(entry_err(format!(
@@ -261,20 +247,91 @@ pub fn open_bundle(path: &Path, reference: Option<&str>) -> Result<Bundle, Bundl
             image_manifest.size
         )));
     }
+    Ok(ChosenImage {
+        reference,
+        platform,
+        image_manifest,
+    })
+}
 
-    let layout = Layout {
-        location: path.to_path_buf(),
-        oci: Dir::open_ambient_dir(path, ambient_authority())
-            .map_err(ocidir::Error::from)
-            .and_then(OciDir::open)
-            .map_err(|e| invalid(format!("opening the OCI layout: {}", chain(&e))))?,
+fn check_index(index: &RawIndex) -> Result<(), String> {
+    if index.schema_version != 2 {
+        return Err(format!(
+            "schemaVersion {}, expected 2",
+            index.schema_version
+        ));
+    }
+    if let Some(mt) = index
+        .media_type
+        .as_deref()
+        .filter(|mt| *mt != bundle::IMAGE_INDEX_MEDIA_TYPE)
+    {
+        return Err(format!(
+            "mediaType {mt:?}, expected {:?}",
+            bundle::IMAGE_INDEX_MEDIA_TYPE
+        ));
+    }
+    if index.subject.is_some() || index.artifact_type.is_some() {
+        return Err("an index with a subject or artifactType is not a bundle layout".into());
+    }
+    Ok(())
+}
+
+/// Checks the index's entry for the image; returns its platform (`linux/amd64`) if it has one.
+fn check_index_entry(entry: &RawDescriptor) -> Result<Option<String>, String> {
+    if entry.media_type != bundle::IMAGE_MANIFEST_MEDIA_TYPE {
+        return Err(format!(
+            "mediaType {:?}, expected {:?}",
+            entry.media_type,
+            bundle::IMAGE_MANIFEST_MEDIA_TYPE
+        ));
+    }
+    if let Some(at) = entry
+        .artifact_type
+        .as_deref()
+        .filter(|at| *at != bundle::ARTIFACT_TYPE)
+    {
+        return Err(format!(
+            "artifactType {at:?}, expected {:?}",
+            bundle::ARTIFACT_TYPE
+        ));
+    }
+    if entry.urls.is_some() || entry.data.is_some() {
+        return Err("urls and data are not used in a bundle's index".into());
+    }
+    let Some(p) = &entry.platform else {
+        return Ok(None);
+    };
+    let extra = p.os_version.is_some()
+        || p.os_features.is_some()
+        || p.variant.is_some()
+        || p.features.is_some();
+    // Keel builds x86_64 only; the platform is the one the writer derives from it.
+    if p.architecture != "amd64" || p.os != "linux" || extra {
+        return Err(format!(
+            "platform {}/{}{}: a bundle is linux/amd64",
+            p.architecture,
+            p.os,
+            if extra { " with extra fields" } else { "" }
+        ));
+    }
+    Ok(Some(format!("{}/{}", p.os, p.architecture)))
+}
+
+/// Reads and checks the image manifest: its empty config and its five layers' descriptors.
+fn read_image_manifest(
+    layout: &Layout,
+    image_manifest: &BlobInfo,
+) -> Result<(BlobInfo, [BlobInfo; 5]), BundleError> {
+    let invalid = |message: String| BundleError::Invalid {
+        path: layout.location.clone(),
+        message,
     };
     let what = format!("image manifest {}", image_manifest.oci_digest());
-    let manifest_bytes = layout.read_blob(&what, &image_manifest)?;
+    let manifest_bytes = layout.read_blob(&what, image_manifest)?;
     let raw: RawManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| invalid(format!("{what}: not an OCI image manifest: {e}")))?;
     check_image_manifest(&raw).map_err(|m| invalid(format!("{what}: {m}")))?;
-
     let config = raw
         .config
         .info()
@@ -305,28 +362,7 @@ pub fn open_bundle(path: &Path, reference: Option<&str>) -> Result<Bundle, Bundl
     let parts: [BlobInfo; 5] = parts
         .try_into()
         .map_err(|_| invalid(format!("{what}: expected five layers")))?;
-    let read_part = |part: Part| {
-        let info = &parts[part.index()];
-        layout.read_blob(&blob_what(part, info), info)
-    };
-    let manifest = read_part(Part::Manifest)?;
-    let signature = read_part(Part::Signature)?;
-    let bundle = Bundle {
-        layout,
-        reference,
-        platform,
-        image_manifest,
-        config,
-        parts,
-        manifest,
-        signature,
-    };
-    // The large parts are read later; opening them now reports a missing or truncated blob
-    // before anything else happens.
-    for part in [Part::Kernel, Part::Initramfs, Part::Payload] {
-        bundle.open_part(part)?;
-    }
-    Ok(bundle)
+    Ok((config, parts))
 }
 
 fn blob_what(part: Part, info: &BlobInfo) -> String {

@@ -116,33 +116,13 @@ fn resolve(program: &str, path: &str) -> Result<PathBuf, SpawnError> {
 /// Starts the process and returns its pid once `exec` has succeeded. The caller must make
 /// sure the reaper will claim the pid (see `Reaper::spawn`).
 pub(crate) fn fork_exec(spec: ProcessSpec<'_>) -> Result<Pid, SpawnError> {
-    let Some(program) = spec.argv.first() else {
-        return Err(SpawnError::new("empty command line".into()));
-    };
-    let path_var = spec
-        .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-    let exe = resolve(program, path_var)?;
-    let exe_c = cstring("program path", exe.as_os_str().as_bytes())?;
-    let argv_c = spec
-        .argv
-        .iter()
-        .map(|a| cstring("an argument", a.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut env_c = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstring("the environment", format!("{k}={v}").as_bytes()))
-        .collect::<Result<Vec<_>, _>>()?;
-    if !spec.env.iter().any(|(k, _)| k == "PATH") {
-        env_c.push(cstring("PATH", format!("PATH={DEFAULT_PATH}").as_bytes())?);
-    }
-    let cwd_c = match spec.working_dir {
-        Some(dir) => Some(cstring("working directory", dir.as_os_str().as_bytes())?),
-        None => None,
-    };
+    let ExecStrings {
+        exe,
+        exe_c,
+        argv_c,
+        env_c,
+        cwd_c,
+    } = exec_strings(&spec)?;
     let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
@@ -190,9 +170,66 @@ pub(crate) fn fork_exec(spec: ProcessSpec<'_>) -> Result<Pid, SpawnError> {
         return Err(io_err("fork failed", fork_error));
     }
 
+    match read_child_report(std::fs::File::from(err_r)) {
+        None => Ok(pid),
+        Some((stage, error)) => Err(SpawnError {
+            pid: Some(pid),
+            message: describe_child_failure(stage, &error, &exe, spec.working_dir),
+        }),
+    }
+}
+
+/// Everything `exec` needs, as C strings made before the fork (the child must not allocate).
+struct ExecStrings {
+    exe: PathBuf,
+    exe_c: CString,
+    argv_c: Vec<CString>,
+    env_c: Vec<CString>,
+    cwd_c: Option<CString>,
+}
+
+fn exec_strings(spec: &ProcessSpec<'_>) -> Result<ExecStrings, SpawnError> {
+    let Some(program) = spec.argv.first() else {
+        return Err(SpawnError::new("empty command line".into()));
+    };
+    let path_var = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let exe = resolve(program, path_var)?;
+    let exe_c = cstring("program path", exe.as_os_str().as_bytes())?;
+    let argv_c = spec
+        .argv
+        .iter()
+        .map(|a| cstring("an argument", a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env_c = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring("the environment", format!("{k}={v}").as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !spec.env.iter().any(|(k, _)| k == "PATH") {
+        env_c.push(cstring("PATH", format!("PATH={DEFAULT_PATH}").as_bytes())?);
+    }
+    let cwd_c = match spec.working_dir {
+        Some(dir) => Some(cstring("working directory", dir.as_os_str().as_bytes())?),
+        None => None,
+    };
+    Ok(ExecStrings {
+        exe,
+        exe_c,
+        argv_c,
+        env_c,
+        cwd_c,
+    })
+}
+
+/// Reads the child's failure report from the error pipe: nothing (EOF at `exec`, which closes
+/// the pipe) means it started; otherwise the stage that failed and its errno.
+fn read_child_report(mut file: std::fs::File) -> Option<(u32, io::Error)> {
     let mut report = [0u8; 8];
     let mut got = 0;
-    let mut file = std::fs::File::from(err_r);
     while got < report.len() {
         match file.read(&mut report[got..]) {
             Ok(0) => break,
@@ -202,29 +239,32 @@ pub(crate) fn fork_exec(spec: ProcessSpec<'_>) -> Result<Pid, SpawnError> {
         }
     }
     if got == 0 {
-        return Ok(pid);
+        return None;
     }
     let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
     let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-    let error = io::Error::from_raw_os_error(errno);
-    let message = match stage {
+    Some((stage, io::Error::from_raw_os_error(errno)))
+}
+
+fn describe_child_failure(
+    stage: u32,
+    error: &io::Error,
+    exe: &Path,
+    working_dir: Option<&Path>,
+) -> String {
+    match stage {
         STAGE_SETSID => format!("setsid failed for {}: {error}", exe.display()),
         STAGE_STDIO => format!("cannot set up stdio for {}: {error}", exe.display()),
         STAGE_CHDIR => format!(
             "cannot change directory to {}: {error}",
-            spec.working_dir
-                .map_or_else(String::new, |d| d.display().to_string())
+            working_dir.map_or_else(String::new, |d| d.display().to_string())
         ),
         STAGE_EXEC => format!("cannot execute {}: {error}", exe.display()),
         _ => format!(
             "cannot start {}: unexpected report from child",
             exe.display()
         ),
-    };
-    Err(SpawnError {
-        pid: Some(pid),
-        message,
-    })
+    }
 }
 
 struct ChildFds {

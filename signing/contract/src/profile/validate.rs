@@ -62,6 +62,15 @@ pub fn validate(profile: &Profile) -> Vec<Problem> {
 }
 
 fn validate_image(image: &Image, out: &mut Vec<Problem>) {
+    check_partition_sizes(image, out);
+    check_userland(image, out);
+    check_files_and_cmdline(image, out);
+    check_formats_and_images(image, out);
+    check_squashfs_and_modules(image, out);
+}
+
+/// Partition sizes: at least the minimum, whole MiB.
+fn check_partition_sizes(image: &Image, out: &mut Vec<Problem>) {
     for (field, size, min) in [
         ("image.slot_size", image.slot_size, MIN_SLOT_SIZE),
         ("image.esp_size", image.esp_size, MIN_ESP_SIZE),
@@ -79,6 +88,10 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
             ));
         }
     }
+}
+
+/// Userland sources: a Debian suite and package names, one OCI location.
+fn check_userland(image: &Image, out: &mut Vec<Problem>) {
     for (i, source) in image.userland.iter().enumerate() {
         match source {
             UserlandSource::Debian(deb) => {
@@ -119,6 +132,10 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// Extra files land inside the image; kernel arguments are single words Keel does not set.
+fn check_files_and_cmdline(image: &Image, out: &mut Vec<Problem>) {
     for (i, file) in image.files.iter().enumerate() {
         let dst = Path::new(&file.dst);
         if !dst.is_absolute() || file.dst.split('/').any(|c| c == "..") || file.dst == "/" {
@@ -145,6 +162,10 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
             ));
         }
     }
+}
+
+/// No format listed twice; container images named once, each from one location.
+fn check_formats_and_images(image: &Image, out: &mut Vec<Problem>) {
     let mut seen = HashSet::new();
     for (i, format) in image.formats.iter().enumerate() {
         if !seen.insert(format) {
@@ -170,6 +191,10 @@ fn validate_image(image: &Image, out: &mut Vec<Problem>) {
             ));
         }
     }
+}
+
+/// squashfs compression level and block size; initramfs module names.
+fn check_squashfs_and_modules(image: &Image, out: &mut Vec<Problem>) {
     let sq = &image.squashfs;
     if !(1..=22).contains(&sq.level) {
         out.push(problem(

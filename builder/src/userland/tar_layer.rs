@@ -59,85 +59,11 @@ pub fn apply_tar(
         let (parent, name) = split_last(&path);
         if whiteouts == Whiteouts::Honour && name.starts_with(WHITEOUT_PREFIX) {
             stats.whiteouts += 1;
-            if name == OPAQUE_WHITEOUT {
-                hide_lower_entries(tree, parent, &added).map_err(tree_err)?;
-            } else {
-                let victim_name = &name[WHITEOUT_PREFIX.len()..];
-                // A whiteout only hides what lower layers put there, never an entry of its
-                // own layer that happens to come first in the archive.
-                let own = tree.canonical(parent).is_ok_and(|canonical| {
-                    let mut key = canonical.join(&b'/');
-                    key.push(b'/');
-                    key.extend_from_slice(victim_name);
-                    added.contains(&key)
-                });
-                if !own {
-                    let mut victim = parent.to_vec();
-                    victim.push(b'/');
-                    victim.extend_from_slice(victim_name);
-                    tree.remove(&victim).map_err(tree_err)?;
-                }
-            }
+            apply_whiteout(tree, parent, name, &added).map_err(tree_err)?;
             continue;
         }
-        let header = entry.header();
-        let meta = Meta::new(
-            (header.mode()? & 0o7777) as u16,
-            header.uid()? as u32,
-            header.gid()? as u32,
-            header.mtime()? as u32,
-        );
-        let kind = header.entry_type();
-        let node = match kind {
-            tar::EntryType::Directory => Node::dir(meta),
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut bytes)?;
-                stats.bytes += bytes.len() as u64;
-                Node::file(meta, bytes)
-            }
-            tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                Node {
-                    meta: Meta {
-                        mode: 0o777,
-                        ..meta
-                    },
-                    kind: NodeKind::Symlink(target),
-                }
-            }
-            tar::EntryType::Link => {
-                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                tree.get_no_follow(&target).cloned().ok_or_else(|| {
-                    LayerError::DanglingHardLink {
-                        path: shown.clone(),
-                        target: String::from_utf8_lossy(&target).into_owned(),
-                    }
-                })?
-            }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                let major = header.device_major()?.unwrap_or(0);
-                let minor = header.device_minor()?.unwrap_or(0);
-                let kind = if kind == tar::EntryType::Char {
-                    NodeKind::CharDevice { major, minor }
-                } else {
-                    NodeKind::BlockDevice { major, minor }
-                };
-                Node { meta, kind }
-            }
-            tar::EntryType::Fifo => Node {
-                meta,
-                kind: NodeKind::Fifo,
-            },
-            // Global PAX headers and GNU long-name records are consumed by the tar crate;
-            // anything left of these kinds carries no file.
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
-            other => {
-                return Err(LayerError::Unsupported {
-                    path: shown,
-                    kind: other,
-                });
-            }
+        let Some(node) = entry_node(tree, &mut entry, &shown, &mut stats)? else {
+            continue;
         };
         if is_root(&path) {
             // "./" itself: only its metadata matters.
@@ -148,14 +74,113 @@ pub fn apply_tar(
         if whiteouts == Whiteouts::Honour
             && let Ok(canonical) = tree.canonical(parent)
         {
-            let mut key = canonical.join(&b'/');
-            key.push(b'/');
-            key.extend_from_slice(name);
-            added.insert(key);
+            added.insert(child_key(&canonical, name));
         }
         stats.entries += 1;
     }
     Ok(stats)
+}
+
+/// `parent`'s canonical components joined with `/`, then `/name`: the key of `added`.
+fn child_key(canonical_parent: &[Vec<u8>], name: &[u8]) -> Vec<u8> {
+    let mut key = canonical_parent.join(&b'/');
+    key.push(b'/');
+    key.extend_from_slice(name);
+    key
+}
+
+/// A whiteout `name` (`.wh.NAME` or the opaque marker) in directory `parent`.
+fn apply_whiteout(
+    tree: &mut Tree,
+    parent: &[u8],
+    name: &[u8],
+    added: &HashSet<Vec<u8>>,
+) -> Result<(), TreeError> {
+    if name == OPAQUE_WHITEOUT {
+        return hide_lower_entries(tree, parent, added);
+    }
+    let victim_name = &name[WHITEOUT_PREFIX.len()..];
+    // A whiteout only hides what lower layers put there, never an entry of its own layer
+    // that happens to come first in the archive.
+    let own = tree
+        .canonical(parent)
+        .is_ok_and(|canonical| added.contains(&child_key(&canonical, victim_name)));
+    if !own {
+        let mut victim = parent.to_vec();
+        victim.push(b'/');
+        victim.extend_from_slice(victim_name);
+        tree.remove(&victim)?;
+    }
+    Ok(())
+}
+
+/// The tree node for one tar entry; `None` for records that carry no file.
+fn entry_node<R: Read>(
+    tree: &Tree,
+    entry: &mut tar::Entry<'_, R>,
+    shown: &str,
+    stats: &mut LayerStats,
+) -> Result<Option<Node>, LayerError> {
+    let header = entry.header();
+    let meta = Meta::new(
+        (header.mode()? & 0o7777) as u16,
+        header.uid()? as u32,
+        header.gid()? as u32,
+        header.mtime()? as u32,
+    );
+    let kind = header.entry_type();
+    let node = match kind {
+        tar::EntryType::Directory => Node::dir(meta),
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut bytes)?;
+            stats.bytes += bytes.len() as u64;
+            Node::file(meta, bytes)
+        }
+        tar::EntryType::Symlink => {
+            let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+            Node {
+                meta: Meta {
+                    mode: 0o777,
+                    ..meta
+                },
+                kind: NodeKind::Symlink(target),
+            }
+        }
+        tar::EntryType::Link => {
+            let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+            tree.get_no_follow(&target)
+                .cloned()
+                .ok_or_else(|| LayerError::DanglingHardLink {
+                    path: shown.to_owned(),
+                    target: String::from_utf8_lossy(&target).into_owned(),
+                })?
+        }
+        tar::EntryType::Char | tar::EntryType::Block => {
+            let major = header.device_major()?.unwrap_or(0);
+            let minor = header.device_minor()?.unwrap_or(0);
+            let kind = if kind == tar::EntryType::Char {
+                NodeKind::CharDevice { major, minor }
+            } else {
+                NodeKind::BlockDevice { major, minor }
+            };
+            Node { meta, kind }
+        }
+        tar::EntryType::Fifo => Node {
+            meta,
+            kind: NodeKind::Fifo,
+        },
+        // Global PAX headers and GNU long-name records are consumed by the tar crate;
+        // anything left of these kinds carries no file.
+        tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(None),
+        other => {
+            return Err(LayerError::Unsupported {
+                path: shown.to_owned(),
+                kind: other,
+            });
+        }
+    };
+    Ok(Some(node))
 }
 
 fn hide_lower_entries(

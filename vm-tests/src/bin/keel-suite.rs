@@ -1,5 +1,5 @@
-//! `keel-suite [--lanes N] [--list] [-- TEST-ARGS...]`: runs the whole test suite, every test binary of
-//! the workspace plus the init's block-device tests in a VM, N at a time (default 2).
+//! `keel-suite [--lanes N] [--list] [--only PART]... [-- TEST-ARGS...]`: runs the whole test
+//! suite, every test binary of the workspace plus the init's block-device tests in a VM, N at a time (default 2).
 //!
 //! Why not plain `cargo test --workspace`: it runs test binaries one after another, and most
 //! QEMU tests keep one VM busy, so one of the two cores of a CI machine idled for most of the
@@ -60,11 +60,14 @@ fn main() -> ExitCode {
     let Options {
         lanes,
         list,
+        only,
         test_args,
     } = match parse_args(&args) {
         Ok(parsed) => parsed,
         Err(e) => {
-            eprintln!("keel-suite: {e}\nusage: keel-suite [--lanes N] [--list] [-- TEST-ARGS...]");
+            eprintln!(
+                "keel-suite: {e}\nusage: keel-suite [--lanes N] [--list] [--only PART]... [-- TEST-ARGS...]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -83,6 +86,9 @@ fn main() -> ExitCode {
         }
     };
     jobs.push(block_device_job(&root, &test_args));
+    if !only.is_empty() {
+        jobs.retain(|job| only.iter().any(|part| job.name.contains(part.as_str())));
+    }
     let times = previous_times(&logs.with_file_name("suite-times.json"));
     jobs.sort_by(|a, b| expected(&times, &b.name).total_cmp(&expected(&times, &a.name)));
     if list {
@@ -95,7 +101,7 @@ fn main() -> ExitCode {
     let outcomes = run_lanes(jobs, lanes, &logs);
     let wall = started.elapsed().as_secs_f64();
     // Test arguments (a filter, `--list`) make durations that would mislead the next order.
-    if test_args.is_empty() {
+    if test_args.is_empty() && only.is_empty() {
         save_times(&logs.with_file_name("suite-times.json"), &times, &outcomes);
     }
     summarise(&outcomes, wall, lanes, &logs)
@@ -105,6 +111,8 @@ struct Options {
     lanes: usize,
     /// Print the jobs in the order they would start, with their expected seconds, and stop.
     list: bool,
+    /// Run only the jobs whose names contain one of these (`--only upgrade --only keel-init`).
+    only: Vec<String>,
     test_args: Vec<String>,
 }
 
@@ -115,6 +123,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         .unwrap_or(2usize);
     let mut rest = args.iter();
     let mut list = false;
+    let mut only = Vec::new();
     let mut test_args = Vec::new();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -126,6 +135,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     })?;
             }
             "--list" => list = true,
+            "--only" => only.push(
+                rest.next()
+                    .ok_or("--only needs part of a job's name")?
+                    .clone(),
+            ),
             "--" => test_args.extend(rest.by_ref().cloned()),
             // `vm-tests/test --no-fail-fast` was the old way: every job runs to its end here.
             "--no-fail-fast" => {}
@@ -135,6 +149,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     Ok(Options {
         lanes,
         list,
+        only,
         test_args,
     })
 }

@@ -265,6 +265,8 @@ fn log(_line: &str) {}
 fn options() -> ServerOptions {
     ServerOptions {
         max_connections: 8,
+        max_per_peer: 8,
+        handshake_timeout: Duration::from_secs(10),
         head_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(10),
@@ -954,4 +956,114 @@ fn openssl_s_client_needs_a_client_certificate() {
     assert!(!stdout.contains("HTTP/1.1"), "{stdout}");
     assert!(stderr.contains("alert"), "{stderr}");
     assert_eq!(fake.calls(), 1);
+}
+
+// --- under abuse --------------------------------------------------------------------------
+
+/// A TCP connection to `dst` from the loopback address `src` (another peer, as far as the
+/// server can tell), or None if the connect did not complete within 3 s.
+fn connect_from(src: std::net::Ipv4Addr, dst: SocketAddr) -> Option<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(dst) = dst else {
+        panic!("IPv4 only")
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the TcpStream takes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let stream = TcpStream::from_raw_fd(fd);
+        // A blocking connect honours the send timeout on Linux.
+        stream
+            .set_write_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let local = sin(src, 0);
+        let rc = libc::bind(fd, (&raw const local).cast(), len);
+        assert_eq!(rc, 0, "bind {src}: {}", std::io::Error::last_os_error());
+        let remote = sin(*dst.ip(), dst.port());
+        let rc = libc::connect(fd, (&raw const remote).cast(), len);
+        (rc == 0).then_some(stream)
+    }
+}
+
+/// A console as slow as a serial one under a flood (and slower): 50 ms a line.
+fn slow_console(_line: &str) {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+fn operators_are_served_while_idle_and_garbage_connections_are_held_open() {
+    let pki = pki();
+    let fake = Arc::new(Fake::default());
+    let tls = ServerTls::from_pem(&pki.server.0, &pki.server.1, &pki.ca.pem).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // The limits a node runs with.
+    let addr = server::spawn(
+        listener,
+        tls,
+        fake.clone(),
+        slow_console,
+        ServerOptions::default(),
+    )
+    .unwrap()
+    .local_addr();
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.extend(connect_from(attacker, addr));
+    }
+    for _ in 0..200 {
+        if let Some(mut garbage) = connect_from(attacker, addr) {
+            let _ = garbage.write_all(b"GET / HTTP/1.0\r\n\r\nnot a TLS record at all\r\n");
+            held.push(garbage);
+        }
+    }
+    // Another peer, the operator, is answered while all of them are still open.
+    let node = client(addr, &pki.admin_creds());
+    assert_eq!(node.status().unwrap(), status());
+    assert_eq!(node.version().unwrap().version, "1.1.0");
+    assert!(
+        held.len() >= 100,
+        "the attacker got only {} connections",
+        held.len()
+    );
+    drop(held);
+}
+
+#[test]
+fn a_connection_that_never_starts_its_handshake_gives_its_place_back() {
+    let pki = pki();
+    let fake = Arc::new(Fake::default());
+    let opts = ServerOptions {
+        max_connections: 1,
+        handshake_timeout: Duration::from_millis(300),
+        head_timeout: Duration::from_secs(60),
+        ..options()
+    };
+    let addr = start_with(&pki.server, &pki.ca.pem, fake.clone(), opts);
+    let node = client(addr, &pki.admin_creds());
+    // Holds the only place, and is never closed by this side.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // The server closes it at the handshake deadline, long before the head's.
+    let mut nothing = Vec::new();
+    let _ = idle.read_to_end(&mut nothing);
+    assert!(nothing.is_empty());
+    let start = Instant::now();
+    loop {
+        match node.version() {
+            Ok(v) => break assert_eq!(v.slot, "a"),
+            Err(e) if start.elapsed() > Duration::from_secs(20) => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }

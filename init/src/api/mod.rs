@@ -10,6 +10,7 @@
 //! Nothing here panics, and a panic in a handler is caught and answered with a 500: this
 //! runs inside PID 1 (whose panic hook otherwise treats a panic as fatal).
 
+mod guard;
 mod http;
 #[cfg(test)]
 mod tests;
@@ -19,7 +20,6 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_contract::api::{
@@ -118,6 +118,11 @@ pub trait NodeApi: Send + Sync {
 pub struct ServerOptions {
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// Connections from one peer address at once, so that one host cannot take every place.
+    pub max_per_peer: usize,
+    /// From accept to the end of the TLS handshake: a socket that never completes one (an
+    /// idle connection, a scanner) gives its place back this soon.
+    pub handshake_timeout: Duration,
     /// From accept to the end of the request head, handshake included, so a client that
     /// trickles bytes cannot hold a connection open.
     pub head_timeout: Duration,
@@ -133,7 +138,9 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            max_connections: 16,
+            max_connections: 32,
+            max_per_peer: 8,
+            handshake_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(120),
@@ -156,12 +163,25 @@ impl Server {
 struct Shared {
     tls: ServerTls,
     api: Arc<dyn NodeApi>,
-    log: Log,
+    notes: guard::Notes,
     options: ServerOptions,
-    active: AtomicUsize,
+    open: guard::Occupancy,
 }
 
-/// Starts serving on `listener` in a thread of its own.
+impl Shared {
+    fn new(tls: ServerTls, api: Arc<dyn NodeApi>, log: Log, options: ServerOptions) -> Arc<Self> {
+        Arc::new(Shared {
+            tls,
+            api,
+            notes: guard::Notes::start(log),
+            options,
+            open: guard::Occupancy::default(),
+        })
+    }
+}
+
+/// Starts serving on `listener` in a thread of its own. `log` is called from a thread of
+/// the server's own, never from one that serves or accepts (see [`guard`]).
 pub fn spawn(
     listener: TcpListener,
     tls: ServerTls,
@@ -170,13 +190,7 @@ pub fn spawn(
     options: ServerOptions,
 ) -> io::Result<Server> {
     let local_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        tls,
-        api,
-        log,
-        options,
-        active: AtomicUsize::new(0),
-    });
+    let shared = Shared::new(tls, api, log, options);
     std::thread::Builder::new()
         .name("keel-api".into())
         .spawn(move || accept_loop(&listener, &shared))?;
@@ -191,28 +205,17 @@ pub fn serve(
     log: Log,
     options: ServerOptions,
 ) -> ! {
-    let shared = Arc::new(Shared {
-        tls,
-        api,
-        log,
-        options,
-        active: AtomicUsize::new(0),
-    });
-    accept_loop(&listener, &shared)
+    accept_loop(&listener, &Shared::new(tls, api, log, options))
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> ! {
-    let mut last_complaint: Option<Instant> = None;
     loop {
         match listener.accept() {
             Ok((tcp, peer)) => admit(tcp, peer, shared),
             Err(e) => {
-                // Out of file descriptors and the like: say so now and then, back off a
+                // Out of file descriptors and the like: say so (rate-limited), back off a
                 // little instead of spinning.
-                if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    (shared.log)(&format!("api: accept: {e}"));
-                    last_complaint = Some(Instant::now());
-                }
+                shared.notes.refusal(format!("api: accept: {e}"));
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -221,23 +224,28 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> ! {
 
 /// A place among the connections being served, given back when dropped (also when the
 /// thread could not be started, or unwinds).
-struct ConnectionSlot(Arc<Shared>);
+struct ConnectionSlot(Arc<Shared>, std::net::IpAddr);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.open.give_back(self.1);
     }
 }
 
 fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    let before = shared.active.fetch_add(1, Ordering::SeqCst);
-    let slot = ConnectionSlot(shared.clone());
-    if before >= shared.options.max_connections {
-        (shared.log)(&format!(
-            "api: {peer}: refused, {before} connections already open"
-        ));
+    let opts = &shared.options;
+    if let Err(full) = shared
+        .open
+        .take(peer.ip(), opts.max_connections, opts.max_per_peer)
+    {
+        let why = match full {
+            guard::Full::All(n) => format!("{n} connections already open"),
+            guard::Full::Peer(n) => format!("{n} connections from {} already open", peer.ip()),
+        };
+        shared.notes.refusal(format!("api: {peer}: refused, {why}"));
         return;
     }
+    let slot = ConnectionSlot(shared.clone(), peer.ip());
     let spawned = std::thread::Builder::new()
         .name("keel-api-conn".into())
         .spawn(move || {
@@ -245,7 +253,9 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
             connection(tcp, peer, shared);
         });
     if let Err(e) = spawned {
-        (shared.log)(&format!("api: {peer}: no thread for the connection: {e}"));
+        shared
+            .notes
+            .refusal(format!("api: {peer}: no thread for the connection: {e}"));
     }
 }
 
@@ -342,24 +352,25 @@ impl Transport for StreamOwned<ServerConnection, Socket> {
 }
 
 fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let log = shared.log;
+    let notes = &shared.notes;
     let opts = &shared.options;
+    let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
     let socket = match Socket::new(
         tcp,
-        Some(Instant::now() + opts.head_timeout),
+        Some(accepted + opts.handshake_timeout.min(opts.head_timeout)),
         opts.idle_timeout,
     ) {
         Ok(s) => s,
         Err(e) => {
-            log(&format!("api: {peer}: {e}"));
+            notes.refusal(format!("api: {peer}: {e}"));
             return;
         }
     };
     let conn = match ServerConnection::new(shared.tls.config.clone()) {
         Ok(c) => c,
         Err(e) => {
-            log(&format!("api: {peer}: TLS: {e}"));
+            notes.line(format!("api: {peer}: TLS: {e}"));
             return;
         }
     };
@@ -367,11 +378,12 @@ fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     // The whole handshake before anything else: this is where a client without a
     // certificate from the keel CA is turned away, before a byte of request is read.
     if let Err(e) = handshake(&mut stream) {
-        log(&format!("api: {peer}: TLS handshake failed: {e}"));
+        notes.refusal(format!("api: {peer}: TLS handshake failed: {e}"));
         return;
     }
+    stream.set_deadline(Some(accepted + opts.head_timeout));
     if let Some(line) = handle(&mut stream, shared.api.as_ref(), opts) {
-        log(&format!("api: {peer}: {line}"));
+        notes.line(format!("api: {peer}: {line}"));
     }
     stream.close_write();
     let _ = stream.sock.tcp.shutdown(Shutdown::Both);

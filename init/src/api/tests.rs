@@ -142,6 +142,8 @@ impl NodeApi for Fake {
 fn options() -> ServerOptions {
     ServerOptions {
         max_connections: 4,
+        max_per_peer: 4,
+        handshake_timeout: Duration::from_secs(5),
         head_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(5),

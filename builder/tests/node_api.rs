@@ -388,6 +388,7 @@ fn conn(addr: SocketAddr, secrets: &Path) -> NodeConnection {
     NodeConnection {
         endpoint: Some(addr.to_string()),
         secrets: Some(secrets.to_owned()),
+        read_only: false,
     }
 }
 
@@ -1066,4 +1067,87 @@ fn a_connection_that_never_starts_its_handshake_gives_its_place_back() {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+// --- roles --------------------------------------------------------------------------------
+
+#[test]
+fn a_read_only_operator_reads_but_gets_403_on_changes() {
+    // The certificates `keel secrets gen` issues, and a node serving its node_api one.
+    let secrets = keel_pki::generate("keel", now_secs()).unwrap();
+    let fake = Arc::new(Fake::default());
+    let serving = (secrets.node_api.cert.clone(), secrets.node_api.key.clone());
+    let addr = start_with(&serving, &secrets.keel_ca.cert, fake.clone(), options());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(&file, secrets.to_toml().unwrap()).unwrap();
+    let read_only = |addr: SocketAddr| NodeConnection {
+        read_only: true,
+        ..conn(addr, &file)
+    };
+
+    let table = run_cli(NodeCommand::Status {
+        conn: read_only(addr),
+        json: false,
+    })
+    .unwrap();
+    assert!(table.contains("worker-1"), "{table}");
+    let update = dir.path().join("update.tar");
+    std::fs::write(&update, b"BAD update").unwrap();
+    let err = run_cli(NodeCommand::Upgrade {
+        conn: read_only(addr),
+        bundle: update.clone(),
+        force: true,
+        no_reboot: true,
+        json: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("HTTP 403 Forbidden"), "{err}");
+    assert!(
+        err.contains("a read-only operator certificate may not POST /v1/upgrade"),
+        "{err}"
+    );
+    for command in [
+        NodeCommand::Reboot {
+            conn: read_only(addr),
+        },
+        NodeCommand::Rollback {
+            conn: read_only(addr),
+            json: false,
+        },
+    ] {
+        let err = run_cli(command).unwrap_err().to_string();
+        assert!(err.contains("HTTP 403 Forbidden"), "{err}");
+    }
+    assert_eq!(fake.calls(), 1, "only the status reached the node");
+
+    // The admin certificate from the same file still may (the fake refuses a BAD update).
+    let err = run_cli(NodeCommand::Upgrade {
+        conn: conn(addr, &file),
+        bundle: update,
+        force: true,
+        no_reboot: true,
+        json: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("HTTP 422"), "{err}");
+    // And an admin certificate from before roles (no O) is an admin.
+    let legacy = pki();
+    let addr = start_with(&legacy.server, &legacy.ca.pem, fake.clone(), options());
+    assert_eq!(
+        client(addr, &legacy.admin_creds())
+            .reboot()
+            .unwrap()
+            .message,
+        "rebooting"
+    );
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

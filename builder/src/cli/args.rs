@@ -217,6 +217,10 @@ pub struct NodeConnection {
     /// [default: the context's].
     #[arg(long, value_name = "FILE", env = "KEEL_SECRETS")]
     pub secrets: Option<PathBuf>,
+    /// Present the read-only operator's certificate (`keel_read_only` in the secrets file):
+    /// status, version and logs work, anything that changes the node gets 403.
+    #[arg(long, env = "KEEL_READ_ONLY")]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,14 +2,12 @@
 
 use std::path::Path;
 
-use keel_contract::api::{Request, Status};
+use keel_contract::api::{OperatorRole, Request, Status};
 
 use super::args::{NodeCommand, NodeConnection};
 use super::error::CommandError;
 use crate::context::Config;
-use crate::node::{
-    NodeClient, NodeError, UpdateStream, credentials_from_secrets, open_update_file,
-};
+use crate::node::{NodeClient, NodeError, UpdateStream, credentials_for, open_update_file};
 use crate::progress::Reporter;
 
 fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
@@ -18,7 +16,12 @@ fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
             "no node to talk to: pass --endpoint and --secrets, or save a context (keel context set NAME -e HOST --secrets FILE)".into(),
         ));
     };
-    let creds = credentials_from_secrets(secrets).map_err(CommandError::BadInput)?;
+    let role = if conn.read_only {
+        OperatorRole::ReadOnly
+    } else {
+        OperatorRole::Admin
+    };
+    let creds = credentials_for(secrets, role).map_err(CommandError::BadInput)?;
     Ok(NodeClient::new(endpoint, &creds)?)
 }
 

@@ -20,7 +20,10 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::progress::Reporter;
 
-pub use credentials::{ClientCredentials, credentials_from_secrets, credentials_from_secrets_toml};
+pub use credentials::{
+    ClientCredentials, credentials_for, credentials_from_secrets, credentials_from_secrets_toml,
+    credentials_toml_for, operator_section,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// For the answer to an ordinary request.

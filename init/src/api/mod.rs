@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_contract::api::{
-    Ack, ErrorBody, ErrorKind, Request, RollbackReport, RouteError, Status, UpgradeReport, Version,
-    content_type,
+    Ack, ErrorBody, ErrorKind, OperatorRole, Request, RollbackReport, RouteError, Status,
+    UpgradeReport, Version, content_type,
 };
 use rustls::{ServerConnection, StreamOwned};
 use serde::Serialize;
@@ -382,11 +382,21 @@ fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     }
     stream.set_deadline(Some(accepted + opts.head_timeout));
-    if let Some(line) = handle(&mut stream, shared.api.as_ref(), opts) {
+    let role = client_role(&stream.conn);
+    if let Some(line) = handle(&mut stream, shared.api.as_ref(), role, opts) {
         notes.line(format!("api: {peer}: {line}"));
     }
     stream.close_write();
     let _ = stream.sock.tcp.shutdown(Shutdown::Both);
+}
+
+/// What the client's certificate (verified in the handshake) allows: read-only when it
+/// cannot be read, the lesser role.
+fn client_role(conn: &ServerConnection) -> OperatorRole {
+    conn.peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| keel_pki::operator_role(leaf.as_ref()).ok())
+        .unwrap_or(OperatorRole::ReadOnly)
 }
 
 fn handshake(stream: &mut StreamOwned<ServerConnection, Socket>) -> io::Result<()> {
@@ -439,6 +449,7 @@ fn upload_type_ok(value: &str) -> bool {
 pub(crate) fn handle(
     t: &mut dyn Transport,
     api: &dyn NodeApi,
+    role: OperatorRole,
     opts: &ServerOptions,
 ) -> Option<String> {
     let (head, early) = match http::read_head(t) {
@@ -467,6 +478,24 @@ pub(crate) fn handle(
             return Some(finish(t, &what, &response, None, opts));
         }
     };
+    if !role.allows(&request) {
+        let response = error_response(
+            ErrorKind::Forbidden,
+            &format!(
+                "a {} operator certificate may not {what}: it allows status, version and logs; use an admin certificate (keel_admin in the secrets file)",
+                role.as_str()
+            ),
+        );
+        // A body the client sends anyway is read and dropped, so that it gets the answer;
+        // one held back for a 100 never comes.
+        let drain = match head.content_length {
+            Some(_) if head.expect_continue => Some(0),
+            Some(n) => Some(n.saturating_sub(early.len() as u64)),
+            None if head.transfer_encoding => None,
+            None => Some(0),
+        };
+        return Some(finish(t, &what, &response, drain, opts));
+    }
     if head.transfer_encoding {
         let response = error_response(
             ErrorKind::LengthRequired,

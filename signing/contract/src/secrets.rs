@@ -20,7 +20,8 @@
 //! [admin]                         # cert + key: CN=keel-admin, O=system:masters (kubectl)
 //! [etcd_admin]                    # cert + key: an etcd client (etcdctl from an operator's host)
 //! [keel_ca]                       # cert + key: Keel's node API (mutual TLS)
-//! [keel_admin]                    # cert + key: the `keel node` CLI's client certificate
+//! [keel_admin]                    # cert + key: `keel node` as an admin (O=keel:admin; or none, before roles)
+//! [keel_read_only]                # cert + key: `keel node --read-only` (O=keel:read-only); optional
 //! [node_api]                      # cert + key: CN and DNS SAN `keel-node`, served by every node
 //! ```
 //!
@@ -40,7 +41,7 @@
 //! | `keel_ca.cert` | yes | yes |
 //! | `keel_ca.key` | **never** | **never** |
 //! | `node_api` (cert + key) | yes | yes |
-//! | `admin`, `etcd_admin`, `keel_admin` | **never** (operator credentials) | **never** |
+//! | `admin`, `etcd_admin`, `keel_admin`, `keel_read_only` | **never** (operator credentials) | **never** |
 
 use std::fmt;
 
@@ -167,8 +168,13 @@ pub struct Secrets {
     pub etcd_admin: CertKey,
     /// Keel's own node-management CA (mutual TLS between `keel node` and the nodes).
     pub keel_ca: CertKey,
-    /// The `keel node` CLI's client certificate (keel CA).
+    /// The `keel node` CLI's client certificate (keel CA): an admin, who may change the node
+    /// (see [`crate::api::OperatorRole`]).
     pub keel_admin: CertKey,
+    /// A read-only operator's client certificate (keel CA): status, version and logs only.
+    /// Files from before roles have none (`keel secrets renew` adds it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keel_read_only: Option<CertKey>,
     /// The serving certificate every node presents (keel CA, CN and DNS SAN `keel-node`).
     pub node_api: CertKey,
 }
@@ -239,6 +245,7 @@ impl Secrets {
             "etcd_admin",
             "keel_ca",
             "keel_admin",
+            "keel_read_only",
             "node_api",
         ])?;
         t.version(SECRETS_VERSION)?;
@@ -270,6 +277,10 @@ impl Secrets {
             keel_admin: t
                 .table("keel_admin", "a table with cert and key")?
                 .cert_key()?,
+            keel_read_only: t
+                .optional_table("keel_read_only", "a table with cert and key")?
+                .map(|f| f.cert_key())
+                .transpose()?,
             node_api: t
                 .table("node_api", "a table with cert and key")?
                 .cert_key()?,

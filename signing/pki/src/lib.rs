@@ -35,6 +35,7 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+use keel_contract::api::OperatorRole;
 use keel_contract::profile::{ClusterName, Endpoint};
 use keel_contract::secrets::{
     BootstrapToken, CertKey, NODE_API_NAME, Secrets, ServiceAccountKey, pem_blocks, token_char,
@@ -62,6 +63,8 @@ pub mod names {
     pub const ETCD_ADMIN: &str = "keel-etcd-admin";
     /// Kubernetes' superuser group: needs no RBAC binding to exist yet.
     pub const MASTERS: &str = "system:masters";
+    /// The read-only keel operator's CN (its role is its O, from keel-contract).
+    pub const READ_ONLY: &str = "keel-read-only";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +335,8 @@ pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
         &Leaf::client("etcd-admin", names::ETCD_ADMIN, None),
         created,
     )?;
-    let keel_admin = keel.issue(&Leaf::client("keel-admin", names::ADMIN, None), created)?;
+    let keel_admin = issue_operator(&keel, OperatorRole::Admin, created)?;
+    let keel_read_only = issue_operator(&keel, OperatorRole::ReadOnly, created)?;
     let node_api = keel.issue(
         &Leaf {
             purpose: "node-api",
@@ -362,8 +366,34 @@ pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
         etcd_admin,
         keel_ca,
         keel_admin,
+        keel_read_only: Some(keel_read_only),
         node_api,
     })
+}
+
+/// A `keel node` operator's client certificate from the keel CA, its role in its subject's
+/// organisation (keel-contract's [`OperatorRole::organization`]).
+fn issue_operator(keel: &Ca, role: OperatorRole, now: i64) -> Result<CertKey, PkiError> {
+    let (purpose, cn) = match role {
+        OperatorRole::Admin => ("keel-admin", names::ADMIN),
+        OperatorRole::ReadOnly => ("keel-read-only", names::READ_ONLY),
+    };
+    keel.issue(&Leaf::client(purpose, cn, Some(role.organization())), now)
+}
+
+/// The API role of a client certificate (DER) the keel CA issued: what the node allows it.
+/// By its subject organisations, as [`OperatorRole::from_organizations`] says.
+pub fn operator_role(cert_der: &[u8]) -> Result<OperatorRole, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| PkiError::Input(format!("the client certificate: not X.509 ({e})")))?;
+    let mut orgs = Vec::new();
+    for o in cert.subject().iter_organization() {
+        let o = o.as_str().map_err(|e| {
+            PkiError::Input(format!("the client certificate: an unreadable O ({e})"))
+        })?;
+        orgs.push(o);
+    }
+    Ok(OperatorRole::from_organizations(orgs))
 }
 
 /// `len` characters of `[a-z0-9]`, uniformly (rejection sampling: bytes >= 252 are

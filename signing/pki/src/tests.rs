@@ -797,3 +797,43 @@ fn etcd_serves_with_the_derived_certificates() {
         "etcd accepted a Kubernetes-CA client certificate"
     );
 }
+
+#[test]
+fn operator_certificates_carry_their_role() {
+    let s = generate("keel", now()).unwrap();
+    let read_only = s.keel_read_only.clone().unwrap();
+    verify(&s.keel_ca.cert, &read_only.cert, "sslclient").unwrap();
+    assert!(verify(&s.keel_ca.cert, &read_only.cert, "sslserver").is_err());
+    let text = x509_text(&read_only.cert);
+    assert!(
+        text.contains("Subject: O = keel:read-only, CN = keel-read-only"),
+        "{text}"
+    );
+    let text = x509_text(&s.keel_admin.cert);
+    assert!(
+        text.contains("Subject: O = keel:admin, CN = keel-admin"),
+        "{text}"
+    );
+    assert_eq!(
+        operator_role(&der(&read_only.cert)).unwrap(),
+        OperatorRole::ReadOnly
+    );
+    assert_eq!(
+        operator_role(&der(&s.keel_admin.cert)).unwrap(),
+        OperatorRole::Admin
+    );
+    // An admin certificate from before roles: no organisation, still an admin.
+    let keel = Ca::load("keel_ca", &s.keel_ca.cert, &s.keel_ca.key).unwrap();
+    let legacy = keel
+        .issue(
+            &Leaf::client("keel-admin", names::ADMIN, None),
+            unix(now()).unwrap(),
+        )
+        .unwrap();
+    assert!(x509_text(&legacy.cert).contains("Subject: CN = keel-admin"));
+    assert_eq!(
+        operator_role(&der(&legacy.cert)).unwrap(),
+        OperatorRole::Admin
+    );
+    assert!(operator_role(b"not DER").is_err());
+}

@@ -389,6 +389,8 @@ fn conn(addr: SocketAddr, secrets: &Path) -> NodeConnection {
         endpoint: Some(addr.to_string()),
         secrets: Some(secrets.to_owned()),
         read_only: false,
+        node: None,
+        own_certificate_only: false,
     }
 }
 
@@ -1150,4 +1152,89 @@ fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+// --- per-node certificates ----------------------------------------------------------------
+
+#[test]
+fn one_nodes_certificate_cannot_pass_for_another_with_node() {
+    let secrets = keel_pki::generate("keel", now_secs()).unwrap();
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let issue = |name: &str, ip: std::net::IpAddr| {
+        let c = keel_pki::issue_node_api(&secrets, name, &[ip], now_secs()).unwrap();
+        (c.cert, c.key)
+    };
+    let fake = Arc::new(Fake::default());
+    let node_a = start_with(
+        &issue("node-a", loopback),
+        &secrets.keel_ca.cert,
+        fake.clone(),
+        options(),
+    );
+    let creds = ClientCredentials {
+        ca_pem: secrets.keel_ca.cert.clone(),
+        cert_pem: secrets.keel_admin.cert.clone(),
+        key_pem: secrets.keel_admin.key.clone(),
+    };
+    let as_node = |addr: SocketAddr, name: &str, own_only: bool| {
+        NodeClient::for_node(&addr.to_string(), &creds, name, own_only)
+            .unwrap()
+            .version()
+    };
+    // Node A's certificate, where node B was meant: refused, with the names it has.
+    let err = as_node(node_a, "node-b", false).unwrap_err().to_string();
+    assert!(
+        err.contains("the node's certificate is not for node-b: it names node-a, keel-node"),
+        "{err}"
+    );
+    assert_eq!(as_node(node_a, "node-a", true).unwrap().slot, "a");
+    // Without --node, any certificate of the cluster's nodes is accepted, as before.
+    assert_eq!(client(node_a, &creds).version().unwrap().slot, "a");
+
+    // The right name at an address the certificate does not list.
+    let elsewhere = start_with(
+        &issue("node-a", "10.1.2.3".parse().unwrap()),
+        &secrets.keel_ca.cert,
+        fake.clone(),
+        options(),
+    );
+    let err = as_node(elsewhere, "node-a", false).unwrap_err().to_string();
+    assert!(
+        err.contains("is for node-a at 10.1.2.3, not at 127.0.0.1"),
+        "{err}"
+    );
+
+    // The shared certificate: accepted for any name, unless --own-certificate-only.
+    let shared = start_with(
+        &(secrets.node_api.cert.clone(), secrets.node_api.key.clone()),
+        &secrets.keel_ca.cert,
+        fake.clone(),
+        options(),
+    );
+    assert_eq!(as_node(shared, "node-b", false).unwrap().slot, "a");
+    let err = as_node(shared, "node-b", true).unwrap_err().to_string();
+    assert!(
+        err.contains("presented the shared keel-node certificate"),
+        "{err}"
+    );
+
+    // Through the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(&file, secrets.to_toml().unwrap()).unwrap();
+    let err = run_cli(NodeCommand::Version {
+        conn: NodeConnection {
+            node: Some("node-b".into()),
+            ..conn(node_a, &file)
+        },
+        json: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not for node-b"), "{err}");
+    assert_eq!(
+        fake.calls(),
+        3,
+        "only the accepted connections reached the node"
+    );
 }

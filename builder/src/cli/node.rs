@@ -22,7 +22,15 @@ fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
         OperatorRole::Admin
     };
     let creds = credentials_for(secrets, role).map_err(CommandError::BadInput)?;
-    Ok(NodeClient::new(endpoint, &creds)?)
+    match &conn.node {
+        Some(name) => Ok(NodeClient::for_node(
+            endpoint,
+            &creds,
+            name,
+            conn.own_certificate_only,
+        )?),
+        None => Ok(NodeClient::new(endpoint, &creds)?),
+    }
 }
 
 impl NodeCommand {

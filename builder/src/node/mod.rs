@@ -4,6 +4,7 @@
 //! certificate. One request per connection; HTTP/1.1 from keel-http, as the server.
 
 mod credentials;
+mod identity;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -24,6 +25,7 @@ pub use credentials::{
     ClientCredentials, credentials_for, credentials_from_secrets, credentials_from_secrets_toml,
     credentials_toml_for, operator_section,
 };
+pub use identity::NodeIdentity;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// For the answer to an ordinary request.
@@ -183,6 +185,15 @@ fn certs(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, NodeErro
 /// The TLS client configuration: TLS 1.3, ring, the keel CA as the only root, the admin
 /// certificate presented.
 pub fn client_config(creds: &ClientCredentials) -> Result<Arc<ClientConfig>, NodeError> {
+    client_config_for(creds, None)
+}
+
+/// As [`client_config`], and with `node`, the node's certificate must be that node's (see
+/// [`NodeIdentity`]).
+pub fn client_config_for(
+    creds: &ClientCredentials,
+    node: Option<NodeIdentity>,
+) -> Result<Arc<ClientConfig>, NodeError> {
     let mut roots = RootCertStore::empty();
     for ca in certs("the keel CA certificate", &creds.ca_pem)? {
         roots
@@ -193,10 +204,19 @@ pub fn client_config(creds: &ClientCredentials) -> Result<Arc<ClientConfig>, Nod
     let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
         .map_err(|e| NodeError::BadInput(format!("the admin key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NodeError::BadInput(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
+        .map_err(|e| NodeError::BadInput(format!("TLS: {e}")))?;
+    let builder = match node {
+        None => builder.with_root_certificates(roots),
+        Some(node) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(
+                identity::NodeVerifier::new(roots, node)
+                    .map_err(|e| NodeError::BadInput(format!("the keel CA certificate: {e}")))?,
+            )),
+    };
+    let config = builder
         .with_client_auth_cert(chain, key)
         .map_err(|e| NodeError::BadInput(format!("the admin certificate and key: {e}")))?;
     Ok(Arc::new(config))
@@ -215,6 +235,24 @@ pub struct NodeClient {
 impl NodeClient {
     pub fn new(endpoint: &str, creds: &ClientCredentials) -> Result<Self, NodeError> {
         Self::with_config(endpoint, client_config(creds)?)
+    }
+
+    /// A client that accepts only node `name`'s certificate (or the shared one, unless
+    /// `own_certificate_only`); an endpoint given as an address must be one the certificate
+    /// lists, if it lists any.
+    pub fn for_node(
+        endpoint: &str,
+        creds: &ClientCredentials,
+        name: &str,
+        own_certificate_only: bool,
+    ) -> Result<Self, NodeError> {
+        let (host, _) = parse_endpoint(endpoint)?;
+        let node = NodeIdentity {
+            name: name.to_owned(),
+            address: host.parse().ok(),
+            own_certificate_only,
+        };
+        Self::with_config(endpoint, client_config_for(creds, Some(node))?)
     }
 
     pub fn with_config(endpoint: &str, config: Arc<ClientConfig>) -> Result<Self, NodeError> {
@@ -635,6 +673,7 @@ fn describe_io(e: &io::Error) -> String {
             "the node's certificate was not issued by the keel CA in the secrets (another cluster?): {tls}"
         ),
         E::InvalidCertificate(_) => format!("the node's certificate is not acceptable: {tls}"),
+        E::General(message) => message.clone(),
         E::AlertReceived(
             A::CertificateRequired
             | A::BadCertificate

@@ -421,6 +421,12 @@ fn the_cli_prints_status_as_a_table_and_as_json() {
         table.starts_with("node       worker-1 (keel-worker 1.1.0, slot a)\n"),
         "{table}"
     );
+    // When the node's and the operator's certificates end (rcgen's default: 4096).
+    assert!(
+        table.contains("\nnode cert  valid until 4096-01-01 (")
+            && table.contains("\nyour cert  valid until 4096-01-01 ("),
+        "{table}"
+    );
     assert!(
         table.contains("\nb     1.2.0    keel-b+0-3.conf  no\n"),
         "{table}"

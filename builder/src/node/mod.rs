@@ -230,11 +230,40 @@ pub struct NodeClient {
     host: String,
     port: u16,
     config: Arc<ClientConfig>,
+    /// When the operator's certificate ends (unix seconds), when known.
+    operator_not_after: Option<i64>,
+    /// When the certificate the node served on the last connection ends.
+    served_not_after: std::sync::Mutex<Option<i64>>,
+}
+
+/// When the certificates of a conversation with a node end (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// The node's API serving certificate (from the last connection).
+    pub node: Option<i64>,
+    /// The operator's client certificate.
+    pub operator: Option<i64>,
 }
 
 impl NodeClient {
     pub fn new(endpoint: &str, creds: &ClientCredentials) -> Result<Self, NodeError> {
-        Self::with_config(endpoint, client_config(creds)?)
+        Ok(Self::with_config(endpoint, client_config(creds)?)?.operator(creds))
+    }
+
+    fn operator(mut self, creds: &ClientCredentials) -> Self {
+        self.operator_not_after = keel_pki::not_after_pem(&creds.cert_pem).ok();
+        self
+    }
+
+    /// When the certificates of the last request end.
+    pub fn certificate_expiry(&self) -> CertificateExpiry {
+        CertificateExpiry {
+            node: *self
+                .served_not_after
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            operator: self.operator_not_after,
+        }
     }
 
     /// A client that accepts only node `name`'s certificate (or the shared one, unless
@@ -252,7 +281,7 @@ impl NodeClient {
             address: host.parse().ok(),
             own_certificate_only,
         };
-        Self::with_config(endpoint, client_config_for(creds, Some(node))?)
+        Ok(Self::with_config(endpoint, client_config_for(creds, Some(node))?)?.operator(creds))
     }
 
     pub fn with_config(endpoint: &str, config: Arc<ClientConfig>) -> Result<Self, NodeError> {
@@ -262,6 +291,8 @@ impl NodeClient {
             host,
             port,
             config,
+            operator_not_after: None,
+            served_not_after: std::sync::Mutex::new(None),
         })
     }
 
@@ -428,6 +459,16 @@ impl NodeClient {
                 Err(e) => return Err(self.connection_error(describe_io(&e))),
             }
         }
+        let served = stream
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| keel_pki::cert_names(leaf.as_ref()).ok())
+            .map(|names| names.not_after);
+        *self
+            .served_not_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = served;
         Ok(stream)
     }
 

@@ -499,6 +499,14 @@ pub fn not_after_pem(cert_pem: &str) -> Result<i64, PkiError> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// A day as `YYYY-MM-DD` (UTC), for saying when a certificate ends.
+pub fn utc_date(secs: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
+        Err(_) => format!("{secs} (unix seconds)"),
+    }
+}
+
 /// The API role of a client certificate (DER) the keel CA issued: what the node allows it.
 /// By its subject organisations, as [`OperatorRole::from_organizations`] says.
 pub fn operator_role(cert_der: &[u8]) -> Result<OperatorRole, PkiError> {

@@ -1129,6 +1129,32 @@ fn a_read_only_operator_reads_but_gets_403_on_changes() {
         assert!(err.contains("HTTP 403 Forbidden"), "{err}");
     }
     assert_eq!(fake.calls(), 1, "only the status reached the node");
+    // curl (OpenSSL) with the read-only certificate: the same 403, and status for it.
+    let ro = secrets.keel_read_only.clone().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &secrets.keel_ca.cert).unwrap();
+    std::fs::write(dir.path().join("ro.pem"), &ro.cert).unwrap();
+    std::fs::write(dir.path().join("ro.key"), &ro.key).unwrap();
+    let curl = |method: &str, path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", method, "-w", "\n%{http_code}"])
+            .arg("--resolve")
+            .arg(format!("keel-node:{}:127.0.0.1", addr.port()))
+            .arg("--cacert")
+            .arg(dir.path().join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.path().join("ro.pem"))
+            .arg("--key")
+            .arg(dir.path().join("ro.key"))
+            .arg(format!("https://keel-node:{}{path}", addr.port()))
+            .output()
+            .expect("`curl` not found: apt-get install -y curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reboot = curl("POST", "/v1/reboot");
+    assert!(reboot.ends_with("\n403"), "{reboot}");
+    assert!(reboot.contains("may not POST /v1/reboot"), "{reboot}");
+    assert!(curl("GET", "/v1/version").ends_with("\n200"));
+    assert_eq!(fake.calls(), 2, "the status and curl's version reached the node");
 
     // The admin certificate from the same file still may (the fake refuses a BAD update).
     let err = run_cli(NodeCommand::Upgrade {

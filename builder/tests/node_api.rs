@@ -1154,7 +1154,11 @@ fn a_read_only_operator_reads_but_gets_403_on_changes() {
     assert!(reboot.ends_with("\n403"), "{reboot}");
     assert!(reboot.contains("may not POST /v1/reboot"), "{reboot}");
     assert!(curl("GET", "/v1/version").ends_with("\n200"));
-    assert_eq!(fake.calls(), 2, "the status and curl's version reached the node");
+    assert_eq!(
+        fake.calls(),
+        2,
+        "the status and curl's version reached the node"
+    );
 
     // The admin certificate from the same file still may (the fake refuses a BAD update).
     let err = run_cli(NodeCommand::Upgrade {

@@ -164,9 +164,10 @@ pub enum SecretsCommand {
         output: PathBuf,
     },
     /// Issue every operator and shared node certificate in FILE again (a new year of
-    /// validity), keeping the CAs, the service-account key and the bootstrap token. Adds a
-    /// read-only operator (`keel_read_only`) to files from before it existed. Nodes get the
-    /// renewed node certificate with their next build or secrets at boot.
+    /// validity) and a new bootstrap token (its time to live counts from now), keeping the
+    /// CAs and the service-account key. Adds a read-only operator (`keel_read_only`) to files
+    /// from before it existed. Nodes get the renewed node certificate and token with their
+    /// next build or secrets at boot.
     Renew {
         /// The cluster secrets file, replaced in place.
         file: PathBuf,

@@ -349,10 +349,7 @@ pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
             public: sa.public_key_pem(),
             private: sa.serialize_pem(),
         },
-        bootstrap_token: BootstrapToken {
-            id: random_token_chars(6)?,
-            secret: random_token_chars(16)?,
-        },
+        bootstrap_token: new_token(None)?,
         admin,
         etcd_admin,
         keel_ca,
@@ -365,9 +362,11 @@ pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
 /// `keel secrets renew`: the same secrets with every leaf certificate issued again as of
 /// `now` (fresh keys, a new year of validity): the Kubernetes and etcd admins, both keel
 /// operators (a read-only one is added to files from before roles) and the shared node API
-/// certificate. The CAs, the service-account key and the bootstrap token are kept, so
-/// running nodes and kubeconfigs keep trusting them.
+/// certificate; and a new bootstrap token made `now` (the old one may be past its time to
+/// live). The CAs and the service-account key are kept, so running nodes and kubeconfigs
+/// keep trusting them.
 pub fn renew(secrets: &Secrets, now: u64) -> Result<Secrets, PkiError> {
+    let bootstrap_token = new_token(Some(now))?;
     let now = unix(now)?;
     let k8s = Ca::load(
         "kubernetes_ca",
@@ -385,6 +384,7 @@ pub fn renew(secrets: &Secrets, now: u64) -> Result<Secrets, PkiError> {
         keel_admin: issue_operator(&keel, OperatorRole::Admin, now)?,
         keel_read_only: Some(issue_operator(&keel, OperatorRole::ReadOnly, now)?),
         node_api: shared_node_api(&keel, now)?,
+        bootstrap_token,
         ..secrets.clone()
     })
 }
@@ -499,6 +499,20 @@ pub fn not_after_pem(cert_pem: &str) -> Result<i64, PkiError> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// A time as RFC 3339 in UTC (`2026-12-02T13:00:00Z`), as Kubernetes writes times.
+pub fn rfc3339(secs: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
 /// A day as `YYYY-MM-DD` (UTC), for saying when a certificate ends.
 pub fn utc_date(secs: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(secs) {
@@ -520,6 +534,15 @@ pub fn operator_role(cert_der: &[u8]) -> Result<OperatorRole, PkiError> {
         orgs.push(o);
     }
     Ok(OperatorRole::from_organizations(orgs))
+}
+
+/// A new bootstrap token; `created` when it is younger than the secrets.
+fn new_token(created: Option<u64>) -> Result<BootstrapToken, PkiError> {
+    Ok(BootstrapToken {
+        id: random_token_chars(6)?,
+        secret: random_token_chars(16)?,
+        created,
+    })
 }
 
 /// `len` characters of `[a-z0-9]`, uniformly (rejection sampling: bytes >= 252 are

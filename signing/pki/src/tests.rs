@@ -853,7 +853,16 @@ fn renewal_keeps_the_cas_and_issues_new_leaves() {
         assert_eq!(old, new);
     }
     assert_eq!(s.service_account, r.service_account);
-    assert_eq!(s.bootstrap_token, r.bootstrap_token);
+    assert_ne!(s.bootstrap_token, r.bootstrap_token);
+    assert_eq!(s.bootstrap_token.created, None);
+    assert_eq!(r.bootstrap_token.created, Some(t));
+    assert_eq!(r.bootstrap_token.expires(r.created, 24), Some(t + 86_400));
+    assert_eq!(
+        s.bootstrap_token.expires(s.created, 24),
+        Some(s.created + 86_400)
+    );
+    assert_eq!(r.bootstrap_token.expires(r.created, 0), None);
+    assert_eq!(rfc3339(1_700_000_000).unwrap(), "2023-11-14T22:13:20Z");
     for (ca, old, new, purpose) in [
         (&r.kubernetes_ca, &s.admin, &r.admin, "sslclient"),
         (&r.etcd_ca, &s.etcd_admin, &r.etcd_admin, "sslclient"),

@@ -27,6 +27,7 @@ fn sample() -> Secrets {
         bootstrap_token: BootstrapToken {
             id: "abc123".into(),
             secret: "0123456789abcdef".into(),
+            created: None,
         },
         admin: pair("admin"),
         etcd_admin: pair("etcd-admin"),

@@ -20,6 +20,9 @@ pub enum SecretsGenError {
     Pki(#[from] keel_pki::PkiError),
     #[error("{0}")]
     Format(String),
+    /// A secrets file that does not parse.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -30,7 +33,9 @@ pub enum SecretsGenError {
 impl crate::error::Classify for SecretsGenError {
     fn is_bad_input(&self) -> bool {
         match self {
-            SecretsGenError::BadName(_) | SecretsGenError::Exists(_) => true,
+            SecretsGenError::BadName(_)
+            | SecretsGenError::Exists(_)
+            | SecretsGenError::Invalid { .. } => true,
             SecretsGenError::Pki(e) => e.is_bad_input(),
             SecretsGenError::Format(_) | SecretsGenError::Io { .. } => false,
         }
@@ -102,6 +107,77 @@ pub fn generate(
         kubeconfig_path,
         secrets,
     })
+}
+
+fn read_cluster(path: &Path) -> Result<Secrets, SecretsGenError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SecretsGenError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Secrets::from_toml(&text).map_err(|e| SecretsGenError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("{e} (expected cluster secrets from `keel secrets gen`)"),
+    })
+}
+
+/// Writes `text` into a new file (mode 0600), leaving nothing behind on failure.
+fn write_new_private(path: &Path, text: &str) -> Result<(), SecretsGenError> {
+    let mut file = create_private(path)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            SecretsGenError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        })
+}
+
+/// `keel secrets node NAME --ip ... --secrets CLUSTER --role ROLE -o OUT`: the node secrets
+/// file (what a node keeps as STATE's `/secrets.toml`) for one node, its API certificate its
+/// own (see [`keel_pki::issue_node_api`]). Given at boot (fw_cfg, a config drive), it replaces
+/// the node's secrets; the node then serves that certificate.
+pub fn node_file(
+    cluster: &Path,
+    name: &str,
+    ips: &[std::net::IpAddr],
+    role: keel_contract::profile::Role,
+    output: &Path,
+    now: u64,
+) -> Result<NodeSecrets, SecretsGenError> {
+    let secrets = read_cluster(cluster)?;
+    let mut node = secrets.for_role(role);
+    node.node_api = keel_pki::issue_node_api(&secrets, name, ips, now)?;
+    let text = node
+        .to_toml()
+        .map_err(|e| SecretsGenError::Format(e.to_string()))?;
+    write_new_private(output, &text)?;
+    Ok(node)
+}
+
+/// `keel secrets renew FILE`: every leaf certificate in FILE issued again (the CAs, keys and
+/// token kept: [`keel_pki::renew`]). FILE is replaced whole (a new file renamed over it), so
+/// a failure leaves the old one.
+pub fn renew(path: &Path, now: u64) -> Result<Secrets, SecretsGenError> {
+    let renewed = keel_pki::renew(&read_cluster(path)?, now)?;
+    let text = renewed
+        .to_toml()
+        .map_err(|e| SecretsGenError::Format(e.to_string()))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".renewing");
+    let tmp = PathBuf::from(tmp);
+    // Left by a renewal that died: it holds nothing the file does not.
+    let _ = std::fs::remove_file(&tmp);
+    write_new_private(&tmp, &text)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        SecretsGenError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })?;
+    Ok(renewed)
 }
 
 /// Creates a new file with mode 0600 (never opening an existing one).

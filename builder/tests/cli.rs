@@ -762,3 +762,79 @@ fn contexts_give_keel_node_its_endpoint_and_secrets() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn secrets_node_and_renew() {
+    use keel_contract::secrets::{NodeSecrets, Secrets};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.secrets.toml");
+    assert!(keel(&["secrets", "gen", "-o", p(&file)]).status.success());
+    let before = Secrets::from_toml(&std::fs::read_to_string(&file).unwrap()).unwrap();
+
+    let node = dir.path().join("node-a.secrets.toml");
+    let args = [
+        "secrets",
+        "node",
+        "node-a",
+        "--ip",
+        "10.0.0.5",
+        "--secrets",
+        p(&file),
+        "-o",
+        p(&node),
+    ];
+    let out = keel(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(&node).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&node).unwrap();
+    let ns = NodeSecrets::from_toml(&text).unwrap();
+    assert_eq!(ns.role, keel_contract::profile::Role::Worker);
+    assert!(ns.etcd_ca.is_none(), "a worker's file holds no CA key");
+    assert_ne!(ns.node_api, before.node_api);
+    let der = keel_contract::secrets::pem_blocks(&ns.node_api.cert).unwrap();
+    let names = keel_pki::cert_names(&der[0].der).unwrap();
+    assert_eq!(names.dns, ["node-a", "keel-node"]);
+    // Never overwritten; a bad name is bad input.
+    let out = keel(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&node).unwrap(), text);
+    let bad = dir.path().join("bad.toml");
+    let out = keel(&[
+        "secrets",
+        "node",
+        "Not_A_Name",
+        "--secrets",
+        p(&file),
+        "-o",
+        p(&bad),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!bad.exists());
+
+    let out = keel(&["secrets", "renew", p(&file)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let after = Secrets::from_toml(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(after.keel_ca, before.keel_ca);
+    assert_eq!(after.kubernetes_ca, before.kubernetes_ca);
+    assert_ne!(after.keel_admin, before.keel_admin);
+    assert_ne!(after.node_api, before.node_api);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".renewing"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let out = keel(&["secrets", "renew", p(&node)]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a node file is not cluster secrets"
+    );
+}

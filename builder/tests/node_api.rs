@@ -265,6 +265,8 @@ fn log(_line: &str) {}
 fn options() -> ServerOptions {
     ServerOptions {
         max_connections: 8,
+        max_per_peer: 8,
+        handshake_timeout: Duration::from_secs(10),
         head_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(10),
@@ -386,6 +388,9 @@ fn conn(addr: SocketAddr, secrets: &Path) -> NodeConnection {
     NodeConnection {
         endpoint: Some(addr.to_string()),
         secrets: Some(secrets.to_owned()),
+        read_only: false,
+        node: None,
+        own_certificate_only: false,
     }
 }
 
@@ -414,6 +419,12 @@ fn the_cli_prints_status_as_a_table_and_as_json() {
     .unwrap();
     assert!(
         table.starts_with("node       worker-1 (keel-worker 1.1.0, slot a)\n"),
+        "{table}"
+    );
+    // When the node's and the operator's certificates end (rcgen's default: 4096).
+    assert!(
+        table.contains("\nnode cert  valid until 4096-01-01 (")
+            && table.contains("\nyour cert  valid until 4096-01-01 ("),
         "{table}"
     );
     assert!(
@@ -954,4 +965,312 @@ fn openssl_s_client_needs_a_client_certificate() {
     assert!(!stdout.contains("HTTP/1.1"), "{stdout}");
     assert!(stderr.contains("alert"), "{stderr}");
     assert_eq!(fake.calls(), 1);
+}
+
+// --- under abuse --------------------------------------------------------------------------
+
+/// A TCP connection to `dst` from the loopback address `src` (another peer, as far as the
+/// server can tell), or None if the connect did not complete within 3 s.
+fn connect_from(src: std::net::Ipv4Addr, dst: SocketAddr) -> Option<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(dst) = dst else {
+        panic!("IPv4 only")
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the TcpStream takes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let stream = TcpStream::from_raw_fd(fd);
+        // A blocking connect honours the send timeout on Linux.
+        stream
+            .set_write_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let local = sin(src, 0);
+        let rc = libc::bind(fd, (&raw const local).cast(), len);
+        assert_eq!(rc, 0, "bind {src}: {}", std::io::Error::last_os_error());
+        let remote = sin(*dst.ip(), dst.port());
+        let rc = libc::connect(fd, (&raw const remote).cast(), len);
+        (rc == 0).then_some(stream)
+    }
+}
+
+/// A console as slow as a serial one under a flood (and slower): 50 ms a line.
+fn slow_console(_line: &str) {
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+fn operators_are_served_while_idle_and_garbage_connections_are_held_open() {
+    let pki = pki();
+    let fake = Arc::new(Fake::default());
+    let tls = ServerTls::from_pem(&pki.server.0, &pki.server.1, &pki.ca.pem).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // The limits a node runs with.
+    let addr = server::spawn(
+        listener,
+        tls,
+        fake.clone(),
+        slow_console,
+        ServerOptions::default(),
+    )
+    .unwrap()
+    .local_addr();
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.extend(connect_from(attacker, addr));
+    }
+    for _ in 0..200 {
+        if let Some(mut garbage) = connect_from(attacker, addr) {
+            let _ = garbage.write_all(b"GET / HTTP/1.0\r\n\r\nnot a TLS record at all\r\n");
+            held.push(garbage);
+        }
+    }
+    // Another peer, the operator, is answered while all of them are still open.
+    let node = client(addr, &pki.admin_creds());
+    assert_eq!(node.status().unwrap(), status());
+    assert_eq!(node.version().unwrap().version, "1.1.0");
+    assert!(
+        held.len() >= 100,
+        "the attacker got only {} connections",
+        held.len()
+    );
+    drop(held);
+}
+
+#[test]
+fn a_connection_that_never_starts_its_handshake_gives_its_place_back() {
+    let pki = pki();
+    let fake = Arc::new(Fake::default());
+    let opts = ServerOptions {
+        max_connections: 1,
+        handshake_timeout: Duration::from_millis(300),
+        head_timeout: Duration::from_secs(60),
+        ..options()
+    };
+    let addr = start_with(&pki.server, &pki.ca.pem, fake.clone(), opts);
+    let node = client(addr, &pki.admin_creds());
+    // Holds the only place, and is never closed by this side.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // The server closes it at the handshake deadline, long before the head's.
+    let mut nothing = Vec::new();
+    let _ = idle.read_to_end(&mut nothing);
+    assert!(nothing.is_empty());
+    let start = Instant::now();
+    loop {
+        match node.version() {
+            Ok(v) => break assert_eq!(v.slot, "a"),
+            Err(e) if start.elapsed() > Duration::from_secs(20) => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+// --- roles --------------------------------------------------------------------------------
+
+#[test]
+fn a_read_only_operator_reads_but_gets_403_on_changes() {
+    // The certificates `keel secrets gen` issues, and a node serving its node_api one.
+    let secrets = keel_pki::generate("keel", now_secs()).unwrap();
+    let fake = Arc::new(Fake::default());
+    let serving = (secrets.node_api.cert.clone(), secrets.node_api.key.clone());
+    let addr = start_with(&serving, &secrets.keel_ca.cert, fake.clone(), options());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(&file, secrets.to_toml().unwrap()).unwrap();
+    let read_only = |addr: SocketAddr| NodeConnection {
+        read_only: true,
+        ..conn(addr, &file)
+    };
+
+    let table = run_cli(NodeCommand::Status {
+        conn: read_only(addr),
+        json: false,
+    })
+    .unwrap();
+    assert!(table.contains("worker-1"), "{table}");
+    let update = dir.path().join("update.tar");
+    std::fs::write(&update, b"BAD update").unwrap();
+    let err = run_cli(NodeCommand::Upgrade {
+        conn: read_only(addr),
+        bundle: update.clone(),
+        force: true,
+        no_reboot: true,
+        json: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("HTTP 403 Forbidden"), "{err}");
+    assert!(
+        err.contains("a read-only operator certificate may not POST /v1/upgrade"),
+        "{err}"
+    );
+    for command in [
+        NodeCommand::Reboot {
+            conn: read_only(addr),
+        },
+        NodeCommand::Rollback {
+            conn: read_only(addr),
+            json: false,
+        },
+    ] {
+        let err = run_cli(command).unwrap_err().to_string();
+        assert!(err.contains("HTTP 403 Forbidden"), "{err}");
+    }
+    assert_eq!(fake.calls(), 1, "only the status reached the node");
+    // curl (OpenSSL) with the read-only certificate: the same 403, and status for it.
+    let ro = secrets.keel_read_only.clone().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &secrets.keel_ca.cert).unwrap();
+    std::fs::write(dir.path().join("ro.pem"), &ro.cert).unwrap();
+    std::fs::write(dir.path().join("ro.key"), &ro.key).unwrap();
+    let curl = |method: &str, path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", method, "-w", "\n%{http_code}"])
+            .arg("--resolve")
+            .arg(format!("keel-node:{}:127.0.0.1", addr.port()))
+            .arg("--cacert")
+            .arg(dir.path().join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.path().join("ro.pem"))
+            .arg("--key")
+            .arg(dir.path().join("ro.key"))
+            .arg(format!("https://keel-node:{}{path}", addr.port()))
+            .output()
+            .expect("`curl` not found: apt-get install -y curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reboot = curl("POST", "/v1/reboot");
+    assert!(reboot.ends_with("\n403"), "{reboot}");
+    assert!(reboot.contains("may not POST /v1/reboot"), "{reboot}");
+    assert!(curl("GET", "/v1/version").ends_with("\n200"));
+    assert_eq!(
+        fake.calls(),
+        2,
+        "the status and curl's version reached the node"
+    );
+
+    // The admin certificate from the same file still may (the fake refuses a BAD update).
+    let err = run_cli(NodeCommand::Upgrade {
+        conn: conn(addr, &file),
+        bundle: update,
+        force: true,
+        no_reboot: true,
+        json: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("HTTP 422"), "{err}");
+    // And an admin certificate from before roles (no O) is an admin.
+    let legacy = pki();
+    let addr = start_with(&legacy.server, &legacy.ca.pem, fake.clone(), options());
+    assert_eq!(
+        client(addr, &legacy.admin_creds())
+            .reboot()
+            .unwrap()
+            .message,
+        "rebooting"
+    );
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// --- per-node certificates ----------------------------------------------------------------
+
+#[test]
+fn one_nodes_certificate_cannot_pass_for_another_with_node() {
+    let secrets = keel_pki::generate("keel", now_secs()).unwrap();
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let issue = |name: &str, ip: std::net::IpAddr| {
+        let c = keel_pki::issue_node_api(&secrets, name, &[ip], now_secs()).unwrap();
+        (c.cert, c.key)
+    };
+    let fake = Arc::new(Fake::default());
+    let node_a = start_with(
+        &issue("node-a", loopback),
+        &secrets.keel_ca.cert,
+        fake.clone(),
+        options(),
+    );
+    let creds = ClientCredentials {
+        ca_pem: secrets.keel_ca.cert.clone(),
+        cert_pem: secrets.keel_admin.cert.clone(),
+        key_pem: secrets.keel_admin.key.clone(),
+    };
+    let as_node = |addr: SocketAddr, name: &str, own_only: bool| {
+        NodeClient::for_node(&addr.to_string(), &creds, name, own_only)
+            .unwrap()
+            .version()
+    };
+    // Node A's certificate, where node B was meant: refused, with the names it has.
+    let err = as_node(node_a, "node-b", false).unwrap_err().to_string();
+    assert!(
+        err.contains("the node's certificate is not for node-b: it names node-a, keel-node"),
+        "{err}"
+    );
+    assert_eq!(as_node(node_a, "node-a", true).unwrap().slot, "a");
+    // Without --node, any certificate of the cluster's nodes is accepted, as before.
+    assert_eq!(client(node_a, &creds).version().unwrap().slot, "a");
+
+    // The right name at an address the certificate does not list.
+    let elsewhere = start_with(
+        &issue("node-a", "10.1.2.3".parse().unwrap()),
+        &secrets.keel_ca.cert,
+        fake.clone(),
+        options(),
+    );
+    let err = as_node(elsewhere, "node-a", false).unwrap_err().to_string();
+    assert!(
+        err.contains("is for node-a at 10.1.2.3, not at 127.0.0.1"),
+        "{err}"
+    );
+
+    // The shared certificate: accepted for any name, unless --own-certificate-only.
+    let shared = start_with(
+        &(secrets.node_api.cert.clone(), secrets.node_api.key.clone()),
+        &secrets.keel_ca.cert,
+        fake.clone(),
+        options(),
+    );
+    assert_eq!(as_node(shared, "node-b", false).unwrap().slot, "a");
+    let err = as_node(shared, "node-b", true).unwrap_err().to_string();
+    assert!(
+        err.contains("presented the shared keel-node certificate"),
+        "{err}"
+    );
+
+    // Through the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.toml");
+    std::fs::write(&file, secrets.to_toml().unwrap()).unwrap();
+    let err = run_cli(NodeCommand::Version {
+        conn: NodeConnection {
+            node: Some("node-b".into()),
+            ..conn(node_a, &file)
+        },
+        json: false,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not for node-b"), "{err}");
+    assert_eq!(
+        fake.calls(),
+        3,
+        "only the accepted connections reached the node"
+    );
 }

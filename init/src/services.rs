@@ -301,10 +301,28 @@ pub fn start_containers(node: &Node) -> Result<Option<Arc<Supervisor>>, String> 
 /// need to join with the bootstrap token (`roles::cluster_bootstrap`). The API server is a
 /// static pod the kubelet starts, which may take minutes, so this is not part of the health
 /// gate; it retries until it is done, reporting on the console now and then.
-pub fn spawn_cluster_bootstrap(secrets: &NodeSecrets) {
+pub fn spawn_cluster_bootstrap(secrets: &NodeSecrets, token_ttl_hours: u32) {
     let token_id = secrets.bootstrap_token.id.clone();
-    let objects = match roles::cluster_bootstrap::objects(&secrets.bootstrap_token) {
-        Ok(o) => o,
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let objects = match roles::cluster_bootstrap::objects_at(
+        &secrets.bootstrap_token,
+        secrets.created,
+        token_ttl_hours,
+        now,
+    ) {
+        Ok((objects, None)) => objects,
+        Ok((objects, Some(expired))) => {
+            log(&format!(
+                "cluster bootstrap: bootstrap token {token_id} expired at {} (node.kubernetes.bootstrap_token_ttl_hours = {token_ttl_hours}), not created again: new workers cannot join until the control plane gets secrets with a new token (keel secrets renew)",
+                i64::try_from(expired)
+                    .ok()
+                    .and_then(keel_pki::rfc3339)
+                    .unwrap_or_else(|| expired.to_string())
+            ));
+            objects
+        }
         Err(e) => return log(&format!("cluster bootstrap: {e}")),
     };
     std::thread::spawn(move || {
@@ -325,9 +343,17 @@ pub fn spawn_cluster_bootstrap(secrets: &NodeSecrets) {
         loop {
             match create_all(&client, &objects) {
                 Ok((created, there)) => {
+                    let bindings = objects
+                        .iter()
+                        .filter(|o| !o.describe.starts_with("Secret/"))
+                        .count();
+                    let token = if bindings < objects.len() {
+                        format!("bootstrap token {token_id}")
+                    } else {
+                        format!("no bootstrap token ({token_id} expired)")
+                    };
                     return log(&format!(
-                        "cluster bootstrap: bootstrap token {token_id} and {} RBAC bindings in place ({created} created, {there} already there)",
-                        objects.len().saturating_sub(1)
+                        "cluster bootstrap: {token} and {bindings} RBAC bindings in place ({created} created, {there} already there)"
                     ));
                 }
                 Err(e) => {

@@ -433,7 +433,7 @@ fn start_services(
         None => None,
     };
     if let Some(s) = secrets.filter(|s| s.role == Role::ControlPlane) {
-        services::spawn_cluster_bootstrap(s);
+        services::spawn_cluster_bootstrap(s, node.kubernetes.bootstrap_token_ttl_hours);
     }
     let containers = services::start_containers(node)?;
     Ok(std::iter::once(core)

@@ -95,6 +95,7 @@ fn static_pods_and_join_objects_match_the_official_schemas() {
     let token = BootstrapToken {
         id: "abcdef".into(),
         secret: "0123456789abcdef".into(),
+        created: None,
     };
     for (i, object) in cluster_bootstrap::objects(&token)
         .unwrap()

@@ -143,6 +143,35 @@ pub enum SecretsCommand {
         #[arg(long, default_value = "https://127.0.0.1:6443")]
         endpoint: Endpoint,
     },
+    /// Issue node NAME its own API certificate (keel CA; names NAME, `keel-node` and each
+    /// --ip) in a node secrets file OUT (mode 0600, never overwritten) for a node of --role,
+    /// to give the node at boot (fw_cfg or a config drive) as its secrets.toml. Then
+    /// `keel node --node NAME` checks that the node it reaches is NAME.
+    Node {
+        /// The node's name (a DNS name).
+        name: String,
+        /// An address the node's API is reached at (repeat for more).
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<std::net::IpAddr>,
+        /// The cluster secrets file.
+        #[arg(long, value_name = "FILE")]
+        secrets: PathBuf,
+        /// The node's role: controlplane or worker (what else the file holds).
+        #[arg(long, value_parser = ["controlplane", "worker"], default_value = "worker")]
+        role: String,
+        /// The node secrets file to create.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Issue every operator and shared node certificate in FILE again (a new year of
+    /// validity) and a new bootstrap token (its time to live counts from now), keeping the
+    /// CAs and the service-account key. Adds a read-only operator (`keel_read_only`) to files
+    /// from before it existed. Nodes get the renewed node certificate and token with their
+    /// next build or secrets at boot.
+    Renew {
+        /// The cluster secrets file, replaced in place.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +246,18 @@ pub struct NodeConnection {
     /// [default: the context's].
     #[arg(long, value_name = "FILE", env = "KEEL_SECRETS")]
     pub secrets: Option<PathBuf>,
+    /// Present the read-only operator's certificate (`keel_read_only` in the secrets file):
+    /// status, version and logs work, anything that changes the node gets 403.
+    #[arg(long, env = "KEEL_READ_ONLY")]
+    pub read_only: bool,
+    /// The node's name: its certificate must be the one `keel secrets node NAME` issued (and
+    /// list the address dialled, if it lists addresses). The shared `keel-node` certificate
+    /// is still accepted unless --own-certificate-only.
+    #[arg(long, value_name = "NAME", env = "KEEL_NODE")]
+    pub node: Option<String>,
+    /// With --node: refuse the shared `keel-node` certificate every node holds.
+    #[arg(long, requires = "node", env = "KEEL_OWN_CERTIFICATE_ONLY")]
+    pub own_certificate_only: bool,
 }
 
 #[derive(Debug, Subcommand)]

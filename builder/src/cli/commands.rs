@@ -163,6 +163,48 @@ pub fn secrets_gen(
     Ok(())
 }
 
+fn unix_now() -> Result<u64, CommandError> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|e| CommandError::Failed(format!("the clock is before 1970: {e}")))
+}
+
+pub fn secrets_node(
+    name: &str,
+    ips: &[std::net::IpAddr],
+    secrets: &Path,
+    role: &str,
+    output: &Path,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    let role = match role {
+        "controlplane" => keel_contract::profile::Role::ControlPlane,
+        _ => keel_contract::profile::Role::Worker,
+    };
+    let node = crate::secrets::node_file(secrets, name, ips, role, output, unix_now()?)?;
+    let until = keel_pki::not_after_pem(&node.node_api.cert)
+        .map_err(crate::secrets::SecretsGenError::from)?;
+    rep.note(&format!(
+        "{}: {} secrets for node {name} (mode 0600), its API certificate valid until {} (unix seconds); give it to the node at boot, then `keel node --node {name}`",
+        output.display(),
+        role.as_str(),
+        until
+    ));
+    Ok(())
+}
+
+pub fn secrets_renew(file: &Path, rep: &Reporter) -> Result<(), CommandError> {
+    let renewed = crate::secrets::renew(file, unix_now()?)?;
+    let until = keel_pki::not_after_pem(&renewed.keel_admin.cert)
+        .map_err(crate::secrets::SecretsGenError::from)?;
+    rep.note(&format!(
+        "{}: operator and shared node certificates issued again, valid until {until} (unix seconds); the CAs are unchanged. Rebuild or re-deliver node secrets for the nodes to serve the new node certificate",
+        file.display()
+    ));
+    Ok(())
+}
+
 pub fn sign(args: &SignArgs, rep: &Reporter) -> Result<(), CommandError> {
     let (signature, key_id) =
         crate::keys::sign_file(&args.file, &args.key, args.trusted_comment.as_deref())?;

@@ -2,14 +2,12 @@
 
 use std::path::Path;
 
-use keel_contract::api::{Request, Status};
+use keel_contract::api::{OperatorRole, Request, Status};
 
 use super::args::{NodeCommand, NodeConnection};
 use super::error::CommandError;
 use crate::context::Config;
-use crate::node::{
-    NodeClient, NodeError, UpdateStream, credentials_from_secrets, open_update_file,
-};
+use crate::node::{NodeClient, NodeError, UpdateStream, credentials_for, open_update_file};
 use crate::progress::Reporter;
 
 fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
@@ -18,8 +16,21 @@ fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
             "no node to talk to: pass --endpoint and --secrets, or save a context (keel context set NAME -e HOST --secrets FILE)".into(),
         ));
     };
-    let creds = credentials_from_secrets(secrets).map_err(CommandError::BadInput)?;
-    Ok(NodeClient::new(endpoint, &creds)?)
+    let role = if conn.read_only {
+        OperatorRole::ReadOnly
+    } else {
+        OperatorRole::Admin
+    };
+    let creds = credentials_for(secrets, role).map_err(CommandError::BadInput)?;
+    match &conn.node {
+        Some(name) => Ok(NodeClient::for_node(
+            endpoint,
+            &creds,
+            name,
+            conn.own_certificate_only,
+        )?),
+        None => Ok(NodeClient::new(endpoint, &creds)?),
+    }
 }
 
 impl NodeCommand {
@@ -78,7 +89,11 @@ pub fn run_with(
             if json {
                 ensure_newline(node.request(&Request::Status, None)?.text())
             } else {
-                format_status(&node.status()?)
+                let status = node.status()?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                format_status(&status) + &format_certificates(&node.certificate_expiry(), now)
             }
         }
         NodeCommand::Version { conn, json } => {
@@ -214,6 +229,46 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The status as a person reads it.
+/// Certificates this close to their end are warned about.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// When the node's and the operator's certificates end, and a warning for either within
+/// [`EXPIRY_WARNING_DAYS`] of it.
+pub fn format_certificates(expiry: &crate::node::CertificateExpiry, now: i64) -> String {
+    let mut out = String::from("\n");
+    let mut warnings = String::new();
+    for (label, what, fix, end) in [
+        (
+            "node cert",
+            "the node's API certificate",
+            "`keel secrets renew` (the shared one) or `keel secrets node` (its own), then give the node its new secrets",
+            expiry.node,
+        ),
+        (
+            "your cert",
+            "your operator certificate",
+            "`keel secrets renew`",
+            expiry.operator,
+        ),
+    ] {
+        let Some(end) = end else { continue };
+        let days = (end - now).div_euclid(86_400);
+        let date = keel_pki::utc_date(end);
+        if end <= now {
+            out.push_str(&format!("{label}  EXPIRED on {date}\n"));
+            warnings.push_str(&format!("WARNING    {what} has expired: {fix}\n"));
+        } else {
+            out.push_str(&format!("{label}  valid until {date} ({days} days)\n"));
+            if days < EXPIRY_WARNING_DAYS {
+                warnings.push_str(&format!(
+                    "WARNING    {what} expires in {days} days, on {date}: {fix}\n"
+                ));
+            }
+        }
+    }
+    out + &warnings
+}
+
 pub fn format_status(s: &Status) -> String {
     let dash = || "-".to_owned();
     let mut out = format!(
@@ -394,5 +449,41 @@ etcd        backoff  3         -    exited with 1
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn certificate_expiry_is_shown_and_warned_about() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let text = format_certificates(
+            &crate::node::CertificateExpiry {
+                node: Some(now + 200 * day + 5),
+                operator: Some(now + 29 * day + 5),
+            },
+            now,
+        );
+        assert!(
+            text.contains("node cert  valid until 2027-08-03 (200 days)\n"),
+            "{text}"
+        );
+        assert!(text.contains("your cert  valid until"), "{text}");
+        assert!(
+            text.contains("WARNING    your operator certificate expires in 29 days"),
+            "{text}"
+        );
+        assert!(!text.contains("node's API certificate expires"), "{text}");
+        let text = format_certificates(
+            &crate::node::CertificateExpiry {
+                node: Some(now - 1),
+                operator: None,
+            },
+            now,
+        );
+        assert!(text.contains("node cert  EXPIRED on"), "{text}");
+        assert!(
+            text.contains("WARNING    the node's API certificate has expired"),
+            "{text}"
+        );
+        assert!(!text.contains("your cert"), "{text}");
     }
 }

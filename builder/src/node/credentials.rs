@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use keel_contract::api::OperatorRole;
+
 /// What the client needs for mutual TLS: the keel CA that issued the node's certificate, and
 /// the operator's (admin) client certificate and key, all PEM.
 #[derive(Clone)]
@@ -19,15 +21,39 @@ impl std::fmt::Debug for ClientCredentials {
     }
 }
 
-/// The agreed layout of the secrets file: TOML with `[keel_ca] cert` and
-/// `[keel_admin] cert`, `key`, each a PEM string.
+/// The admin's credentials: see [`credentials_for`].
 pub fn credentials_from_secrets(path: &Path) -> Result<ClientCredentials, String> {
+    credentials_for(path, OperatorRole::Admin)
+}
+
+/// The agreed layout of the secrets file: TOML with `[keel_ca] cert` and the operator's
+/// `[keel_admin]` or `[keel_read_only]` `cert`, `key`, each a PEM string. Only those are
+/// read, so a read-only operator can be given a file with nothing else in it.
+pub fn credentials_for(path: &Path, role: OperatorRole) -> Result<ClientCredentials, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    credentials_from_secrets_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    credentials_toml_for(&text, role).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub fn credentials_from_secrets_toml(text: &str) -> Result<ClientCredentials, String> {
+    credentials_toml_for(text, OperatorRole::Admin)
+}
+
+/// The table holding an operator role's certificate and key in the secrets file.
+pub fn operator_section(role: OperatorRole) -> &'static str {
+    match role {
+        OperatorRole::Admin => "keel_admin",
+        OperatorRole::ReadOnly => "keel_read_only",
+    }
+}
+
+pub fn credentials_toml_for(text: &str, role: OperatorRole) -> Result<ClientCredentials, String> {
     let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let section = operator_section(role);
+    if role == OperatorRole::ReadOnly && !table.contains_key(section) {
+        return Err(format!(
+            "no `{section}` table: these secrets are from before read-only operators; `keel secrets renew FILE` adds one"
+        ));
+    }
     let pem = |section: &str, key: &str| -> Result<String, String> {
         table
             .get(section)
@@ -38,8 +64,8 @@ pub fn credentials_from_secrets_toml(text: &str) -> Result<ClientCredentials, St
     };
     Ok(ClientCredentials {
         ca_pem: pem("keel_ca", "cert")?,
-        cert_pem: pem("keel_admin", "cert")?,
-        key_pem: pem("keel_admin", "key")?,
+        cert_pem: pem(section, "cert")?,
+        key_pem: pem(section, "key")?,
     })
 }
 
@@ -68,6 +94,21 @@ x = 1
         assert_eq!(creds.cert_pem, "ADMIN CERT");
         assert_eq!(creds.key_pem, "ADMIN KEY\n");
         assert!(!format!("{creds:?}").contains("ADMIN KEY"));
+    }
+
+    #[test]
+    fn reads_the_read_only_operator() {
+        let text = "[keel_ca]\ncert = \"CA\"\n[keel_read_only]\ncert = \"RO\"\nkey = \"ROK\"\n";
+        let creds = credentials_toml_for(text, OperatorRole::ReadOnly).unwrap();
+        assert_eq!(
+            (creds.cert_pem.as_str(), creds.key_pem.as_str()),
+            ("RO", "ROK")
+        );
+        let err = credentials_toml_for(text, OperatorRole::Admin).unwrap_err();
+        assert!(err.contains("missing `keel_admin.cert`"), "{err}");
+        let err =
+            credentials_toml_for("[keel_ca]\ncert = \"CA\"\n", OperatorRole::ReadOnly).unwrap_err();
+        assert!(err.contains("keel secrets renew"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! certificate. One request per connection; HTTP/1.1 from keel-http, as the server.
 
 mod credentials;
+mod identity;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -20,7 +21,11 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::progress::Reporter;
 
-pub use credentials::{ClientCredentials, credentials_from_secrets, credentials_from_secrets_toml};
+pub use credentials::{
+    ClientCredentials, credentials_for, credentials_from_secrets, credentials_from_secrets_toml,
+    credentials_toml_for, operator_section,
+};
+pub use identity::NodeIdentity;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// For the answer to an ordinary request.
@@ -180,6 +185,15 @@ fn certs(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, NodeErro
 /// The TLS client configuration: TLS 1.3, ring, the keel CA as the only root, the admin
 /// certificate presented.
 pub fn client_config(creds: &ClientCredentials) -> Result<Arc<ClientConfig>, NodeError> {
+    client_config_for(creds, None)
+}
+
+/// As [`client_config`], and with `node`, the node's certificate must be that node's (see
+/// [`NodeIdentity`]).
+pub fn client_config_for(
+    creds: &ClientCredentials,
+    node: Option<NodeIdentity>,
+) -> Result<Arc<ClientConfig>, NodeError> {
     let mut roots = RootCertStore::empty();
     for ca in certs("the keel CA certificate", &creds.ca_pem)? {
         roots
@@ -190,10 +204,19 @@ pub fn client_config(creds: &ClientCredentials) -> Result<Arc<ClientConfig>, Nod
     let key = PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
         .map_err(|e| NodeError::BadInput(format!("the admin key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NodeError::BadInput(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
+        .map_err(|e| NodeError::BadInput(format!("TLS: {e}")))?;
+    let builder = match node {
+        None => builder.with_root_certificates(roots),
+        Some(node) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(
+                identity::NodeVerifier::new(roots, node)
+                    .map_err(|e| NodeError::BadInput(format!("the keel CA certificate: {e}")))?,
+            )),
+    };
+    let config = builder
         .with_client_auth_cert(chain, key)
         .map_err(|e| NodeError::BadInput(format!("the admin certificate and key: {e}")))?;
     Ok(Arc::new(config))
@@ -207,11 +230,58 @@ pub struct NodeClient {
     host: String,
     port: u16,
     config: Arc<ClientConfig>,
+    /// When the operator's certificate ends (unix seconds), when known.
+    operator_not_after: Option<i64>,
+    /// When the certificate the node served on the last connection ends.
+    served_not_after: std::sync::Mutex<Option<i64>>,
+}
+
+/// When the certificates of a conversation with a node end (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// The node's API serving certificate (from the last connection).
+    pub node: Option<i64>,
+    /// The operator's client certificate.
+    pub operator: Option<i64>,
 }
 
 impl NodeClient {
     pub fn new(endpoint: &str, creds: &ClientCredentials) -> Result<Self, NodeError> {
-        Self::with_config(endpoint, client_config(creds)?)
+        Ok(Self::with_config(endpoint, client_config(creds)?)?.operator(creds))
+    }
+
+    fn operator(mut self, creds: &ClientCredentials) -> Self {
+        self.operator_not_after = keel_pki::not_after_pem(&creds.cert_pem).ok();
+        self
+    }
+
+    /// When the certificates of the last request end.
+    pub fn certificate_expiry(&self) -> CertificateExpiry {
+        CertificateExpiry {
+            node: *self
+                .served_not_after
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            operator: self.operator_not_after,
+        }
+    }
+
+    /// A client that accepts only node `name`'s certificate (or the shared one, unless
+    /// `own_certificate_only`); an endpoint given as an address must be one the certificate
+    /// lists, if it lists any.
+    pub fn for_node(
+        endpoint: &str,
+        creds: &ClientCredentials,
+        name: &str,
+        own_certificate_only: bool,
+    ) -> Result<Self, NodeError> {
+        let (host, _) = parse_endpoint(endpoint)?;
+        let node = NodeIdentity {
+            name: name.to_owned(),
+            address: host.parse().ok(),
+            own_certificate_only,
+        };
+        Ok(Self::with_config(endpoint, client_config_for(creds, Some(node))?)?.operator(creds))
     }
 
     pub fn with_config(endpoint: &str, config: Arc<ClientConfig>) -> Result<Self, NodeError> {
@@ -221,6 +291,8 @@ impl NodeClient {
             host,
             port,
             config,
+            operator_not_after: None,
+            served_not_after: std::sync::Mutex::new(None),
         })
     }
 
@@ -387,6 +459,16 @@ impl NodeClient {
                 Err(e) => return Err(self.connection_error(describe_io(&e))),
             }
         }
+        let served = stream
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| keel_pki::cert_names(leaf.as_ref()).ok())
+            .map(|names| names.not_after);
+        *self
+            .served_not_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = served;
         Ok(stream)
     }
 
@@ -632,6 +714,7 @@ fn describe_io(e: &io::Error) -> String {
             "the node's certificate was not issued by the keel CA in the secrets (another cluster?): {tls}"
         ),
         E::InvalidCertificate(_) => format!("the node's certificate is not acceptable: {tls}"),
+        E::General(message) => message.clone(),
         E::AlertReceived(
             A::CertificateRequired
             | A::BadCertificate

@@ -10,26 +10,28 @@
 //! Nothing here panics, and a panic in a handler is caught and answered with a 500: this
 //! runs inside PID 1 (whose panic hook otherwise treats a panic as fatal).
 
+mod guard;
 mod http;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+mod transport;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_contract::api::{
-    Ack, ErrorBody, ErrorKind, Request, RollbackReport, RouteError, Status, UpgradeReport, Version,
-    content_type,
+    Ack, ErrorBody, ErrorKind, OperatorRole, Request, RollbackReport, RouteError, Status,
+    UpgradeReport, Version, content_type,
 };
 use rustls::{ServerConnection, StreamOwned};
 use serde::Serialize;
 
 pub use tls::{ServerTls, TlsError};
+pub(crate) use transport::{Socket, Transport};
 
 /// Where the server reports what happened (the init's console).
 pub type Log = fn(&str);
@@ -118,6 +120,11 @@ pub trait NodeApi: Send + Sync {
 pub struct ServerOptions {
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// Connections from one peer address at once, so that one host cannot take every place.
+    pub max_per_peer: usize,
+    /// From accept to the end of the TLS handshake: a socket that never completes one (an
+    /// idle connection, a scanner) gives its place back this soon.
+    pub handshake_timeout: Duration,
     /// From accept to the end of the request head, handshake included, so a client that
     /// trickles bytes cannot hold a connection open.
     pub head_timeout: Duration,
@@ -133,7 +140,9 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            max_connections: 16,
+            max_connections: 32,
+            max_per_peer: 8,
+            handshake_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(120),
@@ -156,12 +165,25 @@ impl Server {
 struct Shared {
     tls: ServerTls,
     api: Arc<dyn NodeApi>,
-    log: Log,
+    notes: guard::Notes,
     options: ServerOptions,
-    active: AtomicUsize,
+    open: guard::Occupancy,
 }
 
-/// Starts serving on `listener` in a thread of its own.
+impl Shared {
+    fn new(tls: ServerTls, api: Arc<dyn NodeApi>, log: Log, options: ServerOptions) -> Arc<Self> {
+        Arc::new(Shared {
+            tls,
+            api,
+            notes: guard::Notes::start(log),
+            options,
+            open: guard::Occupancy::default(),
+        })
+    }
+}
+
+/// Starts serving on `listener` in a thread of its own. `log` is called from a thread of
+/// the server's own, never from one that serves or accepts (see [`guard`]).
 pub fn spawn(
     listener: TcpListener,
     tls: ServerTls,
@@ -170,13 +192,7 @@ pub fn spawn(
     options: ServerOptions,
 ) -> io::Result<Server> {
     let local_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        tls,
-        api,
-        log,
-        options,
-        active: AtomicUsize::new(0),
-    });
+    let shared = Shared::new(tls, api, log, options);
     std::thread::Builder::new()
         .name("keel-api".into())
         .spawn(move || accept_loop(&listener, &shared))?;
@@ -191,28 +207,17 @@ pub fn serve(
     log: Log,
     options: ServerOptions,
 ) -> ! {
-    let shared = Arc::new(Shared {
-        tls,
-        api,
-        log,
-        options,
-        active: AtomicUsize::new(0),
-    });
-    accept_loop(&listener, &shared)
+    accept_loop(&listener, &Shared::new(tls, api, log, options))
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> ! {
-    let mut last_complaint: Option<Instant> = None;
     loop {
         match listener.accept() {
             Ok((tcp, peer)) => admit(tcp, peer, shared),
             Err(e) => {
-                // Out of file descriptors and the like: say so now and then, back off a
+                // Out of file descriptors and the like: say so (rate-limited), back off a
                 // little instead of spinning.
-                if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    (shared.log)(&format!("api: accept: {e}"));
-                    last_complaint = Some(Instant::now());
-                }
+                shared.notes.refusal(format!("api: accept: {e}"));
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -221,23 +226,28 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> ! {
 
 /// A place among the connections being served, given back when dropped (also when the
 /// thread could not be started, or unwinds).
-struct ConnectionSlot(Arc<Shared>);
+struct ConnectionSlot(Arc<Shared>, std::net::IpAddr);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.open.give_back(self.1);
     }
 }
 
 fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    let before = shared.active.fetch_add(1, Ordering::SeqCst);
-    let slot = ConnectionSlot(shared.clone());
-    if before >= shared.options.max_connections {
-        (shared.log)(&format!(
-            "api: {peer}: refused, {before} connections already open"
-        ));
+    let opts = &shared.options;
+    if let Err(full) = shared
+        .open
+        .take(peer.ip(), opts.max_connections, opts.max_per_peer)
+    {
+        let why = match full {
+            guard::Full::All(n) => format!("{n} connections already open"),
+            guard::Full::Peer(n) => format!("{n} connections from {} already open", peer.ip()),
+        };
+        shared.notes.refusal(format!("api: {peer}: refused, {why}"));
         return;
     }
+    let slot = ConnectionSlot(shared.clone(), peer.ip());
     let spawned = std::thread::Builder::new()
         .name("keel-api-conn".into())
         .spawn(move || {
@@ -245,121 +255,32 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
             connection(tcp, peer, shared);
         });
     if let Err(e) = spawned {
-        (shared.log)(&format!("api: {peer}: no thread for the connection: {e}"));
-    }
-}
-
-/// The TCP socket under TLS: a deadline for the handshake and the request head, an idle
-/// timeout for every read and write, and timeouts reported as `TimedOut` (the kernel says
-/// `WouldBlock`, which rustls would take for a non-blocking socket).
-pub(crate) struct Socket {
-    tcp: TcpStream,
-    deadline: Option<Instant>,
-    idle: Duration,
-}
-
-impl Socket {
-    pub(crate) fn new(
-        tcp: TcpStream,
-        deadline: Option<Instant>,
-        idle: Duration,
-    ) -> io::Result<Self> {
-        tcp.set_write_timeout(Some(idle))?;
-        Ok(Socket {
-            tcp,
-            deadline,
-            idle,
-        })
-    }
-}
-
-fn timed_out(e: io::Error) -> io::Error {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    ) {
-        io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for the client")
-    } else {
-        e
-    }
-}
-
-impl Read for Socket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let timeout = match self.deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(timed_out(io::ErrorKind::TimedOut.into()));
-                }
-                left.min(self.idle)
-            }
-            None => self.idle,
-        };
-        self.tcp.set_read_timeout(Some(timeout))?;
-        self.tcp.read(buf).map_err(timed_out)
-    }
-}
-
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tcp.write(buf).map_err(timed_out)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.tcp.flush()
-    }
-}
-
-/// A connection as the request handling sees it: plain TCP in the HTTP tests, TLS on nodes.
-pub(crate) trait Transport: Read + Write {
-    fn set_deadline(&mut self, deadline: Option<Instant>);
-    /// Ends our direction (the response is complete) while reads still work. Idempotent.
-    fn close_write(&mut self);
-}
-
-impl Transport for Socket {
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.deadline = deadline;
-    }
-    fn close_write(&mut self) {
-        let _ = self.tcp.shutdown(Shutdown::Write);
-    }
-}
-
-impl Transport for StreamOwned<ServerConnection, Socket> {
-    fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.sock.deadline = deadline;
-    }
-    fn close_write(&mut self) {
-        self.conn.send_close_notify();
-        while self.conn.wants_write() {
-            if !matches!(self.conn.write_tls(&mut self.sock), Ok(n) if n > 0) {
-                break;
-            }
-        }
-        self.sock.close_write();
+        shared
+            .notes
+            .refusal(format!("api: {peer}: no thread for the connection: {e}"));
     }
 }
 
 fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let log = shared.log;
+    let notes = &shared.notes;
     let opts = &shared.options;
+    let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
     let socket = match Socket::new(
         tcp,
-        Some(Instant::now() + opts.head_timeout),
+        Some(accepted + opts.handshake_timeout.min(opts.head_timeout)),
         opts.idle_timeout,
     ) {
         Ok(s) => s,
         Err(e) => {
-            log(&format!("api: {peer}: {e}"));
+            notes.refusal(format!("api: {peer}: {e}"));
             return;
         }
     };
     let conn = match ServerConnection::new(shared.tls.config.clone()) {
         Ok(c) => c,
         Err(e) => {
-            log(&format!("api: {peer}: TLS: {e}"));
+            notes.line(format!("api: {peer}: TLS: {e}"));
             return;
         }
     };
@@ -367,14 +288,25 @@ fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     // The whole handshake before anything else: this is where a client without a
     // certificate from the keel CA is turned away, before a byte of request is read.
     if let Err(e) = handshake(&mut stream) {
-        log(&format!("api: {peer}: TLS handshake failed: {e}"));
+        notes.refusal(format!("api: {peer}: TLS handshake failed: {e}"));
         return;
     }
-    if let Some(line) = handle(&mut stream, shared.api.as_ref(), opts) {
-        log(&format!("api: {peer}: {line}"));
+    stream.set_deadline(Some(accepted + opts.head_timeout));
+    let role = client_role(&stream.conn);
+    if let Some(line) = handle(&mut stream, shared.api.as_ref(), role, opts) {
+        notes.line(format!("api: {peer}: {line}"));
     }
     stream.close_write();
     let _ = stream.sock.tcp.shutdown(Shutdown::Both);
+}
+
+/// What the client's certificate (verified in the handshake) allows: read-only when it
+/// cannot be read, the lesser role.
+fn client_role(conn: &ServerConnection) -> OperatorRole {
+    conn.peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| keel_pki::operator_role(leaf.as_ref()).ok())
+        .unwrap_or(OperatorRole::ReadOnly)
 }
 
 fn handshake(stream: &mut StreamOwned<ServerConnection, Socket>) -> io::Result<()> {
@@ -427,6 +359,7 @@ fn upload_type_ok(value: &str) -> bool {
 pub(crate) fn handle(
     t: &mut dyn Transport,
     api: &dyn NodeApi,
+    role: OperatorRole,
     opts: &ServerOptions,
 ) -> Option<String> {
     let (head, early) = match http::read_head(t) {
@@ -455,6 +388,24 @@ pub(crate) fn handle(
             return Some(finish(t, &what, &response, None, opts));
         }
     };
+    if !role.allows(&request) {
+        let response = error_response(
+            ErrorKind::Forbidden,
+            &format!(
+                "a {} operator certificate may not {what}: it allows status, version and logs; use an admin certificate (keel_admin in the secrets file)",
+                role.as_str()
+            ),
+        );
+        // A body the client sends anyway is read and dropped, so that it gets the answer;
+        // one held back for a 100 never comes.
+        let drain = match head.content_length {
+            Some(_) if head.expect_continue => Some(0),
+            Some(n) => Some(n.saturating_sub(early.len() as u64)),
+            None if head.transfer_encoding => None,
+            None => Some(0),
+        };
+        return Some(finish(t, &what, &response, drain, opts));
+    }
     if head.transfer_encoding {
         let response = error_response(
             ErrorKind::LengthRequired,

@@ -142,14 +142,21 @@ impl NodeApi for Fake {
 fn options() -> ServerOptions {
     ServerOptions {
         max_connections: 4,
+        max_per_peer: 4,
+        handshake_timeout: Duration::from_secs(5),
         head_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(5),
     }
 }
 
-/// `handle` on plain TCP connections, one thread each.
+/// `handle` on plain TCP connections, one thread each, for an admin.
 fn plain_server(api: Arc<Fake>, opts: ServerOptions) -> SocketAddr {
+    plain_server_as(api, opts, OperatorRole::Admin)
+}
+
+/// As [`plain_server`], every client in `role`.
+fn plain_server_as(api: Arc<Fake>, opts: ServerOptions, role: OperatorRole) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -164,7 +171,7 @@ fn plain_server(api: Arc<Fake>, opts: ServerOptions) -> SocketAddr {
                     opts.idle_timeout,
                 )
                 .unwrap();
-                handle(&mut s, api.as_ref(), &opts);
+                handle(&mut s, api.as_ref(), role, &opts);
                 s.close_write();
                 let _ = s.tcp.shutdown(Shutdown::Both);
             });
@@ -522,4 +529,45 @@ fn tls_configuration_errors_name_the_input() {
         err.to_string().starts_with("the node certificate: "),
         "{err}"
     );
+}
+
+#[test]
+fn a_read_only_operator_reads_and_gets_403_for_the_rest() {
+    let api = Arc::new(Fake::default());
+    let addr = plain_server_as(api.clone(), options(), OperatorRole::ReadOnly);
+    for request in [
+        &b"GET /v1/status HTTP/1.1\r\n\r\n"[..],
+        b"GET /v1/version HTTP/1.1\r\n\r\n",
+        b"GET /v1/logs/etcd?lines=3 HTTP/1.1\r\n\r\n",
+    ] {
+        let r = exchange(addr, request);
+        assert_eq!(status_of(&r), 200, "{r}");
+    }
+    assert_eq!(api.calls(), 3);
+    let data = pattern(1024 * 1024);
+    let mut upload = upload_request(data.len());
+    upload.extend_from_slice(&data);
+    let mut held_back = upload_request(4);
+    held_back.truncate(held_back.len() - 2);
+    held_back.extend_from_slice(b"Expect: 100-continue\r\n\r\n");
+    for request in [
+        upload,
+        held_back,
+        b"POST /v1/upgrade?force=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        b"POST /v1/reboot HTTP/1.1\r\n\r\n".to_vec(),
+        b"POST /v1/shutdown HTTP/1.1\r\n\r\n".to_vec(),
+        b"POST /v1/rollback HTTP/1.1\r\n\r\n".to_vec(),
+    ] {
+        let r = exchange(addr, &request);
+        assert_eq!(status_of(&r), 403, "{r}");
+        let e: ErrorBody = serde_json::from_str(body_of(&r)).unwrap();
+        assert!(
+            e.error
+                .starts_with("a read-only operator certificate may not POST /v1/"),
+            "{}",
+            e.error
+        );
+        assert!(e.error.contains("use an admin certificate"), "{}", e.error);
+    }
+    assert_eq!(api.calls(), 3, "no refused request reached a handler");
 }

@@ -30,8 +30,49 @@ pub struct ApiObject {
 
 /// The token Secret and the three ClusterRoleBindings, in the order they are created.
 pub fn objects(token: &BootstrapToken) -> Result<Vec<ApiObject>, serde_json::Error> {
+    objects_expiring(token, None)
+}
+
+/// As [`objects`], the token's Secret with `expiration` (RFC 3339) when it has one: the
+/// API server's bootstrap authenticator refuses the token after it, and the token cleaner
+/// deletes the Secret (kubeadm's `--token-ttl`). `None` for the token leaves it out: the
+/// bindings only.
+pub fn objects_expiring(
+    token: &BootstrapToken,
+    expiration: Option<&str>,
+) -> Result<Vec<ApiObject>, serde_json::Error> {
+    let mut out = vec![token_secret(token, expiration)?];
+    out.extend(bindings()?);
+    Ok(out)
+}
+
+/// What a control plane creates at `now` (unix seconds): the token's Secret, with its
+/// expiration `ttl_hours` after the token was made (none for 0), and the bindings; or, once
+/// that time has passed, the bindings only, and when the token expired. A token past its
+/// time is never created again: the token cleaner deleted it, and a copy of the secrets
+/// (a worker's STATE, an old drive) must not bring it back.
+pub fn objects_at(
+    token: &BootstrapToken,
+    secrets_created: u64,
+    ttl_hours: u32,
+    now: u64,
+) -> Result<(Vec<ApiObject>, Option<u64>), serde_json::Error> {
+    match token.expires(secrets_created, ttl_hours) {
+        Some(at) if at <= now => Ok((bindings()?, Some(at))),
+        Some(at) => {
+            let stamp = i64::try_from(at).ok().and_then(keel_pki::rfc3339);
+            Ok((objects_expiring(token, stamp.as_deref())?, None))
+        }
+        None => Ok((objects_expiring(token, None)?, None)),
+    }
+}
+
+fn token_secret(
+    token: &BootstrapToken,
+    expiration: Option<&str>,
+) -> Result<ApiObject, serde_json::Error> {
     let name = format!("bootstrap-token-{}", token.id);
-    let data: BTreeMap<String, String> = [
+    let mut data: BTreeMap<String, String> = [
         ("token-id", token.id.as_str()),
         ("token-secret", token.secret.as_str()),
         ("usage-bootstrap-authentication", "true"),
@@ -45,6 +86,9 @@ pub fn objects(token: &BootstrapToken) -> Result<Vec<ApiObject>, serde_json::Err
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    if let Some(at) = expiration {
+        data.insert("expiration".into(), at.to_owned());
+    }
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -55,11 +99,15 @@ pub fn objects(token: &BootstrapToken) -> Result<Vec<ApiObject>, serde_json::Err
         string_data: Some(data),
         ..Default::default()
     };
-    let mut out = vec![ApiObject {
+    Ok(ApiObject {
         collection: "/api/v1/namespaces/kube-system/secrets",
         describe: format!("Secret/kube-system/{name}"),
         body: serde_json::to_string(&secret)?,
-    }];
+    })
+}
+
+fn bindings() -> Result<Vec<ApiObject>, serde_json::Error> {
+    let mut out = Vec::new();
     for (name, cluster_role, group) in [
         // Token holders may create CertificateSigningRequests...
         (
@@ -114,7 +162,36 @@ mod tests {
         BootstrapToken {
             id: "abcdef".into(),
             secret: "0123456789abcdef".into(),
+            created: None,
         }
+    }
+
+    #[test]
+    fn the_token_expires_after_its_ttl_and_is_not_created_again() {
+        let made = 1_700_000_000;
+        let (objects, expired) = objects_at(&token(), made, 24, made + 3600).unwrap();
+        assert_eq!((objects.len(), expired), (4, None));
+        let secret: Secret = serde_json::from_str(&objects[0].body).unwrap();
+        assert_eq!(
+            secret.string_data.unwrap()["expiration"],
+            "2023-11-15T22:13:20Z",
+            "24 hours after the token was made"
+        );
+        let (objects, expired) = objects_at(&token(), made, 24, made + 86_400).unwrap();
+        assert_eq!(expired, Some(made + 86_400));
+        assert_eq!(objects.len(), 3, "the bindings, not the token");
+        assert!(objects.iter().all(|o| !o.describe.starts_with("Secret/")));
+        // A renewed token counts from when it was made; 0 never expires.
+        let renewed = BootstrapToken {
+            created: Some(made + 10 * 86_400),
+            ..token()
+        };
+        let (objects, expired) = objects_at(&renewed, made, 24, made + 10 * 86_400 + 60).unwrap();
+        assert_eq!((objects.len(), expired), (4, None));
+        let (objects, expired) = objects_at(&token(), made, 0, made + 1000 * 86_400).unwrap();
+        assert_eq!((objects.len(), expired), (4, None));
+        let secret: Secret = serde_json::from_str(&objects[0].body).unwrap();
+        assert!(!secret.string_data.unwrap().contains_key("expiration"));
     }
 
     #[test]

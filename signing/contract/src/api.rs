@@ -173,6 +173,9 @@ pub enum ErrorKind {
     NotFound,
     /// 405: the endpoint exists with another method.
     MethodNotAllowed,
+    /// 403: the client's certificate does not allow this (a read-only operator asking for
+    /// an upgrade, a reboot, ...).
+    Forbidden,
     /// 409: refused in the node's current state: a downgrade without force, a quarantined
     /// version, an upgrade already running, nothing to roll back to.
     Conflict,
@@ -196,6 +199,7 @@ impl ErrorKind {
     pub const fn status(self) -> u16 {
         match self {
             Self::BadRequest => 400,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
@@ -212,6 +216,7 @@ impl ErrorKind {
     pub fn from_status(status: u16) -> Option<Self> {
         [
             Self::BadRequest,
+            Self::Forbidden,
             Self::NotFound,
             Self::MethodNotAllowed,
             Self::Conflict,
@@ -231,6 +236,7 @@ impl ErrorKind {
     pub const fn reason(self) -> &'static str {
         match self {
             Self::BadRequest => "Bad Request",
+            Self::Forbidden => "Forbidden",
             Self::NotFound => "Not Found",
             Self::MethodNotAllowed => "Method Not Allowed",
             Self::Conflict => "Conflict",
@@ -241,6 +247,62 @@ impl ErrorKind {
             Self::HeadersTooLarge => "Request Header Fields Too Large",
             Self::Internal => "Internal Server Error",
             Self::Unavailable => "Service Unavailable",
+        }
+    }
+}
+
+/// What an operator's client certificate allows on the API. The role is in the
+/// certificate's subject, as an organisation (O) the keel CA put there: `keel secrets gen`
+/// issues one certificate of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperatorRole {
+    /// Status, version and logs.
+    ReadOnly,
+    /// Everything: also upgrade, rollback, reboot, shutdown (and `force`).
+    Admin,
+}
+
+impl OperatorRole {
+    /// The subject organisation of a read-only operator's certificate.
+    pub const READ_ONLY_ORGANIZATION: &'static str = "keel:read-only";
+    /// The subject organisation of an admin's certificate. Certificates from before roles
+    /// (no organisation) are admins too: see [`OperatorRole::from_organizations`].
+    pub const ADMIN_ORGANIZATION: &'static str = "keel:admin";
+
+    /// The organisation the keel CA writes into this role's certificates.
+    pub const fn organization(self) -> &'static str {
+        match self {
+            OperatorRole::ReadOnly => Self::READ_ONLY_ORGANIZATION,
+            OperatorRole::Admin => Self::ADMIN_ORGANIZATION,
+        }
+    }
+
+    /// The role of a client certificate from the keel CA, by its subject organisations:
+    /// read-only if any says so (the lesser role wins), admin otherwise, which keeps the
+    /// admin certificates issued before roles existed (no organisation) working.
+    pub fn from_organizations<'a>(organizations: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut role = OperatorRole::Admin;
+        for o in organizations {
+            if o == Self::READ_ONLY_ORGANIZATION {
+                role = OperatorRole::ReadOnly;
+            }
+        }
+        role
+    }
+
+    /// Whether this role may make `request`.
+    pub const fn allows(self, request: &Request) -> bool {
+        match self {
+            OperatorRole::Admin => true,
+            OperatorRole::ReadOnly => !request.changes_the_node(),
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::ReadOnly => "read-only",
+            OperatorRole::Admin => "admin",
         }
     }
 }
@@ -340,6 +402,15 @@ impl Request {
     }
 
     /// Whether the request carries a body (the update stream).
+    /// Whether the request changes the node (upgrade, rollback, reboot, shutdown): only an
+    /// admin certificate may make it.
+    pub const fn changes_the_node(&self) -> bool {
+        !matches!(
+            self,
+            Request::Version | Request::Status | Request::Logs { .. }
+        )
+    }
+
     pub const fn has_body(&self) -> bool {
         matches!(self, Request::Upgrade { .. })
     }
@@ -620,5 +691,30 @@ mod tests {
         assert_eq!(json["services"][0]["pid"], 42);
         let back: Status = serde_json::from_value(json).unwrap();
         assert_eq!(back, status);
+    }
+
+    #[test]
+    fn a_read_only_role_reads_and_an_admin_does_everything() {
+        for r in all_requests() {
+            assert!(OperatorRole::Admin.allows(&r), "{r:?}");
+            let reads = matches!(r, Request::Version | Request::Status | Request::Logs { .. });
+            assert_eq!(OperatorRole::ReadOnly.allows(&r), reads, "{r:?}");
+        }
+        assert_eq!(OperatorRole::from_organizations([]), OperatorRole::Admin);
+        assert_eq!(
+            OperatorRole::from_organizations(["keel:admin"]),
+            OperatorRole::Admin
+        );
+        assert_eq!(
+            OperatorRole::from_organizations(["keel:admin", "keel:read-only"]),
+            OperatorRole::ReadOnly
+        );
+        for role in [OperatorRole::ReadOnly, OperatorRole::Admin] {
+            assert_eq!(
+                OperatorRole::from_organizations([role.organization()]),
+                role
+            );
+        }
+        assert_eq!(ErrorKind::from_status(403), Some(ErrorKind::Forbidden));
     }
 }

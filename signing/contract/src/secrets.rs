@@ -16,11 +16,12 @@
 //! [etcd_ca]                       # cert + key: etcd servers, peers and clients
 //! [front_proxy_ca]                # cert + key: the aggregation layer's client
 //! [service_account]               # public + private: signs service-account tokens
-//! [bootstrap_token]               # id (6 of a-z 0-9) + secret (16 of a-z 0-9): kubelet TLS bootstrap
+//! [bootstrap_token]               # id (6 of a-z 0-9) + secret (16 of a-z 0-9): kubelet TLS bootstrap; created (optional, unix seconds) when renewed
 //! [admin]                         # cert + key: CN=keel-admin, O=system:masters (kubectl)
 //! [etcd_admin]                    # cert + key: an etcd client (etcdctl from an operator's host)
 //! [keel_ca]                       # cert + key: Keel's node API (mutual TLS)
-//! [keel_admin]                    # cert + key: the `keel node` CLI's client certificate
+//! [keel_admin]                    # cert + key: `keel node` as an admin (O=keel:admin; or none, before roles)
+//! [keel_read_only]                # cert + key: `keel node --read-only` (O=keel:read-only); optional
 //! [node_api]                      # cert + key: CN and DNS SAN `keel-node`, served by every node
 //! ```
 //!
@@ -40,7 +41,7 @@
 //! | `keel_ca.cert` | yes | yes |
 //! | `keel_ca.key` | **never** | **never** |
 //! | `node_api` (cert + key) | yes | yes |
-//! | `admin`, `etcd_admin`, `keel_admin` | **never** (operator credentials) | **never** |
+//! | `admin`, `etcd_admin`, `keel_admin`, `keel_read_only` | **never** (operator credentials) | **never** |
 
 use std::fmt;
 
@@ -112,12 +113,26 @@ pub struct ServiceAccountKey {
 pub struct BootstrapToken {
     pub id: String,
     pub secret: String,
+    /// When the token was made (unix seconds), if not with the secrets (`created`):
+    /// `keel secrets renew` makes a new token. Its time to live counts from here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<u64>,
 }
 
 impl BootstrapToken {
     /// The token as kubelets and `kubeadm join` take it: `id.secret`.
     pub fn token(&self) -> String {
         format!("{}.{}", self.id, self.secret)
+    }
+
+    /// When the token expires (unix seconds) after `ttl_hours` (0: never), given when the
+    /// secrets holding it were made.
+    pub fn expires(&self, secrets_created: u64, ttl_hours: u32) -> Option<u64> {
+        (ttl_hours > 0).then(|| {
+            self.created
+                .unwrap_or(secrets_created)
+                .saturating_add(u64::from(ttl_hours) * 3600)
+        })
     }
 }
 
@@ -144,6 +159,7 @@ impl fmt::Debug for BootstrapToken {
         f.debug_struct("BootstrapToken")
             .field("id", &self.id)
             .field("secret", &format_args!("<elided>"))
+            .field("created", &self.created)
             .finish()
     }
 }
@@ -167,8 +183,13 @@ pub struct Secrets {
     pub etcd_admin: CertKey,
     /// Keel's own node-management CA (mutual TLS between `keel node` and the nodes).
     pub keel_ca: CertKey,
-    /// The `keel node` CLI's client certificate (keel CA).
+    /// The `keel node` CLI's client certificate (keel CA): an admin, who may change the node
+    /// (see [`crate::api::OperatorRole`]).
     pub keel_admin: CertKey,
+    /// A read-only operator's client certificate (keel CA): status, version and logs only.
+    /// Files from before roles have none (`keel secrets renew` adds it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keel_read_only: Option<CertKey>,
     /// The serving certificate every node presents (keel CA, CN and DNS SAN `keel-node`).
     pub node_api: CertKey,
 }
@@ -239,6 +260,7 @@ impl Secrets {
             "etcd_admin",
             "keel_ca",
             "keel_admin",
+            "keel_read_only",
             "node_api",
         ])?;
         t.version(SECRETS_VERSION)?;
@@ -270,6 +292,10 @@ impl Secrets {
             keel_admin: t
                 .table("keel_admin", "a table with cert and key")?
                 .cert_key()?,
+            keel_read_only: t
+                .optional_table("keel_read_only", "a table with cert and key")?
+                .map(|f| f.cert_key())
+                .transpose()?,
             node_api: t
                 .table("node_api", "a table with cert and key")?
                 .cert_key()?,
@@ -594,7 +620,7 @@ impl<'a> Fields<'a> {
     }
 
     fn bootstrap_token(&self) -> Result<BootstrapToken, SecretsError> {
-        self.deny_unknown(&["id", "secret"])?;
+        self.deny_unknown(&["id", "secret", "created"])?;
         let part = |key: &str, len: usize, expected: &str| -> Result<String, SecretsError> {
             let s = self.string(key, expected)?;
             if s.len() == len && s.bytes().all(token_char) {
@@ -613,9 +639,19 @@ impl<'a> Fields<'a> {
                 ))
             }
         };
+        let created = if self.has("created") {
+            let expected = "unix seconds (a non-negative integer)";
+            let n = self.integer("created", expected)?;
+            Some(u64::try_from(n).map_err(|_| {
+                field_error(self.name("created"), format!("{n} is negative"), expected)
+            })?)
+        } else {
+            None
+        };
         Ok(BootstrapToken {
             id: part("id", 6, EXPECT_TOKEN_ID)?,
             secret: part("secret", 16, EXPECT_TOKEN_SECRET)?,
+            created,
         })
     }
 }

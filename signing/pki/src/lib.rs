@@ -35,6 +35,7 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+use keel_contract::api::OperatorRole;
 use keel_contract::profile::{ClusterName, Endpoint};
 use keel_contract::secrets::{
     BootstrapToken, CertKey, NODE_API_NAME, Secrets, ServiceAccountKey, pem_blocks, token_char,
@@ -62,6 +63,8 @@ pub mod names {
     pub const ETCD_ADMIN: &str = "keel-etcd-admin";
     /// Kubernetes' superuser group: needs no RBAC binding to exist yet.
     pub const MASTERS: &str = "system:masters";
+    /// The read-only keel operator's CN (its role is its O, from keel-contract).
+    pub const READ_ONLY: &str = "keel-read-only";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -332,17 +335,9 @@ pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
         &Leaf::client("etcd-admin", names::ETCD_ADMIN, None),
         created,
     )?;
-    let keel_admin = keel.issue(&Leaf::client("keel-admin", names::ADMIN, None), created)?;
-    let node_api = keel.issue(
-        &Leaf {
-            purpose: "node-api",
-            cn: NODE_API_NAME,
-            org: None,
-            usage: Usage::Server,
-            sans: vec![san(NODE_API_NAME)?],
-        },
-        created,
-    )?;
+    let keel_admin = issue_operator(&keel, OperatorRole::Admin, created)?;
+    let keel_read_only = issue_operator(&keel, OperatorRole::ReadOnly, created)?;
+    let node_api = shared_node_api(&keel, created)?;
     let sa = new_key()?;
     Ok(Secrets {
         cluster_name,
@@ -354,15 +349,199 @@ pub fn generate(cluster_name: &str, now: u64) -> Result<Secrets, PkiError> {
             public: sa.public_key_pem(),
             private: sa.serialize_pem(),
         },
-        bootstrap_token: BootstrapToken {
-            id: random_token_chars(6)?,
-            secret: random_token_chars(16)?,
-        },
+        bootstrap_token: new_token(None)?,
         admin,
         etcd_admin,
         keel_ca,
         keel_admin,
+        keel_read_only: Some(keel_read_only),
         node_api,
+    })
+}
+
+/// `keel secrets renew`: the same secrets with every leaf certificate issued again as of
+/// `now` (fresh keys, a new year of validity): the Kubernetes and etcd admins, both keel
+/// operators (a read-only one is added to files from before roles) and the shared node API
+/// certificate; and a new bootstrap token made `now` (the old one may be past its time to
+/// live). The CAs and the service-account key are kept, so running nodes and kubeconfigs
+/// keep trusting them.
+pub fn renew(secrets: &Secrets, now: u64) -> Result<Secrets, PkiError> {
+    let bootstrap_token = new_token(Some(now))?;
+    let now = unix(now)?;
+    let k8s = Ca::load(
+        "kubernetes_ca",
+        &secrets.kubernetes_ca.cert,
+        &secrets.kubernetes_ca.key,
+    )?;
+    let etcd = Ca::load("etcd_ca", &secrets.etcd_ca.cert, &secrets.etcd_ca.key)?;
+    let keel = Ca::load("keel_ca", &secrets.keel_ca.cert, &secrets.keel_ca.key)?;
+    Ok(Secrets {
+        admin: k8s.issue(
+            &Leaf::client("admin", names::ADMIN, Some(names::MASTERS)),
+            now,
+        )?,
+        etcd_admin: etcd.issue(&Leaf::client("etcd-admin", names::ETCD_ADMIN, None), now)?,
+        keel_admin: issue_operator(&keel, OperatorRole::Admin, now)?,
+        keel_read_only: Some(issue_operator(&keel, OperatorRole::ReadOnly, now)?),
+        node_api: shared_node_api(&keel, now)?,
+        bootstrap_token,
+        ..secrets.clone()
+    })
+}
+
+/// The serving certificate every node shares (CN and DNS SAN `keel-node`).
+fn shared_node_api(keel: &Ca, now: i64) -> Result<CertKey, PkiError> {
+    keel.issue(
+        &Leaf {
+            purpose: "node-api",
+            cn: NODE_API_NAME,
+            org: None,
+            usage: Usage::Server,
+            sans: vec![san(NODE_API_NAME)?],
+        },
+        now,
+    )
+}
+
+/// A `keel node` operator's client certificate from the keel CA, its role in its subject's
+/// organisation (keel-contract's [`OperatorRole::organization`]).
+fn issue_operator(keel: &Ca, role: OperatorRole, now: i64) -> Result<CertKey, PkiError> {
+    let (purpose, cn) = match role {
+        OperatorRole::Admin => ("keel-admin", names::ADMIN),
+        OperatorRole::ReadOnly => ("keel-read-only", names::READ_ONLY),
+    };
+    keel.issue(&Leaf::client(purpose, cn, Some(role.organization())), now)
+}
+
+/// `keel secrets node NAME --ip ...`: a node's own API serving certificate from the keel CA
+/// (CN=NAME; DNS SANs NAME and `keel-node`, so clients that only know the shared name still
+/// connect; IP SANs `ips`), as of `now`. `keel node --node NAME` checks for NAME.
+pub fn issue_node_api(
+    secrets: &Secrets,
+    name: &str,
+    ips: &[IpAddr],
+    now: u64,
+) -> Result<CertKey, PkiError> {
+    let keel = Ca::load("keel_ca", &secrets.keel_ca.cert, &secrets.keel_ca.key)?;
+    if name == NODE_API_NAME {
+        return Err(PkiError::Input(format!(
+            "{name:?} is the name every node shares: expected the node's own name"
+        )));
+    }
+    let mut sans = Vec::new();
+    push_san(&mut sans, san(name)?);
+    push_san(&mut sans, san(NODE_API_NAME)?);
+    for ip in ips {
+        push_san(&mut sans, SanType::IpAddress(*ip));
+    }
+    let purpose = format!("node-api/{name}");
+    keel.issue(
+        &Leaf {
+            purpose: &purpose,
+            cn: name,
+            org: None,
+            usage: Usage::Server,
+            sans,
+        },
+        unix(now)?,
+    )
+}
+
+/// The names a certificate (DER) is for: its DNS and IP SANs, and when it ends (unix
+/// seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertNames {
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub not_after: i64,
+}
+
+pub fn cert_names(cert_der: &[u8]) -> Result<CertNames, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| PkiError::Input(format!("not an X.509 certificate ({e})")))?;
+    let mut names = CertNames {
+        dns: Vec::new(),
+        ips: Vec::new(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::Input(format!("unreadable subjectAltName ({e})")))?;
+    for name in sans.iter().flat_map(|s| s.value.general_names.iter()) {
+        match name {
+            GeneralName::DNSName(d) => names.dns.push(d.to_ascii_lowercase()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => names
+                    .ips
+                    .push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                16 => names
+                    .ips
+                    .push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
+/// When the first certificate in a PEM string ends (unix seconds).
+pub fn not_after_pem(cert_pem: &str) -> Result<i64, PkiError> {
+    let der = pem_blocks(cert_pem)
+        .map_err(PkiError::Input)?
+        .into_iter()
+        .find(|b| b.label == "CERTIFICATE")
+        .ok_or_else(|| PkiError::Input("no certificate in the PEM".into()))?
+        .der;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| PkiError::Input(format!("not an X.509 certificate ({e})")))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// A time as RFC 3339 in UTC (`2026-12-02T13:00:00Z`), as Kubernetes writes times.
+pub fn rfc3339(secs: i64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
+/// A day as `YYYY-MM-DD` (UTC), for saying when a certificate ends.
+pub fn utc_date(secs: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),
+        Err(_) => format!("{secs} (unix seconds)"),
+    }
+}
+
+/// The API role of a client certificate (DER) the keel CA issued: what the node allows it.
+/// By its subject organisations, as [`OperatorRole::from_organizations`] says.
+pub fn operator_role(cert_der: &[u8]) -> Result<OperatorRole, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| PkiError::Input(format!("the client certificate: not X.509 ({e})")))?;
+    let mut orgs = Vec::new();
+    for o in cert.subject().iter_organization() {
+        let o = o.as_str().map_err(|e| {
+            PkiError::Input(format!("the client certificate: an unreadable O ({e})"))
+        })?;
+        orgs.push(o);
+    }
+    Ok(OperatorRole::from_organizations(orgs))
+}
+
+/// A new bootstrap token; `created` when it is younger than the secrets.
+fn new_token(created: Option<u64>) -> Result<BootstrapToken, PkiError> {
+    Ok(BootstrapToken {
+        id: random_token_chars(6)?,
+        secret: random_token_chars(16)?,
+        created,
     })
 }
 

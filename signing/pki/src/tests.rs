@@ -797,3 +797,106 @@ fn etcd_serves_with_the_derived_certificates() {
         "etcd accepted a Kubernetes-CA client certificate"
     );
 }
+
+#[test]
+fn operator_certificates_carry_their_role() {
+    let s = generate("keel", now()).unwrap();
+    let read_only = s.keel_read_only.clone().unwrap();
+    verify(&s.keel_ca.cert, &read_only.cert, "sslclient").unwrap();
+    assert!(verify(&s.keel_ca.cert, &read_only.cert, "sslserver").is_err());
+    let text = x509_text(&read_only.cert);
+    assert!(
+        text.contains("Subject: O = keel:read-only, CN = keel-read-only"),
+        "{text}"
+    );
+    let text = x509_text(&s.keel_admin.cert);
+    assert!(
+        text.contains("Subject: O = keel:admin, CN = keel-admin"),
+        "{text}"
+    );
+    assert_eq!(
+        operator_role(&der(&read_only.cert)).unwrap(),
+        OperatorRole::ReadOnly
+    );
+    assert_eq!(
+        operator_role(&der(&s.keel_admin.cert)).unwrap(),
+        OperatorRole::Admin
+    );
+    // An admin certificate from before roles: no organisation, still an admin.
+    let keel = Ca::load("keel_ca", &s.keel_ca.cert, &s.keel_ca.key).unwrap();
+    let legacy = keel
+        .issue(
+            &Leaf::client("keel-admin", names::ADMIN, None),
+            unix(now()).unwrap(),
+        )
+        .unwrap();
+    assert!(x509_text(&legacy.cert).contains("Subject: CN = keel-admin"));
+    assert_eq!(
+        operator_role(&der(&legacy.cert)).unwrap(),
+        OperatorRole::Admin
+    );
+    assert!(operator_role(b"not DER").is_err());
+}
+
+#[test]
+fn renewal_keeps_the_cas_and_issues_new_leaves() {
+    let t = now();
+    let mut s = generate("keel", t - 300 * 86_400).unwrap();
+    s.keel_read_only = None;
+    let r = renew(&s, t).unwrap();
+    for (old, new) in [
+        (&s.kubernetes_ca, &r.kubernetes_ca),
+        (&s.etcd_ca, &r.etcd_ca),
+        (&s.front_proxy_ca, &r.front_proxy_ca),
+        (&s.keel_ca, &r.keel_ca),
+    ] {
+        assert_eq!(old, new);
+    }
+    assert_eq!(s.service_account, r.service_account);
+    assert_ne!(s.bootstrap_token, r.bootstrap_token);
+    assert_eq!(s.bootstrap_token.created, None);
+    assert_eq!(r.bootstrap_token.created, Some(t));
+    assert_eq!(r.bootstrap_token.expires(r.created, 24), Some(t + 86_400));
+    assert_eq!(
+        s.bootstrap_token.expires(s.created, 24),
+        Some(s.created + 86_400)
+    );
+    assert_eq!(r.bootstrap_token.expires(r.created, 0), None);
+    assert_eq!(rfc3339(1_700_000_000).unwrap(), "2023-11-14T22:13:20Z");
+    for (ca, old, new, purpose) in [
+        (&r.kubernetes_ca, &s.admin, &r.admin, "sslclient"),
+        (&r.etcd_ca, &s.etcd_admin, &r.etcd_admin, "sslclient"),
+        (&r.keel_ca, &s.keel_admin, &r.keel_admin, "sslclient"),
+        (&r.keel_ca, &s.node_api, &r.node_api, "sslserver"),
+    ] {
+        assert_ne!(old.key, new.key);
+        verify(&ca.cert, &new.cert, purpose).unwrap();
+        assert_eq!(not_after_pem(&new.cert).unwrap(), facts(&new.cert).1);
+        assert!(not_after_pem(&new.cert).unwrap() > not_after_pem(&old.cert).unwrap());
+    }
+    let ro = r.keel_read_only.unwrap();
+    verify(&r.keel_ca.cert, &ro.cert, "sslclient").unwrap();
+    assert_eq!(
+        operator_role(&der(&ro.cert)).unwrap(),
+        OperatorRole::ReadOnly
+    );
+}
+
+#[test]
+fn a_node_certificate_names_the_node_and_its_addresses() {
+    let s = generate("keel", now()).unwrap();
+    let ip: IpAddr = "10.0.2.15".parse().unwrap();
+    let c = issue_node_api(&s, "worker-1", &[ip], now()).unwrap();
+    verify(&s.keel_ca.cert, &c.cert, "sslserver").unwrap();
+    let text = x509_text(&c.cert);
+    assert!(text.contains("Subject: CN = worker-1"), "{text}");
+    assert_eq!(
+        extension(&text, "X509v3 Subject Alternative Name"),
+        "DNS:worker-1, DNS:keel-node, IP Address:10.0.2.15"
+    );
+    let names = cert_names(&der(&c.cert)).unwrap();
+    assert_eq!(names.dns, ["worker-1", "keel-node"]);
+    assert_eq!(names.ips, [ip]);
+    assert!(issue_node_api(&s, "keel-node", &[], now()).is_err());
+    assert!(issue_node_api(&s, "not a name", &[], now()).is_err());
+}

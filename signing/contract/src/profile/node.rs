@@ -201,6 +201,12 @@ pub struct Kubernetes {
     /// More names and addresses for the API server's certificate.
     #[serde(default)]
     pub extra_sans: Vec<SubjectAltName>,
+    /// How long the bootstrap token lets workers join, in hours from when it was made (`keel
+    /// secrets gen` or `renew`): kubeadm's `--token-ttl`, 24 by default; 0 never expires. A
+    /// control plane gives the token's Secret this expiration and does not create it again
+    /// once it has passed.
+    #[serde(default = "default_bootstrap_token_ttl_hours")]
+    pub bootstrap_token_ttl_hours: u32,
 }
 
 impl Default for Kubernetes {
@@ -213,6 +219,7 @@ impl Default for Kubernetes {
             pod_cidr: default_pod_cidr(),
             cluster_dns: default_cluster_dns(),
             cluster_domain: default_cluster_domain(),
+            bootstrap_token_ttl_hours: default_bootstrap_token_ttl_hours(),
             labels: Default::default(),
             taints: Vec::new(),
             extra_sans: Vec::new(),
@@ -244,6 +251,13 @@ fn default_pod_cidr() -> IpCidr {
 fn default_cluster_dns() -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 10))
 }
+/// kubeadm's default token TTL.
+pub const DEFAULT_BOOTSTRAP_TOKEN_TTL_HOURS: u32 = 24;
+
+fn default_bootstrap_token_ttl_hours() -> u32 {
+    DEFAULT_BOOTSTRAP_TOKEN_TTL_HOURS
+}
+
 fn default_cluster_domain() -> DnsSubdomain {
     DnsSubdomain::cluster_local()
 }

@@ -533,3 +533,21 @@ fn config_generation_is_a_non_negative_integer() {
         assert!(text.contains("config_generation"), "{bad}: {text}");
     }
 }
+
+#[test]
+fn the_bootstrap_token_ttl_defaults_to_24_hours() {
+    assert_eq!(Node::default().kubernetes.bootstrap_token_ttl_hours, 24);
+    let p = LoadedProfile::from_text(
+        Path::new("p.toml"),
+        "[node.kubernetes]\nbootstrap_token_ttl_hours = 0\n",
+    )
+    .unwrap()
+    .profile;
+    assert_eq!(p.node.kubernetes.bootstrap_token_ttl_hours, 0);
+    for bad in ["-1", "\"24h\"", "1.5"] {
+        let (text, _) = load_err(&format!(
+            "[node.kubernetes]\nbootstrap_token_ttl_hours = {bad}\n"
+        ));
+        assert!(text.contains("bootstrap_token_ttl_hours"), "{bad}: {text}");
+    }
+}

@@ -27,11 +27,13 @@ fn sample() -> Secrets {
         bootstrap_token: BootstrapToken {
             id: "abc123".into(),
             secret: "0123456789abcdef".into(),
+            created: None,
         },
         admin: pair("admin"),
         etcd_admin: pair("etcd-admin"),
         keel_ca: pair("keel-ca"),
         keel_admin: pair("keel-admin"),
+        keel_read_only: Some(pair("keel-read-only")),
         node_api: pair("node-api"),
     }
 }
@@ -74,7 +76,13 @@ fn worker_gets_no_ca_key() {
     // The node API key and nothing else.
     assert_eq!(keys.len(), 1);
     assert_eq!(keys, pem_blocks(&s.node_api.key).unwrap());
-    for forbidden in [&s.keel_ca.key, &s.admin.key, &s.keel_admin.key] {
+    let read_only = s.keel_read_only.clone().unwrap();
+    for forbidden in [
+        &s.keel_ca.key,
+        &s.admin.key,
+        &s.keel_admin.key,
+        &read_only.key,
+    ] {
         assert!(!text.contains(forbidden.as_str()));
     }
     let cp = s.for_role(Role::ControlPlane).to_toml().unwrap();
@@ -83,6 +91,7 @@ fn worker_gets_no_ca_key() {
         &s.keel_ca.key,
         &s.admin.key,
         &s.keel_admin.key,
+        &read_only.key,
         &s.etcd_admin.key,
     ] {
         assert!(!cp.contains(forbidden.as_str()));
@@ -231,4 +240,13 @@ fn pem_parsing() {
     assert!(pem_blocks("-----BEGIN X-----\nAAAA\n-----END Y-----\n").is_err());
     assert!(check_pem(&format!("{CERT}{CERT}"), "CERTIFICATE").is_err());
     assert!(check_pem("", "CERTIFICATE").is_err());
+}
+
+#[test]
+fn a_file_from_before_read_only_operators_still_parses() {
+    let mut s = sample();
+    s.keel_read_only = None;
+    let text = s.to_toml().unwrap();
+    assert!(!text.contains("keel_read_only"), "{text}");
+    assert_eq!(Secrets::from_toml(&text).unwrap(), s);
 }

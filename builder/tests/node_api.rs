@@ -877,12 +877,21 @@ fn connections_over_the_cap_are_closed_on_accept() {
     };
     let addr = start_with(&pki.server, &pki.ca.pem, fake.clone(), opts);
     let node = client(addr, &pki.admin_creds());
-    // Two idle connections hold both places (the server waits for their handshakes).
-    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Two clients of the keel CA past their handshakes hold both places (the server waits
+    // for their request heads); unlike unfinished handshakes, they are not displaced.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut stream = raw_tls(addr, &pki.ca.pem, Some(&pki.admin));
+            while stream.conn.is_handshaking() {
+                stream.conn.complete_io(&mut stream.sock).unwrap();
+            }
+            stream
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     let err = node.version().unwrap_err();
     assert!(matches!(err, NodeError::Connection { .. }), "{err}");
-    drop(idle);
+    drop(held);
     // Their threads see the close and give the places back.
     let start = Instant::now();
     loop {
@@ -1044,6 +1053,41 @@ fn operators_are_served_while_idle_and_garbage_connections_are_held_open() {
         "the attacker got only {} connections",
         held.len()
     );
+    drop(held);
+}
+
+/// The same from one address: behind QEMU's user network (and any NAT) the operator and the
+/// attacker are one peer, so a cap per peer alone would lock the operator out. A connection
+/// that has not finished its handshake gives its place to a newer one.
+#[test]
+fn operators_behind_the_attackers_address_are_served_too() {
+    let pki = pki();
+    let fake = Arc::new(Fake::default());
+    let tls = ServerTls::from_pem(&pki.server.0, &pki.server.1, &pki.ca.pem).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // A node's limits, but handshake deadlines far beyond the test, so that only a place given
+    // up by an unfinished handshake can let the operator in.
+    let opts = ServerOptions {
+        handshake_timeout: Duration::from_secs(600),
+        head_timeout: Duration::from_secs(600),
+        ..ServerOptions::default()
+    };
+    let addr = server::spawn(listener, tls, fake.clone(), slow_console, opts)
+        .unwrap()
+        .local_addr();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.extend(TcpStream::connect(addr).ok());
+    }
+    for _ in 0..200 {
+        if let Ok(mut garbage) = TcpStream::connect(addr) {
+            let _ = garbage.write_all(b"GET / HTTP/1.0\r\n\r\nnot a TLS record at all\r\n");
+            held.push(garbage);
+        }
+    }
+    let node = client(addr, &pki.admin_creds());
+    assert_eq!(node.status().unwrap(), status());
+    assert_eq!(node.version().unwrap().version, "1.1.0");
     drop(held);
 }
 

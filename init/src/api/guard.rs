@@ -8,8 +8,7 @@
 //! them, and refusals (connections over a cap, failed handshakes) are rate-limited to one
 //! line a second, with the number of the ones left out said on the next line.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -142,44 +141,104 @@ pub(crate) enum Full {
 }
 
 /// Connections open, in all and per peer address.
+///
+/// When a cap is reached, the oldest connection still in its TLS handshake (from the same
+/// address for the per-peer cap) is closed to make room: behind QEMU's user network or any
+/// NAT an operator shares its address with whoever holds sockets open, and a client of the
+/// keel CA finishes its handshake in milliseconds, so it is the idle and garbage sockets that
+/// lose their places. Connections past their handshake are never closed for a newer one.
 #[derive(Default)]
 pub(crate) struct Occupancy {
-    inner: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    inner: Mutex<Places>,
+}
+
+#[derive(Default)]
+struct Places {
+    next_id: u64,
+    /// In the order they were taken; a few dozen at most.
+    open: Vec<Place>,
+}
+
+struct Place {
+    id: u64,
+    peer: IpAddr,
+    /// The socket, to close it if the place is given to a newer connection; `None` once the
+    /// handshake is done (or if it could not be cloned: then it is never closed).
+    evictable: Option<TcpStream>,
+}
+
+/// A place [`Occupancy::take`] gave: its id, and the peer whose unfinished handshake was
+/// closed to make room, if one was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub(crate) id: u64,
+    pub(crate) evicted: Option<IpAddr>,
 }
 
 impl Occupancy {
-    /// Takes a place for a connection from `peer`, if both caps allow it.
-    pub(crate) fn take(&self, peer: IpAddr, max: usize, per_peer: usize) -> Result<(), Full> {
-        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let (total, peers) = &mut *guard;
-        if *total >= max {
-            return Err(Full::All(*total));
+    /// Takes a place for a connection from `peer`, making room as described on the type.
+    pub(crate) fn take(
+        &self,
+        peer: IpAddr,
+        tcp: Option<TcpStream>,
+        max: usize,
+        per_peer: usize,
+    ) -> Result<Taken, Full> {
+        let mut places = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = places.open.iter().filter(|p| p.peer == peer).count();
+        let mut evicted = None;
+        if mine >= per_peer {
+            evicted = Some(places.evict(|p| p.peer == peer).ok_or(Full::Peer(mine))?);
+        } else if places.open.len() >= max {
+            evicted = Some(places.evict(|_| true).ok_or(Full::All(places.open.len()))?);
         }
-        let mine = peers.entry(peer).or_insert(0);
-        if *mine >= per_peer {
-            return Err(Full::Peer(*mine));
-        }
-        *mine += 1;
-        *total += 1;
-        Ok(())
+        places.next_id += 1;
+        let id = places.next_id;
+        places.open.push(Place {
+            id,
+            peer,
+            evictable: tcp,
+        });
+        Ok(Taken { id, evicted })
     }
 
-    /// Gives back a place [`take`](Self::take) gave.
-    pub(crate) fn give_back(&self, peer: IpAddr) {
-        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let (total, peers) = &mut *guard;
-        *total = total.saturating_sub(1);
-        if let Some(mine) = peers.get_mut(&peer) {
-            *mine = mine.saturating_sub(1);
-            if *mine == 0 {
-                peers.remove(&peer);
-            }
+    /// The connection finished its handshake: it keeps its place until it ends.
+    pub(crate) fn handshake_done(&self, id: u64) {
+        let mut places = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(place) = places.open.iter_mut().find(|p| p.id == id) {
+            place.evictable = None;
         }
+    }
+
+    /// Gives back a place [`take`](Self::take) gave (nothing if it was given to another).
+    pub(crate) fn give_back(&self, id: u64) {
+        let mut places = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        places.open.retain(|p| p.id != id);
     }
 
     #[cfg(test)]
     pub(crate) fn open(&self) -> usize {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).0
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open
+            .len()
+    }
+}
+
+impl Places {
+    /// Closes the oldest connection matching `which` that is still in its handshake, and
+    /// frees its place; its thread then fails its next read and ends.
+    fn evict(&mut self, which: impl Fn(&Place) -> bool) -> Option<IpAddr> {
+        let at = self
+            .open
+            .iter()
+            .position(|p| p.evictable.is_some() && which(p))?;
+        let place = self.open.remove(at);
+        if let Some(tcp) = place.evictable {
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+        Some(place.peer)
     }
 }
 
@@ -260,18 +319,53 @@ mod tests {
         let open = Occupancy::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(open.take(a, 3, 2), Ok(()));
-        assert_eq!(open.take(a, 3, 2), Ok(()));
-        assert_eq!(open.take(a, 3, 2), Err(Full::Peer(2)));
-        assert_eq!(open.take(b, 3, 2), Ok(()));
-        assert_eq!(open.take(b, 3, 2), Err(Full::All(3)));
-        open.give_back(a);
-        assert_eq!(open.take(b, 3, 2), Ok(()));
-        assert_eq!(open.take(a, 3, 2), Err(Full::All(3)));
-        for peer in [a, b, b] {
-            open.give_back(peer);
-        }
-        assert_eq!(open.open(), 0);
-        assert_eq!(open.take(a, 3, 2), Ok(()));
+        // Connections past their handshake (none evictable) are never displaced.
+        let a1 = open.take(a, None, 3, 2).unwrap();
+        assert_eq!(a1.evicted, None);
+        open.take(a, None, 3, 2).unwrap();
+        assert_eq!(open.take(a, None, 3, 2), Err(Full::Peer(2)));
+        let b1 = open.take(b, None, 3, 2).unwrap();
+        assert_eq!(open.take(b, None, 3, 2), Err(Full::All(3)));
+        open.give_back(a1.id);
+        open.take(b, None, 3, 2).unwrap();
+        assert_eq!(open.take(a, None, 3, 2), Err(Full::All(3)));
+        open.give_back(b1.id);
+        open.give_back(b1.id); // twice: nothing more
+        assert_eq!(open.open(), 2);
+    }
+
+    /// A connected socket pair on loopback: (the server's end, the client's end).
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener.accept().unwrap().0, client)
+    }
+
+    #[test]
+    fn the_oldest_unfinished_handshake_makes_room() {
+        use std::io::Read;
+        let open = Occupancy::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let (server1, mut client1) = socket_pair();
+        let (server2, _client2) = socket_pair();
+        let (server3, _client3) = socket_pair();
+        let first = open.take(a, Some(server1), 3, 2).unwrap();
+        let second = open.take(a, Some(server2), 3, 2).unwrap();
+        open.handshake_done(second.id);
+        // Per peer: a's oldest unfinished handshake (the first) is closed for the third.
+        let third = open.take(a, Some(server3), 3, 2).unwrap();
+        assert_eq!(third.evicted, Some(a));
+        let mut byte = [0u8; 1];
+        assert_eq!(client1.read(&mut byte).unwrap(), 0, "the first was closed");
+        open.give_back(first.id); // its thread ending: the place is already gone
+        assert_eq!(open.open(), 2);
+        // In all: b takes the last place, then another b displaces a's unfinished third.
+        open.take(b, None, 3, 2).unwrap();
+        let fourth = open.take(b, None, 3, 2).unwrap();
+        assert_eq!(fourth.evicted, Some(a));
+        // Only finished handshakes are left: the cap holds.
+        assert_eq!(open.take(b, None, 3, 2), Err(Full::Peer(2)));
+        assert_eq!(open.take(a, None, 3, 2), Err(Full::All(3)));
     }
 }

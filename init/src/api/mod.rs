@@ -226,7 +226,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> ! {
 
 /// A place among the connections being served, given back when dropped (also when the
 /// thread could not be started, or unwinds).
-struct ConnectionSlot(Arc<Shared>, std::net::IpAddr);
+struct ConnectionSlot(Arc<Shared>, u64);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
@@ -236,23 +236,35 @@ impl Drop for ConnectionSlot {
 
 fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     let opts = &shared.options;
-    if let Err(full) = shared
-        .open
-        .take(peer.ip(), opts.max_connections, opts.max_per_peer)
-    {
-        let why = match full {
-            guard::Full::All(n) => format!("{n} connections already open"),
-            guard::Full::Peer(n) => format!("{n} connections from {} already open", peer.ip()),
-        };
-        shared.notes.refusal(format!("api: {peer}: refused, {why}"));
-        return;
+    let taken = match shared.open.take(
+        peer.ip(),
+        tcp.try_clone().ok(),
+        opts.max_connections,
+        opts.max_per_peer,
+    ) {
+        Ok(taken) => taken,
+        Err(full) => {
+            let why = match full {
+                guard::Full::All(n) => format!("{n} connections already open"),
+                guard::Full::Peer(n) => {
+                    format!("{n} connections from {} already open", peer.ip())
+                }
+            };
+            shared.notes.refusal(format!("api: {peer}: refused, {why}"));
+            return;
+        }
+    };
+    if let Some(from) = taken.evicted {
+        shared.notes.refusal(format!(
+            "api: closed the oldest unfinished handshake from {from} to serve {peer}"
+        ));
     }
-    let slot = ConnectionSlot(shared.clone(), peer.ip());
+    let slot = ConnectionSlot(shared.clone(), taken.id);
     let spawned = std::thread::Builder::new()
         .name("keel-api-conn".into())
         .spawn(move || {
             let shared = &slot.0;
-            connection(tcp, peer, shared);
+            connection(tcp, peer, shared, slot.1);
         });
     if let Err(e) = spawned {
         shared
@@ -261,7 +273,7 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     }
 }
 
-fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, place: u64) {
     let notes = &shared.notes;
     let opts = &shared.options;
     let accepted = Instant::now();
@@ -291,6 +303,7 @@ fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
         notes.refusal(format!("api: {peer}: TLS handshake failed: {e}"));
         return;
     }
+    shared.open.handshake_done(place);
     stream.set_deadline(Some(accepted + opts.head_timeout));
     let role = client_role(&stream.conn);
     if let Some(line) = handle(&mut stream, shared.api.as_ref(), role, opts) {

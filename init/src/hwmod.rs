@@ -1,0 +1,194 @@
+//! Drivers for the devices this machine has: every device's sysfs `modalias` matched against
+//! `modules.alias`, the matching modules loaded with their dependencies (`modules.dep`), as
+//! udev and modprobe would. Loading a bus driver (virtio_pci, xhci_pci, a SCSI HBA) makes new
+//! devices appear, so this runs in rounds until nothing new shows up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use keel_contract::layout::modules;
+
+use crate::kmod::ModuleDeps;
+use crate::modalias::{self, Aliases};
+use crate::sys;
+
+/// Where the devices are.
+pub const SYS_DEVICES: &str = "/sys/devices";
+/// Buses whose aliases are not drivers: `cpu:` matches CPU features (kvm, accelerated
+/// crypto), which a node does not need at boot and which cost seconds to load under TCG.
+const SKIPPED_BUSES: &[&str] = &["cpu"];
+/// Rounds of [`Hardware::settle`]: the deepest chain seen is PCI HBA -> USB/SCSI bus ->
+/// disk driver; more rounds only guard against a surprise, never a loop.
+const MAX_ROUNDS: usize = 4;
+
+/// Loads a module file (the real one is `sys::finit_module`; tests record the calls).
+pub type LoadFn<'a> = dyn FnMut(&Path) -> Result<(), sys::SysError> + 'a;
+
+pub struct Hardware {
+    deps: ModuleDeps,
+    aliases: Aliases,
+    /// Modaliases already handled.
+    seen: BTreeSet<String>,
+    /// Loaded drivers and how many devices asked for each.
+    pub drivers: BTreeMap<String, usize>,
+    /// Drivers a device asked for that this image does not have.
+    pub missing: BTreeSet<String>,
+    /// Drivers that would not load (ENODEV: not for this variant of the device).
+    pub declined: BTreeSet<String>,
+}
+
+impl Hardware {
+    pub fn new(deps: ModuleDeps, aliases: Aliases) -> Self {
+        Hardware {
+            deps,
+            aliases,
+            seen: BTreeSet::new(),
+            drivers: BTreeMap::new(),
+            missing: BTreeSet::new(),
+            declined: BTreeSet::new(),
+        }
+    }
+
+    /// The running kernel's `modules.dep` and `modules.alias`; the error names the file.
+    pub fn for_running_kernel() -> Result<Self, String> {
+        let dir = crate::kmod::running_kernel_dir().ok_or("no /proc/sys/kernel/osrelease")?;
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let deps = ModuleDeps::parse(&dir, &read(modules::DEP)?);
+        Ok(Self::new(deps, Aliases::parse(&read(modules::ALIAS)?)))
+    }
+
+    /// Loads the drivers for the modaliases not seen before; returns how many module files
+    /// were loaded (dependencies included). `loaded` is shared with the by-name loading so
+    /// no file is loaded twice.
+    pub fn load_for(
+        &mut self,
+        found: BTreeSet<String>,
+        loaded: &mut BTreeSet<PathBuf>,
+        load: &mut LoadFn<'_>,
+        log: &dyn Fn(&str),
+    ) -> usize {
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for alias in found {
+            let bus = alias.split_once(':').map_or("", |(b, _)| b);
+            if SKIPPED_BUSES.contains(&bus) || self.seen.contains(&alias) {
+                continue;
+            }
+            for module in self.aliases.modules_for(&alias) {
+                wanted
+                    .entry(module.to_owned())
+                    .or_default()
+                    .push(alias.clone());
+            }
+            self.seen.insert(alias);
+        }
+        let mut count = 0;
+        for (module, devices) in wanted {
+            if self.missing.contains(&module) || self.declined.contains(&module) {
+                continue;
+            }
+            match self.load_one(&module, loaded, load) {
+                Ok(n) => {
+                    count += n;
+                    *self.drivers.entry(module).or_default() += devices.len();
+                }
+                Err(Failure::Missing(why)) => {
+                    log(&format!(
+                        "driver {module} for {} is not in this image ({why}): device left without it",
+                        devices.join(", ")
+                    ));
+                    self.missing.insert(module);
+                }
+                Err(Failure::Declined) => {
+                    self.declined.insert(module);
+                }
+                Err(Failure::Other(e)) => log(&format!("warning: driver {module}: {e}")),
+            }
+        }
+        count
+    }
+
+    fn load_one(
+        &self,
+        module: &str,
+        loaded: &mut BTreeSet<PathBuf>,
+        load: &mut LoadFn<'_>,
+    ) -> Result<usize, Failure> {
+        let files = self
+            .deps
+            .load_order(module)
+            .ok_or_else(|| Failure::Missing(format!("not in {}", modules::DEP)))?;
+        let mut count = 0;
+        for file in files {
+            if loaded.contains(&file) {
+                continue;
+            }
+            match load(&file) {
+                Ok(()) => {
+                    count += 1;
+                    loaded.insert(file);
+                }
+                Err(e) => {
+                    return Err(match e.source.raw_os_error() {
+                        Some(libc::ENOENT) => Failure::Missing(e.to_string()),
+                        Some(libc::ENODEV) => Failure::Declined,
+                        _ => Failure::Other(e.to_string()),
+                    });
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Rounds of scanning `sys_devices` and loading, until a round loads nothing.
+    pub fn settle(
+        &mut self,
+        sys_devices: &Path,
+        loaded: &mut BTreeSet<PathBuf>,
+        load: &mut LoadFn<'_>,
+        log: &dyn Fn(&str),
+    ) -> usize {
+        let mut total = 0;
+        for _ in 0..MAX_ROUNDS {
+            let n = self.load_for(modalias::device_modaliases(sys_devices), loaded, load, log);
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        total
+    }
+
+    /// `virtio_pci (3 devices), virtio_blk`: the drivers loaded and for how many devices.
+    pub fn summary(&self) -> String {
+        if self.drivers.is_empty() {
+            return "none".to_owned();
+        }
+        let names: Vec<String> = self
+            .drivers
+            .iter()
+            .map(|(m, n)| match n {
+                1 => m.clone(),
+                n => format!("{m} ({n} devices)"),
+            })
+            .collect();
+        names.join(", ")
+    }
+}
+
+enum Failure {
+    Missing(String),
+    Declined,
+    Other(String),
+}
+
+/// The real loader.
+pub fn finit(path: &Path) -> Result<(), sys::SysError> {
+    sys::finit_module(path, "")
+}
+
+#[cfg(test)]
+#[path = "hwmod_tests.rs"]
+mod tests;

@@ -35,6 +35,12 @@ pub struct Hardware {
     pub missing: BTreeSet<String>,
     /// Drivers that would not load (ENODEV: not for this variant of the device).
     pub declined: BTreeSet<String>,
+    /// Whether the kernel has a module already (stage 1 loaded it): `/sys/module/NAME`.
+    pub is_loaded: fn(&str) -> bool,
+}
+
+fn in_sys_module(name: &str) -> bool {
+    Path::new("/sys/module").join(name).exists()
 }
 
 impl Hardware {
@@ -46,6 +52,7 @@ impl Hardware {
             drivers: BTreeMap::new(),
             missing: BTreeSet::new(),
             declined: BTreeSet::new(),
+            is_loaded: in_sys_module,
         }
     }
 
@@ -61,7 +68,8 @@ impl Hardware {
     }
 
     /// Loads the drivers for the modaliases not seen before; returns how many module files
-    /// were loaded (dependencies included). `loaded` is shared with the by-name loading so
+    /// were loaded (dependencies included). Drivers the kernel has already (stage 1 loaded
+    /// them) are left out. `loaded` is shared with the by-name loading so
     /// no file is loaded twice.
     pub fn load_for(
         &mut self,
@@ -90,7 +98,8 @@ impl Hardware {
                 continue;
             }
             match self.load_one(&module, loaded, load) {
-                Ok(n) => {
+                Ok(None) => {}
+                Ok(Some(n)) => {
                     count += n;
                     *self.drivers.entry(module).or_default() += devices.len();
                 }
@@ -115,14 +124,18 @@ impl Hardware {
         module: &str,
         loaded: &mut BTreeSet<PathBuf>,
         load: &mut LoadFn<'_>,
-    ) -> Result<usize, Failure> {
+    ) -> Result<Option<usize>, Failure> {
+        if (self.is_loaded)(module) {
+            return Ok(None);
+        }
         let files = self
             .deps
             .load_order(module)
             .ok_or_else(|| Failure::Missing(format!("not in {}", modules::DEP)))?;
         let mut count = 0;
         for file in files {
-            if loaded.contains(&file) {
+            let name = crate::kmod::name_of(&file.display().to_string());
+            if loaded.contains(&file) || (self.is_loaded)(&name) {
                 continue;
             }
             match load(&file) {
@@ -139,7 +152,7 @@ impl Hardware {
                 }
             }
         }
-        Ok(count)
+        Ok(Some(count))
     }
 
     /// Rounds of scanning `sys_devices` and loading, until a round loads nothing.

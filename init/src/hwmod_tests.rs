@@ -30,10 +30,12 @@ fn write(root: &Path, dir: &str, alias: &str) {
 }
 
 fn hardware() -> Hardware {
-    Hardware::new(
+    let mut hw = Hardware::new(
         ModuleDeps::parse(Path::new("/m"), DEP),
         Aliases::parse(ALIAS),
-    )
+    );
+    hw.is_loaded = |_| false;
+    hw
 }
 
 #[test]
@@ -86,6 +88,18 @@ fn loads_only_what_the_devices_ask_for_in_rounds_with_dependencies_first() {
     // Nothing new: nothing loaded again.
     assert_eq!(hw.settle(root, &mut loaded, &mut load, &|_| {}), 0);
     assert_eq!(calls.borrow().len(), 4);
+
+    // Stage 2 after stage 1: what the kernel has (here virtio, virtio_pci) is not loaded
+    // again nor named; the rest is.
+    let mut stage2 = hardware();
+    stage2.is_loaded = |name| name == "virtio" || name == "virtio_pci";
+    calls.borrow_mut().clear();
+    stage2.settle(root, &mut BTreeSet::new(), &mut load, &|_| {});
+    assert_eq!(
+        *calls.borrow(),
+        ["/m/kernel/drivers/acpi/button.ko", "/m/kernel/drivers/block/virtio_blk.ko"]
+    );
+    assert_eq!(stage2.summary(), "button, virtio_blk");
 }
 
 #[test]

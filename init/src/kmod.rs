@@ -58,7 +58,8 @@ pub struct ModuleDeps {
     entries: BTreeMap<String, (String, Vec<String>)>,
 }
 
-fn name_of(path: &str) -> String {
+/// The kernel's name of a module file: `dm-verity.ko` -> `dm_verity`.
+pub fn name_of(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }

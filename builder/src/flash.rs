@@ -162,13 +162,13 @@ pub fn flash(
             message: format!("is the image itself ({})", disk_path.display()),
         });
     }
-    if let (target::Kind::Device(dev), false) = (&kind, opts.force) {
-        if let Some(why) = target::in_use(dev)? {
-            return Err(FlashError::InUse {
-                device: target_path.to_path_buf(),
-                why,
-            });
-        }
+    if let (target::Kind::Device(dev), false) = (&kind, opts.force)
+        && let Some(why) = target::in_use(dev)?
+    {
+        return Err(FlashError::InUse {
+            device: target_path.to_path_buf(),
+            why,
+        });
     }
     let is_device = matches!(kind, target::Kind::Device(_));
     let signed: Vec<(String, Region, Sha256Digest)> = manifest
@@ -180,42 +180,20 @@ pub fn flash(
             Some((p.label.clone(), (p.offset, p.offset + c.size), c.sha256))
         })
         .collect();
-    let holes_known = data_regions(&disk, size).map_err(io_at(&disk_path))?;
+    let data = data_regions(&disk, size).map_err(io_at(&disk_path))?;
     // A signed partition is written in full: on a disk, a hole left unwritten keeps whatever
     // the disk held before, and the digest covers it.
     let extra: Vec<Region> = signed.iter().map(|(_, r, _)| *r).collect();
-    let regions = merge(&holes_known, &extra);
+    let regions = merge(&data, &extra);
     let total: u64 = regions.iter().map(|(s, e)| e - s).sum();
 
     let out = open_target(target_path, is_device, size, opts.force)?;
-    let phase = rep.phase("flash", Some(total));
-    let mut source_digests = Vec::with_capacity(regions.len());
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0u64;
-    for &(start, end) in &regions {
-        let mut hasher = Sha256::new();
-        let mut at = start;
-        while at < end {
-            let n = CHUNK.min((end - at) as usize);
-            disk.read_exact_at(&mut buf[..n], at)
-                .map_err(io_at(&disk_path))?;
-            hasher.update(&buf[..n]);
-            out.write_all_at(&buf[..n], at)
-                .map_err(io_at(target_path))?;
-            at += n as u64;
-            done += n as u64;
-            phase.set_position(done);
-        }
-        source_digests.push(Sha256Digest(hasher.finalize().into()));
-    }
-    out.sync_all().map_err(io_at(target_path))?;
-    phase.finish(&format!(
-        "{} in {} regions of {} written to {}, synced",
-        human_bytes(total),
-        regions.len(),
-        human_bytes(size),
-        target_path.display()
-    ));
+    let source_digests = write_regions(
+        (&disk, &disk_path, size),
+        (&out, target_path),
+        &regions,
+        rep,
+    )?;
     drop_cache(&out);
     drop(out);
     before_read_back(target_path);
@@ -229,6 +207,45 @@ pub fn flash(
         regions: regions.len(),
         checked,
     })
+}
+
+/// Copies `regions` from the image to the target and syncs; returns each region's digest.
+fn write_regions(
+    (disk, disk_path, size): (&File, &Path, u64),
+    (out, target_path): (&File, &Path),
+    regions: &[Region],
+    rep: &Reporter,
+) -> Result<Vec<Sha256Digest>, FlashError> {
+    let total: u64 = regions.iter().map(|(s, e)| e - s).sum();
+    let phase = rep.phase("flash", Some(total));
+    let mut digests = Vec::with_capacity(regions.len());
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    for &(start, end) in regions {
+        let mut hasher = Sha256::new();
+        let mut at = start;
+        while at < end {
+            let n = CHUNK.min((end - at) as usize);
+            disk.read_exact_at(&mut buf[..n], at)
+                .map_err(io_at(disk_path))?;
+            hasher.update(&buf[..n]);
+            out.write_all_at(&buf[..n], at)
+                .map_err(io_at(target_path))?;
+            at += n as u64;
+            done += n as u64;
+            phase.set_position(done);
+        }
+        digests.push(Sha256Digest(hasher.finalize().into()));
+    }
+    out.sync_all().map_err(io_at(target_path))?;
+    phase.finish(&format!(
+        "{} in {} regions of {} written to {}, synced",
+        human_bytes(total),
+        regions.len(),
+        human_bytes(size),
+        target_path.display()
+    ));
+    Ok(digests)
 }
 
 /// Opens the target for writing: a disk exclusively (the kernel refuses while it is mounted,

@@ -97,7 +97,10 @@ fn loads_only_what_the_devices_ask_for_in_rounds_with_dependencies_first() {
     stage2.settle(root, &mut BTreeSet::new(), &mut load, &|_| {});
     assert_eq!(
         *calls.borrow(),
-        ["/m/kernel/drivers/acpi/button.ko", "/m/kernel/drivers/block/virtio_blk.ko"]
+        [
+            "/m/kernel/drivers/acpi/button.ko",
+            "/m/kernel/drivers/block/virtio_blk.ko"
+        ]
     );
     assert_eq!(stage2.summary(), "button, virtio_blk");
 }

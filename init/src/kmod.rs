@@ -56,6 +56,8 @@ pub struct ModuleDeps {
     dir: PathBuf,
     /// name -> (path relative to dir, dependency paths in modules.dep order)
     entries: BTreeMap<String, (String, Vec<String>)>,
+    /// Built into the kernel (`modules.builtin`): nothing to load, nothing to report.
+    builtin: BTreeSet<String>,
 }
 
 /// The kernel's name of a module file: `dm-verity.ko` -> `dm_verity`.
@@ -77,13 +79,17 @@ impl ModuleDeps {
         ModuleDeps {
             dir: dir.to_path_buf(),
             entries,
+            builtin: BTreeSet::new(),
         }
     }
 
     pub fn for_running_kernel() -> Option<Self> {
         let dir = running_kernel_dir()?;
         let text = std::fs::read_to_string(dir.join(modules::DEP)).ok()?;
-        Some(Self::parse(&dir, &text))
+        let mut deps = Self::parse(&dir, &text);
+        let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+        deps.builtin = builtin.lines().map(name_of).collect();
+        Some(deps)
     }
 
     /// Files to load for `name`, dependencies first; `None` when unknown (perhaps built in).
@@ -107,6 +113,7 @@ impl ModuleDeps {
                         }
                     }
                 }
+                None if self.builtin.contains(&name_of(name)) => {}
                 None => log(&format!("module {name} not found (built in?)")),
             }
         }
@@ -132,5 +139,19 @@ mod tests {
             .map(PathBuf::from)
         );
         assert!(deps.load_order("nope").is_none());
+    }
+
+    #[test]
+    fn a_built_in_module_asked_for_by_name_is_no_news() {
+        let mut deps = ModuleDeps::parse(Path::new("/m"), "");
+        deps.builtin = ["kernel/fs/ext4/ext4.ko"]
+            .iter()
+            .map(|l| name_of(l))
+            .collect();
+        let logs = std::cell::RefCell::new(Vec::new());
+        deps.load(&["ext4", "nope"], &mut BTreeSet::new(), &|l| {
+            logs.borrow_mut().push(l.to_owned())
+        });
+        assert_eq!(logs.into_inner(), ["module nope not found (built in?)"]);
     }
 }

@@ -27,10 +27,14 @@ use crate::{
 };
 
 /// Modules stage 2 loads from the root on every machine, when the kernel has them as
-/// modules: those no device asks for (container storage and networking, EFI variables,
-/// ISO 9660 and UTF-8 names for configuration given at boot). Drivers (the NIC, entropy, the
-/// power button, fw_cfg) are loaded for the devices found (`hwmod`).
+/// modules: those no device asks for (ext4 for DATA, with the crc32c its checksums ask the
+/// crypto API for, which cannot load modules on demand here; container storage and
+/// networking, EFI variables, ISO 9660 and UTF-8 names for configuration given at boot).
+/// Drivers (the NIC, entropy, the power button, fw_cfg) are loaded for the devices found
+/// (`hwmod`). Debian's cloud kernel has ext4 and crc32c built in, the generic one as modules.
 const MODULES: &[&str] = &[
+    "crc32c_generic",
+    "ext4",
     "overlay",
     "efivarfs",
     "nls_utf8",

@@ -17,6 +17,25 @@ pub const SYS_DEVICES: &str = "/sys/devices";
 /// Buses whose aliases are not drivers: `cpu:` matches CPU features (kvm, accelerated
 /// crypto), which a node does not need at boot and which cost seconds to load under TCG.
 const SKIPPED_BUSES: &[&str] = &["cpu"];
+/// Never loaded for a device: Debian's blacklist (kmod's /etc/modprobe.d/blacklist.conf:
+/// debugging aids, drivers superseded by better ones, the PC speaker).
+const BLACKLIST: &[&str] = &[
+    "evbug",
+    "usbmouse",
+    "usbkbd",
+    "eepro100",
+    "de4x5",
+    "eth1394",
+    "snd_intel8x0m",
+    "snd_aw2",
+    "prism54",
+    "bcm43xx",
+    "garmin_gps",
+    "asus_acpi",
+    "snd_pcsp",
+    "pcspkr",
+    "amd76x_edac",
+];
 /// Rounds of [`Hardware::settle`]: the deepest chain seen is PCI HBA -> USB/SCSI bus ->
 /// disk driver; more rounds only guard against a surprise, never a loop.
 const MAX_ROUNDS: usize = 4;
@@ -94,7 +113,10 @@ impl Hardware {
         }
         let mut count = 0;
         for (module, devices) in wanted {
-            if self.missing.contains(&module) || self.declined.contains(&module) {
+            if self.missing.contains(&module)
+                || self.declined.contains(&module)
+                || BLACKLIST.contains(&module.as_str())
+            {
                 continue;
             }
             match self.load_one(&module, loaded, load) {

@@ -147,13 +147,20 @@ impl Hardware {
         loaded: &mut BTreeSet<PathBuf>,
         load: &mut LoadFn<'_>,
     ) -> Result<Option<usize>, Failure> {
+        let files = self.deps.load_order(module);
+        // Loaded here already (as a dependency of another driver: uas needs usb_storage): a
+        // driver of this device all the same, named. Loaded before (by stage 1): not named.
+        if files
+            .as_ref()
+            .and_then(|f| f.last())
+            .is_some_and(|own| loaded.contains(own))
+        {
+            return Ok(Some(0));
+        }
         if (self.is_loaded)(module) {
             return Ok(None);
         }
-        let files = self
-            .deps
-            .load_order(module)
-            .ok_or_else(|| Failure::Missing(format!("not in {}", modules::DEP)))?;
+        let files = files.ok_or_else(|| Failure::Missing(format!("not in {}", modules::DEP)))?;
         let mut count = 0;
         for file in files {
             let name = crate::kmod::name_of(&file.display().to_string());

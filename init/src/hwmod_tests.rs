@@ -1,10 +1,21 @@
 use std::cell::RefCell;
 use std::io;
 
+thread_local! {
+    /// What the fake kernel has loaded: /sys/module, as `Hardware::is_loaded` sees it.
+    static SYS_MODULE: RefCell<BTreeSet<String>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+fn in_fake_sys_module(name: &str) -> bool {
+    SYS_MODULE.with(|m| m.borrow().contains(name))
+}
+
 use super::*;
 
 const DEP: &str = "\
 kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/usb/storage/uas.ko: kernel/drivers/usb/storage/usb-storage.ko
+kernel/drivers/usb/storage/usb-storage.ko:
 kernel/drivers/virtio/virtio.ko:
 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko
 kernel/drivers/acpi/button.ko:
@@ -19,6 +30,8 @@ alias virtio:d00000001v* virtio_net
 alias acpi*:LNXPWRBN:* button
 alias vmbus:4acc9b2f6900f34ab76b6fd0be528cda hv_storvsc
 alias platform:pcspkr platform_only
+alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage
+alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* uas
 alias platform:pcspkr pcspkr
 alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
 alias fs-squashfs squashfs
@@ -49,6 +62,12 @@ fn loads_only_what_the_devices_ask_for_in_rounds_with_dependencies_first() {
         "pci:v00001AF4d00001042sv00001AF4sd00001042bc01sc80i00",
     );
     write(root, "LNXSYSTM:00/LNXPWRBN:00", "acpi:LNXPWRBN:");
+    // A USB stick: uas (first by name) brings usb_storage as its dependency; both match.
+    write(
+        root,
+        "usb1/1-1/1-1:1.0",
+        "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00",
+    );
     write(
         root,
         "system/cpu/cpu0",
@@ -57,6 +76,8 @@ fn loads_only_what_the_devices_ask_for_in_rounds_with_dependencies_first() {
     let calls = RefCell::new(Vec::new());
     let mut load = |path: &Path| {
         calls.borrow_mut().push(path.display().to_string());
+        let name = crate::kmod::name_of(&path.display().to_string());
+        SYS_MODULE.with(|m| m.borrow_mut().insert(name));
         // The bus driver binding makes its children appear, as in sysfs.
         if path.ends_with("virtio_pci.ko") {
             write(
@@ -68,6 +89,7 @@ fn loads_only_what_the_devices_ask_for_in_rounds_with_dependencies_first() {
         Ok(())
     };
     let mut hw = hardware();
+    hw.is_loaded = in_fake_sys_module;
     let mut loaded = BTreeSet::new();
     let logs = RefCell::new(Vec::new());
     let n = hw.settle(root, &mut loaded, &mut load, &|l| {
@@ -77,23 +99,28 @@ fn loads_only_what_the_devices_ask_for_in_rounds_with_dependencies_first() {
         *calls.borrow(),
         [
             "/m/kernel/drivers/acpi/button.ko",
+            "/m/kernel/drivers/usb/storage/usb-storage.ko",
+            "/m/kernel/drivers/usb/storage/uas.ko",
             "/m/kernel/drivers/virtio/virtio.ko",
             "/m/kernel/drivers/virtio/virtio_pci.ko",
             "/m/kernel/drivers/block/virtio_blk.ko",
         ],
-        "no Hyper-V driver, no CPU-feature module; virtio once"
+        "no Hyper-V driver, no CPU-feature module; virtio and usb-storage once"
     );
-    assert_eq!(n, 4);
-    assert_eq!(hw.summary(), "button, virtio_blk, virtio_pci");
+    assert_eq!(n, 6);
+    assert_eq!(
+        hw.summary(),
+        "button, uas, usb_storage, virtio_blk, virtio_pci"
+    );
     assert!(logs.borrow().is_empty(), "{:?}", logs.borrow());
     // Nothing new: nothing loaded again.
     assert_eq!(hw.settle(root, &mut loaded, &mut load, &|_| {}), 0);
-    assert_eq!(calls.borrow().len(), 4);
+    assert_eq!(calls.borrow().len(), 6);
 
     // Stage 2 after stage 1: what the kernel has (here virtio, virtio_pci) is not loaded
     // again nor named; the rest is.
     let mut stage2 = hardware();
-    stage2.is_loaded = |name| name == "virtio" || name == "virtio_pci";
+    stage2.is_loaded = |name| ["virtio", "virtio_pci", "uas", "usb_storage"].contains(&name);
     calls.borrow_mut().clear();
     stage2.settle(root, &mut BTreeSet::new(), &mut load, &|_| {});
     assert_eq!(

@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         suite: "bookworm".into(),
         packages: Vec::new(),
         exclude: Vec::new(),
+        components: Vec::new(),
     };
     let mut cache = std::env::var_os("KEEL_CACHE_DIR")
         .map(PathBuf::from)

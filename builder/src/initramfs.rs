@@ -12,7 +12,7 @@ use crate::tree::{NodeKind, Tree};
 /// is read from the FAT ESP (Debian's default FAT charsets: cp437 and ascii).
 pub const REQUIRED_MODULES: &[&str] = &["squashfs", "dm_verity", "vfat", "nls_cp437", "nls_ascii"];
 /// Taken when the kernel has them as modules: disk drivers for QEMU and clouds (virtio, NVMe,
-/// SCSI), and efivarfs.
+/// SCSI, Xen, Hyper-V: each loaded only on a machine that has the device), and efivarfs.
 pub const OPTIONAL_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -28,6 +28,7 @@ pub const OPTIONAL_MODULES: &[&str] = &[
 
 /// Paths inside the initramfs that the init reads (the contract).
 pub use keel_contract::layout::initramfs as paths;
+use keel_contract::layout::modules;
 
 /// The profile's node section as it is baked into the initramfs (and handed to a node over
 /// fw_cfg by `keel run --profile`): TOML with the `[node]` table only, no build-host paths.
@@ -86,10 +87,25 @@ pub fn build(
             _ => return Err(InitramfsError::MissingModuleFile(path)),
         }
     }
-    let load_list: String = order
+    // Stage 1 loads the drivers by the devices it finds (modules.alias) and the rest, which
+    // no device asks for, from the list.
+    let always: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|name| {
+            index
+                .modules
+                .get(&name.replace('-', "_"))
+                .is_some_and(|m| !m.is_driver())
+        })
+        .collect();
+    let load_list: String = index
+        .load_order(&always)?
         .iter()
         .map(|m| format!("{}/{}\n", index.dir, m.rel_path))
         .collect();
+    let shipped: BTreeSet<&str> = order.iter().map(|m| m.name.as_str()).collect();
+    let alias = index.modules_alias(&|m| shipped.contains(m.name.as_str()));
     let dep: String = {
         let mut lines = String::new();
         for module in &order {
@@ -104,7 +120,11 @@ pub fn build(
         }
         lines
     };
-    files.push((format!("{}/modules.dep", index.dir), dep.into_bytes()));
+    files.push((format!("{}/{}", index.dir, modules::DEP), dep.into_bytes()));
+    files.push((
+        format!("{}/{}", index.dir, modules::ALIAS),
+        alias.into_bytes(),
+    ));
     files.push((paths::MODULES_LOAD.into(), load_list.into_bytes()));
     files.push((
         paths::TRUSTED_KEYS.into(),
@@ -153,6 +173,25 @@ mod tests {
     use super::*;
     use crate::kmod::tests::tree_with_modules;
 
+    /// The contents of `name` in a cpio newc archive.
+    fn cpio_file(archive: &[u8], name: &str) -> String {
+        let hex = |at: usize| {
+            usize::from_str_radix(std::str::from_utf8(&archive[at..at + 8]).unwrap(), 16).unwrap()
+        };
+        let pad = |n: usize| n.div_ceil(4) * 4;
+        let mut at = 0;
+        while at + 110 <= archive.len() {
+            let (size, name_len) = (hex(at + 54), hex(at + 94));
+            let found = &archive[at + 110..at + 110 + name_len - 1];
+            let data = pad(at + 110 + name_len);
+            if found == name.as_bytes() {
+                return String::from_utf8_lossy(&archive[data..data + size]).into_owned();
+            }
+            at = pad(data + size);
+        }
+        panic!("{name} not in the archive");
+    }
+
     #[test]
     fn contains_init_keys_and_modules_in_load_order() {
         let tree = tree_with_modules(
@@ -166,8 +205,12 @@ mod tests {
                 ("kernel/fs/fat/fat.ko", ""),
                 ("kernel/fs/nls/nls_cp437.ko", ""),
                 ("kernel/fs/nls/nls_ascii.ko", ""),
-                ("kernel/drivers/block/virtio_blk.ko", "virtio"),
+                (
+                    "kernel/drivers/block/virtio_blk.ko",
+                    "virtio\0alias=virtio:d00000002v*",
+                ),
                 ("kernel/drivers/virtio/virtio.ko", ""),
+                ("kernel/fs/squashfs/not_shipped.ko", "\0alias=pci:v1*"),
             ],
             &[],
         );
@@ -205,7 +248,14 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing");
         }
-        assert!(text.contains("/usr/lib/modules/6.1.0-t/kernel/fs/squashfs/squashfs.ko\n/usr/lib/modules/6.1.0-t/kernel/drivers/md/dm-mod.ko\n"));
+        // The drivers are loaded by device (modules.alias), the rest from the list.
+        let load = cpio_file(&out.bytes, "etc/keel/modules.load");
+        assert!(load.starts_with("/usr/lib/modules/6.1.0-t/kernel/fs/squashfs/squashfs.ko\n/usr/lib/modules/6.1.0-t/kernel/drivers/md/dm-mod.ko\n"), "{load}");
+        assert!(!load.contains("virtio"), "{load}");
+        assert_eq!(
+            cpio_file(&out.bytes, "usr/lib/modules/6.1.0-t/modules.alias"),
+            "alias virtio:d00000002v* virtio_blk\n"
+        );
         assert_eq!(
             build(&tree, &index, &spec).unwrap().bytes,
             out.bytes,

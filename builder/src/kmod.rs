@@ -1,5 +1,6 @@
 //! Kernel modules: dependency resolution from each module's `.modinfo` section (Debian's
-//! kernel package ships no modules.dep), load order, and a generated `modules.dep`.
+//! kernel package ships no modules.dep or modules.alias: depmod writes them at install
+//! time), load order, and the generated `modules.dep` and `modules.alias`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +28,21 @@ pub struct Module {
     /// Path relative to the release's module directory, e.g. `kernel/fs/squashfs/squashfs.ko`.
     pub rel_path: String,
     pub depends: Vec<String>,
+    /// The `alias=` entries: glob patterns of the devices (`pci:v00001AF4d*...`) and other
+    /// names (`fs-vfat`) the module serves.
+    pub aliases: Vec<String>,
+}
+
+impl Module {
+    /// Whether a device asks for this module: an alias of the form `bus:...` (not
+    /// `devname:`), which the init matches against sysfs modaliases. Modules without one
+    /// (filesystems, dm-verity, bridge) must be loaded by name.
+    pub fn is_driver(&self) -> bool {
+        self.aliases.iter().any(|a| {
+            a.split_once(':')
+                .is_some_and(|(bus, _)| !bus.is_empty() && bus != "devname")
+        })
+    }
 }
 
 /// The modules of one kernel release in a root tree.
@@ -40,7 +56,7 @@ pub struct ModuleIndex {
 
 /// `/usr/lib/modules/<release>`.
 pub fn modules_dir(release: &str) -> String {
-    format!("/usr/lib/modules/{release}")
+    keel_contract::layout::modules::dir(release)
 }
 
 fn canonical_name(file_name: &str) -> String {
@@ -72,12 +88,13 @@ impl ModuleIndex {
                     NodeKind::Dir(_) => stack.push((rel_child, child)),
                     NodeKind::File(content) if name.ends_with(".ko") => {
                         let path = format!("{dir}/{rel_child}");
-                        let depends = modinfo_depends(content.bytes())
+                        let info = modinfo(content.bytes())
                             .map_err(|why| KmodError::BadModule { path, why })?;
                         let module = Module {
                             name: canonical_name(&name),
                             rel_path: rel_child,
-                            depends,
+                            depends: info.depends,
+                            aliases: info.aliases,
                         };
                         modules.insert(module.name.clone(), module);
                     }
@@ -144,6 +161,23 @@ impl ModuleIndex {
         Ok(())
     }
 
+    /// `modules.alias` as depmod writes it (`alias PATTERN NAME`, sorted) for the modules
+    /// `keep` selects.
+    pub fn modules_alias(&self, keep: &dyn Fn(&Module) -> bool) -> String {
+        let mut lines: Vec<String> = self
+            .modules
+            .values()
+            .filter(|m| keep(m))
+            .flat_map(|m| {
+                m.aliases
+                    .iter()
+                    .map(move |a| format!("alias {a} {}\n", m.name))
+            })
+            .collect();
+        lines.sort();
+        lines.concat()
+    }
+
     /// `modules.dep` as depmod writes it: `path: deps...`, the deps listed so that loading
     /// them from last to first satisfies every dependency.
     pub fn modules_dep(&self) -> String {
@@ -162,21 +196,36 @@ impl ModuleIndex {
     }
 }
 
-/// The `depends=` list of a module's `.modinfo` ELF section.
-pub fn modinfo_depends(elf: &[u8]) -> Result<Vec<String>, String> {
+/// What the builder reads of a module's `.modinfo` ELF section.
+pub struct ModInfo {
+    pub depends: Vec<String>,
+    pub aliases: Vec<String>,
+}
+
+/// The `depends=` and `alias=` entries of a module's `.modinfo` ELF section.
+pub fn modinfo(elf: &[u8]) -> Result<ModInfo, String> {
     let info = modinfo_section(elf)?;
-    let mut depends = Vec::new();
+    let mut out = ModInfo {
+        depends: Vec::new(),
+        aliases: Vec::new(),
+    };
     for entry in info.split(|&b| b == 0) {
         if let Some(list) = entry.strip_prefix(b"depends=") {
-            depends.extend(
+            out.depends.extend(
                 String::from_utf8_lossy(list)
                     .split(',')
                     .filter(|d| !d.is_empty())
                     .map(canonical_name),
             );
+        } else if let Some(alias) = entry.strip_prefix(b"alias=") {
+            let alias = String::from_utf8_lossy(alias);
+            // A pattern with blanks could not be written as one modules.alias field.
+            if !alias.is_empty() && !alias.contains(char::is_whitespace) {
+                out.aliases.push(alias.into_owned());
+            }
         }
     }
-    Ok(depends)
+    Ok(out)
 }
 
 fn modinfo_section(elf: &[u8]) -> Result<&[u8], String> {
@@ -279,9 +328,16 @@ pub(crate) mod tests {
             &[
                 ("kernel/drivers/md/dm-verity.ko", "dm-bufio,dm-mod"),
                 ("kernel/drivers/md/dm-bufio.ko", ""),
-                ("kernel/drivers/md/dm-mod.ko", ""),
-                ("kernel/fs/squashfs/squashfs.ko", ""),
-                ("kernel/fs/fat/vfat.ko", "fat"),
+                (
+                    "kernel/drivers/md/dm-mod.ko",
+                    "\0alias=devname:mapper/control",
+                ),
+                // Not squashfs's real alias: a device alias to tell drivers from the rest.
+                (
+                    "kernel/fs/squashfs/squashfs.ko",
+                    "\0alias=pci:v00001AF4d*sv*sd*bc*sc*i*",
+                ),
+                ("kernel/fs/fat/vfat.ko", "fat\0alias=fs-vfat"),
                 ("kernel/fs/fat/fat.ko", ""),
             ],
             &["crc32c_generic", "nvme"],
@@ -300,6 +356,16 @@ pub(crate) mod tests {
         assert!(index.is_builtin("nvme"));
         let err = index.load_order(&["nope"]).unwrap_err();
         assert!(err.to_string().contains("\"nope\""), "{err}");
+        assert_eq!(
+            index.modules_alias(&|m| m.name != "vfat"),
+            "alias devname:mapper/control dm_mod\nalias pci:v00001AF4d*sv*sd*bc*sc*i* squashfs\n"
+        );
+        assert!(index.modules["squashfs"].is_driver());
+        assert!(
+            !index.modules["dm_mod"].is_driver(),
+            "devname: is no device"
+        );
+        assert!(!index.modules["vfat"].is_driver(), "fs-vfat is no device");
         let dep = index.modules_dep();
         assert!(
             dep.contains("kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-mod.ko kernel/drivers/md/dm-bufio.ko\n"),

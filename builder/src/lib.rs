@@ -14,6 +14,7 @@ pub mod build;
 pub mod check;
 pub mod context;
 pub mod error;
+pub mod flash;
 pub mod inspect;
 pub mod node;
 pub mod run;

@@ -1,5 +1,6 @@
 //! The one QEMU launcher, shared by `keel run` and the vm-tests harness: UEFI (OVMF) on a
-//! q35 machine, the disk on virtio-blk, user networking on virtio-net, the serial console on
+//! q35 machine, the disk on virtio-blk (or NVMe, SATA, USB, virtio-scsi: [`DiskBus`]), user
+//! networking on virtio-net (or another NIC model), the serial console on
 //! a unix socket (logged to a file), and a QMP socket to press the power button.
 
 use std::io::{BufRead, BufReader, Write};
@@ -86,7 +87,65 @@ pub struct VmConfig {
     pub fw_cfg: Vec<(String, PathBuf)>,
     /// Exit instead of rebooting (kernel panics then end the VM).
     pub no_reboot: bool,
+    /// How the disk is attached (default virtio-blk).
+    pub disk_bus: DiskBus,
+    /// The NIC's QEMU device model (default `virtio-net-pci`; `e1000e`, `e1000`, `rtl8139`).
+    pub nic_model: String,
     pub extra_args: Vec<String>,
+}
+
+/// How the boot disk is attached: the controllers of real machines and clouds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskBus {
+    #[default]
+    VirtioBlk,
+    VirtioScsi,
+    Nvme,
+    /// SATA on q35's built-in AHCI controller.
+    Sata,
+    /// A USB stick on an xHCI controller.
+    Usb,
+}
+
+impl DiskBus {
+    pub const ALL: [DiskBus; 5] = [
+        DiskBus::VirtioBlk,
+        DiskBus::VirtioScsi,
+        DiskBus::Nvme,
+        DiskBus::Sata,
+        DiskBus::Usb,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskBus::VirtioBlk => "virtio-blk",
+            DiskBus::VirtioScsi => "virtio-scsi",
+            DiskBus::Nvme => "nvme",
+            DiskBus::Sata => "sata",
+            DiskBus::Usb => "usb",
+        }
+    }
+
+    /// The `-device` arguments attaching drive `disk0` as the first boot device.
+    pub fn device_args(self) -> Vec<String> {
+        let devices: &[&str] = match self {
+            DiskBus::VirtioBlk => &["virtio-blk-pci,drive=disk0,bootindex=1"],
+            DiskBus::VirtioScsi => &[
+                "virtio-scsi-pci,id=scsi0",
+                "scsi-hd,drive=disk0,bus=scsi0.0,bootindex=1",
+            ],
+            DiskBus::Nvme => &["nvme,drive=disk0,serial=keel0,bootindex=1"],
+            DiskBus::Sata => &["ide-hd,drive=disk0,bus=ide.0,bootindex=1"],
+            DiskBus::Usb => &[
+                "qemu-xhci,id=xhci0",
+                "usb-storage,bus=xhci0.0,drive=disk0,removable=on,bootindex=1",
+            ],
+        };
+        devices
+            .iter()
+            .flat_map(|d| ["-device".to_owned(), (*d).to_owned()])
+            .collect()
+    }
 }
 
 impl VmConfig {
@@ -98,6 +157,8 @@ impl VmConfig {
             forwards: Vec::new(),
             fw_cfg: Vec::new(),
             no_reboot: false,
+            disk_bus: DiskBus::default(),
+            nic_model: "virtio-net-pci".to_owned(),
             extra_args: Vec::new(),
         }
     }
@@ -156,8 +217,9 @@ impl VmConfig {
             "if=none,id=disk0,format=raw,file={}",
             self.disk.display()
         ))
-        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
-        .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"])
+        .args(self.disk_bus.device_args())
+        .args(["-netdev", &netdev, "-device"])
+        .arg(format!("{},netdev=n0", self.nic_model))
         .args(["-device", "virtio-rng-pci"])
         .arg("-chardev")
         .arg(format!(

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keel_contract::layout::{OS_NAME, root};
+use keel_contract::layout::{self, OS_NAME, root};
 use keel_contract::profile::FileSpec;
 
 use crate::tree::{Meta, Node, NodeKind, Tree, TreeError};
@@ -42,6 +42,8 @@ pub struct RootfsSpec<'a> {
     pub init: &'a [u8],
     pub kernel_release: &'a str,
     pub modules_dep: String,
+    /// `modules.alias`: the init loads drivers by the devices it finds.
+    pub modules_alias: String,
     pub files: &'a [FileSpec],
     pub source_date_epoch: u32,
 }
@@ -96,15 +98,18 @@ pub fn finish(tree: &mut Tree, spec: &RootfsSpec<'_>) -> Result<(), RootfsError>
         }
     }
 
-    let dep_path = format!(
-        "{}/modules.dep",
-        crate::kmod::modules_dir(spec.kernel_release)
-    );
-    tree.insert(
-        &dep_path,
-        Node::file(Meta::root(0o644), spec.modules_dep.clone().into_bytes()),
-    )
-    .map_err(at(&dep_path))?;
+    let modules = crate::kmod::modules_dir(spec.kernel_release);
+    for (name, text) in [
+        (layout::modules::DEP, &spec.modules_dep),
+        (layout::modules::ALIAS, &spec.modules_alias),
+    ] {
+        let path = format!("{modules}/{name}");
+        tree.insert(
+            &path,
+            Node::file(Meta::root(0o644), text.clone().into_bytes()),
+        )
+        .map_err(at(&path))?;
+    }
 
     // The kernel boots from the ESP; a copy in the root would only cost space.
     let boot_files: Vec<Vec<u8>> = tree
@@ -220,6 +225,7 @@ mod tests {
                 init: b"init",
                 kernel_release: "6.1",
                 modules_dep: "x.ko:\n".into(),
+                modules_alias: "alias pci:v1* x\n".into(),
                 files: &files,
                 source_date_epoch: 42,
             },
@@ -228,6 +234,9 @@ mod tests {
         assert!(tree.get("/proc").unwrap().is_dir());
         assert_eq!(tree.get("/tmp").unwrap().meta.mode, 0o1777);
         assert!(tree.get(INIT_IN_ROOT).is_some());
+        assert!(
+            matches!(&tree.get("/usr/lib/modules/6.1/modules.alias").unwrap().kind, NodeKind::File(c) if c.bytes() == b"alias pci:v1* x\n")
+        );
         assert!(tree.get("/boot/vmlinuz-6.1").is_none());
         assert!(tree.get("/boot/config-6.1").is_some());
         assert_eq!(tree.get("/etc/motd").unwrap().meta.mode, 0o600);
@@ -257,6 +266,7 @@ mod tests {
                 init: b"",
                 kernel_release: "r",
                 modules_dep: String::new(),
+                modules_alias: String::new(),
                 files: &files,
                 source_date_epoch: 0,
             },

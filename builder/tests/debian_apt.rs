@@ -10,6 +10,7 @@ use keel_builder::tree::{NodeKind, Tree};
 use keel_builder::userland::deb::DebError;
 use keel_builder::userland::debian::{DebianError, DebianSource, install, resolve_and_download};
 use keel_builder::userland::shlibs::missing_shared_libraries;
+use keel_contract::profile::DebianComponent;
 
 /// The host's release, so the tests follow the CI image rather than a hard-coded name.
 fn host_suite() -> String {
@@ -30,6 +31,7 @@ fn source(packages: &[&str], exclude: &[&str]) -> DebianSource {
         suite: host_suite(),
         packages: packages.iter().map(|s| s.to_string()).collect(),
         exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        components: Vec::new(),
     }
 }
 
@@ -234,6 +236,23 @@ fn install_rejects_a_file_that_does_not_match_its_checksum() {
     let err = install(&resolved, &mut Tree::new()).unwrap_err();
     assert!(matches!(err, DebError::Checksum { .. }), "{err}");
     assert!(err.to_string().contains("hello"), "{err}");
+}
+
+#[test]
+fn a_component_the_hosts_sources_lack_is_named() {
+    let policy = Command::new("apt-cache").arg("policy").output().unwrap();
+    if String::from_utf8_lossy(&policy.stdout).contains("c=non-free-firmware") {
+        eprintln!("skipped: this host's apt sources have non-free-firmware");
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let mut src = source(&["libseccomp2"], &[]);
+    src.components = vec![DebianComponent::Main, DebianComponent::NonFreeFirmware];
+    let err = resolve(&src, cache.path()).0.unwrap_err().to_string();
+    assert!(
+        err.contains("has no component `non-free-firmware`") && err.contains("(it has: main"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! root into it. Nothing from the slot runs before its root hash is checked, and nothing is
 //! read from it before the boot is counted.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keel_contract::layout::{self, PartitionRole, Slot};
@@ -13,7 +14,7 @@ use keel_minisign::{self as minisign, SignatureFile, TrustedKeys};
 
 use crate::bootinfo::{self, BootAttempt, Handoff, Partitions};
 use crate::entries::{self, BootState, DiskStorage, Op};
-use crate::{block, console, kmod, sys};
+use crate::{block, console, hwmod, kmod, sys};
 
 const ESP_MOUNT: &str = "/run/keel/esp";
 const SYSROOT: &str = "/sysroot";
@@ -148,11 +149,13 @@ fn find_partitions(
     roots: &block::Roots,
     slot: Slot,
     loader: Option<uuid::Uuid>,
+    poll: &mut dyn FnMut(),
 ) -> Result<Partitions, String> {
     let warn = |m: &str| console::line(&format!("warning: {m}"));
     let label = slot.partition().label();
-    let choice = block::bootdisk::wait_for_boot_disk(roots, label, loader, DEVICE_TIMEOUT, &warn)
-        .map_err(|e| format!("slot {slot}: {e}"))?;
+    let choice =
+        block::bootdisk::wait_for_boot_disk(roots, label, loader, DEVICE_TIMEOUT, &warn, poll)
+            .map_err(|e| format!("slot {slot}: {e}"))?;
     console::line(&format!("boot disk {choice}"));
     let disk = choice.disk;
     let on_disk = |role: PartitionRole| {
@@ -197,6 +200,46 @@ fn read_esp(esp: &Path, slot: Slot) -> Result<(BootAttempt, Manifest, Vec<u8>, S
     Ok((boot, manifest, bytes, signer))
 }
 
+/// Stage 1's drivers: those the devices found ask for, among the initramfs's modules.
+struct HardwareModules {
+    hw: Option<hwmod::Hardware>,
+    loaded: BTreeSet<PathBuf>,
+    count: usize,
+}
+
+impl HardwareModules {
+    fn load(loaded: BTreeSet<PathBuf>) -> Self {
+        let hw = hwmod::Hardware::for_running_kernel()
+            .map_err(|e| console::line(&format!("warning: no drivers loaded by device: {e}")))
+            .ok();
+        let mut this = HardwareModules {
+            hw,
+            loaded,
+            count: 0,
+        };
+        this.poll();
+        this
+    }
+
+    fn poll(&mut self) {
+        if let Some(hw) = &mut self.hw {
+            let log = |m: &str| console::line(m);
+            self.count += hw.settle(
+                Path::new(hwmod::SYS_DEVICES),
+                &mut self.loaded,
+                &mut hwmod::finit,
+                &log,
+            );
+        }
+    }
+
+    fn summary(&self) -> String {
+        self.hw
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), hwmod::Hardware::summary)
+    }
+}
+
 fn run() -> Result<Handoff, String> {
     let started = sys::boottime();
     mount_early_filesystems()?;
@@ -204,21 +247,25 @@ fn run() -> Result<Handoff, String> {
     let cmdline = bootinfo::cmdline();
     let slot = bootinfo::booted_slot(&cmdline).ok_or("no keel.slot= on the kernel command line")?;
     console::line(&format!("booted slot {slot}"));
-    let loaded = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))
+    let listed = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))
         .map_err(|e| e.to_string())?;
+    let mut drivers = HardwareModules::load(listed.files.clone());
     let roots = block::Roots::default();
-    let partitions = find_partitions(&roots, slot, loader_partition())?;
-    let skipped = if loaded.not_for_this_machine.is_empty() {
+    let partitions = find_partitions(&roots, slot, loader_partition(), &mut || drivers.poll())?;
+    let skipped = if listed.not_for_this_machine.is_empty() {
         String::new()
     } else {
         format!(
             " (not for this machine: {})",
-            loaded.not_for_this_machine.join(", ")
+            listed.not_for_this_machine.join(", ")
         )
     };
     console::line(&format!(
-        "{} modules loaded{skipped}; slot {slot} is {}, ESP {}",
-        loaded.loaded,
+        "{} modules loaded: {} always{skipped}, {} for the devices found: {}; slot {slot} is {}, ESP {}",
+        listed.loaded + drivers.count,
+        listed.loaded,
+        drivers.count,
+        drivers.summary(),
         partitions.slot.path.display(),
         partitions.esp.path.display()
     ));

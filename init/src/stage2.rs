@@ -22,22 +22,22 @@ use crate::deadline::{self, BootDeadline};
 use crate::entries::{self, BootState, DiskStorage};
 use crate::supervisor::{Reaper, Supervisor};
 use crate::{
-    block, config, console, history, kmod, mounts, net, node_api, power, services, sys, upgrade,
-    var,
+    block, config, console, history, hwmod, kmod, mounts, net, node_api, power, services, sys,
+    upgrade, var,
 };
 
-/// Modules stage 2 loads from the root, when the kernel has them as modules: container
-/// networking and storage, the NIC, entropy, the power button, EFI variables, fw_cfg and
-/// ISO 9660 for configuration given at boot, and what Kubernetes networking needs.
+/// Modules stage 2 loads from the root on every machine, when the kernel has them as
+/// modules: those no device asks for (ext4 for DATA, with the crc32c its checksums ask the
+/// crypto API for, which cannot load modules on demand here; container storage and
+/// networking, EFI variables, ISO 9660 and UTF-8 names for configuration given at boot).
+/// Drivers (the NIC, entropy, the power button, fw_cfg) are loaded for the devices found
+/// (`hwmod`). Debian's cloud kernel has ext4 and crc32c built in, the generic one as modules.
 const MODULES: &[&str] = &[
+    "crc32c_generic",
+    "ext4",
     "overlay",
     "efivarfs",
-    "virtio_net",
-    "virtio_rng",
-    "evdev",
-    "button",
     "nls_utf8",
-    "qemu_fw_cfg",
     "isofs",
     "bridge",
     "br_netfilter",
@@ -59,6 +59,25 @@ fn warn(warnings: &mut Vec<String>, line: String) {
     warnings.push(line);
 }
 
+/// The drivers the devices found ask for, among all of the root's modules.
+fn load_drivers(loaded: &mut BTreeSet<PathBuf>) {
+    match hwmod::Hardware::for_running_kernel() {
+        Ok(mut hw) => {
+            let n = hw.settle(
+                Path::new(hwmod::SYS_DEVICES),
+                loaded,
+                &mut hwmod::finit,
+                &|m| log(m),
+            );
+            log(&format!(
+                "{n} modules loaded for the devices found: {}",
+                hw.summary()
+            ));
+        }
+        Err(e) => log(&format!("warning: no drivers loaded by device: {e}")),
+    }
+}
+
 /// Signals, the basic mounts, modules, /etc, EFI variables, the power button, the ESP and the
 /// reaper: what every later step stands on.
 fn system_basics(handoff: &Handoff) -> Result<(), String> {
@@ -70,6 +89,7 @@ fn system_basics(handoff: &Handoff) -> Result<(), String> {
         Some(deps) => deps.load(MODULES, &mut loaded, &|m| log(m)),
         None => log("warning: no modules.dep for the running kernel"),
     }
+    load_drivers(&mut loaded);
     mounts::etc_overlay().map_err(|e| e.to_string())?;
     if let Err(e) = mounts::efivars() {
         log(&format!("warning: {e} (no firmware timing information)"));

@@ -69,6 +69,7 @@ pub(super) fn finish_root(
             init: &prepared.init,
             kernel_release: &boot.kernel.release,
             modules_dep: boot.index.modules_dep(),
+            modules_alias: boot.index.modules_alias(&|_| true),
             files: &image.files,
             source_date_epoch: mtime,
         },

@@ -57,6 +57,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Print the partition layout and signed manifest of a disk image, or an update bundle.
     Inspect(InspectArgs),
+    /// Write a built image onto a disk (or into a file): only its data, then read it back
+    /// and check it against the image and the signed manifest.
+    Flash(FlashArgs),
     /// Boot a built image in QEMU with the serial console attached (Ctrl-C powers it off).
     Run(RunArgs),
     /// Manage a running node through its API (HTTPS, mutual TLS, port 50000).
@@ -196,6 +199,17 @@ pub struct VerifyArgs {
     /// Print what was checked as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    /// A `keel build` output directory (disk.raw and manifest.json).
+    pub outdir: PathBuf,
+    /// The disk to write (/dev/sdX, /dev/nvme0n1) or a file (created or replaced).
+    pub target: PathBuf,
+    /// Write even to a mounted disk or the one holding `/`.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

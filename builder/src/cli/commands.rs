@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use keel_contract::profile::{ClusterName, Endpoint, ProfileError};
 use serde_json::json;
 
-use super::args::{BuildArgs, ContextCommand, InspectArgs, RunArgs, SignArgs, VerifyArgs};
+use super::args::{
+    BuildArgs, ContextCommand, FlashArgs, InspectArgs, RunArgs, SignArgs, VerifyArgs,
+};
 use super::error::CommandError;
 use crate::context::{self, Config, Context};
 use crate::progress::{Reporter, human_bytes};
@@ -212,6 +214,20 @@ pub fn sign(args: &SignArgs, rep: &Reporter) -> Result<(), CommandError> {
         "signed {} with key ID {key_id}: {}",
         args.file.display(),
         signature.display()
+    ));
+    Ok(())
+}
+
+pub fn flash(args: &FlashArgs, rep: &Reporter) -> Result<(), CommandError> {
+    let opts = crate::flash::FlashOptions { force: args.force };
+    let report = crate::flash::flash(&args.outdir, &args.target, &opts, rep, &mut |_| {})?;
+    rep.note(&format!(
+        "flashed {} onto {}: {} of {} written, read back and verified ({})",
+        args.outdir.display(),
+        report.target.display(),
+        crate::progress::human_bytes(report.written),
+        crate::progress::human_bytes(report.disk_size),
+        report.checked.join("; ")
     ));
     Ok(())
 }

@@ -13,8 +13,8 @@ pub mod node;
 use clap::{CommandFactory, Parser};
 
 pub use args::{
-    BuildArgs, Cli, Command, ContextCommand, InspectArgs, KeyCommand, NodeCommand, NodeConnection,
-    ProfileCommand, RunArgs, SecretsCommand, SignArgs, VerifyArgs,
+    BuildArgs, Cli, Command, ContextCommand, FlashArgs, InspectArgs, KeyCommand, NodeCommand,
+    NodeConnection, ProfileCommand, RunArgs, SecretsCommand, SignArgs, VerifyArgs,
 };
 pub use error::CommandError;
 
@@ -61,6 +61,7 @@ pub fn dispatch(cli: Cli, rep: &Reporter) -> Result<(), CommandError> {
         Command::Sign(args) => commands::sign(&args, rep),
         Command::Verify(args) => commands::verify(&args, rep),
         Command::Inspect(args) => commands::inspect(&args),
+        Command::Flash(args) => commands::flash(&args, rep),
         Command::Run(args) => commands::run(args),
         Command::Node(command) => {
             let command = node::with_context(command, &contexts.load()?, contexts.name())?;

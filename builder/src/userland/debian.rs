@@ -74,6 +74,16 @@ pub enum DebianError {
          add a sources entry for it under /etc/apt/sources.list.d and run `apt-get update`"
     )]
     UnknownSuite { suite: String, known: String },
+    #[error(
+        "debian suite `{suite}` has no component `{component}` in the build host's apt sources \
+         (it has: {known}); add it to the suite's Components in /etc/apt/sources.list.d/ and \
+         run apt-get update"
+    )]
+    UnknownComponent {
+        suite: String,
+        component: String,
+        known: String,
+    },
     #[error("debian package `{package}` does not exist in suite `{suite}`")]
     UnknownPackage { package: String, suite: String },
     #[error(
@@ -164,8 +174,29 @@ pub fn resolve_and_download(
         });
     }
     let suites = companion_suites(&src.suite, &known);
-    log(&format!("debian: using suites {}", suites.join(", ")));
-    write(&apt.preferences, &suite_preferences(&suites, &[]))?;
+    let policy_text = String::from_utf8_lossy(&policy.stdout);
+    let have = release_components(&policy_text, &src.suite);
+    let components: Vec<&str> = src
+        .components_or_main()
+        .into_iter()
+        .map(|c| c.as_str())
+        .collect();
+    if let Some(missing) = components.iter().find(|c| !have.contains(**c)) {
+        return Err(DebianError::UnknownComponent {
+            suite: src.suite.clone(),
+            component: (*missing).to_owned(),
+            known: have.into_iter().collect::<Vec<_>>().join(", "),
+        });
+    }
+    log(&format!(
+        "debian: using suites {} ({})",
+        suites.join(", "),
+        components.join(", ")
+    ));
+    write(
+        &apt.preferences,
+        &suite_preferences(&suites, &components, &[]),
+    )?;
 
     if !src.exclude.is_empty() {
         let mut args = vec!["show".to_string(), "--no-all-versions".to_string()];
@@ -188,7 +219,10 @@ pub fn resolve_and_download(
             return Err(apt_failure("apt-cache show", &out));
         }
         write(&apt.status, &exclusion_status(&text))?;
-        write(&apt.preferences, &suite_preferences(&suites, &src.exclude))?;
+        write(
+            &apt.preferences,
+            &suite_preferences(&suites, &components, &src.exclude),
+        )?;
         log(&format!(
             "debian: excluding {} (treated as installed)",
             src.exclude.join(", ")

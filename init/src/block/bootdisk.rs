@@ -194,10 +194,14 @@ pub fn wait_for_boot_disk(
     loader: Option<Uuid>,
     timeout: Duration,
     warn: &dyn Fn(&str),
+    poll: &mut dyn FnMut(),
 ) -> Result<Choice, String> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
+        // Stage 1 loads drivers for devices that appeared meanwhile (a USB disk shows up
+        // after its controller's driver has enumerated the bus).
+        poll();
         let found = candidates(roots, label, &|_| {}).map_err(|e| e.to_string())?;
         let error = match choose(&found, loader, label) {
             Ok(choice) => return Ok(choice),

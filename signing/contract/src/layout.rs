@@ -209,8 +209,24 @@ pub mod initramfs {
     pub const TRUSTED_KEYS: &str = "/etc/keel/trusted.pub";
     /// The profile's `[node]` section, as TOML.
     pub const PROFILE: &str = "/etc/keel/profile.toml";
-    /// Module files to load, one absolute path per line, dependencies first.
+    /// Module files stage 1 loads on every machine (those no device asks for: squashfs,
+    /// dm-verity, FAT...), one absolute path per line, dependencies first. Drivers are loaded
+    /// by the devices found ([`modules`]).
     pub const MODULES_LOAD: &str = "/etc/keel/modules.load";
+}
+
+/// Kernel module data, in the initramfs and in the root. The builder generates `modules.dep`
+/// and `modules.alias` (Debian's kernel packages ship neither: depmod runs at install time);
+/// the init loads a driver when a device's sysfs `modalias` matches one of its aliases.
+pub mod modules {
+    /// `/usr/lib/modules/<release>`: where a kernel release's modules are.
+    pub fn dir(release: &str) -> String {
+        format!("/usr/lib/modules/{release}")
+    }
+    /// In [`dir`]: `path: dependencies...` per module, as depmod writes it.
+    pub const DEP: &str = "modules.dep";
+    /// In [`dir`]: `alias PATTERN MODULE` per line, as depmod writes it (glob patterns).
+    pub const ALIAS: &str = "modules.alias";
 }
 
 /// systemd-boot's EFI variables (the Boot Loader Interface), which the node reads through

@@ -120,6 +120,28 @@ pub fn parse_release_suites(policy: &str) -> BTreeSet<String> {
     out
 }
 
+/// The components (`c=`) the host's apt sources have for `suite` (by archive or codename).
+pub fn release_components(policy: &str, suite: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in policy.lines() {
+        let Some(fields) = line.trim_start().strip_prefix("release ") else {
+            continue;
+        };
+        let kv: Vec<&str> = fields.split(',').map(str::trim).collect();
+        let named = kv
+            .iter()
+            .any(|f| f.strip_prefix("a=").or_else(|| f.strip_prefix("n=")) == Some(suite));
+        if named {
+            out.extend(
+                kv.iter()
+                    .filter_map(|f| f.strip_prefix("c="))
+                    .map(String::from),
+            );
+        }
+    }
+    out
+}
+
 /// `suite` plus the `-updates` and `-security` releases of it that the host knows.
 pub fn companion_suites(suite: &str, known: &BTreeSet<String>) -> Vec<String> {
     [
@@ -143,7 +165,9 @@ pub fn companion_suites(suite: &str, known: &BTreeSet<String>) -> Vec<String> {
 /// without the pin it would "upgrade" it to the archive version, pulling in everything the
 /// exclusion was meant to drop. (apt does that, for example, for udev when systemd-boot-efi,
 /// from the same source package, is installed.)
-pub fn suite_preferences(suites: &[String], excluded: &[String]) -> String {
+///
+/// Only the `components` given are installable from those suites.
+pub fn suite_preferences(suites: &[String], components: &[&str], excluded: &[String]) -> String {
     let mut out = String::new();
     for package in excluded {
         out.push_str(&format!(
@@ -152,9 +176,11 @@ pub fn suite_preferences(suites: &[String], excluded: &[String]) -> String {
     }
     for suite in suites {
         for key in ["a", "n"] {
-            out.push_str(&format!(
-                "Package: *\nPin: release {key}={suite}\nPin-Priority: 990\n\n"
-            ));
+            for c in components {
+                out.push_str(&format!(
+                    "Package: *\nPin: release {key}={suite},c={c}\nPin-Priority: 990\n\n"
+                ));
+            }
         }
     }
     out.push_str("Package: *\nPin: release *\nPin-Priority: -1\n");

@@ -33,13 +33,35 @@ fn release_suites_come_from_archive_and_codename() {
 }
 
 #[test]
+fn components_are_read_per_suite_and_each_is_pinned() {
+    let policy = POLICY.replace(
+        " 500 http://deb.debian.org/debian bookworm/main amd64 Packages\n",
+        " 500 http://deb.debian.org/debian bookworm/main amd64 Packages\n 500 http://deb.debian.org/debian bookworm/non-free-firmware amd64 Packages\n release v=12.15,o=Debian,a=oldstable,n=bookworm,l=Debian,c=non-free-firmware,b=amd64\n",
+    );
+    let have = |suite: &str| {
+        release_components(&policy, suite)
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(have("bookworm"), ["main", "non-free-firmware"]);
+    assert_eq!(have("oldstable"), ["main", "non-free-firmware"]);
+    assert_eq!(have("bookworm-security"), ["main"]);
+    assert!(have("trixie").is_empty());
+    let prefs = suite_preferences(&["bookworm".into()], &["main", "non-free-firmware"], &[]);
+    assert!(prefs.contains("Pin: release n=bookworm,c=non-free-firmware\nPin-Priority: 990"));
+    assert!(prefs.contains("Pin: release n=bookworm,c=main\nPin-Priority: 990"));
+    assert!(!prefs.contains("c=contrib"));
+}
+
+#[test]
 fn preferences_pin_the_suites_and_forbid_everything_else() {
     let prefs = suite_preferences(
         &["bookworm".into(), "bookworm-security".into()],
+        &["main"],
         &["udev".into()],
     );
-    assert!(prefs.contains("Pin: release n=bookworm-security\nPin-Priority: 990"));
-    assert!(prefs.contains("Pin: release a=bookworm\nPin-Priority: 990"));
+    assert!(prefs.contains("Pin: release n=bookworm-security,c=main\nPin-Priority: 990"));
+    assert!(prefs.contains("Pin: release a=bookworm,c=main\nPin-Priority: 990"));
     assert!(prefs.starts_with("Package: udev\nPin: release a=now\nPin-Priority: 1001\n\n"));
     // apt uses the first matching generic pin, so the catch-all must come last.
     assert!(
@@ -273,6 +295,7 @@ fn package_names_are_validated() {
         suite: "bookworm".into(),
         packages: vec!["runc".into(), "perl".into()],
         exclude: vec!["perl".into()],
+        components: vec![],
     };
     assert!(matches!(
         validate(&src),

@@ -241,6 +241,44 @@ pub struct DebianSource {
     /// run, so e.g. `initramfs-tools` and `perl` are dead weight).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// The archive components packages may come from; default `["main"]`. The build host's
+    /// apt sources must have each one for the suite (`keel build` says which is missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<DebianComponent>,
+}
+
+/// A Debian archive component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DebianComponent {
+    Main,
+    Contrib,
+    NonFree,
+    /// Firmware for NICs, storage controllers and GPUs (Debian 12 and later).
+    NonFreeFirmware,
+}
+
+impl DebianComponent {
+    /// The name in apt's sources and release files (`c=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DebianComponent::Main => "main",
+            DebianComponent::Contrib => "contrib",
+            DebianComponent::NonFree => "non-free",
+            DebianComponent::NonFreeFirmware => "non-free-firmware",
+        }
+    }
+}
+
+impl DebianSource {
+    /// [`Self::components`], `main` when none are given.
+    pub fn components_or_main(&self) -> Vec<DebianComponent> {
+        if self.components.is_empty() {
+            vec![DebianComponent::Main]
+        } else {
+            self.components.clone()
+        }
+    }
 }
 
 /// An OCI image: a local image layout directory or an oci-archive tar.

@@ -117,6 +117,30 @@ fn upgrades_roll_forward_roll_back_and_refuse_what_they_must() {
     let err = client(port, &foreign).status().unwrap_err().to_string();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
+    // Issue 11, on a booted node: 200 idle and 200 garbage connections held open through
+    // QEMU's user network (where every host connection comes from one address, 10.0.2.2)
+    // leave operators served; a read-only operator reads, and gets 403 on an upgrade.
+    let mut held = Vec::new();
+    for i in 0..400 {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            if i >= 200 {
+                let _ = std::io::Write::write_all(&mut tcp, b"GET / HTTP/1.0\r\n\r\nnot TLS\r\n");
+            }
+            held.push(tcp);
+        }
+    }
+    assert_eq!(node.status().unwrap().version, "1.0.0");
+    drop(held);
+    let read_only = keel_builder::node::credentials_for(
+        &img.secrets,
+        keel_contract::api::OperatorRole::ReadOnly,
+    )
+    .unwrap();
+    let viewer = client(port, &read_only);
+    assert_eq!(viewer.version().unwrap().version, "1.0.0");
+    let err = upgrade(&viewer, &img.v2.join("update"), false, false).unwrap_err();
+    assert!(err.contains("403"), "{err}");
+
     // 6. The same or a lower version is refused without --force.
     let err = upgrade(&node, &img.v1.join("update"), false, false).unwrap_err();
     assert!(err.contains("not newer"), "{err}");

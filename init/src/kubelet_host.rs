@@ -144,20 +144,19 @@ impl Default for Gate {
     }
 }
 
-/// Opens when containerd answers and the baked images are imported (`services::start_core`).
+/// Opens when containerd answers and the baked images are imported (`services::import_baked_images`).
 pub static CONTAINERD_UP: Gate = Gate::new();
 /// Opens when the network modules are loaded and the pod network is set up.
 pub static HOST_READY: Gate = Gate::new();
 /// Opens when the pod sandbox image has been imported (or failed to be).
 pub static SANDBOX_IMAGE: Gate = Gate::new();
 
-/// Prepares the host. What containerd and the health gate need is done at once; loading the
-/// rest of the network modules and setting up the pod network wait until containerd is up
-/// (on one CPU they would only slow its start: under TCG they take seconds) and go on in the
-/// background, and the kubelet's start waits for them ([`wait_for_kubelet`]).
+/// Prepares the host for containerd, once `/var` is mounted (it needs no network): the first
+/// modules, sysctls, mount propagation, the machine id and the CNI directories. The rest of
+/// the network modules and the pod network follow in [`spawn_pod_network`], with the network.
 /// Every step that fails is reported and the boot goes on: a node whose pods cannot get a
-/// network still serves its API and says why.
-pub fn prepare(node: &Node, net: &NetState, log: &'static (dyn Fn(&str) + Sync)) {
+/// network still serves its API and says why. Returns the modules for `spawn_pod_network`.
+pub fn prepare(log: &'static (dyn Fn(&str) + Sync)) -> Option<kmod::ModuleDeps> {
     let deps = kmod::ModuleDeps::for_running_kernel();
     match &deps {
         Some(deps) => deps.load(FIRST, &mut BTreeSet::new(), log),
@@ -186,6 +185,18 @@ pub fn prepare(node: &Node, net: &NetState, log: &'static (dyn Fn(&str) + Sync))
     if let Err(e) = cni::mount_dirs() {
         log(&format!("warning: CNI directories: {e}"));
     }
+    deps
+}
+
+/// Loading the rest of the network modules and setting up the pod network wait until
+/// containerd is up (on one CPU they would only slow its start: under TCG they take seconds)
+/// and go on in the background; the kubelet's start waits for them ([`wait_for_kubelet`]).
+pub fn spawn_pod_network(
+    node: &Node,
+    net: &NetState,
+    deps: Option<kmod::ModuleDeps>,
+    log: &'static (dyn Fn(&str) + Sync),
+) {
     let (pods, cluster, net) = (
         node.pod_network.clone(),
         node.kubernetes.pod_cidr,

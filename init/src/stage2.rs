@@ -507,7 +507,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         Ok(boot) => boot,
         Err(problem) => degraded(&deadline, &api_node, &problem),
     };
-    crate::kubelet_host::spawn_pod_network(&cfg.node, &net_state, var.deps, &log);
+    crate::kubelet_host::spawn_pod_network(&cfg.node, &net_state, &log);
 
     // The health gate: the root was verified in stage 1, the profile is applied, /var is
     // mounted, containerd answers, and the role's services are healthy. The role's files

@@ -20,7 +20,7 @@ use keel_contract::profile::Network;
 use crate::bootinfo::Handoff;
 use crate::supervisor::Supervisor;
 use crate::timeline::BOOT;
-use crate::{console, history, kmod, kubelet_host, net, services, sys, var};
+use crate::{console, history, kubelet_host, net, services, sys, var};
 
 const VAR_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,8 +34,6 @@ pub struct VarOutcome {
     pub boot: Result<u64, var::Unavailable>,
     /// Lines for the status' warnings (e2fsck repaired DATA, no boot history).
     pub warnings: Vec<String>,
-    /// The kernel's modules, for the pod network (`kubelet_host::spawn_pod_network`).
-    pub deps: Option<kmod::ModuleDeps>,
 }
 
 /// The `/var` thread: its decision about `/var` first, then containerd.
@@ -64,7 +62,6 @@ impl Background {
                 "the /var thread ended without a word".into(),
             )),
             warnings: Vec::new(),
-            deps: None,
         })
     }
 
@@ -86,17 +83,11 @@ fn var_then_containerd(
         data_and_history(handoff, state_dir, &mut warnings)
     });
     let mounted = boot.is_ok();
-    // What the kubelet and containerd expect of the host, on /var, before containerd starts.
-    let deps = if mounted {
-        BOOT.step("host", || kubelet_host::prepare(&log))
-    } else {
-        None
-    };
-    let _ = decided.send(VarOutcome {
-        boot,
-        warnings,
-        deps,
-    });
+    // What containerd expects of the host, on /var, before it starts.
+    if mounted {
+        BOOT.step("host", || kubelet_host::prepare(&log));
+    }
+    let _ = decided.send(VarOutcome { boot, warnings });
     if !mounted {
         return Err("/var is unavailable".into());
     }

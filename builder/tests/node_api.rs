@@ -169,6 +169,7 @@ fn status() -> Status {
         uptime_secs: 3725,
         degraded: None,
         warnings: vec![],
+        timeline: vec![],
     }
 }
 

@@ -60,6 +60,9 @@ pub struct Handoff {
     /// CLOCK_BOOTTIME when stage 1 started and when it handed over.
     pub stage1_start: f64,
     pub stage1_end: f64,
+    /// Stage 1's steps (`crate::timeline`).
+    #[serde(default)]
+    pub timeline: Vec<keel_contract::api::BootStep>,
 }
 
 impl Handoff {
@@ -221,9 +224,15 @@ mod tests {
             },
             stage1_start: 1.5,
             stage1_end: 2.5,
+            timeline: vec![keel_contract::api::BootStep {
+                step: "modules".into(),
+                start_ms: 1500,
+                end_ms: 1900,
+            }],
         };
         let text = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<Handoff>(&text).unwrap(), h);
         assert!(text.contains("\"slot\":\"a\""), "{text}");
+        assert!(text.contains("\"step\":\"modules\""), "{text}");
     }
 }

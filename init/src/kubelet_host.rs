@@ -1,7 +1,8 @@
 //! What the kubelet, kube-proxy and CNI plugins expect of the host they run on, prepared
-//! once per boot before containerd starts: kernel modules, the sysctls kubeadm's preflight
-//! checks and the kubelet's `protectKernelDefaults` require, shared mount propagation, a
-//! persistent machine id, and the CNI directories and pod network (`crate::cni`).
+//! once per boot: before containerd starts, shared mount propagation, a persistent machine
+//! id and the CNI directories; once it is up, in the background and before the kubelet
+//! starts, kernel modules, the sysctls kubeadm's preflight checks and the kubelet's
+//! `protectKernelDefaults` require, and the pod network (`crate::cni`).
 //!
 //! `docs/kubelet-host.md` lists every item against kubeadm's preflight checks and Talos, with
 //! the test that checks it on a node.
@@ -102,7 +103,7 @@ pub const SYSCTLS: &[(&str, &str)] = &[
 /// node's `machineID`; `/etc/machine-id` is on a tmpfs overlay).
 const MACHINE_ID_STORE: &str = "/var/lib/keel/machine-id";
 
-/// Modules loaded before the sysctls (which need `br_netfilter`) and containerd (overlayfs).
+/// Modules loaded before the sysctls (which need `br_netfilter`).
 const FIRST: &[&str] = &["overlay", "bridge", "br_netfilter", "veth", "nf_conntrack"];
 /// How long the kubelet's start waits for the host to be prepared.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -144,32 +145,19 @@ impl Default for Gate {
     }
 }
 
-/// Opens when containerd answers and the baked images are imported (`services::start_core`).
+/// Opens when containerd answers and the baked images are imported (`services::import_baked_images`).
 pub static CONTAINERD_UP: Gate = Gate::new();
 /// Opens when the network modules are loaded and the pod network is set up.
 pub static HOST_READY: Gate = Gate::new();
 /// Opens when the pod sandbox image has been imported (or failed to be).
 pub static SANDBOX_IMAGE: Gate = Gate::new();
 
-/// Prepares the host. What containerd and the health gate need is done at once; loading the
-/// rest of the network modules and setting up the pod network wait until containerd is up
-/// (on one CPU they would only slow its start: under TCG they take seconds) and go on in the
-/// background, and the kubelet's start waits for them ([`wait_for_kubelet`]).
-/// Every step that fails is reported and the boot goes on: a node whose pods cannot get a
-/// network still serves its API and says why.
-pub fn prepare(node: &Node, net: &NetState, log: &'static (dyn Fn(&str) + Sync)) {
-    let deps = kmod::ModuleDeps::for_running_kernel();
-    match &deps {
-        Some(deps) => deps.load(FIRST, &mut BTreeSet::new(), log),
-        None => log("warning: no modules.dep: the Kubernetes network modules are not loaded"),
-    }
-    let failed: Vec<String> = SYSCTLS
-        .iter()
-        .filter_map(|(key, value)| set_sysctl(Path::new("/proc/sys"), key, value).err())
-        .collect();
-    if !failed.is_empty() {
-        log(&format!("warning: sysctls not set: {}", failed.join("; ")));
-    }
+/// Prepares the host for containerd, once `/var` is mounted (it needs no network): mount
+/// propagation, the machine id and the CNI directories (containerd watches them from its
+/// start). The network modules, the sysctls and the pod network follow in
+/// [`spawn_pod_network`], off the path to ready. Every step that fails is reported and the
+/// boot goes on: a node whose pods cannot get a network still serves its API and says why.
+pub fn prepare(log: &'static (dyn Fn(&str) + Sync)) {
     // Like systemd: mounts propagate, so a pod's Bidirectional volume mounts (CSI drivers)
     // reach the host and other pods.
     if let Err(e) = sys::mount("none", "/", "", libc::MS_REC | libc::MS_SHARED, None) {
@@ -186,6 +174,13 @@ pub fn prepare(node: &Node, net: &NetState, log: &'static (dyn Fn(&str) + Sync))
     if let Err(e) = cni::mount_dirs() {
         log(&format!("warning: CNI directories: {e}"));
     }
+}
+
+/// The network modules (those the sysctls need first), the sysctls and the pod network:
+/// nothing before the kubelet needs them, so they wait until containerd is up (on one CPU
+/// they would only slow its start: under TCG they take seconds) and go on in the background;
+/// the kubelet's start waits for them ([`wait_for_kubelet`]).
+pub fn spawn_pod_network(node: &Node, net: &NetState, log: &'static (dyn Fn(&str) + Sync)) {
     let (pods, cluster, net) = (
         node.pod_network.clone(),
         node.kubernetes.pod_cidr,
@@ -193,13 +188,26 @@ pub fn prepare(node: &Node, net: &NetState, log: &'static (dyn Fn(&str) + Sync))
     );
     std::thread::spawn(move || {
         CONTAINERD_UP.wait(READY_TIMEOUT);
-        if let Some(deps) = deps {
+        let deps = kmod::ModuleDeps::for_running_kernel();
+        let mut loaded = BTreeSet::new();
+        match &deps {
+            Some(deps) => deps.load(FIRST, &mut loaded, log),
+            None => log("warning: no modules.dep: the Kubernetes network modules are not loaded"),
+        }
+        let failed: Vec<String> = SYSCTLS
+            .iter()
+            .filter_map(|(key, value)| set_sysctl(Path::new("/proc/sys"), key, value).err())
+            .collect();
+        if !failed.is_empty() {
+            log(&format!("warning: sysctls not set: {}", failed.join("; ")));
+        }
+        if let Some(deps) = &deps {
             let rest: Vec<&str> = MODULES
                 .iter()
                 .filter(|m| !FIRST.contains(m))
                 .copied()
                 .collect();
-            deps.load(&rest, &mut BTreeSet::new(), log);
+            deps.load(&rest, &mut loaded, log);
         }
         match cni::apply(&pods, &cluster, &net) {
             Ok(Some(summary)) => log(&format!("pod network: {summary}")),

@@ -36,9 +36,11 @@ pub mod roles;
 pub mod services;
 pub mod stage1;
 pub mod stage2;
+pub mod startup;
 pub mod supervisor;
 pub mod sys;
 pub mod testhooks;
+pub mod timeline;
 pub mod upgrade;
 pub mod var;
 

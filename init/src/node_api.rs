@@ -180,6 +180,7 @@ impl NodeApi for Node {
             uptime_secs: self.started.elapsed().as_secs(),
             degraded,
             warnings: facts.warnings.clone(),
+            timeline: crate::timeline::BOOT.steps(),
         }
     }
 

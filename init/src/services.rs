@@ -1,5 +1,5 @@
 //! The node's services, in three groups started in order and stopped in reverse: the core
-//! (containerd, then the baked images imported), the Kubernetes role (etcd and the kubelet,
+//! (containerd, then the baked images imported, while stage 2 writes the role's files), the Kubernetes role (etcd and the kubelet,
 //! from the role plan), and the system containers. Each group has its own supervisor.
 
 use std::net::IpAddr;
@@ -100,8 +100,8 @@ fn options() -> supervisor::Options {
     }
 }
 
-/// containerd, answering; then every baked image imported.
-pub fn start_core() -> Result<Arc<Supervisor>, String> {
+/// containerd, answering (its state is on `/var`, which must be mounted).
+pub fn start_containerd() -> Result<Arc<Supervisor>, String> {
     containerd::write_config().map_err(|e| format!("{}: {e}", containerd::CONFIG))?;
     let spec = service(
         "containerd",
@@ -112,23 +112,45 @@ pub fn start_core() -> Result<Arc<Supervisor>, String> {
     let core = Supervisor::start(vec![spec], options()).map_err(|e| e.to_string())?;
     core.wait_healthy("containerd", CONTAINERD_TIMEOUT)
         .map_err(|e| format!("containerd: {e}"))?;
-    // Baked images serve system containers (their namespace) and pods (CRI's namespace).
-    for archive in containerd::baked_archives(Path::new(containerd::BAKED_IMAGES)) {
-        log(&format!("importing {}", archive.display()));
-        for namespace in [containerd::NAMESPACE, containerd::CRI_NAMESPACE] {
-            run_command(
-                &containerd::import_argv(namespace, &archive),
-                IMPORT_TIMEOUT,
-            )?;
-        }
-    }
+    Ok(Arc::new(core))
+}
+
+/// Every baked image imported into both namespaces, the archives side by side (an import
+/// waits on containerd as much as it computes); then the pod sandbox image, in the
+/// background.
+pub fn import_baked_images() -> Result<(), String> {
+    let archives = containerd::baked_archives(Path::new(containerd::BAKED_IMAGES));
+    let imported: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let running: Vec<_> = archives
+            .iter()
+            .map(|archive| s.spawn(move || import_archive(archive)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("an image import panicked".into()))
+            })
+            .collect()
+    });
+    imported.into_iter().collect::<Result<(), String>>()?;
     crate::kubelet_host::CONTAINERD_UP.open();
     // Pods need it, the health gate does not: the kubelet's start waits for it instead.
     std::thread::spawn(|| {
         import_pause_image();
         crate::kubelet_host::SANDBOX_IMAGE.open();
     });
-    Ok(Arc::new(core))
+    Ok(())
+}
+
+/// One baked archive: its system containers' namespace and CRI's (pods may use it), one
+/// after the other (the second finds the blobs the first stored).
+fn import_archive(archive: &Path) -> Result<(), String> {
+    log(&format!("importing {}", archive.display()));
+    for namespace in [containerd::NAMESPACE, containerd::CRI_NAMESPACE] {
+        run_command(&containerd::import_argv(namespace, archive), IMPORT_TIMEOUT)?;
+    }
+    Ok(())
 }
 
 /// The pod sandbox image (`pause_image`), made from the root's catatonit. Without it no pod

@@ -242,16 +242,23 @@ impl HardwareModules {
 
 fn run() -> Result<Handoff, String> {
     let started = sys::boottime();
-    mount_early_filesystems()?;
+    let timeline = &crate::timeline::BOOT;
+    timeline.step("mounts", mount_early_filesystems)?;
     console::line(&format!("init {} stage 1", crate::VERSION));
     let cmdline = bootinfo::cmdline();
     let slot = bootinfo::booted_slot(&cmdline).ok_or("no keel.slot= on the kernel command line")?;
     console::line(&format!("booted slot {slot}"));
-    let listed = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))
+    let (listed, mut drivers) = timeline
+        .step("modules", || {
+            let listed = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))?;
+            let drivers = HardwareModules::load(listed.files.clone());
+            Ok::<_, sys::SysError>((listed, drivers))
+        })
         .map_err(|e| e.to_string())?;
-    let mut drivers = HardwareModules::load(listed.files.clone());
     let roots = block::Roots::default();
-    let partitions = find_partitions(&roots, slot, loader_partition(), &mut || drivers.poll())?;
+    let partitions = timeline.step("disk", || {
+        find_partitions(&roots, slot, loader_partition(), &mut || drivers.poll())
+    })?;
     let skipped = if listed.not_for_this_machine.is_empty() {
         String::new()
     } else {
@@ -270,7 +277,8 @@ fn run() -> Result<Handoff, String> {
         partitions.esp.path.display()
     ));
 
-    let (boot, manifest, manifest_bytes, signer) = read_esp(&partitions.esp.path, slot)?;
+    let (boot, manifest, manifest_bytes, signer) =
+        timeline.step("esp", || read_esp(&partitions.esp.path, slot))?;
     if boot.last_resort {
         crate::fatal::set_no_reboot(LAST_RESORT);
         console::line(&format!("last resort: {LAST_RESORT}"));
@@ -287,7 +295,10 @@ fn run() -> Result<Handoff, String> {
         "manifest {} {} verified (key ID {signer}); root hash {root_hash}",
         manifest.name, manifest.version
     ));
-    mount_verified_root(&roots, &partitions.slot.path, &manifest, boot.last_resort)?;
+    timeline.step("verity", || {
+        mount_verified_root(&roots, &partitions.slot.path, &manifest, boot.last_resort)
+    })?;
+    let handing_over = sys::boottime();
 
     // What stage 2 needs from the initramfs, which is about to go away.
     let copy = |from: &str, to: &str| {
@@ -316,6 +327,12 @@ fn run() -> Result<Handoff, String> {
         boot,
         stage1_start: started,
         stage1_end: sys::boottime(),
+        timeline: Vec::new(),
+    };
+    timeline.mark("handoff", handing_over, handoff.stage1_end);
+    let handoff = Handoff {
+        timeline: timeline.steps(),
+        ..handoff
     };
     handoff
         .write()

@@ -21,8 +21,9 @@ use crate::bootinfo::{self, Handoff};
 use crate::deadline::{self, BootDeadline};
 use crate::entries::{self, BootState, DiskStorage};
 use crate::supervisor::{Reaper, Supervisor};
+use crate::timeline::BOOT;
 use crate::{
-    block, config, console, history, hwmod, kmod, mounts, net, node_api, power, services, sys,
+    block, config, console, hwmod, kmod, mounts, net, node_api, power, services, startup, sys,
     upgrade, var,
 };
 
@@ -43,7 +44,6 @@ const MODULES: &[&str] = &[
     "br_netfilter",
     "veth",
 ];
-const VAR_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const ESP: &str = layout::root::ESP_MOUNT;
 const STATE: &str = layout::root::STATE_MOUNT;
@@ -244,53 +244,6 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
     Ok((cfg, early_net))
 }
 
-fn apply_hostname(node: &keel_contract::profile::Node, state: &net::NetState) -> String {
-    let name = node
-        .hostname
-        .as_ref()
-        .map(|h| h.as_str().to_owned())
-        .or_else(|| state.dhcp_hostname.as_ref().map(|h| h.as_str().to_owned()))
-        .unwrap_or_else(|| match state.mac {
-            Some(mac) => format!("keel-{:02x}{:02x}{:02x}", mac.0[3], mac.0[4], mac.0[5]),
-            None => "keel".to_owned(),
-        });
-    if let Err(e) = sys::sethostname(&name) {
-        log(&format!("warning: {e}"));
-    }
-    let _ = std::fs::write("/etc/hostname", format!("{name}\n"));
-    let _ = std::fs::write(
-        "/etc/hosts",
-        format!("127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {name}\n"),
-    );
-    name
-}
-
-/// The network (reusing what the configuration fetch brought up, when the profile asks for
-/// the same) and the host name; lease renewal runs on its own thread.
-fn network(
-    node: &keel_contract::profile::Node,
-    early: Option<net::NetState>,
-) -> Result<(net::NetState, String), String> {
-    let state = match early {
-        Some(state) if node.network == Network::default() => state,
-        _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
-    };
-    let hostname = apply_hostname(node, &state);
-    let addresses: Vec<String> = state.addresses.iter().map(ToString::to_string).collect();
-    log(&format!(
-        "network: {} {} via {}; hostname {hostname}",
-        state.interface,
-        addresses.join(" "),
-        state
-            .gateway
-            .map(|g| g.to_string())
-            .unwrap_or_else(|| "-".into())
-    ));
-    let renewal = state.clone();
-    std::thread::spawn(move || net::renew_forever(renewal, &|m| log(m)));
-    Ok((state, hostname))
-}
-
 fn status_line(supervisors: &[Arc<Supervisor>], net: &net::NetState, hostname: &str) -> String {
     let services: Vec<String> = supervisors
         .iter()
@@ -397,33 +350,6 @@ fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
     }
 }
 
-/// DATA at /var and this boot's number in its history (best-effort).
-fn data_and_history(
-    handoff: &Handoff,
-    state_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<u64, var::Unavailable> {
-    let mounted = var::mount(&handoff.disk, state_dir, VAR_TIMEOUT, &|m| log(m))?;
-    if let Some(note) = mounted.note {
-        warnings.push(note);
-    }
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let (boot, problem) = history::record_best_effort(
-        Path::new(history::HISTORY),
-        handoff.slot.letter(),
-        &handoff.version.to_string(),
-        boot_id.trim(),
-    );
-    match problem {
-        Some(p) => warn(warnings, p),
-        None => log(&format!(
-            "boot {boot} of this disk (history in {})",
-            history::HISTORY
-        )),
-    }
-    Ok(boot)
-}
-
 /// `/var` cannot be mounted: not the slot's fault, and the other slot would find it just as
 /// broken, so the node neither blesses its entry (it did not pass its gate) nor fails it
 /// (the deadline is suspended: no reboot). It stays up, its API serving and saying why,
@@ -439,23 +365,22 @@ fn degraded(deadline: &BootDeadline, node: &node_api::Node, problem: &var::Unava
     crate::fatal::stay_up()
 }
 
-/// containerd, the role and the system containers, in start order.
+/// The role's services once containerd is up, then the system containers; all groups in
+/// start order.
 fn start_services(
+    core: Arc<Supervisor>,
+    role: Option<crate::roles::RolePlan>,
     node: &keel_contract::profile::Node,
     secrets: Option<&NodeSecrets>,
-    hostname: &str,
-    ips: &[IpAddr],
 ) -> Result<Vec<Arc<Supervisor>>, String> {
-    let core = services::start_core()?;
-    let role = services::prepare_role(node, hostname, ips, secrets)?;
     let role = match role {
-        Some(plan) => services::start_role(plan)?,
+        Some(plan) => BOOT.step("kubernetes", || services::start_role(plan))?,
         None => None,
     };
     if let Some(s) = secrets.filter(|s| s.role == Role::ControlPlane) {
         services::spawn_cluster_bootstrap(s, node.kubernetes.bootstrap_token_ttl_hours);
     }
-    let containers = services::start_containers(node)?;
+    let containers = BOOT.step("containers", || services::start_containers(node))?;
     Ok(std::iter::once(core)
         .chain(role)
         .chain(containers)
@@ -470,14 +395,16 @@ fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline
         esp: PathBuf::from(ESP),
         state: Some(state_dir.to_path_buf()),
     };
-    let blessed = BootState::load(&storage)
-        .map_err(|e| e.to_string())
-        .and_then(|b| {
-            let current = b.slot(handoff.slot).entry;
-            let ops = b.bless(handoff.slot).map_err(|e| e.to_string())?;
-            entries::apply(&ops, &mut storage).map_err(|e| e.to_string())?;
-            Ok((current, ops.is_empty()))
-        });
+    let blessed = BOOT.step("bless", || {
+        BootState::load(&storage)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                let current = b.slot(handoff.slot).entry;
+                let ops = b.bless(handoff.slot).map_err(|e| e.to_string())?;
+                entries::apply(&ops, &mut storage).map_err(|e| e.to_string())?;
+                Ok((current, ops.is_empty()))
+            })
+    });
     match blessed {
         Ok((Some(entry), true)) => log(&format!("{} already blessed", entry.file_name())),
         Ok((Some(entry), false)) => log(&format!(
@@ -492,6 +419,11 @@ fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline
     let now = sys::boottime();
     let firmware = bootinfo::firmware_and_loader_seconds().map(|f| f + handoff.stage1_start);
     let rss = sys::rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    // Before the ready line, which tests and benchmarks stop at.
+    log(&format!(
+        "timeline: {}",
+        keel_contract::api::timeline_line(&BOOT.steps())
+    ));
     // systemd-boot records the firmware's time only when it can calibrate the TSC (not
     // under QEMU's TCG); the kernel's share is known either way.
     log(&format!(
@@ -536,16 +468,22 @@ fn run() -> Result<std::convert::Infallible, String> {
     if handoff.boot.last_resort {
         crate::fatal::set_no_reboot(crate::stage1::LAST_RESORT);
     }
+    BOOT.extend(&handoff.timeline);
+    BOOT.mark("switch", handoff.stage1_end, sys::boottime());
     let slot = handoff.slot;
     log(&format!(
         "stage 2: {} {} from slot {slot}",
         handoff.name, handoff.version
     ));
-    system_basics(&handoff)?;
+    BOOT.step("basics", || system_basics(&handoff))?;
     let mut warnings = Vec::new();
-    let state_dir = mount_state(&handoff, &mut warnings)?;
-    let rolled_back_from = settle_boot_entries(&handoff, &state_dir, &mut warnings);
-    let (cfg, early_net) = node_config(&state_dir)?;
+    let state_dir = BOOT.step("state", || mount_state(&handoff, &mut warnings))?;
+    // From here DATA, the host and containerd go on beside the main thread (`startup`).
+    let background = startup::Background::spawn(&handoff, &state_dir)?;
+    let rolled_back_from = BOOT.step("entries", || {
+        settle_boot_entries(&handoff, &state_dir, &mut warnings)
+    });
+    let (cfg, early_net) = BOOT.step("config", || node_config(&state_dir))?;
     deadline.set_secs(cfg.node.boot_deadline_secs);
     log(&format!(
         "profile from {}: role {}",
@@ -555,11 +493,12 @@ fn run() -> Result<std::convert::Infallible, String> {
     for w in &cfg.warnings {
         warn(&mut warnings, w.clone());
     }
-    let (net_state, hostname) = network(&cfg.node, early_net)?;
-    let var = data_and_history(&handoff, &state_dir, &mut warnings);
+    let (net_state, hostname) = BOOT.step("network", || startup::network(&cfg.node, early_net))?;
     let target = upgrade_target(&handoff, &state_dir)
         .map_err(|e| log(&format!("upgrades: off: {e}")))
         .ok();
+    let var = background.var();
+    warnings.extend(var.warnings);
     let facts = node_api::BootFacts {
         hostname: hostname.clone(),
         addresses: net_state
@@ -567,7 +506,7 @@ fn run() -> Result<std::convert::Infallible, String> {
             .iter()
             .map(ToString::to_string)
             .collect(),
-        boot: *var.as_ref().unwrap_or(&0),
+        boot: *var.boot.as_ref().unwrap_or(&0),
         rolled_back_from,
         warnings,
     };
@@ -583,18 +522,23 @@ fn run() -> Result<std::convert::Infallible, String> {
         PathBuf::from(services::LOG_DIR),
     );
     let api_node = Arc::new(node_api::Node::new(identity, facts, paths, target, log));
-    start_api(cfg.secrets.as_ref(), api_node.clone());
-    let boot = match var {
+    BOOT.step("api", || start_api(cfg.secrets.as_ref(), api_node.clone()));
+    let boot = match var.boot {
         Ok(boot) => boot,
         Err(problem) => degraded(&deadline, &api_node, &problem),
     };
-    // What the kubelet expects of its host, CNI directories (on /var) and the pod network.
-    crate::kubelet_host::prepare(&cfg.node, &net_state, &log);
+    crate::kubelet_host::spawn_pod_network(&cfg.node, &net_state, &log);
 
     // The health gate: the root was verified in stage 1, the profile is applied, /var is
-    // mounted, containerd answers, and the role's services are healthy.
+    // mounted, containerd answers, and the role's services are healthy. The role's files
+    // are written while containerd starts.
     let ips: Vec<IpAddr> = net_state.addresses.iter().map(|a| a.addr).collect();
-    let start_order = start_services(&cfg.node, cfg.secrets.as_ref(), &hostname, &ips)?;
+    let secrets = cfg.secrets.as_ref();
+    let role = BOOT.step("role", || {
+        services::prepare_role(&cfg.node, &hostname, &ips, secrets)
+    })?;
+    let core = background.containerd()?;
+    let start_order = start_services(core, role, &cfg.node, secrets)?;
     if let Ok(mut list) = api_node.supervisors.lock() {
         *list = start_order.clone();
     }

@@ -95,6 +95,7 @@ fn boots_to_ready_runs_a_system_container_blesses_and_keeps_var_across_reboots()
         !before_ready.contains("creating DATA"),
         "DATA must be reused"
     );
+    check_timeline(&before_ready);
     vm.expect("keel-marker: hello from keel", Duration::from_secs(120));
     vm.kill();
     assert_eq!(esp_list(&disk, "/loader/entries"), ["keel-a.conf"]);
@@ -140,4 +141,80 @@ fn a_flipped_byte_in_the_root_never_runs() {
         !log.contains("stage 2"),
         "nothing from the corrupted root may run"
     );
+}
+
+/// The `keel: timeline:` line printed before ready: every step of both stages, in start
+/// order, and the orders that keep the node safe while stage 2 works in parallel.
+fn check_timeline(console: &str) {
+    let line = console
+        .lines()
+        .find_map(|l| l.trim_end().split_once("keel: timeline: ").map(|(_, t)| t))
+        .unwrap_or_else(|| panic!("no timeline line before ready:\n{console}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let steps: Vec<(&str, f64, f64)> = words
+        .chunks(2)
+        .map(|pair| {
+            let (start, end) = pair[1].split_once('-').expect(line);
+            (
+                pair[0],
+                start.parse().expect(line),
+                end.parse().expect(line),
+            )
+        })
+        .collect();
+    let find = |name: &str| {
+        *steps
+            .iter()
+            .find(|s| s.0 == name)
+            .unwrap_or_else(|| panic!("no step {name} in {line}"))
+    };
+    for name in [
+        "mounts",
+        "modules",
+        "disk",
+        "esp",
+        "verity",
+        "handoff",
+        "switch",
+        "basics",
+        "state",
+        "entries",
+        "config",
+        "network",
+        "var",
+        "host",
+        "containerd",
+        "images",
+        "api",
+        "role",
+        "containers",
+        "bless",
+    ] {
+        let (_, start, end) = find(name);
+        assert!(start <= end, "{name} ends before it starts: {line}");
+    }
+    assert!(
+        steps.windows(2).all(|w| w[0].1 <= w[1].1),
+        "not in start order: {line}"
+    );
+    let before = |a: &str, b: &str| {
+        assert!(
+            find(a).2 <= find(b).1,
+            "{a} must end before {b} starts: {line}"
+        );
+    };
+    // Stage 1 hands over, then stage 2; /var is decided before anything writes it; the API
+    // knows whether /var is there; the gate comes last.
+    before("verity", "switch");
+    before("switch", "basics");
+    before("state", "var");
+    before("var", "host");
+    before("host", "containerd");
+    before("containerd", "images");
+    before("var", "api");
+    before("network", "api");
+    before("var", "role");
+    before("images", "bless");
+    before("containers", "bless");
+    assert_eq!(steps.last().map(|s| s.0), Some("bless"), "{line}");
 }

@@ -302,6 +302,12 @@ pub fn format_status(s: &Status) -> String {
     for warning in &s.warnings {
         out.push_str(&format!("warning    {warning}\n"));
     }
+    if !s.timeline.is_empty() {
+        out.push_str(&format!(
+            "timeline   {}\n",
+            keel_contract::api::timeline_line(&s.timeline)
+        ));
+    }
     out.push('\n');
     let slots: Vec<Vec<String>> = s
         .slots
@@ -410,6 +416,7 @@ mod tests {
             uptime_secs: 7500,
             degraded: None,
             warnings: vec![],
+            timeline: vec![],
         };
         let text = format_status(&status);
         let expected = "\
@@ -433,6 +440,11 @@ etcd        backoff  3         -    exited with 1
         let mut degraded = status.clone();
         degraded.degraded = Some("/var is unavailable: e2fsck exited with 8".into());
         degraded.warnings = vec!["secrets from fw_cfg refused".into()];
+        degraded.timeline = vec![keel_contract::api::BootStep {
+            step: "var".into(),
+            start_ms: 1200,
+            end_ms: 1500,
+        }];
         degraded.slots[1] = SlotInfo {
             slot: "b".into(),
             version: None,
@@ -444,7 +456,7 @@ etcd        backoff  3         -    exited with 1
         let text = format_status(&degraded);
         for line in [
             "DEGRADED   /var is unavailable: e2fsck exited with 8\n",
-            "warning    secrets from fw_cfg refused\n",
+            "warning    secrets from fw_cfg refused\ntimeline   var 1.20-1.50\n",
             "b     (empty)  -            no       invalid: being written by an upgrade that did not finish\n",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");

@@ -73,6 +73,7 @@ impl NodeApi for Fake {
             uptime_secs: 1,
             degraded: None,
             warnings: vec![],
+            timeline: vec![],
         }
     }
     fn logs(&self, service: &str, lines: usize) -> Result<String, ApiError> {

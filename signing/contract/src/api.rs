@@ -122,6 +122,31 @@ pub struct Status {
     /// history it could not write.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The init's steps at this boot, stage 1's then stage 2's, in the order they started;
+    /// steps that overlap ran in parallel. Empty from a node whose init does not record them.
+    #[serde(default)]
+    pub timeline: Vec<BootStep>,
+}
+
+/// One step of the init at this boot: when it started and ended, in milliseconds of
+/// `CLOCK_BOOTTIME` (since the kernel started).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootStep {
+    /// `modules`, `disk`, `var`, `network`, `containerd`...
+    pub step: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// The timeline on one line, in seconds since the kernel started, as the console's ready
+/// line and `keel node status` show it: `modules 0.40-0.81 disk 0.81-0.95 ...`.
+pub fn timeline_line(steps: &[BootStep]) -> String {
+    let secs = |ms: u64| format!("{}.{:02}", ms / 1000, (ms % 1000) / 10);
+    steps
+        .iter()
+        .map(|s| format!("{} {}-{}", s.step, secs(s.start_ms), secs(s.end_ms)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `POST /v1/upgrade`: what was installed.
@@ -639,6 +664,39 @@ mod tests {
     }
 
     #[test]
+    fn the_timeline_reads_in_seconds_and_an_older_node_has_none() {
+        let step = |step: &str, start_ms, end_ms| BootStep {
+            step: step.into(),
+            start_ms,
+            end_ms,
+        };
+        let steps = [step("modules", 404, 810), step("var", 1009, 12345)];
+        assert_eq!(timeline_line(&steps), "modules 0.40-0.81 var 1.00-12.34");
+        assert_eq!(timeline_line(&[]), "");
+        let mut json = serde_json::to_value(Status {
+            name: "n".into(),
+            version: "1.0.0".into(),
+            slot: "a".into(),
+            hostname: "h".into(),
+            addresses: vec![],
+            slots: vec![],
+            services: vec![],
+            boot: 1,
+            rolled_back_from: None,
+            rollback_requested: false,
+            quarantined: vec![],
+            uptime_secs: 1,
+            degraded: None,
+            warnings: vec![],
+            timeline: steps.to_vec(),
+        })
+        .unwrap();
+        json.as_object_mut().unwrap().remove("timeline");
+        let older: Status = serde_json::from_value(json).unwrap();
+        assert!(older.timeline.is_empty());
+    }
+
+    #[test]
     fn status_json_field_names_are_the_contract() {
         let status = Status {
             name: "keel-worker".into(),
@@ -668,6 +726,11 @@ mod tests {
             uptime_secs: 61,
             degraded: Some("/var is unavailable".into()),
             warnings: vec!["w".into()],
+            timeline: vec![BootStep {
+                step: "var".into(),
+                start_ms: 810,
+                end_ms: 1954,
+            }],
         };
         let json = serde_json::to_value(&status).unwrap();
         for key in [
@@ -684,9 +747,13 @@ mod tests {
             "uptime_secs",
             "degraded",
             "warnings",
+            "timeline",
         ] {
             assert!(json.get(key).is_some(), "{key}");
         }
+        assert_eq!(json["timeline"][0]["step"], "var");
+        assert_eq!(json["timeline"][0]["start_ms"], 810);
+        assert_eq!(json["timeline"][0]["end_ms"], 1954);
         assert_eq!(json["slots"][0]["entry"], "keel-a.conf");
         assert_eq!(json["services"][0]["pid"], 42);
         let back: Status = serde_json::from_value(json).unwrap();

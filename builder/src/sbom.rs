@@ -228,21 +228,12 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// `2023-11-14T22:13:20Z`.
+/// `2023-11-14T22:13:20Z` (the same RFC 3339 form keel-pki writes for Kubernetes).
 fn iso8601(epoch: u64) -> Result<String, SbomError> {
-    let t = i64::try_from(epoch)
+    i64::try_from(epoch)
         .ok()
-        .and_then(|e| time::OffsetDateTime::from_unix_timestamp(e).ok())
-        .ok_or(SbomError::Time(epoch))?;
-    Ok(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    ))
+        .and_then(keel_pki::rfc3339)
+        .ok_or(SbomError::Time(epoch))
 }
 
 #[cfg(test)]

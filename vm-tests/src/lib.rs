@@ -100,6 +100,18 @@ pub fn cache_dir() -> PathBuf {
     keel_builder::userland::default_cache_dir()
 }
 
+/// The squashfs block cache beside the package cache, as `keel build` uses it, unless
+/// `KEEL_NO_BLOCK_CACHE` is set (to anything but 0/false/no/off, as the CLI reads it).
+pub fn block_cache() -> Option<PathBuf> {
+    let off = std::env::var("KEEL_NO_BLOCK_CACHE").is_ok_and(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off" | "n" | "f"
+        )
+    });
+    (!off).then(|| keel_builder::build::default_block_cache(&cache_dir()))
+}
+
 /// Builds `profile` into `out` with `key`.
 pub fn build(
     profile: &Path,
@@ -128,6 +140,7 @@ pub fn build_with_init(
         version: version.map(|v| v.parse().unwrap()),
         init: Some(init.to_path_buf()),
         cache_dir: cache_dir(),
+        block_cache: block_cache(),
         source_date_epoch: sde,
     };
     match keel_builder::build::build(&request, &Reporter::new(false)) {

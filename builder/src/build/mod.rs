@@ -31,7 +31,15 @@ pub struct BuildRequest {
     pub version: Option<semver::Version>,
     pub init: Option<PathBuf>,
     pub cache_dir: PathBuf,
+    /// The squashfs block cache ([`crate::squashfs::BlockCache`]); `None` compresses every
+    /// block. Normally [`default_block_cache`] of `cache_dir`.
+    pub block_cache: Option<PathBuf>,
     pub source_date_epoch: u64,
+}
+
+/// Where the squashfs block cache lives by default: beside the packages in the cache.
+pub fn default_block_cache(cache_dir: &Path) -> PathBuf {
+    cache_dir.join(crate::squashfs::CACHE_DIR_NAME)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +141,13 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     let boot = boot::locate(&mut tree, image, rep)?;
     boot::finish_root(&mut tree, &prepared, &boot, &version, sde32)?;
     let initramfs = boot::initramfs(&tree, &prepared, &boot, sde32, rep)?;
-    let payload = payload::build(&tree, &image.squashfs, sde32, rep)?;
+    let payload = payload::build(
+        &tree,
+        &image.squashfs,
+        sde32,
+        req.block_cache.as_deref(),
+        rep,
+    )?;
     drop(tree);
 
     let identity = crate::disk::build_identity(name, &version, &payload.root_hash_hex());

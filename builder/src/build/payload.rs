@@ -5,6 +5,7 @@
 //! the verity tree gives the payload digest; the verity leaves are hashed in parallel.
 
 use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
 
 use keel_contract::manifest::{FileDigest, RootFs, Sha256Digest, Verity};
 use keel_contract::profile::{Compression, Squashfs};
@@ -12,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::BuildError;
 use crate::progress::{Reporter, human_bytes};
-use crate::squashfs::{SquashfsCompression, SquashfsOptions};
+use crate::squashfs::{BlockCache, SquashfsCompression, SquashfsOptions};
 use crate::tree::Tree;
 use crate::verity::{self, VerityParams, VerityTree};
 
@@ -26,9 +27,16 @@ pub fn build(
     tree: &Tree,
     spec: &Squashfs,
     mkfs_time: u32,
+    block_cache: Option<&Path>,
     rep: &Reporter,
 ) -> Result<Payload, BuildError> {
     let total = tree.content_bytes();
+    // The cache only saves time: a cache that cannot be opened means compressing everything.
+    let cache = block_cache.and_then(|dir| {
+        BlockCache::open(dir, crate::squashfs::DEFAULT_MAX_BYTES)
+            .map_err(|e| rep.note(&format!("block cache {}: {e}; not used", dir.display())))
+            .ok()
+    });
     let phase = rep.phase("squashfs", Some(total));
     let options = SquashfsOptions {
         block_size: spec.block_size.bytes() as u32,
@@ -42,17 +50,21 @@ pub fn build(
         ..SquashfsOptions::default()
     };
     let mut squashfs = Vec::with_capacity((total / 2) as usize);
-    let summary =
-        crate::squashfs::write_squashfs_with_progress(tree, &options, &mut squashfs, &mut |done| {
-            phase.set_position(done)
-        })
-        .map_err(|e| BuildError::Payload(e.to_string()))?;
+    let summary = crate::squashfs::write_squashfs_cached(
+        tree,
+        &options,
+        cache.as_ref(),
+        &mut squashfs,
+        &mut |done| phase.set_position(done),
+    )
+    .map_err(|e| BuildError::Payload(e.to_string()))?;
     squashfs[..summary.superblock.len()].copy_from_slice(&summary.superblock);
     phase.finish(&format!(
-        "{} from {} in {} inodes",
+        "{} from {} in {} inodes{}",
         human_bytes(squashfs.len() as u64),
         human_bytes(total),
-        summary.inode_count
+        summary.inode_count,
+        cache.as_ref().map(cache_note).unwrap_or_default()
     ));
 
     let phase = rep.phase("verity", None);
@@ -73,6 +85,26 @@ pub fn build(
         verity,
         payload_sha256,
     })
+}
+
+/// Says how many blocks the cache gave, and trims it to its bound.
+fn cache_note(cache: &BlockCache) -> String {
+    let stats = cache.stats();
+    let mut note = format!(
+        "; {} of {} blocks from the block cache",
+        stats.hits,
+        stats.hits + stats.misses
+    );
+    if stats.corrupt > 0 {
+        note += &format!(", {} damaged entries recompressed", stats.corrupt);
+    }
+    if stats.write_errors > 0 {
+        note += &format!(", {} entries could not be written", stats.write_errors);
+    }
+    if let Err(e) = cache.evict() {
+        note += &format!(", eviction failed: {e}");
+    }
+    note
 }
 
 impl Payload {

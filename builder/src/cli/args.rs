@@ -100,6 +100,13 @@ pub struct BuildArgs {
     /// Cache for downloaded packages [default: $XDG_CACHE_HOME/keel or ~/.cache/keel].
     #[arg(long, env = "KEEL_CACHE_DIR")]
     pub cache: Option<PathBuf>,
+    /// Cache of compressed squashfs blocks, so rebuilds compress only what changed; bounded
+    /// to 2 GiB, least recently used evicted [default: CACHE/squashfs-blocks].
+    #[arg(long, env = "KEEL_BLOCK_CACHE_DIR")]
+    pub block_cache: Option<PathBuf>,
+    /// Compress every block, neither reading nor writing the block cache.
+    #[arg(long, env = "KEEL_NO_BLOCK_CACHE")]
+    pub no_block_cache: bool,
     /// Print what was built as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     pub json: bool,

@@ -33,15 +33,22 @@ fn source_date_epoch() -> Result<u64, CommandError> {
 }
 
 pub fn build(args: BuildArgs, rep: &Reporter) -> Result<(), CommandError> {
+    let cache_dir = args
+        .cache
+        .unwrap_or_else(crate::userland::default_cache_dir);
+    let block_cache = match (args.no_block_cache, args.block_cache) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(dir),
+        (false, None) => Some(crate::build::default_block_cache(&cache_dir)),
+    };
     let request = crate::build::BuildRequest {
         profile: args.profile,
         output: args.output,
         key: args.key,
         version: args.version,
         init: args.init,
-        cache_dir: args
-            .cache
-            .unwrap_or_else(crate::userland::default_cache_dir),
+        cache_dir,
+        block_cache,
         source_date_epoch: source_date_epoch()?,
     };
     let report = crate::build::build(&request, rep)?;

@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::cache::BlockCache;
 use super::compress::Codec;
 use super::flatten::Flat;
 use super::format::DATA_UNCOMPRESSED;
@@ -81,6 +82,7 @@ pub(super) fn write_data<W: Write>(
     codec: Codec,
     block_size: u32,
     tail_fragments: bool,
+    cache: Option<&BlockCache>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<DataArea, SquashfsError> {
     let bs = block_size as usize;
@@ -98,7 +100,7 @@ pub(super) fn write_data<W: Write>(
         }
         let results: Vec<Compressed> = plan.jobs[next..end]
             .par_iter()
-            .map(|job| run_job(&plan, job, codec, bs))
+            .map(|job| run_job(&plan, job, codec, cache, bs))
             .collect::<io::Result<_>>()
             .map_err(SquashfsError::Compress)?;
         for (job, result) in plan.jobs[next..end].iter().zip(results) {
@@ -241,7 +243,13 @@ fn job_len(plan: &Plan<'_>, job: &Job, bs: usize) -> usize {
     }
 }
 
-fn run_job(plan: &Plan<'_>, job: &Job, codec: Codec, bs: usize) -> io::Result<Compressed> {
+fn run_job(
+    plan: &Plan<'_>,
+    job: &Job,
+    codec: Codec,
+    cache: Option<&BlockCache>,
+    bs: usize,
+) -> io::Result<Compressed> {
     match job {
         Job::Block { file, block } => {
             let bytes = plan.contents[*file].bytes();
@@ -252,22 +260,32 @@ fn run_job(plan: &Plan<'_>, job: &Job, codec: Codec, bs: usize) -> io::Result<Co
             if data.len() == bs && is_zero(data) {
                 return Ok(Compressed::Hole);
             }
-            store(codec, data)
+            store(codec, cache, bs, data)
         }
         Job::Fragment { pieces } => {
             let mut buf = Vec::with_capacity(bs);
             for p in &plan.pieces[pieces.clone()] {
                 buf.extend_from_slice(&plan.contents[p.file].bytes()[p.offset..p.offset + p.len]);
             }
-            store(codec, &buf)
+            store(codec, cache, bs, &buf)
         }
     }
 }
 
-fn store(codec: Codec, data: &[u8]) -> io::Result<Compressed> {
+fn store(
+    codec: Codec,
+    cache: Option<&BlockCache>,
+    bs: usize,
+    data: &[u8],
+) -> io::Result<Compressed> {
     // Blocks are at most 1 MiB, far below the uncompressed flag bit.
     let len = data.len() as u32;
-    Ok(match codec.compress(data)? {
+    let compressed = match cache {
+        // Nothing to save without compression.
+        Some(cache) if codec != Codec::None => cache.compress(codec, bs as u32, data)?,
+        _ => codec.compress(data)?,
+    };
+    Ok(match compressed {
         Some(bytes) => Compressed::Stored {
             size_word: bytes.len() as u32,
             bytes,

@@ -12,7 +12,12 @@
 //! (compared byte for byte), whole zero blocks are stored as holes, and the layout described
 //! in `tables.rs`. Hard links are not represented: [`Tree`] cannot tell them from copies,
 //! so every node is its own inode.
+//!
+//! A [`BlockCache`] (see `cache.rs`) can remember compressed data and fragment blocks across
+//! images by content, so that a rebuild compresses only what changed; the bytes written
+//! are the same with or without it.
 
+mod cache;
 mod compress;
 mod data;
 mod flatten;
@@ -26,6 +31,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
+pub use cache::{BlockCache, CacheStats, DEFAULT_MAX_BYTES, DIR_NAME as CACHE_DIR_NAME, Eviction};
 use compress::Codec;
 use format::{FRAGMENT_ENTRY_SIZE, PAD_TO, SUPERBLOCK_SIZE, Superblock, flags, put_u32, put_u64};
 
@@ -136,6 +142,18 @@ pub fn write_squashfs_with_progress<W: Write>(
     out: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<SquashfsSummary, SquashfsError> {
+    write_squashfs_cached(tree, options, None, out, progress)
+}
+
+/// [`write_squashfs_with_progress`], taking data and fragment blocks from `cache` when it
+/// has them and adding those it lacks. The output is the same as without a cache.
+pub fn write_squashfs_cached<W: Write>(
+    tree: &Tree,
+    options: &SquashfsOptions,
+    cache: Option<&BlockCache>,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SquashfsSummary, SquashfsError> {
     let block_size = options.block_size;
     if !block_size.is_power_of_two() || !(4096..=1 << 20).contains(&block_size) {
         return Err(SquashfsError::InvalidBlockSize(block_size));
@@ -154,6 +172,7 @@ pub fn write_squashfs_with_progress<W: Write>(
         codec,
         block_size,
         options.tail_fragments,
+        cache,
         progress,
     )?;
 

@@ -1,6 +1,7 @@
 //! Tests against independent readers: squashfs-tools' `unsquashfs` and, where the sandbox
 //! allows, the Linux kernel.
 
+mod cache;
 mod errors;
 mod kernel;
 mod stream;

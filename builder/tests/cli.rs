@@ -543,7 +543,15 @@ fn help_names_the_environment_variables() {
             vec!["node", "status", "--help"],
             vec!["KEEL_ENDPOINT", "KEEL_SECRETS"],
         ),
-        (vec!["build", "--help"], vec!["KEEL_INIT", "KEEL_CACHE_DIR"]),
+        (
+            vec!["build", "--help"],
+            vec![
+                "KEEL_INIT",
+                "KEEL_CACHE_DIR",
+                "KEEL_BLOCK_CACHE_DIR",
+                "KEEL_NO_BLOCK_CACHE",
+            ],
+        ),
         (vec!["--help"], vec!["KEEL_CONTEXT", "KEEL_CONFIG"]),
     ] {
         let out = keel(&args);

@@ -105,7 +105,7 @@ pub struct BuildArgs {
     #[arg(long, env = "KEEL_BLOCK_CACHE_DIR")]
     pub block_cache: Option<PathBuf>,
     /// Compress every block, neither reading nor writing the block cache.
-    #[arg(long, env = "KEEL_NO_BLOCK_CACHE")]
+    #[arg(long, env = "KEEL_NO_BLOCK_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_block_cache: bool,
     /// Print what was built as JSON on stdout (progress stays on stderr).
     #[arg(long)]

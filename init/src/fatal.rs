@@ -71,7 +71,9 @@ pub fn fatal(message: &str) -> ! {
 /// ACPI button, signals), after syncing and unmounting what it can.
 pub fn stay_up() -> ! {
     loop {
+        crate::watchdog::main_loop_alive();
         if let Some(request) = power::pending() {
+            crate::watchdog::shutting_down();
             sys::sync();
             for target in [
                 "/var",

@@ -43,6 +43,7 @@ pub mod testhooks;
 pub mod timeline;
 pub mod upgrade;
 pub mod var;
+pub mod watchdog;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The init inside the root filesystem, executed by stage 1 (the builder puts it there).

@@ -24,7 +24,7 @@ use crate::supervisor::{Reaper, Supervisor};
 use crate::timeline::BOOT;
 use crate::{
     block, config, console, hwmod, kmod, mounts, net, node_api, power, services, startup, sys,
-    upgrade, var,
+    testhooks, upgrade, var, watchdog,
 };
 
 /// Modules stage 2 loads from the root on every machine, when the kernel has them as
@@ -440,11 +440,23 @@ fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline
 }
 
 /// After ready: a status line whenever a service's state changes, and a stop when asked.
-fn serve(start_order: &[Arc<Supervisor>], net: &net::NetState, hostname: &str) -> ! {
+fn serve(start_order: &[Arc<Supervisor>], net: &net::NetState, hostname: &str, boot: u64) -> ! {
     let stop_order: Vec<Arc<Supervisor>> = start_order.iter().rev().cloned().collect();
     let mut last = String::new();
+    // From here the watchdog is petted only while this loop turns.
+    watchdog::main_loop_alive();
+    if testhooks::hang_after_ready(boot) {
+        log(&format!(
+            "test hook: PID 1's main loop hangs after the ready line of boot {boot}"
+        ));
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     loop {
+        watchdog::main_loop_alive();
         if let Some(request) = power::pending() {
+            watchdog::shutting_down();
             shutdown(request, &stop_order);
         }
         let line = status_line(start_order, net, hostname);
@@ -485,6 +497,7 @@ fn run() -> Result<std::convert::Infallible, String> {
     });
     let (cfg, early_net) = BOOT.step("config", || node_config(&state_dir))?;
     deadline.set_secs(cfg.node.boot_deadline_secs);
+    watchdog::arm(&cfg.node.watchdog, &log);
     log(&format!(
         "profile from {}: role {}",
         cfg.source,
@@ -543,7 +556,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         *list = start_order.clone();
     }
     pass_health_gate(&handoff, &state_dir, &deadline, boot);
-    serve(&start_order, &net_state, &hostname)
+    serve(&start_order, &net_state, &hostname, boot)
 }
 
 /// Runs stage 2. Never returns.

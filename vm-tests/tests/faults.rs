@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use keel_builder::node::{ClientCredentials, NodeClient, credentials_from_secrets};
 use keel_builder::progress::Reporter;
+use keel_contract::layout::test_hooks;
 use keel_vm_tests::{
     CutReader, Machine, build, cluster_secrets, derived_profile, flip_byte, free_port,
     partition_window, slot_file_block_offset, test_dir, test_key, vm_disk, write_file,
@@ -164,7 +165,7 @@ fn cut_upload(n: &Node, mut vm: Machine) -> Machine {
 fn trial_boot_refuses_upgrades(n: &Node, vm: Machine) -> Machine {
     n.power_off(vm);
     let pause = write_file(&n.dir, "pause-bless", "bless");
-    let mut vm = n.start("faults-trial", &[("opt/keel/test/pause-at", &pause)]);
+    let mut vm = n.start("faults-trial", &[(test_hooks::FW_CFG_PAUSE_AT, &pause)]);
     vm.expect("test hook: paused at \"bless\"", BOOT);
     let status = n.client().status().unwrap();
     assert_eq!(status.slots[1].entry.as_deref(), Some("keel-b+2.conf"));

@@ -4,12 +4,17 @@
 //! image, one boot per controller, in sequence; each VM is stopped as soon as it is ready.
 //! Stages 1 and 2 must load the controller's and the NIC's drivers by device and nothing for
 //! hardware the VM lacks.
+//!
+//! The virtio-blk boot also has QEMU's i6300esb watchdog: PID 1 arms it, and when its
+//! main loop hangs after the ready line (a test hook given over fw_cfg), the watchdog resets
+//! the machine, which boots again with its boot number moved on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 
 use keel_builder::qemu::DiskBus;
-use keel_vm_tests::{Machine, build, derived_profile, test_dir, test_key, vm_disk};
+use keel_contract::layout::test_hooks;
+use keel_vm_tests::{Machine, build, derived_profile, test_dir, test_key, vm_disk, write_file};
 
 const READY: Duration = Duration::from_secs(400);
 
@@ -30,7 +35,12 @@ fn the_metal_image_boots_from_nvme_sata_usb_virtio_scsi_and_virtio_blk() {
     let (secret, _public) = test_key(&dir.join("keys"));
     let out = dir.join("out");
     // zstd level 1: the generic kernel's root takes ~9 minutes at the stock level 15 here.
-    let profile = derived_profile(&dir, "metal", "[image.squashfs]\nlevel = 1\n");
+    // A short watchdog timeout keeps the hang below short.
+    let profile = derived_profile(
+        &dir,
+        "metal",
+        "[image.squashfs]\nlevel = 1\n[node.watchdog]\ntimeout_secs = 10\n",
+    );
     let report = build(&profile, &out, &secret, None, 1_700_000_000);
     assert!(
         report.manifest.kernel.release.ends_with("-amd64")
@@ -40,8 +50,12 @@ fn the_metal_image_boots_from_nvme_sata_usb_virtio_scsi_and_virtio_blk() {
     );
     let disk = vm_disk(&out, &dir.join("disk"), 4 << 30);
     let mut timings = Vec::new();
+    let mut boot = 0;
     for bus in DiskBus::ALL {
         let started = Instant::now();
+        boot += 1;
+        let watchdog = bus == DiskBus::VirtioBlk;
+        let hang = write_file(&dir, "hang-after-ready", &boot.to_string());
         let name = format!("metal-{}", bus.name());
         // virtio-blk keeps the default virtio NIC (virtio_net from the root, by device).
         let nic = if bus == DiskBus::VirtioBlk {
@@ -52,8 +66,19 @@ fn the_metal_image_boots_from_nvme_sata_usb_virtio_scsi_and_virtio_blk() {
         let mut vm = Machine::start(&name, &disk, &dir.join(&name), |c| {
             c.disk_bus = bus;
             c.nic_model = nic.to_owned();
+            if watchdog {
+                c.extra_args
+                    .extend(["-device".to_owned(), "i6300esb".to_owned()]);
+                c.fw_cfg
+                    .push((test_hooks::FW_CFG_HANG_AFTER_READY.to_owned(), hang.clone()));
+            }
         });
-        vm.expect("keel: ready:", READY);
+        vm.expect("keel: ready: keel-metal", READY);
+        vm.expect(&format!(", boot {boot};"), Duration::from_secs(5));
+        if watchdog {
+            hung_pid1_is_reset_by_the_watchdog(&mut vm, boot);
+            boot += 1;
+        }
         let log = vm.console_log();
         vm.kill();
         let stage1 = log
@@ -91,4 +116,22 @@ fn the_metal_image_boots_from_nvme_sata_usb_virtio_scsi_and_virtio_blk() {
         ));
     }
     eprintln!("metal boots: {}", timings.join(", "));
+}
+
+/// PID 1 armed the i6300esb, its main loop hangs after the ready line (the test hook), the
+/// pets stop, and the hardware resets the machine: the next boot comes up with the boot
+/// number moved on, and does not hang (the hook names one boot).
+fn hung_pid1_is_reset_by_the_watchdog(vm: &mut Machine, boot: usize) {
+    let log = vm.console_log();
+    let armed = log
+        .lines()
+        .find(|l| l.contains("watchdog: armed"))
+        .unwrap_or_else(|| panic!("no watchdog armed:\n{log}"));
+    assert!(armed.contains("10 s timeout"), "{armed}");
+    vm.expect(
+        "test hook: PID 1's main loop hangs",
+        Duration::from_secs(30),
+    );
+    vm.expect("no longer petting", Duration::from_secs(60));
+    vm.expect(&format!(", boot {};", boot + 1), READY);
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use keel_builder::node::{ClientCredentials, NodeClient, credentials_from_secrets};
 use keel_builder::progress::Reporter;
+use keel_contract::layout::test_hooks;
 use keel_vm_tests::{
     Machine, build, cluster_secrets, derived_profile, free_port, test_dir, test_key, vm_disk,
     write_file,
@@ -259,7 +260,7 @@ fn power_cuts_at_every_step_of_an_upgrade_leave_a_good_node() {
         Machine::start(name, &disk, &dir.join(name), |c| {
             c.forwards.push((port, keel_contract::api::PORT));
             c.fw_cfg
-                .extend(pause.map(|p| ("opt/keel/test/pause-at".to_owned(), p)));
+                .extend(pause.map(|p| (test_hooks::FW_CFG_PAUSE_AT.to_owned(), p)));
         })
     };
     let node = client(port, &creds);

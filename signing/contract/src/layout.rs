@@ -277,6 +277,20 @@ pub mod config {
     }
 }
 
+/// Fault injection for tests, through QEMU fw_cfg entries only: whoever sets fw_cfg starts
+/// the machine and could pull its plug anyway (`init/src/testhooks.rs`).
+pub mod test_hooks {
+    /// A step's name: the init stops for good before that step (power-cut tests).
+    pub const FW_CFG_PAUSE_AT: &str = "opt/keel/test/pause-at";
+    /// A boot number: after the ready line of that boot, PID 1's main loop stops (as a hung
+    /// PID 1 would), so the watchdog is no longer petted.
+    pub const FW_CFG_HANG_AFTER_READY: &str = "opt/keel/test/hang-after-ready";
+    /// Where the node reads a fw_cfg entry.
+    pub fn fw_cfg_file(name: &str) -> String {
+        format!("/sys/firmware/qemu_fw_cfg/by_name/{name}/raw")
+    }
+}
+
 /// Boot tries a fresh entry gets (systemd-boot Automatic Boot Assessment).
 pub const BOOT_TRIES: u32 = 3;
 /// Tries a blessed entry gets back at the start of every boot: stage 1 renames `keel-a.conf`

@@ -55,6 +55,9 @@ pub struct Node {
     /// (default 0).
     #[serde(default)]
     pub config_generation: u64,
+    /// The hardware watchdog PID 1 arms and pets (`[node.watchdog]`).
+    #[serde(default)]
+    pub watchdog: Watchdog,
 }
 
 fn default_boot_deadline() -> u64 {
@@ -74,6 +77,7 @@ impl Default for Node {
             pod_network: Default::default(),
             boot_deadline_secs: default_boot_deadline(),
             config_generation: 0,
+            watchdog: Watchdog::default(),
         }
     }
 }
@@ -294,4 +298,106 @@ pub struct EtcdMember {
     pub name: DnsSubdomain,
     /// `https://HOST:2380`.
     pub peer_url: PeerUrl,
+}
+
+/// `[node.watchdog]`: PID 1 arms the machine's hardware watchdog when it has one and pets it
+/// while its main loop runs, so that a node whose kernel or PID 1 hangs is reset by the
+/// hardware and its boot counter moves on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    /// Arm a watchdog when the machine has one (default true). A machine without one is not
+    /// an error: the node says so on the console.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Seconds without a pet before the hardware resets the machine (default 60).
+    #[serde(default)]
+    pub timeout_secs: WatchdogTimeout,
+    /// Which device, like `"watchdog1"` (default: the lowest-numbered one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<WatchdogDevice>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            enabled: true,
+            timeout_secs: WatchdogTimeout::default(),
+            device: None,
+        }
+    }
+}
+
+/// A watchdog timeout: 10 to 600 seconds. Below 10 a slow boot under emulation could miss a
+/// pet; above 600 a hung node stays hung for ten minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct WatchdogTimeout(u32);
+
+impl WatchdogTimeout {
+    pub const MIN: u32 = 10;
+    pub const MAX: u32 = 600;
+    pub fn new(secs: u32) -> Result<Self, String> {
+        if (Self::MIN..=Self::MAX).contains(&secs) {
+            Ok(WatchdogTimeout(secs))
+        } else {
+            Err(format!(
+                "{secs} is out of range: expected {} to {} seconds",
+                Self::MIN,
+                Self::MAX
+            ))
+        }
+    }
+    pub const fn secs(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for WatchdogTimeout {
+    fn default() -> Self {
+        WatchdogTimeout(60)
+    }
+}
+
+impl<'de> Deserialize<'de> for WatchdogTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let secs = u32::deserialize(d)?;
+        WatchdogTimeout::new(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A watchdog device's name under `/dev` and `/sys/class/watchdog`: `watchdog` and a number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct WatchdogDevice(String);
+
+impl WatchdogDevice {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for WatchdogDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let number = s.strip_prefix("watchdog").unwrap_or("");
+        if !number.is_empty() && number.len() <= 4 && number.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(WatchdogDevice(s.to_owned()))
+        } else {
+            Err(format!(
+                "{s:?} is not a watchdog device: expected \"watchdog\" and a number, like \"watchdog0\""
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WatchdogDevice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }

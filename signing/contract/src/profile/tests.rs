@@ -551,3 +551,33 @@ fn the_bootstrap_token_ttl_defaults_to_24_hours() {
         assert!(text.contains("bootstrap_token_ttl_hours"), "{bad}: {text}");
     }
 }
+
+/// Issue 13: `[node.watchdog]` defaults to on with 60 s; its timeout and device are typed.
+#[test]
+fn the_watchdog_section_is_typed() {
+    let w = Node::default().watchdog;
+    assert!(w.enabled);
+    assert_eq!((w.timeout_secs.secs(), w.device), (60, None));
+    let p = LoadedProfile::from_text(
+        Path::new("p.toml"),
+        "[node.watchdog]\ntimeout_secs = 10\ndevice = \"watchdog1\"\n",
+    )
+    .unwrap()
+    .profile;
+    assert_eq!(p.node.watchdog.timeout_secs.secs(), 10);
+    assert_eq!(
+        p.node.watchdog.device.as_ref().map(|d| d.as_str()),
+        Some("watchdog1")
+    );
+    for (bad, expected) in [
+        ("timeout_secs = 5", "expected 10 to 600 seconds"),
+        ("timeout_secs = 601", "expected 10 to 600 seconds"),
+        ("device = \"/dev/watchdog\"", "not a watchdog device"),
+        ("device = \"watchdog\"", "not a watchdog device"),
+        ("enable = true", "enable"),
+    ] {
+        let (text, _) = load_err(&format!("[node.watchdog]\n{bad}\n"));
+        assert!(text.contains(expected), "{bad}: {text}");
+        assert!(text.contains(":2:"), "{bad}: line and column: {text}");
+    }
+}

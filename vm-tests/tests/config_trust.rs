@@ -23,8 +23,8 @@ use keel_contract::api::NodeCertificate;
 use keel_contract::profile::Role;
 use keel_contract::secrets::Secrets;
 use keel_vm_tests::{
-    Machine, build, cluster_secrets, derived_profile, fake_kubelet, free_port, sign_text,
-    test_dir, test_key, vm_disk, write_file,
+    Machine, build, cluster_secrets, derived_profile, fake_kubelet, free_port, sign_text, test_dir,
+    test_key, vm_disk, write_file,
 };
 
 const BOOT: Duration = Duration::from_secs(300);

@@ -75,7 +75,10 @@ pub fn check(
         .keys_match()
         .map_err(|_| CertificateError::KeyMismatch)?;
     verify_chain(&chain, trusted_ca_pem, now)?;
-    let leaf = chain[0].as_ref();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| CertificateError::Unreadable("no certificate".into()))?
+        .as_ref();
     let names =
         keel_pki::cert_names(leaf).map_err(|e| CertificateError::Unreadable(e.to_string()))?;
     let shared = names.dns == [NODE_API_NAME] && names.ips.is_empty();

@@ -3,10 +3,13 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use keel_contract::api::{RollbackReport, ServiceInfo, SlotInfo, Status, UpgradeReport, Version};
+use keel_contract::api::{
+    CertificateReport, NodeCertificate, RollbackReport, ServiceInfo, SlotInfo, Status,
+    UpgradeReport, Version,
+};
 use keel_contract::layout::Slot;
 
 use crate::api::{ApiError, NodeApi};
@@ -49,6 +52,8 @@ pub struct Node {
     pub degraded: Mutex<Option<String>>,
     /// One upgrade or rollback at a time.
     busy: Mutex<()>,
+    /// Where a renewed API certificate goes; set once the API serves.
+    pub renewal: OnceLock<crate::api::certificate::Renewal>,
     pub log: fn(&str),
 }
 
@@ -71,6 +76,7 @@ impl Node {
             supervisors: Mutex::new(Vec::new()),
             degraded: Mutex::new(None),
             busy: Mutex::new(()),
+            renewal: OnceLock::new(),
             log,
         }
     }
@@ -242,6 +248,14 @@ impl NodeApi for Node {
             bytes: installed.bytes,
             reboot,
         })
+    }
+
+    fn renew_certificate(&self, offered: &NodeCertificate) -> Result<CertificateReport, ApiError> {
+        let renewal = self
+            .renewal
+            .get()
+            .ok_or_else(|| ApiError::unavailable("the API is still starting"))?;
+        renewal.renew(offered, rustls::pki_types::UnixTime::now())
     }
 
     fn rollback(&self) -> Result<RollbackReport, ApiError> {

@@ -313,23 +313,55 @@ fn upgrade_target(handoff: &Handoff, state: &Path) -> Result<upgrade::Target, St
     })
 }
 
-/// The management API on port 50000, with the node's certificate from its secrets.
+/// The management API on port 50000, with the node's certificate from its secrets, or the
+/// renewed one an admin pushed since (STATE's [`layout::state::API_CERTIFICATE`]).
 fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
     let Some(secrets) = secrets else {
         log("management API: off (no node secrets with an API certificate)");
         return;
     };
-    let tls = match crate::api::ServerTls::from_pem(
-        &secrets.node_api.cert,
-        &secrets.node_api.key,
+    let from_secrets = keel_contract::api::NodeCertificate {
+        cert: secrets.node_api.cert.clone(),
+        key: secrets.node_api.key.clone(),
+    };
+    let hostname = node.facts.hostname.clone();
+    let now = rustls::pki_types::UnixTime::now();
+    let serving = match crate::api::certificate::saved(
+        &node.state,
+        &from_secrets,
         &secrets.keel_ca.cert,
+        &hostname,
+        now,
     ) {
-        Ok(tls) => tls,
-        Err(e) => {
-            log(&format!("management API: off: {e}"));
-            return;
+        Ok(Some((renewed, report))) => {
+            log(&format!(
+                "management API: serving the renewed certificate (serial {}, valid until {})",
+                report.serial,
+                keel_pki::rfc3339(report.not_after).unwrap_or_default()
+            ));
+            renewed
+        }
+        Ok(None) => from_secrets,
+        Err(warning) => {
+            log(&format!("warning: {warning}"));
+            from_secrets
         }
     };
+    let tls =
+        match crate::api::ServerTls::from_pem(&serving.cert, &serving.key, &secrets.keel_ca.cert) {
+            Ok(tls) => tls,
+            Err(e) => {
+                log(&format!("management API: off: {e}"));
+                return;
+            }
+        };
+    let _ = node.renewal.set(crate::api::certificate::Renewal {
+        tls: tls.clone(),
+        trusted_ca_pem: secrets.keel_ca.cert.clone(),
+        hostname,
+        state: node.state.clone(),
+        log,
+    });
     let listener = match std::net::TcpListener::bind(("0.0.0.0", keel_contract::api::PORT)) {
         Ok(l) => l,
         Err(e) => {

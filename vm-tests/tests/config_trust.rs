@@ -5,6 +5,10 @@
 //! an unsigned profile nor replay an old signed one: the node keeps its saved configuration,
 //! says why on the console, and its management API still starts.
 //!
+//! Issue 11, renewal, on the same boots: the node takes a renewed API certificate of its own
+//! through its API (`keel node renew-certificate`), serves it on the next connection
+//! without a reboot, and keeps serving it after one.
+//!
 //! One image, one disk, three boots. The image needs `keel.config=` baked into its command
 //! line (systemd-boot allows no editing), so it is its own build rather than the stock one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,9 +18,13 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_builder::node::{ClientCredentials, NodeClient, credentials_from_secrets};
+use keel_contract::api::NodeCertificate;
+use keel_contract::profile::Role;
+use keel_contract::secrets::Secrets;
 use keel_vm_tests::{
-    Machine, build, cluster_secrets, derived_profile, fake_kubelet, sign_text, test_dir, test_key,
-    vm_disk,
+    Machine, build, cluster_secrets, derived_profile, fake_kubelet, free_port, sign_text, test_dir,
+    test_key, vm_disk, write_file,
 };
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -80,6 +88,62 @@ fn assert_has(console: &str, wants: &[&str]) {
     }
 }
 
+/// Whether a new connection is served a certificate naming `name` (`keel node --node NAME
+/// --own-certificate-only`).
+fn serves_its_own(port: u16, creds: &ClientCredentials, name: &str) -> Result<(), String> {
+    NodeClient::for_node(&format!("127.0.0.1:{port}"), creds, name, true)
+        .unwrap()
+        .version()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Renews the node's API certificate with one of its own through `keel node`, the way an
+/// operator does; returns when the new one ends.
+fn renew_own_certificate(
+    dir: &std::path::Path,
+    port: u16,
+    secrets_path: &std::path::Path,
+    secrets: &Secrets,
+    name: &str,
+) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut own = secrets.for_role(Role::Worker);
+    own.node_api = keel_pki::issue_node_api(secrets, name, &[], now).unwrap();
+    let file = write_file(dir, "own.secrets.toml", &own.to_toml().unwrap());
+    let mut out = Vec::new();
+    keel_builder::cli::node::run_with(
+        keel_builder::cli::NodeCommand::RenewCertificate {
+            from: Some(file.clone()),
+            conn: keel_builder::cli::NodeConnection {
+                endpoint: Some(format!("127.0.0.1:{port}")),
+                secrets: Some(secrets_path.to_owned()),
+                read_only: false,
+                node: None,
+                own_certificate_only: false,
+            },
+            json: true,
+        },
+        &keel_builder::progress::Reporter::quiet(),
+        &keel_builder::node::open_update_file,
+        &mut out,
+    )
+    .unwrap();
+    let report: keel_contract::api::CertificateReport = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report.names, [name, "keel-node"]);
+    assert_eq!(
+        keel_builder::node::node_certificate_from(&file).unwrap(),
+        NodeCertificate {
+            cert: own.node_api.cert.clone(),
+            key: own.node_api.key.clone()
+        }
+    );
+    report.not_after
+}
+
 #[test]
 fn a_node_applies_only_signed_and_not_older_profiles_from_its_keel_config_url() {
     let dir = test_dir("config_trust");
@@ -87,7 +151,9 @@ fn a_node_applies_only_signed_and_not_older_profiles_from_its_keel_config_url() 
     let port = listener.local_addr().unwrap().port();
     // QEMU's user network shows the host's loopback as 10.0.2.2.
     let url = format!("http://10.0.2.2:{port}{PATH}");
-    let (secrets_path, _) = cluster_secrets(&dir.join("secrets"));
+    let (secrets_path, secrets) = cluster_secrets(&dir.join("secrets"));
+    let port = free_port();
+    let creds = credentials_from_secrets(&secrets_path).unwrap();
     let image_profile = derived_profile(
         &dir,
         "worker",
@@ -119,7 +185,9 @@ fn a_node_applies_only_signed_and_not_older_profiles_from_its_keel_config_url() 
     // Boot 1: a signed profile, generation 2, applies and is saved.
     let good = profile("url-node-1", 2);
     publish(&good, Some(signed("good.toml", &good)));
-    let mut vm = Machine::start("config_trust-signed", &disk, &dir.join("vm"), |_| {});
+    let mut vm = Machine::start("config_trust-signed", &disk, &dir.join("vm"), |c| {
+        c.forwards.push((port, keel_contract::api::PORT))
+    });
     let console = vm.expect("keel: ready", BOOT);
     let applied = format!("profile from {url}: role worker");
     assert_has(&console, &[&applied, "hostname url-node-1", api]);
@@ -129,11 +197,25 @@ fn a_node_applies_only_signed_and_not_older_profiles_from_its_keel_config_url() 
             && requests.contains(&format!("GET {PATH}.minisig HTTP/1.1")),
         "{requests:?}"
     );
+    // Renewal: the built-in shared certificate, then the node's own, served at once.
+    let node = NodeClient::new(&format!("127.0.0.1:{port}"), &creds).unwrap();
+    node.version().unwrap();
+    let built = node.certificate_expiry().node;
+    let err = serves_its_own(port, &creds, "url-node-1").unwrap_err();
+    assert!(err.contains("shared keel-node certificate"), "{err}");
+    let renewed_end = renew_own_certificate(&dir, port, &secrets_path, &secrets, "url-node-1");
+    vm.expect_seen_or_next("API certificate renewed: url-node-1, keel-node", BOOT);
+    serves_its_own(port, &creds, "url-node-1").unwrap();
+    node.version().unwrap();
+    assert_eq!(node.certificate_expiry().node, Some(renewed_end));
+    assert_ne!(built, Some(renewed_end));
     shut_down(vm);
 
     // Boot 2: whoever answers now serves an unsigned profile (no .minisig): refused.
     publish(&profile("evil-node", 3), None);
-    let mut vm = Machine::start("config_trust-unsigned", &disk, &dir.join("vm"), |_| {});
+    let mut vm = Machine::start("config_trust-unsigned", &disk, &dir.join("vm"), |c| {
+        c.forwards.push((port, keel_contract::api::PORT))
+    });
     let console = vm.expect("keel: ready", BOOT);
     let refused = format!(
         "warning: refused, the node keeps the configuration it had: profile.toml from {url} is not signed"
@@ -144,10 +226,13 @@ fn a_node_applies_only_signed_and_not_older_profiles_from_its_keel_config_url() 
             &refused,
             "profile from STATE (applied at an earlier boot): role worker",
             "hostname url-node-1",
+            "management API: serving the renewed certificate",
             api,
         ],
     );
     assert!(!console.contains("evil-node"), "{console}");
+    // The renewed certificate survived the reboot.
+    serves_its_own(port, &creds, "url-node-1").unwrap();
     shut_down(vm);
 
     // Boot 3: an old profile, correctly signed (a replay): refused for its generation.

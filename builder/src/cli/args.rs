@@ -378,4 +378,18 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give the node a renewed API serving certificate: it checks it against the keel CA it
+    /// trusts and its own name, keeps it on STATE and serves it on new connections at once.
+    RenewCertificate {
+        /// Where the certificate is: a cluster secrets file (its shared `node_api`, as
+        /// `keel secrets renew` re-issues it) or a node secrets file (`keel secrets node`:
+        /// the node's own). Default: the --secrets file.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -7,7 +7,9 @@ use keel_contract::api::{OperatorRole, Request, Status};
 use super::args::{NodeCommand, NodeConnection};
 use super::error::CommandError;
 use crate::context::Config;
-use crate::node::{NodeClient, NodeError, UpdateStream, credentials_for, open_update_file};
+use crate::node::{
+    NodeClient, NodeError, UpdateStream, credentials_for, node_certificate_from, open_update_file,
+};
 use crate::progress::Reporter;
 
 fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
@@ -42,7 +44,8 @@ impl NodeCommand {
             | NodeCommand::Reboot { conn }
             | NodeCommand::Shutdown { conn }
             | NodeCommand::Rollback { conn, .. }
-            | NodeCommand::Upgrade { conn, .. } => conn,
+            | NodeCommand::Upgrade { conn, .. }
+            | NodeCommand::RenewCertificate { conn, .. } => conn,
         }
     }
 }
@@ -124,6 +127,15 @@ pub fn run_with(
             format!("{}: {}\n", node.endpoint(), ack.message)
         }
         NodeCommand::Rollback { conn, json } => rollback(&client(&conn)?, json)?,
+        NodeCommand::RenewCertificate { from, conn, json } => {
+            let file = from.as_ref().or(conn.secrets.as_ref()).cloned();
+            let node = client(&conn)?;
+            let file = file.ok_or_else(|| {
+                CommandError::BadInput("no certificate to send: pass --from FILE".into())
+            })?;
+            let offered = node_certificate_from(&file)?;
+            renewed(&node, &offered, json)?
+        }
         NodeCommand::Upgrade {
             conn,
             bundle,
@@ -159,6 +171,26 @@ fn rollback(node: &NodeClient, json: bool) -> Result<String, CommandError> {
         r.slot,
         r.to,
         r.from
+    ))
+}
+
+fn renewed(
+    node: &NodeClient,
+    offered: &keel_contract::api::NodeCertificate,
+    json: bool,
+) -> Result<String, CommandError> {
+    let reply = node.renew_certificate_raw(offered)?;
+    if json {
+        return Ok(ensure_newline(reply.text()));
+    }
+    let r: keel_contract::api::CertificateReport = serde_json::from_slice(&reply.body)
+        .map_err(|e| CommandError::Failed(format!("the node's answer: {e}")))?;
+    Ok(format!(
+        "{}: serves the certificate for {} (serial {}) until {} on new connections, and after reboots\n",
+        node.endpoint(),
+        r.names.join(", "),
+        r.serial,
+        keel_pki::utc_date(r.not_after)
     ))
 }
 

@@ -5,6 +5,7 @@
 
 mod credentials;
 mod identity;
+mod renew;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -26,6 +27,7 @@ pub use credentials::{
     credentials_toml_for, operator_section,
 };
 pub use identity::NodeIdentity;
+pub use renew::node_certificate_from;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// For the answer to an ordinary request.
@@ -494,8 +496,8 @@ impl NodeClient {
             ("User-Agent", user_agent.as_str()),
             ("Accept", "application/json, text/plain"),
         ];
-        if request.has_body() {
-            headers.push(("Content-Type", api::content_type::UPDATE));
+        if let Some(body_type) = request.body_type() {
+            headers.push(("Content-Type", body_type));
             headers.push(("Content-Length", length.as_str()));
             // The node answers a refusal it knows before the first byte (busy, on trial)
             // instead of a 100; the image is then never sent into a closing connection,
@@ -571,6 +573,7 @@ fn describe_request(request: &Request) -> String {
         Request::Shutdown => "shutdown".into(),
         Request::Upgrade { .. } => "upgrade".into(),
         Request::Rollback => "rollback".into(),
+        Request::RenewCertificate => "certificate renewal".into(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! Nothing here panics, and a panic in a handler is caught and answered with a 500: this
 //! runs inside PID 1 (whose panic hook otherwise treats a panic as fatal).
 
+pub mod certificate;
 mod guard;
 mod http;
 #[cfg(test)]
@@ -24,8 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_contract::api::{
-    Ack, ErrorBody, ErrorKind, OperatorRole, Request, RollbackReport, RouteError, Status,
-    UpgradeReport, Version, content_type,
+    Ack, CertificateReport, ErrorBody, ErrorKind, MAX_CERTIFICATE_BODY, NodeCertificate,
+    OperatorRole, Request, RollbackReport, RouteError, Status, UpgradeReport, Version,
+    content_type,
 };
 use rustls::{ServerConnection, StreamOwned};
 use serde::Serialize;
@@ -113,6 +115,12 @@ pub trait NodeApi: Send + Sync {
     }
     /// Make the other slot the next boot.
     fn rollback(&self) -> Result<RollbackReport, ApiError>;
+    /// Check, save and serve a renewed API certificate (see [`certificate::Renewal`]).
+    fn renew_certificate(&self, _offered: &NodeCertificate) -> Result<CertificateReport, ApiError> {
+        Err(ApiError::unavailable(
+            "this node's API takes no renewed certificate",
+        ))
+    }
 }
 
 /// Limits.
@@ -428,6 +436,9 @@ pub(crate) fn handle(
     }
     let mut unread = 0;
     let result = match request {
+        Request::RenewCertificate => {
+            return Some(certificate_request(t, &head, early, api, &what, opts));
+        }
         Request::Upgrade { force, reboot } => {
             let Some(len) = head.content_length else {
                 let response = error_response(
@@ -485,6 +496,70 @@ pub(crate) fn handle(
     if quiet { None } else { Some(line) }
 }
 
+/// `POST /v1/certificate`: a small JSON body, read whole, then the handler.
+fn certificate_request(
+    t: &mut dyn Transport,
+    head: &http::Head,
+    early: Vec<u8>,
+    api: &dyn NodeApi,
+    what: &str,
+    opts: &ServerOptions,
+) -> String {
+    let Some(len) = head.content_length else {
+        let response = error_response(
+            ErrorKind::LengthRequired,
+            "a certificate needs a Content-Length",
+        );
+        return finish(t, what, &response, None, opts);
+    };
+    let unread = len.saturating_sub(early.len() as u64);
+    let refusal = if len > MAX_CERTIFICATE_BODY {
+        Some((
+            ErrorKind::PayloadTooLarge,
+            format!("a certificate body is at most {MAX_CERTIFICATE_BODY} bytes, not {len}"),
+        ))
+    } else {
+        head.content_type
+            .as_deref()
+            .filter(|ct| {
+                let essence = ct.split(';').next().unwrap_or_default().trim();
+                !essence.eq_ignore_ascii_case(content_type::JSON)
+            })
+            .map(|ct| {
+                (
+                    ErrorKind::UnsupportedMediaType,
+                    format!("a certificate is {}, not {ct}", content_type::JSON),
+                )
+            })
+    };
+    if let Some((kind, message)) = refusal {
+        // A body held back for a 100 never comes; one sent anyway is drained.
+        let drain = (!head.expect_continue).then_some(unread);
+        return finish(t, what, &error_response(kind, &message), drain, opts);
+    }
+    if head.expect_continue
+        && let Err(e) = t.write_all(http::CONTINUE).and_then(|()| t.flush())
+    {
+        return format!("{what}: {e}");
+    }
+    let mut body = Vec::new();
+    if let Err(e) = http::Body::new(early, t, len).read_to_end(&mut body) {
+        return format!("{what}: reading the body: {e}");
+    }
+    let response = serde_json::from_slice::<NodeCertificate>(&body)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body is not a certificate (JSON with `cert` and `key`, PEM): {e}"
+            ))
+        })
+        .and_then(|offered| guarded(|| api.renew_certificate(&offered)))
+        .map_or_else(
+            |e| error_response(e.kind, &e.message),
+            |report| json_response(200, "OK", &report),
+        );
+    finish(t, what, &response, None, opts)
+}
+
 fn dispatch(request: Request, api: &dyn NodeApi) -> Result<http::Response, ApiError> {
     match request {
         Request::Version => guarded(|| Ok(api.version())).map(|v| json_response(200, "OK", &v)),
@@ -512,8 +587,10 @@ fn dispatch(request: Request, api: &dyn NodeApi) -> Result<http::Response, ApiEr
         Request::Rollback => {
             guarded(|| api.rollback()).map(|report| json_response(200, "OK", &report))
         }
-        // Routed with its body in `handle`.
-        Request::Upgrade { .. } => Err(ApiError::internal("upgrade without its body")),
+        // Routed with their bodies in `handle`.
+        Request::Upgrade { .. } | Request::RenewCertificate => {
+            Err(ApiError::internal("a request without its body"))
+        }
     }
 }
 

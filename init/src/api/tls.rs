@@ -6,7 +6,10 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
+
+use super::certificate::Serving;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -49,10 +52,12 @@ pub fn key_from_pem(what: &'static str, pem: &str) -> Result<PrivateKeyDer<'stat
     })
 }
 
-/// The server side of the node API's mutual TLS.
+/// The server side of the node API's mutual TLS. Clones share the serving certificate:
+/// [`ServerTls::serve`] on one changes what all serve.
 #[derive(Clone)]
 pub struct ServerTls {
     pub(crate) config: Arc<ServerConfig>,
+    pub(crate) serving: Arc<Serving>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -82,6 +87,9 @@ impl ServerTls {
                 .map_err(|e| TlsError::Config(format!("the client CA: {e}")))?;
         }
         let provider = provider();
+        let certified = CertifiedKey::from_der(chain, key, &provider)
+            .map_err(|e| TlsError::Config(format!("the node certificate and key: {e}")))?;
+        let serving = Arc::new(Serving::new(Arc::new(certified)));
         // Required by default: `allow_unauthenticated` is never called.
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -91,14 +99,14 @@ impl ServerTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Config(format!("the node certificate and key: {e}")))?;
+            .with_cert_resolver(serving.clone());
         // No resumption: every connection presents and has its client certificate checked,
         // and PID 1 keeps no session cache (each `keel` run is a new client anyway).
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         Ok(ServerTls {
             config: Arc::new(config),
+            serving,
         })
     }
 }

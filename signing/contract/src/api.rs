@@ -25,6 +25,9 @@ pub mod path {
     pub const SHUTDOWN: &str = "/v1/shutdown";
     pub const UPGRADE: &str = "/v1/upgrade";
     pub const ROLLBACK: &str = "/v1/rollback";
+    /// The node's API serving certificate: a renewed one is posted here
+    /// ([`NodeCertificate`](super::NodeCertificate)).
+    pub const CERTIFICATE: &str = "/v1/certificate";
 }
 
 /// Content types.
@@ -175,6 +178,44 @@ pub struct RollbackReport {
     pub slot: String,
     /// The node reboots into it now.
     pub reboot: bool,
+}
+
+/// The largest `POST /v1/certificate` body the node reads: a certificate chain and a key
+/// are a few kilobytes.
+pub const MAX_CERTIFICATE_BODY: u64 = 64 * 1024;
+
+/// `POST /v1/certificate`: a renewed API serving certificate for the node, from the keel CA
+/// the node already trusts (`keel secrets renew`'s shared `node_api`, or `keel secrets node`'s
+/// own one). Only the serving certificate travels: the keel CA a node trusts is never
+/// replaced through the API it guards, and the Kubernetes secrets are not the API's.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    /// PEM: the certificate, then any intermediates.
+    pub cert: String,
+    /// PEM: its private key (PKCS#8).
+    pub key: String,
+}
+
+impl std::fmt::Debug for NodeCertificate {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCertificate")
+            .field("cert", &format_args!("<{} bytes of PEM>", self.cert.len()))
+            .field("key", &format_args!("<elided>"))
+            .finish()
+    }
+}
+
+/// `POST /v1/certificate`: what the node now serves, on every new connection and after a
+/// reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateReport {
+    /// The certificate's DNS names (`keel-node`, and the node's own name when it is its own).
+    pub names: Vec<String>,
+    /// When it ends (unix seconds).
+    pub not_after: i64,
+    /// Its serial number, hex.
+    pub serial: String,
 }
 
 /// `POST /v1/reboot` and `/v1/shutdown`: accepted, the node acts after answering.
@@ -353,11 +394,19 @@ impl Method {
 pub enum Request {
     Version,
     Status,
-    Logs { service: String, lines: usize },
+    Logs {
+        service: String,
+        lines: usize,
+    },
     Reboot,
     Shutdown,
-    Upgrade { force: bool, reboot: bool },
+    Upgrade {
+        force: bool,
+        reboot: bool,
+    },
     Rollback,
+    /// A renewed API serving certificate ([`NodeCertificate`], JSON).
+    RenewCertificate,
 }
 
 /// Why a method and target name no request.
@@ -423,10 +472,10 @@ impl Request {
                 u8::from(*reboot)
             ),
             Request::Rollback => path::ROLLBACK.into(),
+            Request::RenewCertificate => path::CERTIFICATE.into(),
         }
     }
 
-    /// Whether the request carries a body (the update stream).
     /// Whether the request changes the node (upgrade, rollback, reboot, shutdown): only an
     /// admin certificate may make it.
     pub const fn changes_the_node(&self) -> bool {
@@ -436,8 +485,18 @@ impl Request {
         )
     }
 
+    /// Whether the request carries a body (the update stream, the certificate).
     pub const fn has_body(&self) -> bool {
-        matches!(self, Request::Upgrade { .. })
+        self.body_type().is_some()
+    }
+
+    /// The content type of the request's body, when it has one.
+    pub const fn body_type(&self) -> Option<&'static str> {
+        match self {
+            Request::Upgrade { .. } => Some(content_type::UPDATE),
+            Request::RenewCertificate => Some(content_type::JSON),
+            _ => None,
+        }
     }
 
     /// Routes a method and request target. Unknown query parameters are refused, so a
@@ -502,6 +561,7 @@ impl Request {
                 path::REBOOT => (Method::Post, Request::Reboot),
                 path::SHUTDOWN => (Method::Post, Request::Shutdown),
                 path::ROLLBACK => (Method::Post, Request::Rollback),
+                path::CERTIFICATE => (Method::Post, Request::RenewCertificate),
                 _ => return Err(RouteError::NotFound(path_part.to_owned())),
             };
             if let Some((k, _)) = params.first() {
@@ -568,6 +628,7 @@ mod tests {
                 reboot: true,
             },
             Request::Rollback,
+            Request::RenewCertificate,
         ]
     }
 

@@ -185,6 +185,10 @@ pub mod state {
     /// The node's share of the cluster secrets ([`crate::secrets::NodeSecrets`]), from the
     /// build (`image.secrets`) or given at boot.
     pub const SECRETS: &str = "/secrets.toml";
+    /// A renewed API serving certificate pushed through the API (`POST /v1/certificate`),
+    /// as TOML `cert` and `key` (PEM). At boot it replaces the secrets' `node_api` while it
+    /// still passes the node's checks and is newer than that one.
+    pub const API_CERTIFICATE: &str = "/api-certificate.toml";
     /// The FAT volume label (11 bytes, space padded).
     pub const VOLUME_LABEL: [u8; 11] = *b"STATE      ";
 

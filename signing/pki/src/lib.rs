@@ -486,6 +486,17 @@ pub fn cert_names(cert_der: &[u8]) -> Result<CertNames, PkiError> {
     Ok(names)
 }
 
+/// A certificate's (DER) serial number, in hex, as `openssl x509 -serial` shows it.
+pub fn cert_serial(cert_der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| PkiError::Input(format!("not an X.509 certificate ({e})")))?;
+    Ok(cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect())
+}
+
 /// When the first certificate in a PEM string ends (unix seconds).
 pub fn not_after_pem(cert_pem: &str) -> Result<i64, PkiError> {
     let der = pem_blocks(cert_pem)

@@ -7,7 +7,8 @@
 //!
 //! Issue 11, renewal, on the same boots: the node takes a renewed API certificate of its own
 //! through its API (`keel node renew-certificate`), serves it on the next connection
-//! without a reboot, and keeps serving it after one.
+//! without a reboot, and keeps serving it after one; a client asking for another node
+//! (`keel node --node url-node-2`) is refused it.
 //!
 //! One image, one disk, three boots. The image needs `keel.config=` baked into its command
 //! line (systemd-boot allows no editing), so it is its own build rather than the stock one.
@@ -206,6 +207,9 @@ fn a_node_applies_only_signed_and_not_older_profiles_from_its_keel_config_url() 
     let renewed_end = renew_own_certificate(&dir, port, &secrets_path, &secrets, "url-node-1");
     vm.expect_seen_or_next("API certificate renewed: url-node-1, keel-node", BOOT);
     serves_its_own(port, &creds, "url-node-1").unwrap();
+    // Identities: this node's own certificate cannot pass for another node.
+    let err = serves_its_own(port, &creds, "url-node-2").unwrap_err();
+    assert!(err.contains("is not for url-node-2"), "{err}");
     node.version().unwrap();
     assert_eq!(node.certificate_expiry().node, Some(renewed_end));
     assert_ne!(built, Some(renewed_end));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_contract::api::{RollbackReport, Status, UpgradeReport, Version};
+use keel_contract::api::{ErrorBody, RollbackReport, Status, UpgradeReport, Version};
 use sha2::{Digest, Sha256};
 
 use super::http::{self, Body, HeadError, MAX_HEAD};

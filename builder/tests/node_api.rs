@@ -3,6 +3,10 @@
 //! made here with rcgen; and `openssl s_client` as an independent peer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/node_cli.rs"]
+mod node_cli;
+use node_cli::{conn, run_cli};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -11,9 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_builder::cli::CommandError;
 use keel_builder::cli::{NodeCommand, NodeConnection};
-use keel_builder::node::{self, ClientCredentials, NodeClient, NodeError, Upload};
+use keel_builder::node::{ClientCredentials, NodeClient, NodeError, Upload};
 use keel_builder::progress::Reporter;
 use keel_contract::api::{
     ErrorKind, Request, RollbackReport, ServiceInfo, SlotInfo, Status, UpgradeReport, Version,
@@ -383,27 +386,6 @@ fn secrets_file(dir: &Path, creds: &ClientCredentials) -> PathBuf {
     doc.insert("keel_admin".into(), admin.into());
     std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
     path
-}
-
-fn conn(addr: SocketAddr, secrets: &Path) -> NodeConnection {
-    NodeConnection {
-        endpoint: Some(addr.to_string()),
-        secrets: Some(secrets.to_owned()),
-        read_only: false,
-        node: None,
-        own_certificate_only: false,
-    }
-}
-
-fn run_cli(command: NodeCommand) -> Result<String, CommandError> {
-    let mut out = Vec::new();
-    keel_builder::cli::node::run_with(
-        command,
-        &Reporter::quiet(),
-        &node::open_update_file,
-        &mut out,
-    )?;
-    Ok(String::from_utf8(out).unwrap())
 }
 
 #[test]

@@ -4,6 +4,10 @@
 //! answers the version: what is tested is the renewal, which is the init's own code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/node_cli.rs"]
+mod node_cli;
+use node_cli::{conn, run_cli};
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -11,7 +15,6 @@ use std::time::Duration;
 
 use keel_builder::cli::{NodeCommand, NodeConnection};
 use keel_builder::node::{self, ClientCredentials, NodeClient, NodeError};
-use keel_builder::progress::Reporter;
 use keel_contract::api::{
     CertificateReport, NodeCertificate, RollbackReport, Status, UpgradeReport, Version,
 };
@@ -109,28 +112,6 @@ fn start(secrets: &keel_contract::secrets::Secrets, state: &Path) -> SocketAddr 
     .local_addr()
 }
 
-fn conn(addr: SocketAddr, secrets: &Path) -> NodeConnection {
-    NodeConnection {
-        endpoint: Some(addr.to_string()),
-        secrets: Some(secrets.to_owned()),
-        read_only: false,
-        node: None,
-        own_certificate_only: false,
-    }
-}
-
-fn run_cli(command: NodeCommand) -> Result<String, String> {
-    let mut out = Vec::new();
-    keel_builder::cli::node::run_with(
-        command,
-        &Reporter::quiet(),
-        &node::open_update_file,
-        &mut out,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(String::from_utf8(out).unwrap())
-}
-
 /// The serial of the certificate a new connection is served (through `keel node status`'s
 /// own record of it: when it ends), and whether `--node HOST --own-certificate-only` passes.
 fn served(addr: SocketAddr, creds: &ClientCredentials) -> (Option<i64>, bool) {
@@ -170,7 +151,8 @@ fn a_renewed_certificate_is_checked_kept_and_served_on_new_connections() {
         conn: conn(addr, &cluster_file),
         json: false,
     })
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("HTTP 400"), "{err}");
     assert!(err.contains("not issued by the keel CA"), "{err}");
     let err = run_cli(NodeCommand::RenewCertificate {
@@ -181,7 +163,8 @@ fn a_renewed_certificate_is_checked_kept_and_served_on_new_connections() {
         },
         json: false,
     })
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("HTTP 403"), "{err}");
     assert!(!state.join("api-certificate.toml").exists());
     assert_eq!(served(addr, &creds).0, first_end);

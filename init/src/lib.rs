@@ -23,6 +23,7 @@ pub mod entries;
 pub mod fatal;
 pub mod history;
 pub mod hwmod;
+pub mod install;
 pub mod kmod;
 pub mod kube_client;
 pub mod kubelet_host;

@@ -189,6 +189,9 @@ pub mod state {
     /// as TOML `cert` and `key` (PEM). At boot it replaces the secrets' `node_api` while it
     /// still passes the node's checks and is newer than that one.
     pub const API_CERTIFICATE: &str = "/api-certificate.toml";
+    /// On an installer medium's STATE: which disk this medium installed onto, and what, so
+    /// that a firmware that boots the medium again does not install again (a loop).
+    pub const INSTALLED: &str = "/installed.toml";
     /// The FAT volume label (11 bytes, space padded).
     pub const VOLUME_LABEL: [u8; 11] = *b"STATE      ";
 

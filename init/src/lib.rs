@@ -19,6 +19,7 @@ pub mod config_trust;
 pub mod console;
 pub mod containerd;
 pub mod deadline;
+pub mod efiboot;
 pub mod entries;
 pub mod fatal;
 pub mod history;

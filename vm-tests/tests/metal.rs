@@ -8,8 +8,15 @@
 //! The virtio-blk boot also has QEMU's i6300esb watchdog: PID 1 arms it, and when its
 //! main loop hangs after the ready line (a test hook given over fw_cfg), the watchdog resets
 //! the machine, which boots again with its boot number moved on.
+//!
+//! The same image also installs itself from a USB stick onto an NVMe disk (`metal/install.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "metal/install.rs"]
+mod install;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use keel_builder::qemu::DiskBus;
@@ -29,33 +36,47 @@ fn drivers(bus: DiskBus) -> &'static [&'static str] {
     }
 }
 
+/// The metal image, built once for the tests of this file.
+struct Metal {
+    dir: PathBuf,
+    out: PathBuf,
+}
+
+fn metal() -> &'static Metal {
+    static METAL: OnceLock<Metal> = OnceLock::new();
+    METAL.get_or_init(|| {
+        let dir = test_dir("metal");
+        let (secret, _public) = test_key(&dir.join("keys"));
+        let out = dir.join("out");
+        // zstd level 1: the generic kernel's root takes ~9 minutes at the stock level 15
+        // here. A short watchdog timeout keeps the hang below short.
+        let profile = derived_profile(
+            &dir,
+            "metal",
+            "[image.squashfs]\nlevel = 1\n[node.watchdog]\ntimeout_secs = 10\n",
+        );
+        let report = build(&profile, &out, &secret, None, 1_700_000_000);
+        assert!(
+            report.manifest.kernel.release.ends_with("-amd64")
+                && !report.manifest.kernel.release.contains("cloud"),
+            "the generic kernel: {}",
+            report.manifest.kernel.release
+        );
+        Metal { dir, out }
+    })
+}
+
 #[test]
 fn the_metal_image_boots_from_nvme_sata_usb_virtio_scsi_and_virtio_blk() {
-    let dir = test_dir("metal");
-    let (secret, _public) = test_key(&dir.join("keys"));
-    let out = dir.join("out");
-    // zstd level 1: the generic kernel's root takes ~9 minutes at the stock level 15 here.
-    // A short watchdog timeout keeps the hang below short.
-    let profile = derived_profile(
-        &dir,
-        "metal",
-        "[image.squashfs]\nlevel = 1\n[node.watchdog]\ntimeout_secs = 10\n",
-    );
-    let report = build(&profile, &out, &secret, None, 1_700_000_000);
-    assert!(
-        report.manifest.kernel.release.ends_with("-amd64")
-            && !report.manifest.kernel.release.contains("cloud"),
-        "the generic kernel: {}",
-        report.manifest.kernel.release
-    );
-    let disk = vm_disk(&out, &dir.join("disk"), 4 << 30);
+    let Metal { dir, out } = metal();
+    let disk = vm_disk(out, &dir.join("disk"), 4 << 30);
     let mut timings = Vec::new();
     let mut boot = 0;
     for bus in DiskBus::ALL {
         let started = Instant::now();
         boot += 1;
         let watchdog = bus == DiskBus::VirtioBlk;
-        let hang = write_file(&dir, "hang-after-ready", &boot.to_string());
+        let hang = write_file(dir, "hang-after-ready", &boot.to_string());
         let name = format!("metal-{}", bus.name());
         // virtio-blk keeps the default virtio NIC (virtio_net from the root, by device).
         let nic = if bus == DiskBus::VirtioBlk {

@@ -496,3 +496,43 @@ fn a_boot_file_that_differs_from_the_manifest_leaves_no_table() {
         "no partition table was written"
     );
 }
+
+/// A medium that installed onto a disk which now holds partitions refuses to install again
+/// (the firmware booted the medium instead of the disk); the same medium in another machine,
+/// or before the disk was written, installs.
+#[test]
+fn a_medium_does_not_install_twice_onto_the_same_disk() {
+    let state = tempfile::tempdir().unwrap();
+    let mut installed = disk("nvme0n1", "N1", 20);
+    let other = disk("nvme0n1", "N7", 20);
+    assert!(super::already_installed(state.path(), std::slice::from_ref(&installed)).is_none());
+    let record = super::Record {
+        version: "keel-metal 1.0.0".into(),
+        disk: installed.describe(),
+        serial: Some("N1".into()),
+        by_id: installed.identity.by_id.clone(),
+    };
+    std::fs::write(
+        state.path().join("installed.toml"),
+        toml::to_string(&record).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        super::already_installed(state.path(), std::slice::from_ref(&installed)).is_none(),
+        "the disk holds no partitions: an install that did not finish, or a wiped disk"
+    );
+    installed.partitions = vec!["nvme0n1p1".into()];
+    let refusal = super::already_installed(state.path(), &[installed]).unwrap();
+    assert!(
+        refusal
+            .to_string()
+            .contains("already installed keel-metal 1.0.0 onto nvme-QEMU_NVMe_Ctrl_N1"),
+        "{refusal}"
+    );
+    let mut elsewhere = other;
+    elsewhere.partitions = vec!["nvme0n1p1".into()];
+    assert!(
+        super::already_installed(state.path(), &[elsewhere]).is_none(),
+        "another machine's disk"
+    );
+}

@@ -194,7 +194,7 @@ fn esp_volume(src: &Source<'_>, table: &Gpt) -> Result<Extents, WriteError> {
     let m = src.manifest;
     let kernel = FileDigest {
         size: m.kernel.size,
-        sha256: m.kernel.sha256.clone(),
+        sha256: m.kernel.sha256,
     };
     let files = esp::SlotFiles {
         kernel: esp_file(src, &src.slot.kernel_path(), &kernel)?,

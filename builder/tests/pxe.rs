@@ -304,7 +304,7 @@ fn serve_answers_curl_with_files_ranges_and_profiles() {
     // One access line per request: method, path, status, bytes, peer.
     for want in [
         format!("GET /keel-test/1.0.0/root.img 200 {len} 127.0.0.1:"),
-        format!("GET /root.img 206 4000 127.0.0.1:"),
+        "GET /root.img 206 4000 127.0.0.1:".to_owned(),
         "HEAD /keel-test/1.0.0/root.img 200 0 127.0.0.1:".to_owned(),
         "GET /nope 404 ".to_owned(),
         "GET /../../../etc/passwd 404 ".to_owned(),

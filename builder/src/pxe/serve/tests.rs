@@ -149,7 +149,7 @@ fn ranges_as_rfc_9110_reads_them() {
 fn loading_names_what_is_wrong() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope");
-    let err = Site::load(&[missing.clone()], None).unwrap_err();
+    let err = Site::load(std::slice::from_ref(&missing), None).unwrap_err();
     assert!(
         matches!(&err, ServeError::Missing(p) if *p == missing),
         "{err}"

@@ -322,6 +322,33 @@ fn serve_answers_curl_with_files_ranges_and_profiles() {
     )));
 }
 
+/// Threads are bounded: with every place held by a client that sends nothing, the next one
+/// gets 503 at once, and is served again once those go away.
+#[test]
+fn serve_is_bounded_and_says_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(tmp.path(), "1.0.0", 50);
+    let serve = Serve::start(&[p(&img.outdir)]);
+    let idle: Vec<_> = (0..keel_builder::pxe::serve::MAX_CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(&serve.addr).unwrap())
+        .collect();
+    let got = curl(&[], &serve.url("/boot.ipxe"));
+    assert_eq!(got.status, 503);
+    assert!(got.headers.contains("retry-after: 1"), "{}", got.headers);
+    assert!(serve.logged("- - 503 "));
+    drop(idle);
+    // Their threads see the connections close and give their places back.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = curl(&[], &serve.url("/boot.ipxe")).status;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn verify_checks_a_pxe_directory_against_its_signed_manifest() {
     let tmp = tempfile::tempdir().unwrap();

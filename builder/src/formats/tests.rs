@@ -495,6 +495,9 @@ fn formats_failed_conversion_leaves_nothing() {
         let err = convert(dir.path(), format, &dest, &opts()).unwrap_err();
         assert!(err.to_string().contains(s(dir.path())), "{err}");
     }
+    // The network-boot directory is no disk: nothing converts one into it.
+    let err = convert(dir.path(), OutputFormat::Pxe, &out.join("pxe"), &opts()).unwrap_err();
+    assert!(matches!(err, FormatError::NotADisk { .. }), "{err}");
     let empty = dir.path().join("empty.raw");
     File::create(&empty).unwrap();
     let err = convert(&empty, OutputFormat::Vhd, &out.join("e"), &opts()).unwrap_err();

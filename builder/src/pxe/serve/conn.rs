@@ -270,29 +270,41 @@ fn send_file(
     if !body {
         return Ok(Outcome { status, bytes: 0 });
     }
-    file.seek(SeekFrom::Start(start))
-        .map_err(|e| failed(0, e))?;
+    match copy_range(&mut file, stream, start, count) {
+        Ok(()) => Ok(Outcome {
+            status,
+            bytes: count,
+        }),
+        Err((sent, e)) => Err(failed(sent, e)),
+    }
+}
+
+/// Sends `count` bytes of `file` from `start`; on failure, how many were sent.
+fn copy_range(
+    file: &mut File,
+    stream: &mut TcpStream,
+    start: u64,
+    count: u64,
+) -> Result<(), (u64, io::Error)> {
+    file.seek(SeekFrom::Start(start)).map_err(|e| (0, e))?;
     let mut sent = 0u64;
     let mut buf = vec![0u8; COPY_BUFFER];
     while sent < count {
         let want = usize::try_from(count - sent).map_or(buf.len(), |n| n.min(buf.len()));
         let n = match file.read(&mut buf[..want]) {
+            // The file shrank under us: the client sees a short body and must refuse it.
             Ok(0) => {
-                // The file shrank under us: the client sees a short body and must refuse it.
                 let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank");
-                return Err(failed(sent, e));
+                return Err((sent, e));
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(failed(sent, e)),
+            Err(e) => return Err((sent, e)),
         };
-        stream.write_all(&buf[..n]).map_err(|e| failed(sent, e))?;
+        stream.write_all(&buf[..n]).map_err(|e| (sent, e))?;
         sent += n as u64;
     }
-    Ok(Outcome {
-        status,
-        bytes: sent,
-    })
+    Ok(())
 }
 
 /// A short answer (text) in one write; returns the body bytes sent (0 for HEAD).

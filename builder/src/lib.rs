@@ -27,7 +27,8 @@ pub mod verify;
 pub mod bundle;
 pub mod cpio;
 pub mod disk;
-pub mod fat;
+/// The FAT writer and reader are shared with the node's installer (`keel-fat`).
+pub use keel_fat as fat;
 pub mod formats;
 pub mod init_binary;
 pub mod initramfs;

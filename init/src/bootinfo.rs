@@ -43,6 +43,15 @@ pub struct BootAttempt {
     pub last_resort: bool,
 }
 
+/// The keys stage 1 copied from the verified initramfs ([`TRUSTED_KEYS`]); the error names
+/// the file.
+pub fn trusted_keys() -> Result<keel_minisign::TrustedKeys, String> {
+    std::fs::read_to_string(TRUSTED_KEYS)
+        .map_err(|e| e.to_string())
+        .and_then(|t| keel_minisign::TrustedKeys::parse(&t).map_err(|e| e.to_string()))
+        .map_err(|e| format!("{TRUSTED_KEYS}: {e}"))
+}
+
 /// What stage 1 hands to stage 2, typed (JSON in /run, which stage 1 moves into the new root).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Handoff {

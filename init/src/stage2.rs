@@ -23,8 +23,8 @@ use crate::entries::{self, BootState, DiskStorage};
 use crate::supervisor::{Reaper, Supervisor};
 use crate::timeline::BOOT;
 use crate::{
-    block, config, console, hwmod, kmod, mounts, net, node_api, power, services, startup, sys,
-    testhooks, upgrade, var, watchdog,
+    config, console, hwmod, install, kmod, mounts, net, node_api, power, services, startup, sys,
+    testhooks, upgrade, watchdog,
 };
 
 /// Modules stage 2 loads from the root on every machine, when the kernel has them as
@@ -227,10 +227,8 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
     };
     // The keys stage 1 copied from the verified initramfs; without them nothing signed can
     // be checked, so only fw_cfg and what the node already has apply.
-    let keys = std::fs::read_to_string(bootinfo::TRUSTED_KEYS)
-        .map_err(|e| e.to_string())
-        .and_then(|t| keel_minisign::TrustedKeys::parse(&t).map_err(|e| e.to_string()))
-        .map_err(|e| log(&format!("warning: {}: {e}", bootinfo::TRUSTED_KEYS)))
+    let keys = bootinfo::trusted_keys()
+        .map_err(|e| log(&format!("warning: {e}")))
         .ok();
     let cfg = config::choose(
         boot_time,
@@ -285,32 +283,6 @@ fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
     };
     let err = sys::reboot(cmd);
     crate::fatal::fatal(&format!("{err}"))
-}
-
-/// What an upgrade writes into: the other slot's partition, as stage 1 found it.
-fn upgrade_target(handoff: &Handoff, state: &Path) -> Result<upgrade::Target, String> {
-    let other = handoff
-        .partitions
-        .other_slot
-        .as_ref()
-        .ok_or_else(|| format!("no {} partition", handoff.slot.other().partition().label()))?;
-    let file =
-        std::fs::File::open(&other.path).map_err(|e| format!("{}: {e}", other.path.display()))?;
-    let size = block::device_size(&file, &other.path).map_err(|e| e.to_string())?;
-    let keys_text = std::fs::read_to_string(bootinfo::TRUSTED_KEYS)
-        .map_err(|e| format!("{}: {e}", bootinfo::TRUSTED_KEYS))?;
-    let trusted_keys = keel_minisign::TrustedKeys::parse(&keys_text).map_err(|e| e.to_string())?;
-    Ok(upgrade::Target {
-        name: handoff.name.clone(),
-        arch: handoff.arch.clone(),
-        running: handoff.version.clone(),
-        active: handoff.slot,
-        slot_device: other.path.clone(),
-        slot_size: size,
-        esp: PathBuf::from(ESP),
-        state: state.to_path_buf(),
-        trusted_keys,
-    })
 }
 
 /// The management API on port 50000, with the node's certificate from its secrets, or the
@@ -382,13 +354,13 @@ fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
     }
 }
 
-/// `/var` cannot be mounted: not the slot's fault, and the other slot would find it just as
-/// broken, so the node neither blesses its entry (it did not pass its gate) nor fails it
+/// Something rebooting would not cure (`/var` cannot be mounted, the installer refused): not
+/// the slot's fault, and the other slot would find it just as broken, so the node neither blesses its entry (it did not pass its gate) nor fails it
 /// (the deadline is suspended: no reboot). It stays up, its API serving and saying why,
 /// until an operator repairs DATA and reboots it, or rolls it back.
-fn degraded(deadline: &BootDeadline, node: &node_api::Node, problem: &var::Unavailable) -> ! {
+fn degraded(deadline: &BootDeadline, node: &node_api::Node, why: &str) -> ! {
     deadline.suspend();
-    let why = problem.to_string();
+    let why = why.to_owned();
     log(&format!(
         "DEGRADED: {why}; the node stays up with its API, does not bless its boot entry and does not reboot"
     ));
@@ -539,7 +511,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         warn(&mut warnings, w.clone());
     }
     let (net_state, hostname) = BOOT.step("network", || startup::network(&cfg.node, early_net))?;
-    let target = upgrade_target(&handoff, &state_dir)
+    let target = upgrade::Target::of_running(&handoff, Path::new(ESP), &state_dir)
         .map_err(|e| log(&format!("upgrades: off: {e}")))
         .ok();
     let var = background.var();
@@ -568,9 +540,31 @@ fn run() -> Result<std::convert::Infallible, String> {
     );
     let api_node = Arc::new(node_api::Node::new(identity, facts, paths, target, log));
     BOOT.step("api", || start_api(cfg.secrets.as_ref(), api_node.clone()));
+    if let Some(install) = &cfg.node.install {
+        let running = install::Running {
+            handoff: &handoff,
+            esp: Path::new(ESP),
+            state: &state_dir,
+        };
+        // Writing a disk may outlast the boot deadline; a reboot halfway would only start
+        // it again.
+        match install::run(install, &running, &|| deadline.suspend(), &log) {
+            install::Outcome::Installed(disk) => log(&format!(
+                "install: booted from {disk}, an installed disk: nothing to install"
+            )),
+            install::Outcome::Done { disk } => {
+                log(&format!("install: done; rebooting into {disk}"));
+                let core: Vec<_> = background.containerd().into_iter().collect();
+                shutdown(power::Request::Reboot, &core)
+            }
+            install::Outcome::Refused(why) => {
+                degraded(&deadline, &api_node, &format!("install: refused: {why}"))
+            }
+        }
+    }
     let boot = match var.boot {
         Ok(boot) => boot,
-        Err(problem) => degraded(&deadline, &api_node, &problem),
+        Err(problem) => degraded(&deadline, &api_node, &problem.to_string()),
     };
     crate::kubelet_host::spawn_pod_network(&cfg.node, &net_state, &log);
 

@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use keel_contract::layout::{self, BootEntry, EntryName, PartitionRole, Slot};
+use keel_contract::layout::{self, BootEntry, PartitionRole, Slot};
 use keel_contract::manifest::{self, FileDigest, KernelFile, Manifest, Sha256Digest, SourceItem};
 use keel_contract::secrets::NodeSecrets;
 use keel_minisign::SecretKey;
-use sha2::{Digest, Sha256};
 
 use super::boot::BootFiles;
 use super::payload::Payload;
@@ -49,12 +48,6 @@ pub(super) fn partition(
         .ok_or_else(|| BuildError::Input(format!("no {} partition", role.label())))
 }
 
-/// A FAT volume id derived from the disk GUID and the partition's name.
-fn volume_id(disk_guid: &uuid::Uuid, what: &str) -> u32 {
-    let digest = Sha256::digest([disk_guid.as_bytes().as_slice(), what.as_bytes()].concat());
-    u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
-}
-
 /// What STATE starts with: a format marker and, when the profile names `image.secrets`,
 /// the node's share of them as [`layout::state::SECRETS`]. The secrets go to STATE only: the
 /// root, the initramfs and the manifest are the same for every node of a release and may be
@@ -93,7 +86,10 @@ pub(super) fn state_partition(
         &mut image,
         &FatSpec {
             label: layout::state::VOLUME_LABEL,
-            volume_id: volume_id(&plan.disk_guid, PartitionRole::State.label()),
+            volume_id: keel_fat::esp::volume_id(
+                plan.disk_guid.as_bytes(),
+                PartitionRole::State.label(),
+            ),
             source_date_epoch: sde,
             entries,
         },
@@ -193,44 +189,6 @@ pub(super) fn sign(manifest: &Manifest, secret: &SecretKey) -> Result<Signed, Bu
     Ok(Signed { bytes, signature })
 }
 
-/// The ESP's contents: systemd-boot and its configuration, slot A's boot entry with a fresh
-/// counter, and slot A's kernel, initramfs and signed manifest.
-fn esp_entries(
-    boot: &BootFiles,
-    initramfs: &Initramfs,
-    signed: &Signed,
-    entry: &BootEntry,
-) -> Vec<FatEntry> {
-    vec![
-        FatEntry::Dir("/EFI".into()),
-        FatEntry::Dir("/EFI/BOOT".into()),
-        FatEntry::File(layout::esp::BOOTLOADER.into(), boot.bootloader.clone()),
-        FatEntry::Dir("/loader".into()),
-        FatEntry::File(
-            layout::esp::LOADER_CONF.into(),
-            layout::loader_conf().into_bytes(),
-        ),
-        FatEntry::Dir(layout::esp::ENTRIES_DIR.into()),
-        FatEntry::File(
-            format!(
-                "{}/{}",
-                layout::esp::ENTRIES_DIR,
-                EntryName::fresh(Slot::A).file_name()
-            ),
-            entry.render().into_bytes(),
-        ),
-        FatEntry::Dir(layout::esp::SLOTS_DIR.into()),
-        FatEntry::Dir(Slot::A.esp_dir()),
-        FatEntry::File(Slot::A.kernel_path(), boot.kernel.image.clone()),
-        FatEntry::File(Slot::A.initramfs_path(), initramfs.bytes.clone()),
-        FatEntry::File(Slot::A.manifest_path(), signed.bytes.clone()),
-        FatEntry::File(
-            Slot::A.signature_path(),
-            signed.signature.clone().into_bytes(),
-        ),
-    ]
-}
-
 /// What goes onto the disk besides its plan.
 pub(super) struct DiskContents<'a> {
     pub boot: &'a BootFiles,
@@ -264,9 +222,21 @@ pub(super) fn write_disk(
         Window::new(&mut disk, esp.offset, esp.size).map_err(io_at(disk_path))?,
         &FatSpec {
             label: layout::esp::VOLUME_LABEL,
-            volume_id: volume_id(&plan.disk_guid, PartitionRole::Esp.label()),
+            volume_id: keel_fat::esp::volume_id(
+                plan.disk_guid.as_bytes(),
+                PartitionRole::Esp.label(),
+            ),
             source_date_epoch: sde,
-            entries: &esp_entries(c.boot, c.initramfs, c.signed, &entry),
+            entries: &keel_fat::esp::entries(
+                c.boot.bootloader.clone(),
+                &entry,
+                keel_fat::esp::SlotFiles {
+                    kernel: c.boot.kernel.image.clone(),
+                    initramfs: c.initramfs.bytes.clone(),
+                    manifest: c.signed.bytes.clone(),
+                    signature: c.signed.signature.clone().into_bytes(),
+                },
+            ),
         },
     )?;
     phase.set_position(esp.offset + esp.size);

@@ -24,9 +24,9 @@
 //! again and reports the rollback ([`detect_rollback`]).
 
 mod rollback;
-mod stream;
+pub(crate) mod stream;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -89,6 +89,32 @@ pub struct Target {
 }
 
 impl Target {
+    /// The running node's: the other slot's partition, as stage 1 found it.
+    pub fn of_running(
+        handoff: &crate::bootinfo::Handoff,
+        esp: &std::path::Path,
+        state: &std::path::Path,
+    ) -> Result<Target, String> {
+        let other =
+            handoff.partitions.other_slot.as_ref().ok_or_else(|| {
+                format!("no {} partition", handoff.slot.other().partition().label())
+            })?;
+        let file = std::fs::File::open(&other.path)
+            .map_err(|e| format!("{}: {e}", other.path.display()))?;
+        let size = crate::block::device_size(&file, &other.path).map_err(|e| e.to_string())?;
+        Ok(Target {
+            name: handoff.name.clone(),
+            arch: handoff.arch.clone(),
+            running: handoff.version.clone(),
+            active: handoff.slot,
+            slot_device: other.path.clone(),
+            slot_size: size,
+            esp: esp.to_path_buf(),
+            state: state.to_path_buf(),
+            trusted_keys: crate::bootinfo::trusted_keys()?,
+        })
+    }
+
     fn storage(&self) -> DiskStorage {
         DiskStorage {
             esp: self.esp.clone(),

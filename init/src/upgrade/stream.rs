@@ -137,7 +137,7 @@ enum Bound {
 }
 
 /// What went wrong in [`copy_hashed`]: on which side.
-pub(super) enum CopyError {
+pub(crate) enum CopyError {
     Read(std::io::Error),
     Write(std::io::Error),
     /// The input ended early.
@@ -166,7 +166,7 @@ impl CopyError {
 
 /// Copies exactly `size` bytes from `input` to `output` through `buf`, hashing them;
 /// `progress` gets the bytes copied so far after each chunk.
-pub(super) fn copy_hashed(
+pub(crate) fn copy_hashed(
     input: &mut impl Read,
     output: &mut impl Write,
     size: u64,
@@ -191,7 +191,7 @@ pub(super) fn copy_hashed(
 
 /// Drops a synced file's cached pages, so that a read-back reads what the device holds, not
 /// what the page cache remembers.
-pub(super) fn drop_cache(file: &std::fs::File) {
+pub(crate) fn drop_cache(file: &std::fs::File) {
     // SAFETY: posix_fadvise on a descriptor that `file` keeps open.
     unsafe {
         libc::posix_fadvise(

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 
-fn sha256(bytes: &[u8]) -> Sha256Digest {
+pub(crate) fn sha256(bytes: &[u8]) -> Sha256Digest {
     Sha256Digest(Sha256::digest(bytes).into())
 }
 
@@ -18,14 +18,14 @@ struct Fixture {
     target: Target,
 }
 
-fn digest(bytes: &[u8]) -> FileDigest {
+pub(crate) fn digest(bytes: &[u8]) -> FileDigest {
     FileDigest {
         size: bytes.len() as u64,
         sha256: sha256(bytes),
     }
 }
 
-fn manifest(
+pub(crate) fn manifest(
     version: &str,
     name: &str,
     kernel: &[u8],

@@ -189,6 +189,9 @@ pub mod state {
     /// as TOML `cert` and `key` (PEM). At boot it replaces the secrets' `node_api` while it
     /// still passes the node's checks and is newer than that one.
     pub const API_CERTIFICATE: &str = "/api-certificate.toml";
+    /// On an installer medium's STATE: which disk this medium installed onto, and what, so
+    /// that a firmware that boots the medium again does not install again (a loop).
+    pub const INSTALLED: &str = "/installed.toml";
     /// The FAT volume label (11 bytes, space padded).
     pub const VOLUME_LABEL: [u8; 11] = *b"STATE      ";
 
@@ -233,8 +236,10 @@ pub mod modules {
     pub const ALIAS: &str = "modules.alias";
 }
 
-/// systemd-boot's EFI variables (the Boot Loader Interface), which the node reads through
-/// efivarfs; the builder puts the module into the initramfs so that stage 1 can.
+/// EFI variables through efivarfs: systemd-boot's (the Boot Loader Interface), which the node
+/// reads, and the firmware boot manager's, which the installer writes so that the next boot
+/// comes from the disk it installed. The builder puts the module into the initramfs so that
+/// stage 1 can read them.
 pub mod efi {
     /// Where efivarfs is mounted.
     pub const EFIVARS_DIR: &str = "/sys/firmware/efi/efivars";
@@ -248,6 +253,29 @@ pub mod efi {
     pub const LOADER_DEVICE_PART_UUID: &str = "LoaderDevicePartUUID";
     /// Microseconds from firmware start to the loader handing over to the kernel.
     pub const LOADER_TIME_EXEC_USEC: &str = "LoaderTimeExecUSec";
+
+    /// EFI_GLOBAL_VARIABLE, the vendor GUID of the firmware boot manager's variables (UEFI
+    /// 2.x, 3.3 "Globally Defined Variables").
+    pub const GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    /// The load options to try, in order: an array of u16 option numbers.
+    pub const BOOT_ORDER: &str = "BootOrder";
+    /// One option number, tried first on the next boot only (the firmware deletes it).
+    pub const BOOT_NEXT: &str = "BootNext";
+    /// The option number this boot was started from, set by the firmware.
+    pub const BOOT_CURRENT: &str = "BootCurrent";
+    /// A load option's name before its number: [`boot_option`].
+    pub const BOOT_OPTION_PREFIX: &str = "Boot";
+
+    /// The name of load option `number`: `Boot0003` (four upper-case hex digits, as the
+    /// firmware looks them up).
+    pub fn boot_option(number: u16) -> String {
+        format!("{BOOT_OPTION_PREFIX}{number:04X}")
+    }
+
+    /// A variable's file in efivarfs: `<name>-<vendor guid>`.
+    pub fn variable_file(name: &str, vendor_guid: &str) -> String {
+        format!("{name}-{vendor_guid}")
+    }
 }
 
 /// Paths in the root filesystem: the builder puts them there, the node relies on them.
@@ -487,6 +515,16 @@ impl BootEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_option_names_are_four_upper_case_hex_digits() {
+        assert_eq!(efi::boot_option(3), "Boot0003");
+        assert_eq!(efi::boot_option(0xabcd), "BootABCD");
+        assert_eq!(
+            efi::variable_file(efi::BOOT_ORDER, efi::GLOBAL_GUID),
+            "BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+        );
+    }
 
     #[test]
     fn entry_names_round_trip() {

@@ -18,6 +18,7 @@
 //! carry line and column), merges the `extends` chain, then checks the rules that need the
 //! whole profile. See [`schema`] for every field.
 
+pub mod install;
 pub mod kube;
 mod load;
 pub mod node;
@@ -26,6 +27,7 @@ pub mod schema;
 mod validate;
 pub mod values;
 
+pub use install::{DiskIdentity, DiskSelector, Install};
 pub use kube::{
     ImageRepository, KubeVersion, LabelKey, LabelValue, NodeLabelKey, PeerUrl, SubjectAltName,
     Taint, TaintEffect,

@@ -58,6 +58,10 @@ pub struct Node {
     /// The hardware watchdog PID 1 arms and pets (`[node.watchdog]`).
     #[serde(default)]
     pub watchdog: Watchdog,
+    /// Install onto an internal disk when booted from an installer medium
+    /// (`[node.install]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<super::install::Install>,
 }
 
 fn default_boot_deadline() -> u64 {
@@ -78,6 +82,7 @@ impl Default for Node {
             boot_deadline_secs: default_boot_deadline(),
             config_generation: 0,
             watchdog: Watchdog::default(),
+            install: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The FAT32 writer against fatfs, fsck.vfat and mtools as readers.
 
 use super::*;
-use crate::fat::{list_fat_dir, read_fat_file};
+use crate::{list_fat_dir, read_fat_file};
 use std::io::Cursor;
 
 #[test]

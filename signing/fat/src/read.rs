@@ -26,7 +26,7 @@ fn relative(path: &str) -> Result<&str, FatReadError> {
 }
 
 /// Reads a file from a FAT filesystem. `storage` needs `Write` only because fatfs asks for
-/// it; nothing is written (wrap a read-only file in [`crate::io::ReadOnly`]).
+/// it; nothing is written (wrap a read-only file so that a write fails).
 pub fn read_fat_file<S: Read + Write + Seek>(
     storage: S,
     path: &str,

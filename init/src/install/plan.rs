@@ -1,0 +1,170 @@
+//! The installer's decisions, pure: which disk (or why none), and the partition table the
+//! chosen disk gets. Everything here is decided before a byte is written.
+
+use keel_contract::gpt::{Gpt, GptError, GptPartition};
+use keel_contract::layout::{PartitionRole, SECTOR_SIZE};
+use keel_contract::profile::Install;
+
+use super::disks::DiskInfo;
+
+/// Why the installer writes nothing. Each is one console line and the node's degraded reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the selector {selector} matches no disk; disks seen: {seen}")]
+    NoMatch { selector: String, seen: String },
+    #[error("the selector {selector} matches {disk}, the disk this node booted from")]
+    BootDisk { selector: String, disk: String },
+    #[error("the selector {selector} matches {count} disks ({matched}); it must match exactly one")]
+    Several {
+        selector: String,
+        count: usize,
+        matched: String,
+    },
+    #[error("{disk} is in use: {why}")]
+    InUse { disk: String, why: String },
+    #[error(
+        "{disk} holds partitions ({partitions}); set wipe = true in [node.install] to overwrite it"
+    )]
+    Partitioned { disk: String, partitions: String },
+    #[error(
+        "{disk} holds data (no partition table, but its first MiB is not blank); set wipe = true in [node.install] to overwrite it"
+    )]
+    NotBlank { disk: String },
+    #[error("{disk} has {sector}-byte logical sectors; Keel's layout needs 512")]
+    SectorSize { disk: String, sector: u32 },
+    #[error("{disk} is too small: the image needs at least {need} bytes")]
+    TooSmall { disk: String, need: u64 },
+    #[error(
+        "this medium already installed {version} onto {disk}, and the firmware booted the medium again: remove it, or make the firmware boot {disk}"
+    )]
+    AlreadyInstalled { disk: String, version: String },
+}
+
+/// What the installer learnt about the candidate before choosing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// The first MiB is all zeros.
+    pub blank: bool,
+    pub logical_sector: u32,
+}
+
+/// The one disk `install` selects, or why there is none. `boot_disk` is the sysfs name of
+/// the disk the node booted from; `probe` reads a candidate's first MiB and sector size.
+pub fn choose<'a>(
+    install: &Install,
+    disks: &'a [DiskInfo],
+    boot_disk: &str,
+    probe: &mut dyn FnMut(&DiskInfo) -> Probe,
+) -> Result<&'a DiskInfo, Refusal> {
+    let selector = install.disk.to_string();
+    let matched: Vec<&DiskInfo> = disks
+        .iter()
+        .filter(|d| install.disk.matches(&d.identity))
+        .collect();
+    if let Some(boot) = matched.iter().find(|d| d.disk.name == boot_disk) {
+        return Err(Refusal::BootDisk {
+            selector,
+            disk: boot.describe(),
+        });
+    }
+    let disk = match matched.as_slice() {
+        [] => {
+            return Err(Refusal::NoMatch {
+                selector,
+                seen: list(disks.iter()),
+            });
+        }
+        [one] => *one,
+        several => {
+            return Err(Refusal::Several {
+                selector,
+                count: several.len(),
+                matched: list(several.iter().copied()),
+            });
+        }
+    };
+    if let Some(why) = &disk.in_use {
+        return Err(Refusal::InUse {
+            disk: disk.describe(),
+            why: why.clone(),
+        });
+    }
+    if !install.wipe && !disk.partitions.is_empty() {
+        return Err(Refusal::Partitioned {
+            disk: disk.describe(),
+            partitions: disk.partitions.join(", "),
+        });
+    }
+    let probed = probe(disk);
+    if u64::from(probed.logical_sector) != SECTOR_SIZE {
+        return Err(Refusal::SectorSize {
+            disk: disk.describe(),
+            sector: probed.logical_sector,
+        });
+    }
+    if !install.wipe && !probed.blank {
+        return Err(Refusal::NotBlank {
+            disk: disk.describe(),
+        });
+    }
+    Ok(disk)
+}
+
+fn list<'a>(disks: impl Iterator<Item = &'a DiskInfo>) -> String {
+    let names: Vec<String> = disks.map(DiskInfo::describe).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join("; ")
+    }
+}
+
+/// Room DATA needs at least on the installed disk, past STATE.
+pub const MIN_DATA: u64 = 256 << 20;
+
+/// The installed disk's table: the boot disk's ESP, slots and STATE at the same places (the
+/// image's layout), under fresh GUIDs so that the two disks never look like copies of one
+/// another (stage 1 refuses those), on a disk of `size` bytes. DATA is left to the first boot,
+/// which creates it over the rest of the disk.
+pub fn target_table(
+    boot_table: &Gpt,
+    size: u64,
+    fresh_guid: &mut dyn FnMut() -> uuid::Uuid,
+) -> Result<Gpt, TableError> {
+    let mut table = Gpt::new(fresh_guid(), size / SECTOR_SIZE)?;
+    for role in [
+        PartitionRole::Esp,
+        PartitionRole::SlotA,
+        PartitionRole::SlotB,
+        PartitionRole::State,
+    ] {
+        let (number, p) = boot_table
+            .find(role.label())
+            .ok_or(TableError::Missing(role.label()))?;
+        if number != role.number() {
+            return Err(TableError::Numbered(role.label(), number));
+        }
+        table.partitions.push(GptPartition {
+            guid: fresh_guid(),
+            ..p.clone()
+        });
+    }
+    let need = table.end_of_partitions() * SECTOR_SIZE + MIN_DATA;
+    if size < need {
+        return Err(TableError::TooSmall { need });
+    }
+    table.check()?;
+    Ok(table)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("the boot disk has no {0} partition")]
+    Missing(&'static str),
+    #[error("the boot disk's {0} is partition {1}")]
+    Numbered(&'static str, u32),
+    #[error("the disk needs at least {need} bytes")]
+    TooSmall { need: u64 },
+    #[error(transparent)]
+    Gpt(#[from] GptError),
+}

@@ -35,6 +35,7 @@ pub fn check_profile(file: &Path) -> Result<CheckReport, ProfileError> {
         )]));
     };
     require_userland(&loaded)?;
+    pxe_cmdline(&loaded)?;
     Ok(CheckReport {
         file: file.to_path_buf(),
         name: image.name.to_string(),
@@ -42,6 +43,32 @@ pub fn check_profile(file: &Path) -> Result<CheckReport, ProfileError> {
         role: loaded.profile.node.role.as_str().to_owned(),
         layers: loaded.layers.iter().map(|l| l.path.clone()).collect(),
     })
+}
+
+/// With `image.formats = ["pxe"]`, every `image.cmdline` argument must mean the same to
+/// iPXE as to the kernel (the boot script carries them).
+pub fn pxe_cmdline(loaded: &LoadedProfile) -> Result<(), ProfileError> {
+    let image = &loaded.profile.image;
+    if !image
+        .formats
+        .contains(&keel_contract::profile::OutputFormat::Pxe)
+    {
+        return Ok(());
+    }
+    let problems: Vec<_> = image
+        .cmdline
+        .iter()
+        .enumerate()
+        .filter_map(|(i, arg)| {
+            let e = crate::pxe::script::check_argument(arg).err()?;
+            Some(loaded.diagnostic(&format!("image.cmdline[{i}]"), e.to_string()))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ProfileError::Invalid(problems))
+    }
 }
 
 /// A build needs at least one userland source (a base profile alone may have none).

@@ -58,8 +58,50 @@ pub struct DiskReport {
     /// The update bundle of a build output directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleOutcome>,
+    /// The network-boot files of a build output directory (`pxe/`), unverified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pxe: Option<PxeReport>,
     #[serde(skip)]
     has_esp: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PxeReport {
+    pub path: PathBuf,
+    /// Name and size of each of the contract's files; a missing one is `None`.
+    pub files: Vec<(String, Option<u64>)>,
+}
+
+impl PxeReport {
+    fn read(dir: &Path) -> PxeReport {
+        let files = keel_contract::output::pxe::FILES
+            .iter()
+            .map(|name| {
+                let size = std::fs::metadata(dir.join(name)).ok().map(|m| m.len());
+                ((*name).to_owned(), size)
+            })
+            .collect();
+        PxeReport {
+            path: dir.to_path_buf(),
+            files,
+        }
+    }
+
+    fn render(&self) -> String {
+        let files: Vec<String> = self
+            .files
+            .iter()
+            .map(|(name, size)| match size {
+                Some(size) => format!("{name} {}", human_bytes(*size)),
+                None => format!("{name} MISSING"),
+            })
+            .collect();
+        format!(
+            "network boot {}: {}\n",
+            self.path.display(),
+            files.join(", ")
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +168,10 @@ pub fn inspect(path: &Path) -> Result<Report, InspectError> {
             Ok(report) => BundleOutcome::Ok(Box::new(report)),
             Err(e) => BundleOutcome::Error(e.to_string()),
         });
+    }
+    let pxe = path.join(keel_contract::output::pxe::DIR);
+    if path.is_dir() && pxe.is_dir() {
+        disk.pxe = Some(PxeReport::read(&pxe));
     }
     Ok(Report::Disk(disk))
 }
@@ -291,6 +337,7 @@ fn inspect_disk(path: &Path) -> Result<DiskReport, InspectError> {
         boot_entries: None,
         slots: Vec::new(),
         bundle: None,
+        pxe: None,
         has_esp: false,
     };
     let Some((_, esp)) = table.find(PartitionRole::Esp.label()) else {
@@ -379,6 +426,9 @@ impl DiskReport {
             Some(BundleOutcome::Ok(b)) => out.push_str(&b.render()),
             Some(BundleOutcome::Error(e)) => out.push_str(&format!("{e}\n")),
             None => {}
+        }
+        if let Some(pxe) = &self.pxe {
+            out.push_str(&pxe.render());
         }
         out
     }

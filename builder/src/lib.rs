@@ -17,6 +17,7 @@ pub mod error;
 pub mod flash;
 pub mod inspect;
 pub mod node;
+pub mod pxe;
 pub mod run;
 pub mod sbom;
 pub mod secrets;

@@ -137,6 +137,19 @@ pub fn verify_output_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport,
         let dir_name = keel_contract::bundle::BUNDLE_DIR;
         checked.extend(report.checked.iter().map(|c| format!("{dir_name}/: {c}")));
     }
+    // Builds with image.formats = ["pxe"]: the same manifest, and every file against it.
+    let pxe_dir = dir.join(output::pxe::DIR);
+    if pxe_dir.is_dir() {
+        let report = verify_pxe_dir(&pxe_dir, trusted)?;
+        if report.manifest != manifest {
+            return Err(VerifyError::Output {
+                path: pxe_dir,
+                message: "its manifest differs from manifest.json".into(),
+            });
+        }
+        let dir_name = output::pxe::DIR;
+        checked.extend(report.checked.iter().map(|c| format!("{dir_name}/: {c}")));
+    }
     Ok(DirReport {
         verified,
         manifest,
@@ -302,6 +315,75 @@ fn check_boot_files(
             }
             checked.push(name.to_owned());
         }
+    }
+    Ok(())
+}
+
+/// A network-boot directory (`OUTDIR/pxe`, or one copied to a boot server): the manifest's
+/// signature, then `vmlinuz`, `initramfs` and `root.img` against the signed manifest (`kernel`,
+/// `initramfs`, `slot_payload`), and `boot.ipxe` against the script the manifest gives.
+pub fn verify_pxe_dir(dir: &Path, trusted: &TrustedKeys) -> Result<DirReport, VerifyError> {
+    use output::pxe;
+    let manifest_path = dir.join(pxe::MANIFEST);
+    let manifest_bytes = std::fs::read(&manifest_path).map_err(io_at(&manifest_path))?;
+    let verified = signed_by(
+        trusted,
+        &manifest_path,
+        &manifest_bytes,
+        &dir.join(pxe::SIGNATURE),
+    )?;
+    let manifest = Manifest::from_json(&manifest_bytes).map_err(|e| VerifyError::Manifest {
+        path: manifest_path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut checked = vec![format!("manifest signature (key ID {})", verified.key_id)];
+    let kernel = FileDigest {
+        size: manifest.kernel.size,
+        sha256: manifest.kernel.sha256,
+    };
+    for (name, expected) in [
+        (pxe::KERNEL, &kernel),
+        (pxe::INITRAMFS, &manifest.initramfs),
+        (pxe::ROOT, &manifest.slot_payload),
+    ] {
+        check_file(&dir.join(name), expected)?;
+        checked.push(format!("{name} ({} bytes)", expected.size));
+    }
+    let script_path = dir.join(pxe::SCRIPT);
+    let script = std::fs::read(&script_path).map_err(io_at(&script_path))?;
+    let expected = crate::pxe::boot_script(&manifest).map_err(|e| VerifyError::Output {
+        path: script_path.clone(),
+        message: e.to_string(),
+    })?;
+    if script != expected.as_bytes() {
+        return Err(VerifyError::Output {
+            path: script_path,
+            message: "is not the script the signed manifest gives".into(),
+        });
+    }
+    checked.push(pxe::SCRIPT.to_owned());
+    Ok(DirReport {
+        verified,
+        manifest,
+        checked,
+    })
+}
+
+/// A file, streamed, against its size and digest in the signed manifest.
+fn check_file(path: &Path, expected: &FileDigest) -> Result<(), VerifyError> {
+    let mut file = ReadOnly(File::open(path).map_err(io_at(path))?);
+    let size = file.0.metadata().map_err(io_at(path))?.len();
+    if size != expected.size {
+        return Err(VerifyError::Output {
+            path: path.to_path_buf(),
+            message: format!("{size} bytes, the signed manifest says {}", expected.size),
+        });
+    }
+    if sha256_of(&mut file, size).map_err(io_at(path))? != expected.sha256 {
+        return Err(VerifyError::Output {
+            path: path.to_path_buf(),
+            message: "does not match the signed manifest".into(),
+        });
     }
     Ok(())
 }

@@ -12,34 +12,12 @@ use keel_builder::verify::{VerifyError, verify_bundle};
 use keel_contract::bundle::{
     Part, UPLOAD_ENTRIES, UploadEntry, upload_stream_len, validate_upload_entries,
 };
-use keel_contract::manifest::{
-    Disk, FileDigest, KernelFile, MANIFEST_SCHEMA, Manifest, RootFs, Sha256Digest, Verity,
-};
-use keel_minisign::{KeyId, SecretKey, TrustedKeys, sign_bytes};
-use sha2::{Digest, Sha256};
 
-fn sha(bytes: &[u8]) -> Sha256Digest {
-    Sha256Digest(Sha256::digest(bytes).into())
-}
-
-fn digest(bytes: &[u8]) -> FileDigest {
-    FileDigest {
-        size: bytes.len() as u64,
-        sha256: sha(bytes),
-    }
-}
-
-/// Deterministic bytes that do not compress or repeat, so a flip anywhere is a new digest.
-fn noise(seed: u8, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 32);
-    let mut block: [u8; 32] = Sha256::digest([seed]).into();
-    while out.len() < len {
-        out.extend_from_slice(&block);
-        block = Sha256::digest(block).into();
-    }
-    out.truncate(len);
-    out
-}
+#[path = "common/synthetic.rs"]
+mod synthetic;
+use keel_contract::manifest::{Manifest, Sha256Digest};
+use keel_minisign::{KeyId, SecretKey, TrustedKeys};
+use synthetic::{digest, manifest_for, noise, sha, sign, trusted, write_pub};
 
 /// Synthetic parts and their signed manifest. Sizes are not multiples of 512 so the upload
 /// stream's padding is exercised.
@@ -50,78 +28,6 @@ struct Parts {
     kernel: Vec<u8>,
     initramfs: Vec<u8>,
     payload: Vec<u8>,
-}
-
-fn secret() -> SecretKey {
-    SecretKey::from_seed(KeyId(*b"keeltest"), &[7; 32])
-}
-
-fn trusted() -> TrustedKeys {
-    TrustedKeys::new([secret().public_key()]).unwrap()
-}
-
-fn write_pub(dir: &Path) -> PathBuf {
-    let path = dir.join("test.pub");
-    let text = secret()
-        .public_key()
-        .to_file_string("keel test key")
-        .unwrap();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn manifest_for(version: &str, kernel: &[u8], initramfs: &[u8], payload: &[u8]) -> Manifest {
-    let d = |b: u8| Sha256Digest([b; 32]);
-    Manifest {
-        schema: MANIFEST_SCHEMA,
-        name: "keel-test".into(),
-        version: version.into(),
-        arch: "x86_64".into(),
-        builder: "keel test".into(),
-        source_date_epoch: 1_700_000_000,
-        profile_sha256: d(1),
-        kernel: KernelFile {
-            release: "6.1.0-test".into(),
-            size: kernel.len() as u64,
-            sha256: sha(kernel),
-        },
-        initramfs: digest(initramfs),
-        bootloader: FileDigest {
-            size: 12,
-            sha256: d(4),
-        },
-        cmdline: vec!["console=ttyS0".into()],
-        root: RootFs {
-            format: "squashfs".into(),
-            compression: "zstd".into(),
-            size: 4096,
-            verity: Verity {
-                algorithm: "sha256".into(),
-                data_block_size: 4096,
-                hash_block_size: 4096,
-                data_blocks: 1,
-                hash_offset: 4096,
-                salt: "00".repeat(32),
-                root_hash: d(5),
-                uuid: "00000000-0000-0000-0000-000000000000".into(),
-            },
-        },
-        slot_payload: digest(payload),
-        disk: Disk {
-            size: 1 << 30,
-            guid: "00000000-0000-0000-0000-000000000001".into(),
-            partitions: vec![],
-        },
-        sources: vec![],
-    }
-}
-
-fn sign(manifest: &Manifest) -> (Vec<u8>, String) {
-    let bytes = manifest.to_canonical_json().unwrap();
-    let sig = sign_bytes(&secret(), &bytes, "timestamp:0\tfile:manifest.json")
-        .unwrap()
-        .to_file_string();
-    (bytes, sig)
 }
 
 fn parts(version: &str) -> Parts {

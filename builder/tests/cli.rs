@@ -149,6 +149,32 @@ fn profile_check_refuses_the_issue_12_profile() {
     }
 }
 
+/// A network boot puts image.cmdline into an iPXE script: an argument iPXE would read
+/// differently from the kernel is refused, located, before anything is built.
+#[test]
+fn profile_check_refuses_a_cmdline_ipxe_would_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pxe.toml");
+    std::fs::write(
+        &path,
+        "[image]\nversion = \"1.0.0\"\nformats = [\"raw\", \"pxe\"]\ncmdline = [\"console=ttyS0\", \"x=${y}\"]\n[[image.userland]]\ndebian = { suite = \"bookworm\", packages = [\"containerd\"] }\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["profile", "check", p(&path)],
+        vec!["build", p(&path), "-o", p(&dir.path().join("out"))],
+    ] {
+        let out = keel(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("pxe.toml:4:29: `image.cmdline[1]`: image.cmdline argument \"x=${y}\" cannot go into an iPXE script"),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.path().join("out").exists());
+    }
+}
+
 #[test]
 fn key_gen_writes_0600_refuses_overwrite_and_needs_a_choice_about_encryption() {
     let dir = tempfile::tempdir().unwrap();

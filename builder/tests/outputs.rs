@@ -1,8 +1,9 @@
 //! What a build hands to scripts and other tools, checked on a real build of the stock worker
 //! (squashfs at zstd level 1 to save time; everything else stock), made with the CLI:
 //! `keel build --json`; the SBOM beside the manifest, checked by the SPDX project's own
-//! validator (`pyspdxtools` from spdx-tools) and against the manifest; and `keel verify` and
-//! `keel inspect` on an output directory nobody may write to.
+//! validator (`pyspdxtools` from spdx-tools) and against the manifest; the network-boot
+//! directory (`image.formats = ["pxe"]`) against the disk; and `keel verify` and `keel
+//! inspect` on an output directory nobody may write to.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ fn built() -> &'static Built {
         std::fs::write(
             &profile,
             format!(
-                "extends = \"{}\"\n[image.squashfs]\nlevel = 1\n",
+                "extends = \"{}\"\n[image]\nformats = [\"raw\", \"pxe\"]\n[image.squashfs]\nlevel = 1\n",
                 workspace().join("profiles/worker.toml").display()
             ),
         )
@@ -105,7 +106,13 @@ fn build_json_describes_the_output() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    for want in ["disk.raw", "manifest.json", "sbom.spdx.json", "update/"] {
+    for want in [
+        "disk.raw",
+        "manifest.json",
+        "sbom.spdx.json",
+        "update/",
+        "pxe/",
+    ] {
         assert!(files.contains(&want), "{want} missing: {files:?}");
     }
 }
@@ -284,6 +291,8 @@ fn verify_and_inspect_need_no_write_access() {
         "STATE",
         "ESP /EFI/BOOT/BOOTX64.EFI",
         "update/: ref name",
+        "pxe/: root.img",
+        "pxe/: boot.ipxe",
     ] {
         assert!(
             checked.iter().any(|c| c.starts_with(want)),
@@ -315,4 +324,68 @@ fn verify_and_inspect_need_no_write_access() {
     assert!(text.status.success(), "inspect: {}", stderr(&text));
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("update bundle (OCI image layout)"), "{text}");
+    assert!(
+        text.contains("network boot ") && text.contains("root.img "),
+        "{text}"
+    );
+}
+
+/// `pxe/` holds the disk's own bytes: root.img is KEEL-A's content (the manifest's
+/// slot_payload), the kernel and initramfs are OUTDIR's, and the script boots them with the
+/// disk entry's options, `keel.root=` instead of `keel.slot=`.
+#[test]
+fn the_pxe_directory_holds_the_disks_bytes() {
+    use std::io::{Read, Seek, SeekFrom};
+    let b = built();
+    let dir = b.out.join("pxe");
+    let m = manifest(&b.out);
+    let slot = m["disk"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "KEEL-A")
+        .unwrap();
+    let size = m["slot_payload"]["size"].as_u64().unwrap();
+    let root = std::fs::read(dir.join("root.img")).unwrap();
+    assert_eq!(root.len() as u64, size);
+    let mut disk = std::fs::File::open(b.out.join("disk.raw")).unwrap();
+    disk.seek(SeekFrom::Start(slot["offset"].as_u64().unwrap()))
+        .unwrap();
+    let mut on_disk = vec![0u8; size as usize];
+    disk.read_exact(&mut on_disk).unwrap();
+    assert!(root == on_disk, "root.img is not KEEL-A's content");
+    for same in [
+        "vmlinuz",
+        "initramfs",
+        "manifest.json",
+        "manifest.json.minisig",
+    ] {
+        assert!(
+            std::fs::read(dir.join(same)).unwrap() == std::fs::read(b.out.join(same)).unwrap(),
+            "{same}"
+        );
+    }
+    let script = std::fs::read_to_string(dir.join("boot.ipxe")).unwrap();
+    let kernel = script
+        .lines()
+        .find(|l| l.starts_with("kernel vmlinuz initrd=initramfs "))
+        .unwrap_or_else(|| panic!("{script}"));
+    let hash = m["root"]["verity"]["root_hash"].as_str().unwrap();
+    let cmdline: Vec<&str> = m["cmdline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let want = format!(
+        "keel.root=${{keel-base}}root.img keel.roothash={hash} {}",
+        cmdline.join(" ")
+    );
+    assert!(kernel.contains(&want), "{kernel}\nwant {want}");
+    assert!(!kernel.contains("keel.slot="), "{kernel}");
+
+    let verify = keel(&["verify", p(&dir), "--pub", p(&b.public), "--json"]);
+    assert!(verify.status.success(), "verify: {}", stderr(&verify));
+    let v: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(v["kind"], "pxe");
 }

@@ -51,7 +51,7 @@ fn two_builds_are_bit_identical() {
     std::fs::write(
         &profile,
         format!(
-            "extends = \"{}\"\n[image]\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\"]\n",
+            "extends = \"{}\"\n[image]\nformats = [\"raw\", \"qcow2\", \"vhd\", \"gce\", \"pxe\"]\n",
             workspace_root().join("profiles/worker.toml").display()
         ),
     )
@@ -71,6 +71,9 @@ fn two_builds_are_bit_identical() {
         "initramfs",
         "update/oci-layout",
         "update/index.json",
+        "pxe/root.img",
+        "pxe/boot.ipxe",
+        "pxe/manifest.json",
     ] {
         assert!(
             names.contains(&name.to_string()),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use keel_contract::manifest::{self, Manifest, Sha256Digest};
 use keel_contract::output;
-use keel_contract::profile::ProfileError;
+use keel_contract::profile::{OutputFormat, ProfileError};
 use sha2::{Digest, Sha256};
 
 use crate::progress::Reporter;
@@ -83,6 +83,8 @@ pub enum BuildError {
     Format { format: String, message: String },
     #[error("SBOM: {0}")]
     Sbom(String),
+    #[error("pxe: {0}")]
+    Pxe(#[from] crate::pxe::PxeError),
     #[error("interrupted")]
     Interrupted,
 }
@@ -96,6 +98,7 @@ impl crate::error::Classify for BuildError {
                 | BuildError::Input(_)
                 | BuildError::Key(_)
                 | BuildError::Init(_)
+                | BuildError::Pxe(crate::pxe::PxeError::Script(_))
         )
     }
 }
@@ -187,6 +190,9 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
 
     outputs::write_boot_files(&out, &signed, &boot, &initramfs)?;
     outputs::write_update_bundle(&out, &manifest, &signed, &boot, &initramfs, &payload, rep)?;
+    if image.formats.contains(&OutputFormat::Pxe) {
+        outputs::write_pxe(&out, &manifest, &signed, &boot, &initramfs, &payload, rep)?;
+    }
     outputs::write_sbom(&out, &manifest)?;
     outputs::convert_formats(&image.formats, &out, sde, &plan.disk_guid, private, rep)?;
     let files = out.list()?;

@@ -67,6 +67,39 @@ pub(super) fn write_update_bundle(
     Ok(())
 }
 
+/// `pxe/` when the profile asks for it: the same signed manifest, kernel and initramfs, and
+/// the payload streamed from the same buffers as KEEL-A's, as `root.img`.
+pub(super) fn write_pxe(
+    out: &OutputDir,
+    manifest: &Manifest,
+    signed: &Signed,
+    boot: &BootFiles,
+    initramfs: &Initramfs,
+    payload: &Payload,
+    rep: &Reporter,
+) -> Result<(), BuildError> {
+    let phase = rep.phase("pxe", None);
+    let files = crate::pxe::write_dir(
+        &out.path().join(output::pxe::DIR),
+        &crate::pxe::PxeParts {
+            manifest,
+            manifest_bytes: &signed.bytes,
+            signature: signed.signature.as_bytes(),
+            kernel: &boot.kernel.image,
+            initramfs: &initramfs.bytes,
+            payload: &|w| payload.write_to(w),
+        },
+    )?;
+    let total: u64 = files.iter().map(|(_, size)| size).sum();
+    phase.finish(&format!(
+        "{}/ {} ({} files)",
+        output::pxe::DIR,
+        human_bytes(total),
+        files.len()
+    ));
+    Ok(())
+}
+
 /// The software bill of materials, beside the manifest it is derived from.
 pub(super) fn write_sbom(out: &OutputDir, manifest: &Manifest) -> Result<(), BuildError> {
     let sbom = crate::sbom::spdx(manifest).map_err(|e| BuildError::Sbom(e.to_string()))?;
@@ -84,7 +117,8 @@ pub(super) fn convert_formats(
 ) -> Result<(), BuildError> {
     let raw = out.path().join(output::DISK);
     for &format in formats {
-        if format == OutputFormat::Raw {
+        // Raw is written already; pxe is no disk ([`write_pxe`]).
+        if format == OutputFormat::Raw || !format.is_disk() {
             continue;
         }
         let phase = rep.phase(format.name(), None);

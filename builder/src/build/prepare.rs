@@ -34,6 +34,7 @@ pub(super) fn prepare(req: &BuildRequest) -> Result<Prepared, BuildError> {
         }
     };
     crate::check::require_userland(&loaded)?;
+    crate::check::pxe_cmdline(&loaded)?;
     let missing = crate::check::missing_profile_paths(&loaded, req.key.is_some());
     if !missing.is_empty() {
         return Err(BuildError::Profile(ProfileError::Invalid(missing)));

@@ -62,6 +62,9 @@ pub enum Command {
     Flash(FlashArgs),
     /// Boot a built image in QEMU with the serial console attached (Ctrl-C powers it off).
     Run(RunArgs),
+    /// Serve images for network boot (their pxe/ directories) and per-node profiles over
+    /// HTTP, until interrupted. Not a DHCP server: point DHCP (e.g. dnsmasq) at it.
+    Serve(ServeArgs),
     /// Manage a running node through its API (HTTPS, mutual TLS, port 50000).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -197,8 +200,8 @@ pub struct SignArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A file with FILE.minisig beside it, a `keel build` output directory, or an update
-    /// bundle (an OCI layout such as OUTDIR/update).
+    /// A file with FILE.minisig beside it, a `keel build` output directory, an update
+    /// bundle (an OCI layout such as OUTDIR/update), or a network-boot directory (OUTDIR/pxe).
     pub path: PathBuf,
     /// Trusted public key file(s); each may hold several keys.
     #[arg(long = "pub", required = true)]
@@ -224,6 +227,24 @@ pub struct InspectArgs {
     /// A disk image, a build output directory, or an update bundle (an OCI layout).
     pub path: PathBuf,
     /// Print the partition table and manifests as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// `keel build` output directories with a pxe/ directory (image.formats = ["pxe"]), or
+    /// pxe/ directories. Each is served at /NAME/VERSION/; the first also at /.
+    #[arg(required = true, value_name = "OUTDIR")]
+    pub outdirs: Vec<PathBuf>,
+    /// The address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Per-node profiles: DIR/MAC.toml and DIR/MAC.toml.minisig (MAC as 52-54-00-12-34-56),
+    /// served at /configs/. Sign them with `keel sign`: a node applies only signed ones.
+    #[arg(long, value_name = "DIR")]
+    pub configs: Option<PathBuf>,
+    /// Print where each image is served as one line of JSON on stdout once listening.
     #[arg(long)]
     pub json: bool,
 }

@@ -6,7 +6,7 @@ use keel_contract::profile::{ClusterName, Endpoint, ProfileError};
 use serde_json::json;
 
 use super::args::{
-    BuildArgs, ContextCommand, FlashArgs, InspectArgs, RunArgs, SignArgs, VerifyArgs,
+    BuildArgs, ContextCommand, FlashArgs, InspectArgs, RunArgs, ServeArgs, SignArgs, VerifyArgs,
 };
 use super::error::CommandError;
 use crate::context::{self, Config, Context};
@@ -264,11 +264,12 @@ pub fn verify(args: &VerifyArgs, rep: &Reporter) -> Result<(), CommandError> {
         }
         return Ok(());
     }
-    let bundle = crate::bundle::is_bundle(path);
-    let report = if bundle {
-        crate::verify::verify_bundle(path, &trusted)?
+    let (kind, report) = if crate::bundle::is_bundle(path) {
+        ("bundle", crate::verify::verify_bundle(path, &trusted)?)
+    } else if crate::pxe::is_pxe_dir(path) {
+        ("pxe", crate::verify::verify_pxe_dir(path, &trusted)?)
     } else {
-        crate::verify::verify_output_dir(path, &trusted)?
+        ("output", crate::verify::verify_output_dir(path, &trusted)?)
     };
     for item in &report.checked {
         rep.note(&format!("ok  {item}"));
@@ -283,7 +284,7 @@ pub fn verify(args: &VerifyArgs, rep: &Reporter) -> Result<(), CommandError> {
     if args.json {
         print_json(&json!({
             "ok": true,
-            "kind": if bundle { "bundle" } else { "output" },
+            "kind": kind,
             "path": path,
             "name": report.manifest.name,
             "version": report.manifest.version,
@@ -319,6 +320,61 @@ pub fn run(args: RunArgs) -> Result<(), CommandError> {
             secrets: args.secrets,
         },
     )?)
+}
+
+/// Serves until the process is interrupted; access lines go to stderr (even with `-q`:
+/// they are the command's output).
+pub fn serve(args: &ServeArgs, rep: &Reporter) -> Result<(), CommandError> {
+    use crate::pxe::serve::{Server, Site};
+    let site = Site::load(&args.outdirs, args.configs.as_deref())?;
+    let server = Server::bind(site.clone(), args.listen)?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| CommandError::Failed(format!("--listen {}: {e}", args.listen)))?;
+    let script = keel_contract::output::pxe::SCRIPT;
+    for (i, image) in site.images.iter().enumerate() {
+        rep.note(&format!(
+            "serving {} {} from {} at http://{addr}{}{script}{}",
+            image.name,
+            image.version,
+            image.dir.display(),
+            image.prefix,
+            if i == 0 {
+                format!(" and /{script}")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if let Some(dir) = &site.configs {
+        rep.note(&format!(
+            "serving per-node profiles from {} at http://{addr}/{}/MAC.toml",
+            dir.display(),
+            keel_contract::output::pxe::CONFIGS_DIR
+        ));
+    }
+    rep.note(&format!("listening on http://{addr}/"));
+    if args.json {
+        let images: Vec<_> = site
+            .images
+            .iter()
+            .map(|i| {
+                json!({
+                    "name": i.name,
+                    "version": i.version,
+                    "dir": i.dir,
+                    "prefix": i.prefix,
+                    "script": format!("http://{addr}{}{script}", i.prefix),
+                })
+            })
+            .collect();
+        let line = json!({"listen": addr.to_string(), "images": images, "configs": site.configs});
+        println!("{line}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    server.run(std::sync::Arc::new(|line: &str| eprintln!("{line}")));
+    Ok(())
 }
 
 /// Where contexts are saved and which one was asked for (`--config`, `--context`).

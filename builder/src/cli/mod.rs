@@ -14,7 +14,7 @@ use clap::{CommandFactory, Parser};
 
 pub use args::{
     BuildArgs, Cli, Command, ContextCommand, FlashArgs, InspectArgs, KeyCommand, NodeCommand,
-    NodeConnection, ProfileCommand, RunArgs, SecretsCommand, SignArgs, VerifyArgs,
+    NodeConnection, ProfileCommand, RunArgs, SecretsCommand, ServeArgs, SignArgs, VerifyArgs,
 };
 pub use error::CommandError;
 
@@ -63,6 +63,7 @@ pub fn dispatch(cli: Cli, rep: &Reporter) -> Result<(), CommandError> {
         Command::Inspect(args) => commands::inspect(&args),
         Command::Flash(args) => commands::flash(&args, rep),
         Command::Run(args) => commands::run(args),
+        Command::Serve(args) => commands::serve(&args, rep),
         Command::Node(command) => {
             let command = node::with_context(command, &contexts.load()?, contexts.name())?;
             node::run(command, rep)

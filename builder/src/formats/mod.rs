@@ -87,6 +87,8 @@ pub enum FormatError {
     EmptyImage { path: PathBuf },
     #[error("{}: the image changed size while it was being converted", path.display())]
     ImageChanged { path: PathBuf },
+    #[error("{}: {format} is not a disk format: nothing converts a disk into it", path.display())]
+    NotADisk { path: PathBuf, format: OutputFormat },
     #[error("{}: a {size}-byte image is too large for the {format} format", path.display())]
     TooLarge {
         path: PathBuf,
@@ -128,6 +130,12 @@ pub fn convert(
     dest: &Path,
     opts: &ConvertOptions,
 ) -> Result<ConvertSummary, FormatError> {
+    if !format.is_disk() {
+        return Err(FormatError::NotADisk {
+            path: dest.to_owned(),
+            format,
+        });
+    }
     let image = RawImage::open(raw)?;
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -150,6 +158,12 @@ pub fn convert(
         OutputFormat::Qcow2 => qcow2::write(&image, &mut out, dest)?,
         OutputFormat::Vhd => vhd::write(&image, &mut out, dest, opts)?,
         OutputFormat::Gce => gce::write(&image, &mut out, dest, opts)?,
+        OutputFormat::Pxe => {
+            return Err(FormatError::NotADisk {
+                path: dest.to_owned(),
+                format,
+            });
+        }
     };
     out.flush().at(dest, "write")?;
     let Hashed { inner, sha256, len } = out.finish();

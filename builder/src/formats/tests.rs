@@ -222,6 +222,9 @@ fn formats_names_round_trip() {
     assert_eq!(OutputFormat::Vhd.file_name(), "disk.vhd");
     assert!("VHD".parse::<OutputFormat>().is_err());
     assert!("vmdk".parse::<OutputFormat>().is_err());
+    assert_eq!("pxe".parse::<OutputFormat>().unwrap(), OutputFormat::Pxe);
+    assert!(!OutputFormat::Pxe.is_disk());
+    assert!(OutputFormat::DISKS.iter().all(|f| f.is_disk()));
 }
 
 #[test]
@@ -387,7 +390,7 @@ fn formats_output_is_reproducible() {
         .unwrap();
     fs::write(&dense, &bytes).unwrap();
 
-    for format in OutputFormat::ALL {
+    for format in OutputFormat::DISKS {
         let name = format.file_name();
         let a = convert(
             &sparse,
@@ -487,11 +490,14 @@ fn formats_failed_conversion_leaves_nothing() {
     );
 
     // A directory opens but fails on read, after the temporary file exists.
-    for format in OutputFormat::ALL {
+    for format in OutputFormat::DISKS {
         let dest = out.join(format.file_name());
         let err = convert(dir.path(), format, &dest, &opts()).unwrap_err();
         assert!(err.to_string().contains(s(dir.path())), "{err}");
     }
+    // The network-boot directory is no disk: nothing converts one into it.
+    let err = convert(dir.path(), OutputFormat::Pxe, &out.join("pxe"), &opts()).unwrap_err();
+    assert!(matches!(err, FormatError::NotADisk { .. }), "{err}");
     let empty = dir.path().join("empty.raw");
     File::create(&empty).unwrap();
     let err = convert(&empty, OutputFormat::Vhd, &out.join("e"), &opts()).unwrap_err();

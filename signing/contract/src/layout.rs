@@ -447,6 +447,10 @@ pub mod cmdline {
     /// `keel.config=http://...`: a URL the node fetches its profile from (set by the
     /// profile's `image.cmdline`, not by Keel).
     pub const CONFIG: &str = "keel.config";
+    /// `keel.root=http://...`: a network boot's root, the slot payload
+    /// ([`crate::output::pxe::ROOT`]) fetched by stage 1 instead of a slot on a disk; the
+    /// signed manifest and its signature are beside it. There is no `keel.slot=` then.
+    pub const ROOT: &str = "keel.root";
 
     /// Finds `key=value` on a command line (the last occurrence wins, as the kernel does).
     pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
@@ -457,6 +461,22 @@ pub mod cmdline {
             .map(|(_, v)| v)
             .next_back()
     }
+}
+
+/// What every boot of an image carries after where its root is (`keel.slot=` on a disk,
+/// `keel.root=` over the network): the root hash, then the profile's `image.cmdline`.
+fn root_options(root_hash: &str, extra: &[String]) -> Vec<String> {
+    let mut options = vec![format!("{}={}", cmdline::ROOTHASH, root_hash)];
+    options.extend(extra.iter().cloned());
+    options
+}
+
+/// A network boot's kernel command line: what a slot's boot entry carries, with
+/// `keel.root=<root_url>` instead of `keel.slot=` (there is no slot).
+pub fn network_boot_options(root_url: &str, root_hash: &str, extra: &[String]) -> Vec<String> {
+    let mut options = vec![format!("{}={}", cmdline::ROOT, root_url)];
+    options.extend(root_options(root_hash, extra));
+    options
 }
 
 /// A BLS Type #1 entry for one slot.
@@ -470,11 +490,8 @@ pub struct BootEntry {
 impl BootEntry {
     /// The kernel command line: Keel's own arguments first, then the profile's.
     pub fn new(slot: Slot, version: &str, root_hash: &str, extra: &[String]) -> Self {
-        let mut options = vec![
-            format!("{}={}", cmdline::SLOT, slot),
-            format!("{}={}", cmdline::ROOTHASH, root_hash),
-        ];
-        options.extend(extra.iter().cloned());
+        let mut options = vec![format!("{}={}", cmdline::SLOT, slot)];
+        options.extend(root_options(root_hash, extra));
         BootEntry {
             slot,
             version: version.to_owned(),
@@ -539,6 +556,16 @@ mod tests {
         let line = "initrd=\\keel\\a\\initramfs keel.slot=a quiet keel.slot=b";
         assert_eq!(cmdline::get(line, cmdline::SLOT), Some("b"));
         assert_eq!(cmdline::get(line, cmdline::ROOTHASH), None);
+    }
+
+    #[test]
+    fn network_boot_carries_the_entry_options_without_a_slot() {
+        let extra = ["console=ttyS0".to_owned()];
+        let entry = BootEntry::new(Slot::A, "1.0.0", "ab12", &extra);
+        let net = network_boot_options("http://h/root.img", "ab12", &extra);
+        assert_eq!(net[0], "keel.root=http://h/root.img");
+        assert_eq!(net[1..], entry.options[1..]);
+        assert_eq!(cmdline::get(&net.join(" "), cmdline::SLOT), None);
     }
 
     #[test]

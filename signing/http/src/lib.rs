@@ -31,7 +31,7 @@ use std::io::{self, Read};
 
 pub use body::{Body, read_body};
 pub use url::{Scheme, Url, UrlError};
-pub use write::{CONTINUE, Response, reason, request_head};
+pub use write::{CONTINUE, Response, reason, request_head, response_head};
 
 /// The largest head (start line and headers) accepted. Keel's own are a few hundred bytes;
 /// this is generous for curl, proxies and Kubernetes, and small for PID 1's memory.

@@ -46,6 +46,18 @@ pub fn request_head(method: &str, target: &str, headers: &[(&str, &str)]) -> io:
     Ok(head.into_bytes())
 }
 
+/// A response head, ready to write in one piece before a body streamed after it (a file):
+/// `HTTP/1.1 STATUS REASON`, then `headers` as given (Content-Length among them).
+pub fn response_head(status: u16, headers: &[(&str, &str)]) -> io::Result<Vec<u8>> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in headers {
+        check_header(name, value)?;
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    Ok(head.into_bytes())
+}
+
 /// The reason phrase of the statuses Keel sends (clients must not rely on it).
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -53,6 +65,7 @@ pub fn reason(status: u16) -> &'static str {
         201 => "Created",
         202 => "Accepted",
         204 => "No Content",
+        206 => "Partial Content",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -61,6 +74,7 @@ pub fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
         422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

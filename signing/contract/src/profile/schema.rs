@@ -65,7 +65,7 @@ pub struct Image {
     /// Size of the STATE partition (FAT32, so at least 64MiB).
     #[serde(default = "default_state_size")]
     pub state_size: ByteSize,
-    /// Output formats besides the raw disk: `raw`, `qcow2`, `vhd`, `gce`.
+    /// Output formats besides the raw disk: `raw`, `qcow2`, `vhd`, `gce`, `pxe`.
     #[serde(default = "default_formats")]
     pub formats: Vec<OutputFormat>,
     /// The minisign secret key that signs the manifest (`keel key gen`). `keel build --key`
@@ -167,15 +167,32 @@ pub enum OutputFormat {
     /// `disk.tar.gz`: `disk.raw` in a gzip-compressed GNU tar, as Google Compute Engine
     /// imports it.
     Gce,
+    /// `pxe/`: a directory for network boot (kernel, initramfs, the slot payload as
+    /// `root.img`, the signed manifest and an iPXE script; [`crate::output::pxe`]). Not a
+    /// disk: nothing converts `disk.raw` into it.
+    Pxe,
 }
 
 impl OutputFormat {
-    pub const ALL: [OutputFormat; 4] = [
+    pub const ALL: [OutputFormat; 5] = [
+        OutputFormat::Raw,
+        OutputFormat::Qcow2,
+        OutputFormat::Vhd,
+        OutputFormat::Gce,
+        OutputFormat::Pxe,
+    ];
+    /// The formats that are disk images (converted from `disk.raw`).
+    pub const DISKS: [OutputFormat; 4] = [
         OutputFormat::Raw,
         OutputFormat::Qcow2,
         OutputFormat::Vhd,
         OutputFormat::Gce,
     ];
+
+    /// A disk image, as opposed to the network-boot directory.
+    pub const fn is_disk(self) -> bool {
+        !matches!(self, OutputFormat::Pxe)
+    }
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -183,16 +200,18 @@ impl OutputFormat {
             OutputFormat::Qcow2 => "qcow2",
             OutputFormat::Vhd => "vhd",
             OutputFormat::Gce => "gce",
+            OutputFormat::Pxe => "pxe",
         }
     }
 
-    /// The conventional artifact file name for this format.
+    /// The conventional artifact file name for this format (a directory for `pxe`).
     pub const fn file_name(self) -> &'static str {
         match self {
             OutputFormat::Raw => "disk.raw",
             OutputFormat::Qcow2 => "disk.qcow2",
             OutputFormat::Vhd => "disk.vhd",
             OutputFormat::Gce => "disk.tar.gz",
+            OutputFormat::Pxe => "pxe",
         }
     }
 }
@@ -205,7 +224,7 @@ impl std::fmt::Display for OutputFormat {
 
 /// Returned by [`OutputFormat::from_str`] for a name that is not a format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown output format {0:?} (expected raw, qcow2, vhd or gce)")]
+#[error("unknown output format {0:?} (expected raw, qcow2, vhd, gce or pxe)")]
 pub struct UnknownFormat(pub String);
 
 impl std::str::FromStr for OutputFormat {

@@ -29,7 +29,7 @@ const KNOWN_SECONDS: &[(&str, f64)] = &[
     ("keel-vm-tests/roles", 827.0),
     ("keel-vm-tests/faults", 545.0),
     ("keel-vm-tests/cri", 272.0),
-    ("keel-vm-tests/metal", 257.0),
+    ("keel-vm-tests/metal", 600.0),
     ("init block devices (VM)", 230.0),
     ("keel-vm-tests/node", 217.0),
     ("keel-vm-tests/config_trust", 172.0),

@@ -560,6 +560,9 @@ fn run() -> Result<std::convert::Infallible, String> {
             install::Outcome::Refused(why) => {
                 degraded(&deadline, &api_node, &format!("install: refused: {why}"))
             }
+            install::Outcome::Failed(why) => {
+                degraded(&deadline, &api_node, &format!("install: failed: {why}"))
+            }
         }
     }
     let boot = match var.boot {

@@ -37,8 +37,10 @@ pub enum Outcome {
     Installed(String),
     /// Written and checked; the caller reboots into it.
     Done { disk: String },
-    /// Nothing was written (or the disk was left blank-looking): why.
+    /// Nothing was written: why.
     Refused(String),
+    /// Writing failed or did not read back: the disk was left without partition tables.
+    Failed(String),
 }
 
 /// What a medium remembers of the install it made ([`layout::state::INSTALLED`]).
@@ -104,7 +106,10 @@ pub fn run(
         Ok(()) => Outcome::Done {
             disk: chosen.describe(),
         },
-        Err(e) => Outcome::Refused(format!("installing onto {}: {e}", chosen.describe())),
+        Err(e) => Outcome::Failed(format!(
+            "{e}; {} was left without partition tables",
+            chosen.describe()
+        )),
     }
 }
 

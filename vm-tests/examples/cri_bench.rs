@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_vm_tests::cri::{ContainerSpec, Cri, PodSpec};
+use keel_fakes::cri::{ContainerSpec, Cri, PodSpec};
 use keel_vm_tests::cri_node::{Inspector, PROBE, RELAY_PORT, connect, node_images};
 use keel_vm_tests::{Machine, free_port, vm_disk};
 

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cri::{ContainerSpec, Cri, PodSpec};
 use crate::{
     build, cluster_secrets, derived_profile, fake_kubelet, test_dir, test_key, write_file,
 };
+use keel_fakes::cri::{ContainerSpec, Cri, PodSpec};
 
 /// The guest port the relay listens on.
 pub const RELAY_PORT: u16 = 10010;

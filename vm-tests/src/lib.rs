@@ -13,7 +13,6 @@ use keel_builder::progress::Reporter;
 use keel_builder::qemu::{Vm, VmConfig};
 use rexpect::reader::{NBReader, Options, ReadUntil};
 
-pub mod cri;
 pub mod cri_node;
 pub mod fake_apiserver;
 
@@ -52,7 +51,9 @@ pub fn test_dir(name: &str) -> PathBuf {
 
 /// Builds a binary of this workspace as a static executable (as the image needs it), in a
 /// target directory of its own so the outer `cargo test` lock is never in the way; cargo
-/// itself makes concurrent builds wait.
+/// itself makes concurrent builds wait. `package` should be a small one: cargo compiles its
+/// library and all of its dependencies in release mode for this target (why the fakes are
+/// in keel-fakes, not in this package, whose library pulls in keel-builder).
 fn static_binary(package: &str, bin: &str) -> PathBuf {
     let target_dir = workspace_root().join("target").join("keel-init");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -533,18 +534,19 @@ pub fn flip_byte(path: &Path, at: u64) {
     f.write_all(&[!byte[0]]).unwrap();
 }
 
-/// The fake kubelet (a test double: the real kubelet cannot be downloaded on these machines),
-/// built static so it runs in the image as `/usr/bin/kubelet`.
+/// The fake kubelet (a test double: the real kubelet cannot be downloaded on these machines;
+/// package keel-fakes, `fakes/`), built static so it runs in the image as `/usr/bin/kubelet`.
 pub fn fake_kubelet() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| static_binary("keel-vm-tests", "fake-kubelet"))
+    BIN.get_or_init(|| static_binary("keel-fakes", "fake-kubelet"))
         .clone()
 }
 
-/// `cri-relay` (a test tool: TCP to a Unix socket), built static for the probe image.
+/// `cri-relay` (a test tool: TCP to a Unix socket; package keel-fakes), built static for the
+/// probe image.
 pub fn cri_relay() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| static_binary("keel-vm-tests", "cri-relay"))
+    BIN.get_or_init(|| static_binary("keel-fakes", "cri-relay"))
         .clone()
 }
 

@@ -1,6 +1,6 @@
 //! Pods through CRI on a Keel node in QEMU, as a kubelet runs them. The kubelet itself is the
-//! FAKE kubelet (`vm-tests/src/bin/fake-kubelet.rs`: the real one cannot be downloaded here);
-//! it runs the kubeadm preflight checks on the node and its static pods through CRI, one of
+//! FAKE kubelet (`vm-tests/fakes/src/bin/fake-kubelet.rs`: the real one cannot be downloaded
+//! here); it runs the kubeadm preflight checks on the node and its static pods through CRI, one of
 //! which relays containerd's socket to a QEMU port forward. Everything else is real:
 //! containerd's CRI plugin, runc, the CNI plugins, iptables/nftables, cgroup v2, and this
 //! test's CRI client (`k8s-cri`, the calls the kubelet makes).
@@ -27,7 +27,7 @@ use k8s_cri::v1::ContainerState;
 use keel_builder::node::{NodeClient, credentials_from_secrets};
 use keel_builder::progress::Reporter;
 use keel_contract::profile::IpCidr;
-use keel_vm_tests::cri::{ContainerSpec, Cri, PodSpec};
+use keel_fakes::cri::{ContainerSpec, Cri, PodSpec};
 use keel_vm_tests::cri_node::{Inspector, POD_CIDR, PROBE, RELAY_PORT, connect, node_images};
 use keel_vm_tests::{Machine, free_port, vm_disk};
 

@@ -4,10 +4,10 @@
 //!
 //! The two VMs share one L2 segment (QEMU's `-netdev socket,mcast=`, static addresses on the
 //! second NIC) and are configured over fw_cfg from one image. The pods are static pods the
-//! FAKE kubelet runs through CRI (`vm-tests/src/bin/fake-kubelet.rs`); each serves a CGI that
-//! names the caller's address and its own node, calls the other node's pod, and writes what
-//! it got back to the node's console (privileged, `/dev/console` mounted), where the test
-//! reads it. The first pod on a fresh node gets `.2` of its range (host-local), so each pod
+//! FAKE kubelet runs through CRI (`vm-tests/fakes/src/bin/fake-kubelet.rs`); each serves a CGI
+//! that names the caller's address and its own node, calls the other node's pod, and writes
+//! what it got back to the node's console (privileged, `/dev/console` mounted), where the
+//! test reads it. The first pod on a fresh node gets `.2` of its range (host-local), so each pod
 //! knows its peer's address.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,6 +1,6 @@
-//! Kubernetes roles in QEMU. The kubelet is the FAKE kubelet (`vm-tests/src/bin/fake-kubelet.rs`):
-//! the real one cannot be downloaded on these machines, so what it would read is checked by a
-//! test double. etcd, containerd, the certificates and everything else are real.
+//! Kubernetes roles in QEMU. The kubelet is the FAKE kubelet
+//! (`vm-tests/fakes/src/bin/fake-kubelet.rs`): the real one cannot be downloaded on these
+//! machines, so what it would read is checked by a test double. etcd, containerd, the certificates and everything else are real.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;

@@ -1,9 +1,8 @@
 //! A small, blocking CRI client over the generated `k8s-cri` (tonic) stubs: the calls a
 //! kubelet makes to run a pod, and the pod and container descriptions it sends.
 //!
-//! Shared by the fake kubelet (over containerd's Unix socket on the node; it includes this
-//! file with `#[path]`) and the QEMU tests (over TCP, through a relay pod and a QEMU port
-//! forward). Blocking, because both callers are plain sequential programs; each client owns a
+//! Shared by the fake kubelet (over containerd's Unix socket on the node) and the QEMU tests
+//! of keel-vm-tests (over TCP, through a relay pod and a QEMU port forward). Blocking, because both callers are plain sequential programs; each client owns a
 //! single-threaded tokio runtime.
 
 use std::collections::HashMap;

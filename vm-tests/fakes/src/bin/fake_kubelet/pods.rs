@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Config;
-use crate::cri::{ContainerSpec, Cri, PodSpec, cpu_millis, memory_bytes};
+use keel_fakes::cri::{ContainerSpec, Cri, PodSpec, cpu_millis, memory_bytes};
 
 const STATIC_POD_LABEL: &str = "keel.fake-kubelet/static-pod";
 const START_TIMEOUT: Duration = Duration::from_secs(120);

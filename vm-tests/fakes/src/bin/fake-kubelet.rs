@@ -25,10 +25,6 @@
 //! configuration's healthz address (127.0.0.1:10248) until it is killed.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-// Shared with the QEMU tests, which use more of it than the fake does.
-#[allow(dead_code)]
-#[path = "../cri.rs"]
-mod cri;
 #[path = "fake_kubelet/names.rs"]
 mod names;
 #[path = "fake_kubelet/pki.rs"]

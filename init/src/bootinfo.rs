@@ -57,7 +57,10 @@ pub fn trusted_keys() -> Result<keel_minisign::TrustedKeys, String> {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum BootSource {
     /// A slot on a disk: the ESP, STATE and DATA beside it.
-    Disk { disk: Disk, partitions: Partitions },
+    Disk {
+        disk: Disk,
+        partitions: Box<Partitions>,
+    },
     /// `keel.root=URL`: the verified root is held in RAM and the node has no boot disk (no
     /// ESP, no STATE, no slots to upgrade: it upgrades by being served a new version).
     Network {
@@ -94,7 +97,7 @@ impl Handoff {
     /// The boot disk and its partitions; `None` for a network boot.
     pub fn disk(&self) -> Option<(&Disk, &Partitions)> {
         match &self.source {
-            BootSource::Disk { disk, partitions } => Some((disk, partitions)),
+            BootSource::Disk { disk, partitions } => Some((disk, partitions.as_ref())),
             BootSource::Network { .. } => None,
         }
     }
@@ -244,13 +247,13 @@ mod tests {
             signer: "K".into(),
             source: BootSource::Disk {
                 disk: disk.clone(),
-                partitions: Partitions {
+                partitions: Box::new(Partitions {
                     esp: part(1, "ESP"),
                     slot: part(2, "KEEL-A"),
                     other_slot: Some(part(3, "KEEL-B")),
                     state: Some(part(4, "STATE")),
                     data: None,
-                },
+                }),
             },
             boot: BootAttempt {
                 entry: Some("keel-a.conf".into()),

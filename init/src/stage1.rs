@@ -314,7 +314,7 @@ fn boot_from_disk(
         slot,
         source: BootSource::Disk {
             disk: partitions.slot.disk.clone(),
-            partitions,
+            partitions: Box::new(partitions),
         },
         boot,
         manifest,

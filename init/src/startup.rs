@@ -121,6 +121,9 @@ fn data_and_history(
             log(&format!("warning: {p}"));
             warnings.push(p);
         }
+        None if handoff.disk().is_none() => {
+            log("no boot history: a diskless node's /var does not outlive a boot");
+        }
         None => log(&format!(
             "boot {boot} of this disk (history in {})",
             history::HISTORY

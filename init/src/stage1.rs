@@ -1,9 +1,9 @@
-//! Stage 1, in the initramfs: find the booted slot and its disk's partitions (or, with
-//! `keel.root=URL`, fetch the root into RAM and verify it whole: [`crate::netroot`]), count this boot
+//! Stage 1, in the initramfs: find the booted slot and its disk's partitions, count this boot
 //! (a blessed entry gets its counter back), verify the signed manifest with the baked keys,
 //! put dm-verity over the slot with the manifest's root hash, mount the squashfs and switch
 //! root into it. Nothing from the slot runs before its root hash is checked, and nothing is
-//! read from it before the boot is counted.
+//! read from it before the boot is counted. With `keel.root=URL` there is no disk: the root
+//! is fetched into RAM and verified whole before dm-verity goes over it ([`crate::netroot`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -26,6 +26,22 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     keel_contract::layout::efi::EFIVARFS_MODULE,
 ];
 
+/// With `pxe` among the formats, stage 1 may fetch the root over the network
+/// (`keel.root=`): the loop device the verified RAM copy is attached to, and the NIC drivers
+/// of VMs and common servers that need no firmware file to come up. Taken when the kernel has
+/// them as modules; each driver loads only for its device. Others go in
+/// `image.initramfs.modules`.
+pub const NETWORK_BOOT_MODULES: &[&str] = &[
+    "loop",
+    "virtio_net",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "r8169",
+];
+
 /// Paths inside the initramfs that the init reads (the contract).
 pub use keel_contract::layout::initramfs as paths;
 use keel_contract::layout::modules;
@@ -59,6 +75,8 @@ pub struct InitramfsSpec<'a> {
     pub profile: Option<&'a str>,
     /// Extra modules from the profile (required).
     pub extra_modules: &'a [String],
+    /// The image boots over the network too: [`NETWORK_BOOT_MODULES`].
+    pub network_boot: bool,
     pub mtime: u32,
 }
 
@@ -76,6 +94,9 @@ pub fn build(
 ) -> Result<Initramfs, InitramfsError> {
     let mut wanted: Vec<&str> = REQUIRED_MODULES.to_vec();
     wanted.extend(OPTIONAL_MODULES.iter().filter(|m| index.contains(m)));
+    if spec.network_boot {
+        wanted.extend(NETWORK_BOOT_MODULES.iter().filter(|m| index.contains(m)));
+    }
     wanted.extend(spec.extra_modules.iter().map(String::as_str));
     let order = index.load_order(&wanted)?;
 
@@ -211,6 +232,14 @@ mod tests {
                 ),
                 ("kernel/drivers/virtio/virtio.ko", ""),
                 ("kernel/fs/squashfs/not_shipped.ko", "\0alias=pci:v1*"),
+                (
+                    "kernel/drivers/block/loop.ko",
+                    "\0alias=devname:loop-control",
+                ),
+                (
+                    "kernel/drivers/net/virtio_net.ko",
+                    "virtio\0alias=virtio:d00000001v*",
+                ),
             ],
             &[],
         );
@@ -220,6 +249,7 @@ mod tests {
             trusted_keys: "keys",
             profile: Some("[node]\n"),
             extra_modules: &[],
+            network_boot: false,
             mtime: 5,
         };
         let out = build(&tree, &index, &spec).unwrap();
@@ -260,6 +290,31 @@ mod tests {
             build(&tree, &index, &spec).unwrap().bytes,
             out.bytes,
             "reproducible"
+        );
+        // A network-boot image also carries the loop device (always loaded) and the NIC
+        // drivers the kernel has (by device); a disk-only one does not.
+        assert!(!out.modules.iter().any(|m| m == "loop" || m == "virtio_net"));
+        let net = build(
+            &tree,
+            &index,
+            &InitramfsSpec {
+                network_boot: true,
+                ..spec
+            },
+        )
+        .unwrap();
+        assert!(net.modules.iter().any(|m| m == "loop"), "{:?}", net.modules);
+        assert!(
+            net.modules.iter().any(|m| m == "virtio_net"),
+            "{:?}",
+            net.modules
+        );
+        let load = cpio_file(&net.bytes, "etc/keel/modules.load");
+        assert!(load.contains("loop.ko"), "{load}");
+        assert!(!load.contains("virtio_net"), "{load}");
+        assert!(
+            cpio_file(&net.bytes, "usr/lib/modules/6.1.0-t/modules.alias")
+                .contains("alias virtio:d00000001v* virtio_net\n")
         );
         let extra = vec!["not_a_module".to_string()];
         let err = build(

@@ -91,7 +91,18 @@ pub struct VmConfig {
     pub disk_bus: DiskBus,
     /// The NIC's QEMU device model (default `virtio-net-pci`; `e1000e`, `e1000`, `rtl8139`).
     pub nic_model: String,
+    /// Boot from the network with no disk at all (`disk` is then unused).
+    pub network_boot: Option<NetworkBoot>,
     pub extra_args: Vec<String>,
+}
+
+/// A diskless network boot: the user network's DHCP offers `bootfile` and the NIC carries
+/// `romfile`, iPXE as its UEFI driver (Debian `ipxe-qemu`), as the first boot device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkBoot {
+    /// The URL DHCP hands out (`http://10.0.2.2:PORT/boot.ipxe`: the host is 10.0.2.2).
+    pub bootfile: String,
+    pub romfile: PathBuf,
 }
 
 /// How the boot disk is attached: the controllers of real machines and clouds.
@@ -159,6 +170,7 @@ impl VmConfig {
             no_reboot: false,
             disk_bus: DiskBus::default(),
             nic_model: "virtio-net-pci".to_owned(),
+            network_boot: None,
             extra_args: Vec::new(),
         }
     }
@@ -186,6 +198,11 @@ impl VmConfig {
         for (host, guest) in &self.forwards {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
+        let mut nic = format!("{},netdev=n0", self.nic_model);
+        if let Some(net) = &self.network_boot {
+            netdev.push_str(&format!(",bootfile={}", net.bootfile));
+            nic.push_str(&format!(",romfile={},bootindex=1", net.romfile.display()));
+        }
         cmd.args([
             "-machine",
             "q35",
@@ -211,28 +228,30 @@ impl VmConfig {
         .arg(format!(
             "if=pflash,format=raw,unit=1,file={}",
             self.vars_file().display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=none,id=disk0,format=raw,file={}",
-            self.disk.display()
-        ))
-        .args(self.disk_bus.device_args())
-        .args(["-netdev", &netdev, "-device"])
-        .arg(format!("{},netdev=n0", self.nic_model))
-        .args(["-device", "virtio-rng-pci"])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=serial0,path={},server=on,wait=off,logfile={}",
-            self.serial_socket().display(),
-            self.console_log().display()
-        ))
-        .args(["-serial", "chardev:serial0"])
-        .arg("-qmp")
-        .arg(format!(
-            "unix:{},server=on,wait=off",
-            self.qmp_socket().display()
         ));
+        if self.network_boot.is_none() {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=disk0,format=raw,file={}",
+                    self.disk.display()
+                ))
+                .args(self.disk_bus.device_args());
+        }
+        cmd.args(["-netdev", &netdev, "-device"])
+            .arg(nic)
+            .args(["-device", "virtio-rng-pci"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={}",
+                self.serial_socket().display(),
+                self.console_log().display()
+            ))
+            .args(["-serial", "chardev:serial0"])
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                self.qmp_socket().display()
+            ));
         for (name, file) in &self.fw_cfg {
             cmd.arg("-fw_cfg")
                 .arg(format!("name={name},file={}", file.display()));
@@ -380,5 +399,43 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_boot_has_no_disk_and_boots_the_nic_first() {
+        let ovmf = Ovmf {
+            code: "/c.fd".into(),
+            vars_template: "/v.fd".into(),
+        };
+        let args = |c: &VmConfig| -> String {
+            c.command(&ovmf)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut config = VmConfig::new("/d.raw", "/s");
+        assert!(args(&config).contains("file=/d.raw"));
+        config.network_boot = Some(NetworkBoot {
+            bootfile: "http://10.0.2.2:8080/boot.ipxe".into(),
+            romfile: "/usr/lib/ipxe/qemu/efi-virtio.rom".into(),
+        });
+        let line = args(&config);
+        assert!(!line.contains("disk0") && !line.contains("d.raw"), "{line}");
+        assert!(
+            line.contains("user,id=n0,bootfile=http://10.0.2.2:8080/boot.ipxe"),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "virtio-net-pci,netdev=n0,romfile=/usr/lib/ipxe/qemu/efi-virtio.rom,bootindex=1"
+            ),
+            "{line}"
+        );
     }
 }

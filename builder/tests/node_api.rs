@@ -173,6 +173,7 @@ fn status() -> Status {
         degraded: None,
         warnings: vec![],
         timeline: vec![],
+        diskless: None,
     }
 }
 

@@ -52,6 +52,25 @@ pub fn trusted_keys() -> Result<keel_minisign::TrustedKeys, String> {
         .map_err(|e| format!("{TRUSTED_KEYS}: {e}"))
 }
 
+/// Where this boot's root came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum BootSource {
+    /// A slot on a disk: the ESP, STATE and DATA beside it.
+    Disk {
+        disk: Disk,
+        partitions: Box<Partitions>,
+    },
+    /// `keel.root=URL`: the verified root is held in RAM and the node has no boot disk (no
+    /// ESP, no STATE, no slots to upgrade: it upgrades by being served a new version).
+    Network {
+        url: String,
+        /// Fetching and hashing `root.img`, and the RAM its copy holds.
+        fetch_seconds: f64,
+        ram_bytes: u64,
+    },
+}
+
 /// What stage 1 hands to stage 2, typed (JSON in /run, which stage 1 moves into the new root).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Handoff {
@@ -63,8 +82,8 @@ pub struct Handoff {
     pub root_hash: String,
     /// The key ID that signed the manifest.
     pub signer: String,
-    pub disk: Disk,
-    pub partitions: Partitions,
+    /// Where the root came from: a disk's slot, or the network (no disk at all).
+    pub source: BootSource,
     pub boot: BootAttempt,
     /// CLOCK_BOOTTIME when stage 1 started and when it handed over.
     pub stage1_start: f64,
@@ -75,6 +94,14 @@ pub struct Handoff {
 }
 
 impl Handoff {
+    /// The boot disk and its partitions; `None` for a network boot.
+    pub fn disk(&self) -> Option<(&Disk, &Partitions)> {
+        match &self.source {
+            BootSource::Disk { disk, partitions } => Some((disk, partitions.as_ref())),
+            BootSource::Network { .. } => None,
+        }
+    }
+
     pub fn write(&self) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(HANDOFF, bytes)
@@ -218,13 +245,15 @@ mod tests {
             arch: "x86_64".into(),
             root_hash: "ab".into(),
             signer: "K".into(),
-            disk: disk.clone(),
-            partitions: Partitions {
-                esp: part(1, "ESP"),
-                slot: part(2, "KEEL-A"),
-                other_slot: Some(part(3, "KEEL-B")),
-                state: Some(part(4, "STATE")),
-                data: None,
+            source: BootSource::Disk {
+                disk: disk.clone(),
+                partitions: Box::new(Partitions {
+                    esp: part(1, "ESP"),
+                    slot: part(2, "KEEL-A"),
+                    other_slot: Some(part(3, "KEEL-B")),
+                    state: Some(part(4, "STATE")),
+                    data: None,
+                }),
             },
             boot: BootAttempt {
                 entry: Some("keel-a.conf".into()),
@@ -243,5 +272,18 @@ mod tests {
         assert_eq!(serde_json::from_str::<Handoff>(&text).unwrap(), h);
         assert!(text.contains("\"slot\":\"a\""), "{text}");
         assert!(text.contains("\"step\":\"modules\""), "{text}");
+        assert!(h.disk().is_some());
+        let net = Handoff {
+            source: BootSource::Network {
+                url: "http://10.0.2.2:8080/root.img".into(),
+                fetch_seconds: 3.5,
+                ram_bytes: 300 << 20,
+            },
+            ..h
+        };
+        let text = serde_json::to_string(&net).unwrap();
+        assert_eq!(serde_json::from_str::<Handoff>(&text).unwrap(), net);
+        assert!(text.contains("\"kind\":\"network\""), "{text}");
+        assert!(net.disk().is_none());
     }
 }

@@ -35,6 +35,8 @@ pub struct BootFacts {
     pub boot: u64,
     pub rolled_back_from: Option<upgrade::RolledBack>,
     pub warnings: Vec<String>,
+    /// Set for a network boot: no disk, nothing to upgrade or roll back.
+    pub diskless: Option<keel_contract::api::Diskless>,
 }
 
 /// What the API reads and does; filled in by stage 2.
@@ -107,6 +109,14 @@ impl Node {
         }
     }
 
+    /// A diskless node has no slot to write or to go back to (409).
+    fn refuse_if_diskless(&self) -> Result<(), ApiError> {
+        match self.facts.diskless {
+            Some(_) => Err(ApiError::conflict(keel_contract::api::DISKLESS_UPGRADE)),
+            None => Ok(()),
+        }
+    }
+
     fn reboot_soon(&self, request: power::Request) {
         // After the reply has gone out.
         std::thread::spawn(move || {
@@ -174,10 +184,14 @@ impl NodeApi for Node {
             slot: self.identity.slot.to_string(),
             hostname: facts.hostname.clone(),
             addresses: facts.addresses.clone(),
-            slots: vec![
-                self.slot_info(boot.as_ref(), Slot::A),
-                self.slot_info(boot.as_ref(), Slot::B),
-            ],
+            slots: if facts.diskless.is_some() {
+                Vec::new()
+            } else {
+                vec![
+                    self.slot_info(boot.as_ref(), Slot::A),
+                    self.slot_info(boot.as_ref(), Slot::B),
+                ]
+            },
             services,
             boot: facts.boot,
             rolled_back_from: facts.rolled_back_from.as_ref().map(|r| r.from.clone()),
@@ -187,6 +201,7 @@ impl NodeApi for Node {
             degraded,
             warnings: facts.warnings.clone(),
             timeline: crate::timeline::BOOT.steps(),
+            diskless: facts.diskless.clone(),
         }
     }
 
@@ -208,6 +223,7 @@ impl NodeApi for Node {
     }
 
     fn upgrade_admissible(&self, force: bool) -> Result<(), ApiError> {
+        self.refuse_if_diskless()?;
         if self.busy.try_lock().is_err() {
             return Err(ApiError::conflict(
                 "an upgrade or rollback is already running",
@@ -227,6 +243,7 @@ impl NodeApi for Node {
         force: bool,
         reboot: bool,
     ) -> Result<UpgradeReport, ApiError> {
+        self.refuse_if_diskless()?;
         let _busy = self
             .busy
             .try_lock()
@@ -259,6 +276,7 @@ impl NodeApi for Node {
     }
 
     fn rollback(&self) -> Result<RollbackReport, ApiError> {
+        self.refuse_if_diskless()?;
         let _busy = self
             .busy
             .try_lock()
@@ -296,5 +314,45 @@ mod tests {
         assert_eq!(tail(&path, 2).unwrap(), "b\nc\n");
         assert_eq!(tail(&path, 10).unwrap(), "a\nb\nc\n");
         assert!(tail(&dir.path().join("none"), 1).is_err());
+    }
+
+    #[test]
+    fn a_diskless_node_refuses_upgrades_and_rollbacks_with_409_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity {
+            name: "keel".into(),
+            version: "1.0.0".into(),
+            arch: "x86_64".into(),
+            slot: Slot::A,
+        };
+        let facts = BootFacts {
+            diskless: Some(keel_contract::api::Diskless {
+                root_url: "http://10.0.2.2:8080/root.img".into(),
+                root_ram_bytes: 1 << 20,
+                fetch_ms: 10,
+            }),
+            ..BootFacts::default()
+        };
+        let p = dir.path().to_path_buf();
+        let node = Node::new(identity, facts, (p.clone(), p.clone(), p), None, |_| {});
+        for e in [
+            node.upgrade_admissible(false).unwrap_err(),
+            node.upgrade(&mut &b""[..], 0, false, false).unwrap_err(),
+            node.rollback().unwrap_err(),
+        ] {
+            assert_eq!(
+                e.kind,
+                keel_contract::api::ErrorKind::Conflict,
+                "{}",
+                e.message
+            );
+            assert!(e.message.contains("served a new version"), "{}", e.message);
+        }
+        let status = node.status();
+        assert!(status.slots.is_empty());
+        assert_eq!(
+            status.diskless.map(|d| d.root_url).as_deref(),
+            Some("http://10.0.2.2:8080/root.img")
+        );
     }
 }

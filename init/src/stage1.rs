@@ -2,7 +2,8 @@
 //! (a blessed entry gets its counter back), verify the signed manifest with the baked keys,
 //! put dm-verity over the slot with the manifest's root hash, mount the squashfs and switch
 //! root into it. Nothing from the slot runs before its root hash is checked, and nothing is
-//! read from it before the boot is counted.
+//! read from it before the boot is counted. With `keel.root=URL` there is no disk: the root
+//! is fetched into RAM and verified whole before dm-verity goes over it ([`crate::netroot`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,9 @@ use keel_contract::layout::{self, PartitionRole, Slot};
 use keel_contract::manifest::Manifest;
 use keel_minisign::{self as minisign, SignatureFile, TrustedKeys};
 
-use crate::bootinfo::{self, BootAttempt, Handoff, Partitions};
+use crate::bootinfo::{self, BootAttempt, BootSource, Handoff, Partitions};
 use crate::entries::{self, BootState, DiskStorage, Op};
-use crate::{block, console, hwmod, kmod, sys};
+use crate::{block, console, hwmod, kmod, netroot, sys};
 
 const ESP_MOUNT: &str = "/run/keel/esp";
 const SYSROOT: &str = "/sysroot";
@@ -240,25 +241,17 @@ impl HardwareModules {
     }
 }
 
-fn run() -> Result<Handoff, String> {
-    let started = sys::boottime();
-    let timeline = &crate::timeline::BOOT;
-    timeline.step("mounts", mount_early_filesystems)?;
-    console::line(&format!("init {} stage 1", crate::VERSION));
-    let cmdline = bootinfo::cmdline();
-    let slot = bootinfo::booted_slot(&cmdline).ok_or("no keel.slot= on the kernel command line")?;
-    console::line(&format!("booted slot {slot}"));
-    let (listed, mut drivers) = timeline
-        .step("modules", || {
-            let listed = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))?;
-            let drivers = HardwareModules::load(listed.files.clone());
-            Ok::<_, sys::SysError>((listed, drivers))
-        })
-        .map_err(|e| e.to_string())?;
-    let roots = block::Roots::default();
-    let partitions = timeline.step("disk", || {
-        find_partitions(&roots, slot, loader_partition(), &mut || drivers.poll())
-    })?;
+/// The verified root mounted at SYSROOT, and what stage 2 is told about it.
+struct Mounted {
+    slot: Slot,
+    source: BootSource,
+    boot: BootAttempt,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signer: String,
+}
+
+fn modules_line(listed: &kmod::Loaded, drivers: &HardwareModules) -> String {
     let skipped = if listed.not_for_this_machine.is_empty() {
         String::new()
     } else {
@@ -267,16 +260,35 @@ fn run() -> Result<Handoff, String> {
             listed.not_for_this_machine.join(", ")
         )
     };
-    console::line(&format!(
-        "{} modules loaded: {} always{skipped}, {} for the devices found: {}; slot {slot} is {}, ESP {}",
+    format!(
+        "{} modules loaded: {} always{skipped}, {} for the devices found: {}",
         listed.loaded + drivers.count,
         listed.loaded,
         drivers.count,
         drivers.summary(),
+    )
+}
+
+/// The slot named by `keel.slot=` on the boot disk: the boot counted, the manifest from the
+/// ESP verified, dm-verity over the slot, the squashfs mounted.
+fn boot_from_disk(
+    cmdline: &str,
+    roots: &block::Roots,
+    listed: &kmod::Loaded,
+    drivers: &mut HardwareModules,
+) -> Result<Mounted, String> {
+    let timeline = &crate::timeline::BOOT;
+    let slot = bootinfo::booted_slot(cmdline).ok_or("no keel.slot= on the kernel command line")?;
+    console::line(&format!("booted slot {slot}"));
+    let partitions = timeline.step("disk", || {
+        find_partitions(roots, slot, loader_partition(), &mut || drivers.poll())
+    })?;
+    console::line(&format!(
+        "{}; slot {slot} is {}, ESP {}",
+        modules_line(listed, drivers),
         partitions.slot.path.display(),
         partitions.esp.path.display()
     ));
-
     let (boot, manifest, manifest_bytes, signer) =
         timeline.step("esp", || read_esp(&partitions.esp.path, slot))?;
     if boot.last_resort {
@@ -284,7 +296,7 @@ fn run() -> Result<Handoff, String> {
         console::line(&format!("last resort: {LAST_RESORT}"));
     }
     let root_hash = manifest.root.verity.root_hash.to_hex();
-    if let Some(from_entry) = layout::cmdline::get(&cmdline, layout::cmdline::ROOTHASH)
+    if let Some(from_entry) = layout::cmdline::get(cmdline, layout::cmdline::ROOTHASH)
         && from_entry != root_hash
     {
         return Err(format!(
@@ -296,8 +308,103 @@ fn run() -> Result<Handoff, String> {
         manifest.name, manifest.version
     ));
     timeline.step("verity", || {
-        mount_verified_root(&roots, &partitions.slot.path, &manifest, boot.last_resort)
+        mount_verified_root(roots, &partitions.slot.path, &manifest, boot.last_resort)
     })?;
+    Ok(Mounted {
+        slot,
+        source: BootSource::Disk {
+            disk: partitions.slot.disk.clone(),
+            partitions: Box::new(partitions),
+        },
+        boot,
+        manifest,
+        manifest_bytes,
+        signer,
+    })
+}
+
+/// `keel.root=URL`: the root fetched into RAM and verified whole before dm-verity goes over
+/// it (see [`netroot`]). There is no disk, so no boot to count: a failure reboots, and iPXE
+/// fetches everything again.
+fn boot_from_network(
+    url: &str,
+    cmdline: &str,
+    roots: &block::Roots,
+    listed: &kmod::Loaded,
+    drivers: &mut HardwareModules,
+) -> Result<Mounted, String> {
+    let timeline = &crate::timeline::BOOT;
+    console::line(&format!("network boot: {url} (no disk)"));
+    let fetched = timeline
+        .step("fetch", || {
+            netroot::fetch(
+                url,
+                layout::cmdline::get(cmdline, layout::cmdline::ROOTHASH),
+                INITRAMFS_KEYS,
+                &mut || drivers.poll(),
+                &|m| console::line(m),
+            )
+        })
+        .map_err(|e| e.to_string())?;
+    console::line(&modules_line(listed, drivers));
+    let manifest = fetched.manifest;
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    console::line(&format!(
+        "manifest {} {} verified (key ID {}); root hash {}; root.img {:.1} MiB fetched and its SHA-256 verified in {:.2}s ({:.1} MiB/s), holding {:.1} MiB of RAM on {}",
+        manifest.name,
+        manifest.version,
+        fetched.signer,
+        manifest.root.verity.root_hash.to_hex(),
+        mib(manifest.slot_payload.size),
+        fetched.seconds,
+        mib(manifest.slot_payload.size) / fetched.seconds.max(0.001),
+        mib(fetched.ram_bytes),
+        fetched.device.display()
+    ));
+    timeline.step("verity", || {
+        mount_verified_root(roots, &fetched.device, &manifest, false)
+    })?;
+    Ok(Mounted {
+        // A network root is a slot payload too; it is called slot A (there is no B).
+        slot: Slot::A,
+        source: BootSource::Network {
+            url: url.to_owned(),
+            fetch_seconds: fetched.seconds,
+            ram_bytes: fetched.ram_bytes,
+        },
+        boot: BootAttempt::default(),
+        manifest,
+        manifest_bytes: fetched.manifest_bytes,
+        signer: fetched.signer,
+    })
+}
+
+fn run() -> Result<Handoff, String> {
+    let started = sys::boottime();
+    let timeline = &crate::timeline::BOOT;
+    timeline.step("mounts", mount_early_filesystems)?;
+    console::line(&format!("init {} stage 1", crate::VERSION));
+    let cmdline = bootinfo::cmdline();
+    let (listed, mut drivers) = timeline
+        .step("modules", || {
+            let listed = kmod::load_list(Path::new(MODULES_LOAD), &|m| console::line(m))?;
+            let drivers = HardwareModules::load(listed.files.clone());
+            Ok::<_, sys::SysError>((listed, drivers))
+        })
+        .map_err(|e| e.to_string())?;
+    let roots = block::Roots::default();
+    let mounted = match netroot::root_url(&cmdline) {
+        Some(url) => boot_from_network(url, &cmdline, &roots, &listed, &mut drivers)?,
+        None => boot_from_disk(&cmdline, &roots, &listed, &mut drivers)?,
+    };
+    let Mounted {
+        slot,
+        source,
+        boot,
+        manifest,
+        manifest_bytes,
+        signer,
+    } = mounted;
     let handing_over = sys::boottime();
 
     // What stage 2 needs from the initramfs, which is about to go away.
@@ -320,10 +427,9 @@ fn run() -> Result<Handoff, String> {
             .map_err(|e| format!("manifest version {:?}: {e}", manifest.version))?,
         name: manifest.name.clone(),
         arch: manifest.arch.clone(),
-        root_hash,
+        root_hash: manifest.root.verity.root_hash.to_hex(),
         signer,
-        disk: partitions.slot.disk.clone(),
-        partitions,
+        source,
         boot,
         stage1_start: started,
         stage1_end: sys::boottime(),

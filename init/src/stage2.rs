@@ -19,12 +19,11 @@ use keel_contract::secrets::NodeSecrets;
 
 use crate::bootinfo::{self, Handoff};
 use crate::deadline::{self, BootDeadline};
-use crate::entries::{self, BootState, DiskStorage};
 use crate::supervisor::{Reaper, Supervisor};
 use crate::timeline::BOOT;
 use crate::{
-    config, console, hwmod, install, kmod, mounts, net, node_api, power, services, startup, sys,
-    testhooks, upgrade, watchdog,
+    config, console, hwmod, install, kmod, mounts, net, node_api, power, services, startup,
+    storage, sys, testhooks, upgrade, watchdog,
 };
 
 /// Modules stage 2 loads from the root on every machine, when the kernel has them as
@@ -47,8 +46,6 @@ const MODULES: &[&str] = &[
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const ESP: &str = layout::root::ESP_MOUNT;
 const STATE: &str = layout::root::STATE_MOUNT;
-/// Where the node keeps its state when STATE is not there (lost at the next boot).
-const STATE_FALLBACK: &str = "/run/keel/state";
 
 fn log(line: &str) {
     console::line(line);
@@ -95,86 +92,9 @@ fn system_basics(handoff: &Handoff) -> Result<(), String> {
         log(&format!("warning: {e} (no firmware timing information)"));
     }
     power::watch_power_button(log);
-    mounts::fat(&handoff.partitions.esp.path.display().to_string(), ESP)
-        .map_err(|e| e.to_string())?;
+    storage::mount_esp(handoff)?;
     Reaper::global().map_err(|e| format!("reaper: {e}"))?;
     Ok(())
-}
-
-/// STATE at /state, or a directory in /run when there is none (the node then forgets its
-/// configuration at the next boot, and says so).
-fn mount_state(handoff: &Handoff, warnings: &mut Vec<String>) -> Result<PathBuf, String> {
-    let mounted = match &handoff.partitions.state {
-        Some(state) => mounts::fat(&state.path.display().to_string(), STATE)
-            .map_err(|e| format!("STATE: {e}"))
-            .and_then(|()| {
-                // The builder marks Keel's STATE; anything else is not ours to write.
-                layout::on_volume(Path::new(STATE), layout::state::MARKER)
-                    .exists()
-                    .then_some(())
-                    .ok_or_else(|| format!("STATE has no {}", layout::state::MARKER))
-            }),
-        None => Err("no STATE partition".to_owned()),
-    };
-    match mounted {
-        Ok(()) => Ok(PathBuf::from(STATE)),
-        Err(e) => {
-            warn(
-                warnings,
-                format!(
-                    "{e}: the applied profile and the upgrade journal will not survive a reboot"
-                ),
-            );
-            sys::mkdir_p(STATE_FALLBACK, 0o700).map_err(|e| e.to_string())?;
-            Ok(PathBuf::from(STATE_FALLBACK))
-        }
-    }
-}
-
-/// Finishes what an interrupted upgrade left on the ESP (see [`BootState::recover`]) and
-/// tells whether this boot is a rollback.
-fn settle_boot_entries(
-    handoff: &Handoff,
-    state_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Option<upgrade::RolledBack> {
-    let mut storage = DiskStorage {
-        esp: PathBuf::from(ESP),
-        state: Some(state_dir.to_path_buf()),
-    };
-    let mut boot = match BootState::load(&storage) {
-        Ok(b) => b,
-        Err(e) => {
-            warn(warnings, format!("reading the boot entries: {e}"));
-            return None;
-        }
-    };
-    let ops = boot.recover(handoff.slot);
-    if !ops.is_empty() {
-        for op in &ops {
-            log(&format!("boot entries: {op}"));
-        }
-        if let Err(e) = entries::apply(&ops, &mut storage) {
-            warn(warnings, format!("tidying the boot entries: {e}"));
-        }
-        boot = boot.after_all(&ops);
-    }
-    if let Some(why) = boot.invalid(handoff.slot.other()) {
-        log(&format!("slot {}: {why}", handoff.slot.other()));
-    }
-    let rolled_back = upgrade::detect_rollback(&boot, state_dir, handoff.slot, &handoff.version);
-    match &rolled_back {
-        Some(r) if r.requested => log(&format!(
-            "rolled back from {} as requested: {} runs again",
-            r.from, handoff.version
-        )),
-        Some(r) => log(&format!(
-            "rolled back from {}: it failed to boot, {} runs again",
-            r.from, handoff.version
-        )),
-        None => {}
-    }
-    rolled_back
 }
 
 /// The node's configuration: a boot-time source (fw_cfg, `keel.config=` URL, config drive),
@@ -240,6 +160,22 @@ fn node_config(state: &Path) -> Result<(config::NodeConfig, Option<net::NetState
         log(note);
     }
     Ok((cfg, early_net))
+}
+
+/// What a network-booted node tells its status: where its root came from and what it holds.
+fn diskless(handoff: &Handoff) -> Option<keel_contract::api::Diskless> {
+    match &handoff.source {
+        bootinfo::BootSource::Network {
+            url,
+            fetch_seconds,
+            ram_bytes,
+        } => Some(keel_contract::api::Diskless {
+            root_url: url.clone(),
+            root_ram_bytes: *ram_bytes,
+            fetch_ms: (fetch_seconds * 1000.0) as u64,
+        }),
+        bootinfo::BootSource::Disk { .. } => None,
+    }
 }
 
 fn status_line(supervisors: &[Arc<Supervisor>], net: &net::NetState, hostname: &str) -> String {
@@ -395,30 +331,7 @@ fn start_services(
 /// how long it took.
 fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline, boot: u64) {
     crate::testhooks::pause_at("bless");
-    let mut storage = DiskStorage {
-        esp: PathBuf::from(ESP),
-        state: Some(state_dir.to_path_buf()),
-    };
-    let blessed = BOOT.step("bless", || {
-        BootState::load(&storage)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                let current = b.slot(handoff.slot).entry;
-                let ops = b.bless(handoff.slot).map_err(|e| e.to_string())?;
-                entries::apply(&ops, &mut storage).map_err(|e| e.to_string())?;
-                Ok((current, ops.is_empty()))
-            })
-    });
-    match blessed {
-        Ok((Some(entry), true)) => log(&format!("{} already blessed", entry.file_name())),
-        Ok((Some(entry), false)) => log(&format!(
-            "blessed {} -> {}",
-            entry.file_name(),
-            layout::EntryName::blessed(handoff.slot).file_name()
-        )),
-        Ok((None, _)) => {}
-        Err(e) => log(&format!("warning: could not bless the boot entry: {e}")),
-    }
+    storage::bless(handoff, state_dir);
     deadline.passed();
     let now = sys::boottime();
     let firmware = bootinfo::firmware_and_loader_seconds().map(|f| f + handoff.stage1_start);
@@ -493,11 +406,11 @@ fn run() -> Result<std::convert::Infallible, String> {
     ));
     BOOT.step("basics", || system_basics(&handoff))?;
     let mut warnings = Vec::new();
-    let state_dir = BOOT.step("state", || mount_state(&handoff, &mut warnings))?;
+    let state_dir = BOOT.step("state", || storage::mount_state(&handoff, &mut warnings))?;
     // From here DATA, the host and containerd go on beside the main thread (`startup`).
     let background = startup::Background::spawn(&handoff, &state_dir)?;
     let rolled_back_from = BOOT.step("entries", || {
-        settle_boot_entries(&handoff, &state_dir, &mut warnings)
+        storage::settle_boot_entries(&handoff, &state_dir, &mut warnings)
     });
     let (cfg, early_net) = BOOT.step("config", || node_config(&state_dir))?;
     deadline.set_secs(cfg.node.boot_deadline_secs);
@@ -511,9 +424,19 @@ fn run() -> Result<std::convert::Infallible, String> {
         warn(&mut warnings, w.clone());
     }
     let (net_state, hostname) = BOOT.step("network", || startup::network(&cfg.node, early_net))?;
-    let target = upgrade::Target::of_running(&handoff, Path::new(ESP), &state_dir)
-        .map_err(|e| log(&format!("upgrades: off: {e}")))
-        .ok();
+    let diskless = diskless(&handoff);
+    let target = match diskless {
+        Some(_) => {
+            log(&format!(
+                "upgrades: off: {}",
+                keel_contract::api::DISKLESS_UPGRADE
+            ));
+            None
+        }
+        None => upgrade::Target::of_running(&handoff, Path::new(ESP), &state_dir)
+            .map_err(|e| log(&format!("upgrades: off: {e}")))
+            .ok(),
+    };
     let var = background.var();
     warnings.extend(var.warnings);
     let facts = node_api::BootFacts {
@@ -526,6 +449,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         boot: *var.boot.as_ref().unwrap_or(&0),
         rolled_back_from,
         warnings,
+        diskless,
     };
     let identity = node_api::Identity {
         name: handoff.name.clone(),

@@ -102,7 +102,10 @@ fn data_and_history(
     state_dir: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<u64, var::Unavailable> {
-    let mounted = var::mount(&handoff.disk, state_dir, VAR_TIMEOUT, &|m| log(m))?;
+    let mounted = match handoff.disk() {
+        Some((disk, _)) => var::mount(disk, state_dir, VAR_TIMEOUT, &|m| log(m))?,
+        None => var::mount_tmpfs(&|m| log(m))?,
+    };
     if let Some(note) = mounted.note {
         warnings.push(note);
     }
@@ -117,6 +120,9 @@ fn data_and_history(
         Some(p) => {
             log(&format!("warning: {p}"));
             warnings.push(p);
+        }
+        None if handoff.disk().is_none() => {
+            log("no boot history: a diskless node's /var does not outlive a boot");
         }
         None => log(&format!(
             "boot {boot} of this disk (history in {})",

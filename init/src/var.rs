@@ -171,6 +171,28 @@ pub fn mount(
     Ok(Mounted { device, note })
 }
 
+/// `/var` of a diskless node: a tmpfs (at most half the RAM, the kernel's default), lost at
+/// power-off. A data disk for diskless nodes is not built yet: the profile cannot name one.
+pub fn mount_tmpfs(log: &dyn Fn(&str)) -> Result<Mounted, Unavailable> {
+    let fail = |e: String| Unavailable(e);
+    sys::mount(
+        "tmpfs",
+        "/var",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(|e| fail(format!("mounting a tmpfs at /var: {e}")))?;
+    for dir in [services::LOG_DIR, "/var/lib/keel", "/var/lib/containerd"] {
+        sys::mkdir_p(dir, 0o755).map_err(|e| fail(e.to_string()))?;
+    }
+    log("/var on tmpfs (diskless: nothing on it survives a reboot)");
+    Ok(Mounted {
+        device: PathBuf::from("tmpfs"),
+        note: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,11 +3,25 @@
 //! neither captures nor breaks the boot: stage 1 takes its partitions from the disk
 //! systemd-boot booted from (`LoaderDevicePartUUID`), not from the first disk carrying the
 //! labels. One boot serves both (the suite shares boots where it can).
+//!
+//! The other disk's build also writes the `pxe` format, and the same test then boots it over
+//! the network with no disk at all (issue 14): iPXE in the NIC's ROM, `keel serve`'s files,
+//! stage 1 fetching `root.img` into RAM and verifying it before dm-verity, to ready. A second
+//! network boot serves a `root.img` with one flipped byte, which stage 1 must refuse, naming
+//! the SHA-256, before anything is mounted. Two boots beside the disk boot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
-use keel_vm_tests::{Machine, build, extra_disk_args, stock_image, test_dir, vm_disk};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use keel_builder::pxe::serve::{Server, Site};
+use keel_builder::qemu::NetworkBoot;
+use keel_vm_tests::{
+    Machine, build, derived_profile, extra_disk_args, flip_byte, stock_image, test_dir, vm_disk,
+};
 
 const BOOT: Duration = Duration::from_secs(300);
 
@@ -19,7 +33,7 @@ fn ovmf_boots_the_image_into_our_init_from_its_own_disk_beside_another_keel_disk
     // differs, so the console shows which one booted.
     let secret = public.with_file_name(keel_builder::keys::SECRET_FILE);
     let other = dir.join("other");
-    let profile = keel_vm_tests::workspace_root().join("profiles/worker.toml");
+    let profile = derived_profile(&dir, "worker", "[image]\nformats = [\"raw\", \"pxe\"]\n");
     let report = build(&profile, &other, &secret, Some("1.0.1"), 1_700_000_000);
     assert_eq!(report.manifest.version, "1.0.1");
 
@@ -58,4 +72,83 @@ fn ovmf_boots_the_image_into_our_init_from_its_own_disk_beside_another_keel_disk
         vm.fail("stages 1 and 2 say which drivers the devices asked for (the NIC's included)");
     }
     vm.kill();
+
+    network_boot(&other.join("pxe"), &dir.join("pxe"));
+}
+
+const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+
+/// `keel serve` for `pxe_dir`, in this process, on a free port of 127.0.0.1 (10.0.2.2 to the
+/// guest); returns the bootfile URL.
+fn serve(pxe_dir: &Path) -> String {
+    let site = Site::load(&[pxe_dir.to_path_buf()], None).unwrap();
+    let server = Server::bind(site, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || server.run(Arc::new(|line: &str| eprintln!("serve: {line}"))));
+    format!("http://10.0.2.2:{port}/boot.ipxe")
+}
+
+fn diskless(name: &str, pxe_dir: &Path, vm_dir: &Path) -> Machine {
+    let bootfile = serve(pxe_dir);
+    Machine::start(name, Path::new("/nonexistent"), vm_dir, |c| {
+        // The root (squashfs and hash tree) lives in RAM beside /var.
+        c.memory_mib = 2048;
+        c.network_boot = Some(NetworkBoot {
+            bootfile,
+            romfile: PathBuf::from(IPXE_ROM),
+        });
+    })
+}
+
+fn network_boot(pxe_dir: &Path, dir: &Path) {
+    let started = Instant::now();
+    let mut vm = diskless("pxe", pxe_dir, &dir.join("vm"));
+    vm.expect("network boot: http://10.0.2.2:", Duration::from_secs(240));
+    let fetched = vm.expect("keel-worker 1.0.1 verified", BOOT);
+    if !fetched.contains("network: DHCP lease") || !fetched.contains("root.img: ") {
+        vm.fail("stage 1 brings up DHCP and shows the fetch's progress");
+    }
+    let line = vm.expect(" MiB of RAM on /dev/loop", Duration::from_secs(10));
+    vm.expect("keel: ready", BOOT);
+    let log = vm.console_log();
+    for needed in [
+        "diskless (root from http://10.0.2.2:",
+        "/var on tmpfs",
+        "upgrades: off: this node booted from the network",
+    ] {
+        if !log.contains(needed) {
+            vm.fail(&format!("stage 2 of a diskless node says {needed:?}"));
+        }
+    }
+    if log.contains("keel.slot=") || log.contains("boot disk ") {
+        vm.fail("a network boot has no slot and no boot disk");
+    }
+    eprintln!(
+        "pxe: power-on to ready in {:.1}s; {}",
+        started.elapsed().as_secs_f64(),
+        line.lines().last().unwrap_or_default().trim()
+    );
+    vm.kill();
+
+    // The same files, root.img with one byte flipped in the middle.
+    let tampered = dir.join("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    for entry in std::fs::read_dir(pxe_dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tampered.join(entry.file_name())).unwrap();
+    }
+    let root = tampered.join(keel_contract::output::pxe::ROOT);
+    flip_byte(&root, std::fs::metadata(&root).unwrap().len() / 2);
+    let mut vm = diskless("pxe-tampered", &tampered, &dir.join("vm-tampered"));
+    let before = vm.expect("the signed manifest's slot_payload has", BOOT);
+    if !before.contains("SHA-256") {
+        vm.fail("the refusal names the SHA-256 that did not match");
+    }
+    vm.expect("rebooting in", Duration::from_secs(30));
+    let log = vm.console_log();
+    if log.contains("switching to") || log.contains("loop0") {
+        vm.fail("nothing of a root.img that did not verify may be attached or mounted");
+    }
+    vm.kill();
+    let _ = std::fs::remove_dir_all(&tampered);
 }

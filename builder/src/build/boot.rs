@@ -96,6 +96,12 @@ pub(super) fn initramfs(
             trusted_keys: &trusted_text,
             profile: Some(&baked),
             extra_modules: &prepared.loaded.profile.image.initramfs.modules,
+            network_boot: prepared
+                .loaded
+                .profile
+                .image
+                .formats
+                .contains(&keel_contract::profile::OutputFormat::Pxe),
             mtime,
         },
     )?;

@@ -303,13 +303,16 @@ pub fn format_certificates(expiry: &crate::node::CertificateExpiry, now: i64) ->
 
 pub fn format_status(s: &Status) -> String {
     let dash = || "-".to_owned();
+    let boot = match &s.diskless {
+        Some(_) => "from the network, no disk".to_owned(),
+        None => format!("{} of this disk", s.boot),
+    };
     let mut out = format!(
-        "node       {} ({} {}, slot {})\nboot       {} of this disk, up {}\naddresses  {}\n",
+        "node       {} ({} {}, slot {})\nboot       {boot}, up {}\naddresses  {}\n",
         s.hostname,
         s.name,
         s.version,
         s.slot,
-        s.boot,
         format_uptime(s.uptime_secs),
         if s.addresses.is_empty() {
             dash()
@@ -317,6 +320,14 @@ pub fn format_status(s: &Status) -> String {
             s.addresses.join(" ")
         }
     );
+    if let Some(d) = &s.diskless {
+        out.push_str(&format!(
+            "diskless   root from {} in RAM ({:.1} MiB, fetched and verified in {:.1}s); /var on tmpfs; upgrades by serving a new version\n",
+            d.root_url,
+            d.root_ram_bytes as f64 / f64::from(1 << 20),
+            d.fetch_ms as f64 / 1000.0
+        ));
+    }
     if let Some(from) = &s.rolled_back_from {
         let why = if s.rollback_requested {
             "as requested"
@@ -361,11 +372,14 @@ pub fn format_status(s: &Status) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(
-        &["SLOT", "VERSION", "BOOT ENTRY", "HEALTHY", "NOTE"],
-        &slots,
-    ));
-    out.push('\n');
+    // A diskless node has no slots.
+    if !slots.is_empty() {
+        out.push_str(&table(
+            &["SLOT", "VERSION", "BOOT ENTRY", "HEALTHY", "NOTE"],
+            &slots,
+        ));
+        out.push('\n');
+    }
     let services: Vec<Vec<String>> = s
         .services
         .iter()
@@ -449,6 +463,7 @@ mod tests {
             degraded: None,
             warnings: vec![],
             timeline: vec![],
+            diskless: None,
         };
         let text = format_status(&status);
         let expected = "\
@@ -493,6 +508,25 @@ etcd        backoff  3         -    exited with 1
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }
+
+        // A diskless node says so, and has no slot table.
+        let mut diskless = status.clone();
+        diskless.slots = vec![];
+        diskless.diskless = Some(keel_contract::api::Diskless {
+            root_url: "http://10.0.2.2:8080/root.img".into(),
+            root_ram_bytes: 300 << 20,
+            fetch_ms: 4200,
+        });
+        let text = format_status(&diskless);
+        assert!(
+            text.contains("boot       from the network, no disk, up 2h 05m\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("diskless   root from http://10.0.2.2:8080/root.img in RAM (300.0 MiB, fetched and verified in 4.2s)"),
+            "{text}"
+        );
+        assert!(!text.contains("SLOT"), "{text}");
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl NodeApi for Fake {
             degraded: None,
             warnings: vec![],
             timeline: vec![],
+            diskless: None,
         }
     }
     fn logs(&self, service: &str, lines: usize) -> Result<String, ApiError> {

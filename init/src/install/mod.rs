@@ -76,13 +76,18 @@ pub fn run(
     before_writing: &dyn Fn(),
     log: &dyn Fn(&str),
 ) -> Outcome {
+    let Some((boot_disk, _)) = running.handoff.disk() else {
+        return Outcome::Refused(
+            "this node booted from the network and has no boot disk to install from: installing over PXE is not built yet (issue 14)".into(),
+        );
+    };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let roots = Roots::default();
     let disks = match disks::inventory(&roots, &mountinfo) {
         Ok(d) => d,
         Err(e) => return Outcome::Refused(format!("listing the disks: {e}")),
     };
-    let boot_name = &running.handoff.disk.name;
+    let boot_name = &boot_disk.name;
     match disks.iter().find(|d| &d.disk.name == boot_name) {
         Some(boot) if !boot.removable && !boot.usb => {
             return Outcome::Installed(boot.describe());
@@ -148,8 +153,9 @@ fn install_onto(
     log: &dyn Fn(&str),
 ) -> Result<(), String> {
     let h = running.handoff;
+    let (boot_disk, partitions) = h.disk().ok_or("no boot disk")?;
     let (manifest, manifest_bytes, signature) = running_manifest(running)?;
-    let boot_table = read_table(&h.disk.path)?;
+    let boot_table = read_table(&boot_disk.path)?;
     // The disk's and its four partitions' GUIDs: random, so two installs never share them.
     let mut guids = fresh_guids(5)
         .map_err(|e| format!("/dev/urandom: {e}"))?
@@ -159,7 +165,7 @@ fn install_onto(
         .map_err(|e| e.to_string())?;
     let source = write::Source {
         slot: h.slot,
-        slot_device: &h.partitions.slot.path,
+        slot_device: &partitions.slot.path,
         esp: running.esp,
         state: running.state,
         manifest: &manifest,

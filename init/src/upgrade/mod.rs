@@ -95,10 +95,13 @@ impl Target {
         esp: &std::path::Path,
         state: &std::path::Path,
     ) -> Result<Target, String> {
-        let other =
-            handoff.partitions.other_slot.as_ref().ok_or_else(|| {
-                format!("no {} partition", handoff.slot.other().partition().label())
-            })?;
+        let (_, partitions) = handoff
+            .disk()
+            .ok_or("booted from the network: no disk to write a slot to")?;
+        let other = partitions
+            .other_slot
+            .as_ref()
+            .ok_or_else(|| format!("no {} partition", handoff.slot.other().partition().label()))?;
         let file = std::fs::File::open(&other.path)
             .map_err(|e| format!("{}: {e}", other.path.display()))?;
         let size = crate::block::device_size(&file, &other.path).map_err(|e| e.to_string())?;

@@ -129,7 +129,26 @@ pub struct Status {
     /// steps that overlap ran in parallel. Empty from a node whose init does not record them.
     #[serde(default)]
     pub timeline: Vec<BootStep>,
+    /// Set when the node booted from the network (`keel.root=`) and runs from RAM with no
+    /// boot disk: no slots or boot entries, `/var` on tmpfs, upgrades refused. Absent from a
+    /// disk-booted node and from nodes older than network boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diskless: Option<Diskless>,
 }
+
+/// How a diskless node got its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diskless {
+    /// The `root.img` URL it booted from.
+    pub root_url: String,
+    /// The RAM its verified copy of the root holds.
+    pub root_ram_bytes: u64,
+    /// Fetching and verifying it, in milliseconds.
+    pub fetch_ms: u64,
+}
+
+/// Why a diskless node refuses an upgrade or a rollback (409).
+pub const DISKLESS_UPGRADE: &str = "this node booted from the network and has no disk to write a slot to: a diskless node upgrades by being served a new version and rebooted";
 
 /// One step of the init at this boot: when it started and ended, in milliseconds of
 /// `CLOCK_BOOTTIME` (since the kernel started).
@@ -750,6 +769,7 @@ mod tests {
             degraded: None,
             warnings: vec![],
             timeline: steps.to_vec(),
+            diskless: None,
         })
         .unwrap();
         json.as_object_mut().unwrap().remove("timeline");
@@ -792,6 +812,11 @@ mod tests {
                 start_ms: 810,
                 end_ms: 1954,
             }],
+            diskless: Some(Diskless {
+                root_url: "http://10.0.2.2:8080/root.img".into(),
+                root_ram_bytes: 300 << 20,
+                fetch_ms: 4200,
+            }),
         };
         let json = serde_json::to_value(&status).unwrap();
         for key in [
@@ -817,6 +842,12 @@ mod tests {
         assert_eq!(json["timeline"][0]["end_ms"], 1954);
         assert_eq!(json["slots"][0]["entry"], "keel-a.conf");
         assert_eq!(json["services"][0]["pid"], 42);
+        assert_eq!(
+            json["diskless"]["root_url"],
+            "http://10.0.2.2:8080/root.img"
+        );
+        assert_eq!(json["diskless"]["root_ram_bytes"], 300 << 20);
+        assert_eq!(json["diskless"]["fetch_ms"], 4200);
         let back: Status = serde_json::from_value(json).unwrap();
         assert_eq!(back, status);
     }

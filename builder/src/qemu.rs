@@ -91,6 +91,9 @@ pub struct VmConfig {
     pub disk_bus: DiskBus,
     /// The NIC's QEMU device model (default `virtio-net-pci`; `e1000e`, `e1000`, `rtl8139`).
     pub nic_model: String,
+    /// The NIC's MAC address (`52:54:00:12:34:56`, QEMU's default, when `None`): what a PXE
+    /// server tells nodes apart by.
+    pub mac: Option<String>,
     /// Boot from the network with no disk at all (`disk` is then unused).
     pub network_boot: Option<NetworkBoot>,
     pub extra_args: Vec<String>,
@@ -170,6 +173,7 @@ impl VmConfig {
             no_reboot: false,
             disk_bus: DiskBus::default(),
             nic_model: "virtio-net-pci".to_owned(),
+            mac: None,
             network_boot: None,
             extra_args: Vec::new(),
         }
@@ -199,6 +203,9 @@ impl VmConfig {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         let mut nic = format!("{},netdev=n0", self.nic_model);
+        if let Some(mac) = &self.mac {
+            nic.push_str(&format!(",mac={mac}"));
+        }
         if let Some(net) = &self.network_boot {
             netdev.push_str(&format!(",bootfile={}", net.bootfile));
             nic.push_str(&format!(",romfile={},bootindex=1", net.romfile.display()));
@@ -425,6 +432,7 @@ mod tests {
             bootfile: "http://10.0.2.2:8080/boot.ipxe".into(),
             romfile: "/usr/lib/ipxe/qemu/efi-virtio.rom".into(),
         });
+        config.mac = Some("52:54:00:12:34:0b".into());
         let line = args(&config);
         assert!(!line.contains("disk0") && !line.contains("d.raw"), "{line}");
         assert!(
@@ -433,7 +441,7 @@ mod tests {
         );
         assert!(
             line.contains(
-                "virtio-net-pci,netdev=n0,romfile=/usr/lib/ipxe/qemu/efi-virtio.rom,bootindex=1"
+                "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:0b,romfile=/usr/lib/ipxe/qemu/efi-virtio.rom,bootindex=1"
             ),
             "{line}"
         );

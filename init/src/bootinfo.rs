@@ -68,6 +68,9 @@ pub enum BootSource {
         /// Fetching and hashing `root.img`, and the RAM its copy holds.
         fetch_seconds: f64,
         ram_bytes: u64,
+        /// The read-only loop device over the verified bytes in RAM (what dm-verity reads,
+        /// and what an installing node copies into its disk's slot).
+        device: std::path::PathBuf,
     },
 }
 
@@ -278,6 +281,7 @@ mod tests {
                 url: "http://10.0.2.2:8080/root.img".into(),
                 fetch_seconds: 3.5,
                 ram_bytes: 300 << 20,
+                device: "/dev/loop0".into(),
             },
             ..h
         };

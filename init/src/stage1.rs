@@ -371,6 +371,7 @@ fn boot_from_network(
             url: url.to_owned(),
             fetch_seconds: fetched.seconds,
             ram_bytes: fetched.ram_bytes,
+            device: fetched.device.clone(),
         },
         boot: BootAttempt::default(),
         manifest,

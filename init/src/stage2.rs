@@ -169,6 +169,7 @@ fn diskless(handoff: &Handoff) -> Option<keel_contract::api::Diskless> {
             url,
             fetch_seconds,
             ram_bytes,
+            ..
         } => Some(keel_contract::api::Diskless {
             root_url: url.clone(),
             root_ram_bytes: *ram_bytes,

@@ -5,10 +5,17 @@
 //! labels. One boot serves both (the suite shares boots where it can).
 //!
 //! The other disk's build also writes the `pxe` format, and the same test then boots it over
-//! the network with no disk at all (issue 14): iPXE in the NIC's ROM, `keel serve`'s files,
-//! stage 1 fetching `root.img` into RAM and verifying it before dm-verity, to ready. A second
-//! network boot serves a `root.img` with one flipped byte, which stage 1 must refuse, naming
-//! the SHA-256, before anything is mounted. Two boots beside the disk boot.
+//! the network (issue 14): iPXE in the NIC's ROM, `keel serve`'s files and per-MAC profiles
+//! (signed), stage 1 fetching `root.img` into RAM and verifying it before dm-verity.
+//! - Machine A (no disk at all) runs from RAM to ready with the host name its MAC's profile
+//!   gives.
+//! - Machine B (another MAC, a blank NVMe disk) gets a profile with `[node.install]`: it
+//!   installs onto the disk through the same installer as a USB stick, sets BootNext, reboots,
+//!   and comes up from the disk (no second network boot) with its own host name.
+//! - A third network boot serves a `root.img` with one flipped byte, which stage 1 must
+//!   refuse, naming the SHA-256, before anything is mounted.
+//!
+//! Three network boots beside the disk boot, all of one build.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -20,7 +27,8 @@ use std::time::Instant;
 use keel_builder::pxe::serve::{Server, Site};
 use keel_builder::qemu::NetworkBoot;
 use keel_vm_tests::{
-    Machine, build, derived_profile, extra_disk_args, flip_byte, stock_image, test_dir, vm_disk,
+    Machine, build, derived_profile, extra_disk_args, flip_byte, sign_text, stock_image, test_dir,
+    vm_disk,
 };
 
 const BOOT: Duration = Duration::from_secs(300);
@@ -73,36 +81,67 @@ fn ovmf_boots_the_image_into_our_init_from_its_own_disk_beside_another_keel_disk
     }
     vm.kill();
 
-    network_boot(&other.join("pxe"), &dir.join("pxe"));
+    network_boot(&other.join("pxe"), &dir.join("pxe"), &secret, &public);
 }
 
 const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 
-/// `keel serve` for `pxe_dir`, in this process, on a free port of 127.0.0.1 (10.0.2.2 to the
-/// guest); returns the bootfile URL.
-fn serve(pxe_dir: &Path) -> String {
-    let site = Site::load(&[pxe_dir.to_path_buf()], None).unwrap();
+/// `keel serve` for `pxe_dir` (and per-MAC profiles in `configs`), in this process, on a
+/// free port of 127.0.0.1 (10.0.2.2 to the guest); returns the bootfile URL.
+fn serve(pxe_dir: &Path, configs: Option<&Path>) -> String {
+    let site = Site::load(&[pxe_dir.to_path_buf()], configs).unwrap();
     let server = Server::bind(site, "127.0.0.1:0".parse().unwrap()).unwrap();
     let port = server.local_addr().unwrap().port();
     std::thread::spawn(move || server.run(Arc::new(|line: &str| eprintln!("serve: {line}"))));
     format!("http://10.0.2.2:{port}/boot.ipxe")
 }
 
-fn diskless(name: &str, pxe_dir: &Path, vm_dir: &Path) -> Machine {
-    let bootfile = serve(pxe_dir);
+const MAC_A: &str = "52:54:00:12:34:0a";
+const MAC_B: &str = "52:54:00:12:34:0b";
+
+/// A network-booted machine: the NIC first in the boot order, `extra` devices after it.
+fn network_machine(
+    name: &str,
+    bootfile: &str,
+    mac: &str,
+    vm_dir: &Path,
+    extra: Vec<String>,
+) -> Machine {
     Machine::start(name, Path::new("/nonexistent"), vm_dir, |c| {
         // The root (squashfs and hash tree) lives in RAM beside /var.
         c.memory_mib = 2048;
+        c.mac = Some(mac.to_owned());
         c.network_boot = Some(NetworkBoot {
-            bootfile,
+            bootfile: bootfile.to_owned(),
             romfile: PathBuf::from(IPXE_ROM),
         });
+        c.extra_args.extend(extra);
     })
 }
 
-fn network_boot(pxe_dir: &Path, dir: &Path) {
+/// Signed per-MAC profiles, as an operator publishes them with `keel serve --configs`.
+fn node_profiles(dir: &Path, key: &Path, public: &Path) -> PathBuf {
+    let configs = dir.join("configs");
+    let node = |hostname: &str| {
+        format!(
+            "[node]\nrole = \"worker\"\nhostname = \"{hostname}\"\n\n[node.network]\nmode = \"dhcp\"\n"
+        )
+    };
+    let file = |mac: &str| keel_contract::output::pxe::config_file(&mac.replace(':', "-"));
+    sign_text(&configs, &file(MAC_A), &node("pxe-a"), key, public);
+    let installing = format!(
+        "{}\n[node.install]\ndisk = {{ serial = \"KEEL-PXE-TARGET\" }}\n",
+        node("pxe-b")
+    );
+    sign_text(&configs, &file(MAC_B), &installing, key, public);
+    configs
+}
+
+fn network_boot(pxe_dir: &Path, dir: &Path, key: &Path, public: &Path) {
+    let configs = node_profiles(dir, key, public);
+    let bootfile = serve(pxe_dir, Some(&configs));
     let started = Instant::now();
-    let mut vm = diskless("pxe", pxe_dir, &dir.join("vm"));
+    let mut vm = network_machine("pxe", &bootfile, MAC_A, &dir.join("vm"), vec![]);
     vm.expect("network boot: http://10.0.2.2:", Duration::from_secs(240));
     let fetched = vm.expect("keel-worker 1.0.1 verified", BOOT);
     if !fetched.contains("network: DHCP lease") || !fetched.contains("root.img: ") {
@@ -110,11 +149,14 @@ fn network_boot(pxe_dir: &Path, dir: &Path) {
     }
     let line = vm.expect(" MiB of RAM on /dev/loop", Duration::from_secs(10));
     vm.expect("keel: ready", BOOT);
+    vm.expect("(pxe-a)", Duration::from_secs(60));
     let log = vm.console_log();
     for needed in [
         "diskless (root from http://10.0.2.2:",
         "/var on tmpfs",
         "upgrades: off: this node booted from the network",
+        "profile from http://10.0.2.2:",
+        "/configs/52-54-00-12-34-0a.toml",
     ] {
         if !log.contains(needed) {
             vm.fail(&format!("stage 2 of a diskless node says {needed:?}"));
@@ -130,7 +172,61 @@ fn network_boot(pxe_dir: &Path, dir: &Path) {
     );
     vm.kill();
 
-    // The same files, root.img with one byte flipped in the middle.
+    install_over_the_network(&bootfile, dir);
+    tampered_root(pxe_dir, dir);
+}
+
+/// Machine B: its profile installs onto the blank NVMe disk; the next boot is the disk's.
+fn install_over_the_network(bootfile: &str, dir: &Path) {
+    let target = dir.join("target.raw");
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    // bootindex 2: OVMF connects only the devices in QEMU's boot order, and BootNext must
+    // name a disk it connected (see the metal install test).
+    let nvme = vec![
+        "-drive".to_owned(),
+        format!("if=none,id=target,format=raw,file={}", target.display()),
+        "-device".to_owned(),
+        "nvme,drive=target,serial=KEEL-PXE-TARGET,bootindex=2".to_owned(),
+    ];
+    let mut vm = network_machine(
+        "pxe-install",
+        bootfile,
+        MAC_B,
+        &dir.join("vm-install"),
+        nvme,
+    );
+    vm.expect("install: booted from the network", BOOT);
+    vm.expect(
+        "install: onto nvme-QEMU_NVMe_Ctrl_KEEL-PXE-TARGET",
+        Duration::from_secs(60),
+    );
+    let fetched = vm.expect("it matches the signed manifest", Duration::from_secs(900));
+    if !fetched.contains("/vmlinuz") || !fetched.contains("/initramfs") {
+        vm.fail("the installer fetches the kernel and initramfs from the server it booted from");
+    }
+    vm.expect("install: the firmware boots Boot", Duration::from_secs(300));
+    vm.expect("install: done; rebooting", Duration::from_secs(60));
+    let after = vm.expect("keel: ready: keel-worker 1.0.1 slot a", BOOT);
+    if !after.contains("boot disk /dev/nvme0n1") {
+        vm.fail("the firmware booted the network again instead of the installed disk");
+    }
+    vm.expect("(pxe-b)", Duration::from_secs(60));
+    let log = vm.console_log();
+    if log.matches("network boot: http://").count() != 1 {
+        vm.fail("the installed node came up through PXE a second time");
+    }
+    if !log.contains("an installed disk: nothing to install") {
+        vm.fail("the installed node knows it is installed");
+    }
+    vm.kill();
+    let _ = std::fs::remove_file(&target);
+}
+
+/// The same files, root.img with one byte flipped in the middle.
+fn tampered_root(pxe_dir: &Path, dir: &Path) {
     let tampered = dir.join("tampered");
     std::fs::create_dir_all(&tampered).unwrap();
     for entry in std::fs::read_dir(pxe_dir).unwrap() {
@@ -139,7 +235,14 @@ fn network_boot(pxe_dir: &Path, dir: &Path) {
     }
     let root = tampered.join(keel_contract::output::pxe::ROOT);
     flip_byte(&root, std::fs::metadata(&root).unwrap().len() / 2);
-    let mut vm = diskless("pxe-tampered", &tampered, &dir.join("vm-tampered"));
+    let bootfile = serve(&tampered, None);
+    let mut vm = network_machine(
+        "pxe-tampered",
+        &bootfile,
+        MAC_A,
+        &dir.join("vm-tampered"),
+        vec![],
+    );
     let before = vm.expect("the signed manifest's slot_payload has", BOOT);
     if !before.contains("SHA-256") {
         vm.fail("the refusal names the SHA-256 that did not match");

@@ -1,17 +1,20 @@
-//! The installer (`[node.install]`): a node booted from an installer medium (a USB stick;
-//! the network once PXE boots install too) writes the image it runs onto the internal disk
-//! the profile selects by identity, makes the firmware boot that disk next, and reboots into
-//! it. The installed node keeps this node's profile, secrets and certificates (STATE).
+//! The installer (`[node.install]`): a node booted from an installer medium (a USB stick) or
+//! from the network (PXE, `keel.root=`) writes the image it runs onto the internal disk the
+//! profile selects by identity, makes the firmware boot that disk next, and reboots into it.
+//! The installed node keeps this node's profile, secrets and certificates (STATE). What it
+//! writes is read and verified by [`source`], the same way for both.
 //!
 //! It refuses, writing nothing, with one console line that becomes the node's degraded
 //! reason: a selector that matches no disk or several, the disk it booted from, a disk in use,
 //! a disk that holds partitions or data unless `wipe = true` ([`plan::choose`]). The order of
 //! the writes is [`write`]'s. A medium that already installed onto a disk that the firmware
 //! then did not boot says so instead of installing again, so a firmware that ignores the
-//! boot order gives a node that explains itself, not an install loop.
+//! boot order gives a node that explains itself, not an install loop; a network boot that
+//! finds its target already holding Keel says so too.
 
 pub mod disks;
 pub mod plan;
+pub mod source;
 #[cfg(test)]
 mod tests;
 pub mod write;
@@ -26,7 +29,7 @@ use keel_contract::profile::Install;
 use serde::{Deserialize, Serialize};
 
 use crate::block::{self, Roots};
-use crate::bootinfo::{self, Handoff};
+use crate::bootinfo::Handoff;
 use disks::DiskInfo;
 use plan::{Probe, Refusal};
 
@@ -68,35 +71,34 @@ pub struct Running<'a> {
     pub state: &'a Path,
 }
 
-/// Installs when this node booted from an installer medium; see the module docs.
-/// `before_writing` runs once the disk is chosen, before its first byte is written.
+/// Installs when this node booted from an installer medium or from the network; see the
+/// module docs. `before_writing` runs once the disk is chosen, before its first byte is
+/// written.
 pub fn run(
     install: &Install,
     running: &Running<'_>,
     before_writing: &dyn Fn(),
     log: &dyn Fn(&str),
 ) -> Outcome {
-    let Some((boot_disk, _)) = running.handoff.disk() else {
-        return Outcome::Refused(
-            "this node booted from the network and has no boot disk to install from: installing over PXE is not built yet (issue 14)".into(),
-        );
-    };
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let roots = Roots::default();
     let disks = match disks::inventory(&roots, &mountinfo) {
         Ok(d) => d,
         Err(e) => return Outcome::Refused(format!("listing the disks: {e}")),
     };
-    let boot_name = &boot_disk.name;
-    match disks.iter().find(|d| &d.disk.name == boot_name) {
-        Some(boot) if !boot.removable && !boot.usb => {
-            return Outcome::Installed(boot.describe());
-        }
-        Some(boot) => log(&format!(
-            "install: booted from {}, an installer medium",
-            boot.describe()
-        )),
-        None => return Outcome::Refused(format!("the boot disk {boot_name} is not in sysfs")),
+    let boot_name = running.handoff.disk().map(|(d, _)| d.name.as_str());
+    match boot_name {
+        Some(name) => match disks.iter().find(|d| d.disk.name == name) {
+            Some(boot) if !boot.removable && !boot.usb => {
+                return Outcome::Installed(boot.describe());
+            }
+            Some(boot) => log(&format!(
+                "install: booted from {}, an installer medium",
+                boot.describe()
+            )),
+            None => return Outcome::Refused(format!("the boot disk {name} is not in sysfs")),
+        },
+        None => log("install: booted from the network, with no boot disk"),
     }
     if let Some(refusal) = already_installed(running.state, &disks) {
         return Outcome::Refused(refusal.to_string());
@@ -105,9 +107,17 @@ pub fn run(
         Ok(d) => d,
         Err(refusal) => return Outcome::Refused(refusal.to_string()),
     };
+    if boot_name.is_none() && read_table(&chosen.disk.path).is_ok_and(|t| plan::holds_keel(&t)) {
+        let disk = chosen.describe();
+        return Outcome::Refused(Refusal::NetworkBootOverKeel { disk }.to_string());
+    }
     log(&format!("install: onto {}", chosen.describe()));
+    let image = match source::running(running.handoff, running.esp, log) {
+        Ok(image) => image,
+        Err(e) => return Outcome::Refused(format!("reading the running image: {e}")),
+    };
     before_writing();
-    match install_onto(chosen, running, log) {
+    match install_onto(chosen, &image, running.state, log) {
         Ok(()) => Outcome::Done {
             disk: chosen.describe(),
         },
@@ -149,29 +159,19 @@ fn probe(disk: &DiskInfo) -> Probe {
 
 fn install_onto(
     chosen: &DiskInfo,
-    running: &Running<'_>,
+    image: &source::Image,
+    state: &Path,
     log: &dyn Fn(&str),
 ) -> Result<(), String> {
-    let h = running.handoff;
-    let (boot_disk, partitions) = h.disk().ok_or("no boot disk")?;
-    let (manifest, manifest_bytes, signature) = running_manifest(running)?;
-    let boot_table = read_table(&boot_disk.path)?;
+    let manifest = &image.manifest;
     // The disk's and its four partitions' GUIDs: random, so two installs never share them.
     let mut guids = fresh_guids(5)
         .map_err(|e| format!("/dev/urandom: {e}"))?
         .into_iter();
     let mut fresh = || guids.next().unwrap_or_default();
-    let table = plan::target_table(&boot_table, chosen.identity.size, &mut fresh)
+    let table = plan::target_table(&manifest.disk, chosen.identity.size, &mut fresh)
         .map_err(|e| e.to_string())?;
-    let source = write::Source {
-        slot: h.slot,
-        slot_device: &partitions.slot.path,
-        esp: running.esp,
-        state: running.state,
-        manifest: &manifest,
-        manifest_bytes: &manifest_bytes,
-        signature: &signature,
-    };
+    let source = write::Source { image, state };
     write::install(&chosen.disk.path, &table, &source, log).map_err(|e| e.to_string())?;
     log(&format!(
         "install: {} {} is on {}; the partition tables are written last",
@@ -180,36 +180,8 @@ fn install_onto(
         chosen.describe()
     ));
     boot_next(&table, chosen, log);
-    remember(running.state, chosen, &manifest, log);
+    remember(state, chosen, manifest, log);
     Ok(())
-}
-
-/// The running slot's signed manifest from the ESP, checked against the trusted keys and
-/// against what stage 1 verified (name, version, root hash).
-fn running_manifest(running: &Running<'_>) -> Result<(Manifest, Vec<u8>, Vec<u8>), String> {
-    let h = running.handoff;
-    let read = |path: String| {
-        let p = layout::on_volume(running.esp, &path);
-        std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let bytes = read(h.slot.manifest_path())?;
-    let signature = read(h.slot.signature_path())?;
-    let keys = bootinfo::trusted_keys()?;
-    let sig = keel_minisign::SignatureFile::parse(&String::from_utf8_lossy(&signature))
-        .map_err(|e| format!("{}: {e}", h.slot.signature_path()))?;
-    keel_minisign::verify_bytes(&keys, &sig, &bytes)
-        .map_err(|e| format!("{}: {e}", h.slot.manifest_path()))?;
-    let manifest = Manifest::from_json(&bytes).map_err(|e| e.to_string())?;
-    if manifest.name != h.name
-        || manifest.version != h.version.to_string()
-        || manifest.root.verity.root_hash.to_hex() != h.root_hash
-    {
-        return Err(format!(
-            "{} is not the manifest of the running system",
-            h.slot.manifest_path()
-        ));
-    }
-    Ok((manifest, bytes, signature))
 }
 
 fn read_table(disk: &Path) -> Result<Gpt, String> {

@@ -3,6 +3,7 @@
 
 use keel_contract::gpt::{Gpt, GptError, GptPartition};
 use keel_contract::layout::{PartitionRole, SECTOR_SIZE};
+use keel_contract::manifest;
 use keel_contract::profile::Install;
 
 use super::disks::DiskInfo;
@@ -38,6 +39,24 @@ pub enum Refusal {
         "this medium already installed {version} onto {disk}, and the firmware booted the medium again: remove it, or make the firmware boot {disk}"
     )]
     AlreadyInstalled { disk: String, version: String },
+    #[error(
+        "{disk} already holds a Keel installation, and the firmware booted the network again: make the firmware boot {disk}; to install over it, clear its partition table first"
+    )]
+    NetworkBootOverKeel { disk: String },
+}
+
+/// Whether a disk's partition table is Keel's (all of the image's partitions by label): a
+/// network-booted installer that finds one on its target was booted instead of that disk,
+/// and installing again would loop ([`Refusal::NetworkBootOverKeel`]).
+pub fn holds_keel(table: &Gpt) -> bool {
+    [
+        PartitionRole::Esp,
+        PartitionRole::SlotA,
+        PartitionRole::SlotB,
+        PartitionRole::State,
+    ]
+    .iter()
+    .all(|role| table.find(role.label()).is_some())
 }
 
 /// What the installer learnt about the candidate before choosing it.
@@ -49,11 +68,12 @@ pub struct Probe {
 }
 
 /// The one disk `install` selects, or why there is none. `boot_disk` is the sysfs name of
-/// the disk the node booted from; `probe` reads a candidate's first MiB and sector size.
+/// the disk the node booted from (none for a network boot); `probe` reads a candidate's
+/// first MiB and sector size.
 pub fn choose<'a>(
     install: &Install,
     disks: &'a [DiskInfo],
-    boot_disk: &str,
+    boot_disk: Option<&str>,
     probe: &mut dyn FnMut(&DiskInfo) -> Probe,
 ) -> Result<&'a DiskInfo, Refusal> {
     let selector = install.disk.to_string();
@@ -61,7 +81,10 @@ pub fn choose<'a>(
         .iter()
         .filter(|d| install.disk.matches(&d.identity))
         .collect();
-    if let Some(boot) = matched.iter().find(|d| d.disk.name == boot_disk) {
+    if let Some(boot) = matched
+        .iter()
+        .find(|d| Some(d.disk.name.as_str()) == boot_disk)
+    {
         return Err(Refusal::BootDisk {
             selector,
             disk: boot.describe(),
@@ -122,12 +145,13 @@ fn list<'a>(disks: impl Iterator<Item = &'a DiskInfo>) -> String {
 /// Room DATA needs at least on the installed disk, past STATE.
 pub const MIN_DATA: u64 = 256 << 20;
 
-/// The installed disk's table: the boot disk's ESP, slots and STATE at the same places (the
-/// image's layout), under fresh GUIDs so that the two disks never look like copies of one
-/// another (stage 1 refuses those), on a disk of `size` bytes. DATA is left to the first boot,
-/// which creates it over the rest of the disk.
+/// The installed disk's table: the image's ESP, slots and STATE where its signed manifest
+/// places them (the builder's layout, whichever way the node booted), under fresh GUIDs so
+/// that the installed disk never looks like a copy of the medium (stage 1 refuses those), on
+/// a disk of `size` bytes. DATA is left to the first boot, which creates it over the rest of
+/// the disk.
 pub fn target_table(
-    boot_table: &Gpt,
+    image: &manifest::Disk,
     size: u64,
     fresh_guid: &mut dyn FnMut() -> uuid::Uuid,
 ) -> Result<Gpt, TableError> {
@@ -138,15 +162,27 @@ pub fn target_table(
         PartitionRole::SlotB,
         PartitionRole::State,
     ] {
-        let (number, p) = boot_table
-            .find(role.label())
+        let p = image
+            .partitions
+            .iter()
+            .find(|p| p.label == role.label())
             .ok_or(TableError::Missing(role.label()))?;
-        if number != role.number() {
-            return Err(TableError::Numbered(role.label(), number));
+        if p.number != role.number() {
+            return Err(TableError::Numbered(role.label(), p.number));
+        }
+        if p.size == 0 || p.offset % SECTOR_SIZE != 0 || p.size % SECTOR_SIZE != 0 {
+            return Err(TableError::Unaligned(role.label()));
         }
         table.partitions.push(GptPartition {
+            type_guid: role
+                .type_guid()
+                .parse()
+                .map_err(|_| TableError::Missing(role.label()))?,
             guid: fresh_guid(),
-            ..p.clone()
+            first_lba: p.offset / SECTOR_SIZE,
+            last_lba: (p.offset + p.size) / SECTOR_SIZE - 1,
+            attributes: 0,
+            name: role.label().to_owned(),
         });
     }
     let need = table.end_of_partitions() * SECTOR_SIZE + MIN_DATA;
@@ -159,10 +195,12 @@ pub fn target_table(
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("the boot disk has no {0} partition")]
+    #[error("the signed manifest's disk has no {0} partition")]
     Missing(&'static str),
-    #[error("the boot disk's {0} is partition {1}")]
+    #[error("the signed manifest's {0} is partition {1}")]
     Numbered(&'static str, u32),
+    #[error("the signed manifest's {0} is not whole 512-byte sectors")]
+    Unaligned(&'static str),
     #[error("the disk needs at least {need} bytes")]
     TooSmall { need: u64 },
     #[error(transparent)]

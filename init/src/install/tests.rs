@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_contract::gpt::{Gpt, GptPartition};
+use keel_contract::gpt::Gpt;
 use keel_contract::layout::{self, PartitionRole, Slot};
+use keel_contract::manifest;
 use keel_contract::profile::{DiskIdentity, Install, LoadedProfile};
 
 use super::disks::{self, DiskInfo, Names};
 use super::plan::{self, Probe, Refusal};
-use super::write;
+use super::{source, write};
 use crate::block::{Disk, Roots};
 use crate::upgrade::tests::{digest, manifest};
 
@@ -53,7 +54,7 @@ fn blank(_: &DiskInfo) -> Probe {
 }
 
 fn choose<'a>(i: &Install, disks: &'a [DiskInfo]) -> Result<&'a DiskInfo, Refusal> {
-    plan::choose(i, disks, "sda", &mut blank)
+    plan::choose(i, disks, Some("sda"), &mut blank)
 }
 
 #[test]
@@ -116,61 +117,115 @@ fn disks_in_use_holding_partitions_or_data_are_refused_unless_wiped() {
         blank: false,
         logical_sector: 512,
     };
-    let r = plan::choose(&keep, &data, "sda", &mut not_blank).unwrap_err();
+    let r = plan::choose(&keep, &data, Some("sda"), &mut not_blank).unwrap_err();
     assert!(matches!(r, Refusal::NotBlank { .. }), "{r}");
-    assert!(plan::choose(&wipe, &data, "sda", &mut not_blank).is_ok());
+    assert!(plan::choose(&wipe, &data, Some("sda"), &mut not_blank).is_ok());
     let mut four_k = |_: &DiskInfo| Probe {
         blank: true,
         logical_sector: 4096,
     };
-    let r = plan::choose(&wipe, &data, "sda", &mut four_k).unwrap_err();
+    let r = plan::choose(&wipe, &data, Some("sda"), &mut four_k).unwrap_err();
     assert!(r.to_string().contains("4096-byte logical sectors"), "{r}");
 }
 
-fn image_table(sectors: u64) -> Gpt {
-    let mut t = Gpt::new(uuid::Uuid::from_u128(1), sectors).unwrap();
-    let mut lba = 2048;
+/// An image's layout as its manifest records it: ESP, slot A, slot B, STATE.
+fn image_disk() -> manifest::Disk {
+    let mut offset = 1 << 20;
+    let mut partitions = Vec::new();
     for (i, role) in PartitionRole::ALL.into_iter().take(4).enumerate() {
         // FAT32 volumes need at least 65525 clusters.
         let size = match role {
             PartitionRole::Esp | PartitionRole::State => 48 << 20,
             _ => 4 << 20,
         };
-        t.partitions.push(GptPartition {
-            type_guid: role.type_guid().parse().unwrap(),
-            guid: uuid::Uuid::from_u128(10 + i as u128),
-            first_lba: lba,
-            last_lba: lba + size / 512 - 1,
-            attributes: 0,
-            name: role.label().into(),
+        partitions.push(manifest::Partition {
+            number: role.number(),
+            label: role.label().into(),
+            type_guid: role.type_guid().into(),
+            guid: uuid::Uuid::from_u128(10 + i as u128).to_string(),
+            offset,
+            size,
+            content: None,
         });
-        lba += size / 512;
+        offset += size;
     }
-    t
+    manifest::Disk {
+        size: offset + (1 << 20),
+        guid: uuid::Uuid::from_u128(1).to_string(),
+        partitions,
+    }
+}
+
+fn table_for(disk: &manifest::Disk, size: u64) -> Gpt {
+    let mut n = 100u128;
+    plan::target_table(disk, size, &mut || {
+        n += 1;
+        uuid::Uuid::from_u128(n)
+    })
+    .unwrap()
 }
 
 #[test]
-fn the_target_table_keeps_the_layout_under_fresh_guids() {
-    let boot = image_table(256 << 11);
-    let mut n = 100u128;
-    let mut fresh = || {
-        n += 1;
-        uuid::Uuid::from_u128(n)
-    };
+fn the_target_table_is_the_manifests_layout_under_fresh_guids() {
+    let image = image_disk();
     let size = 1u64 << 30;
-    let t = plan::target_table(&boot, size, &mut fresh).unwrap();
+    let t = table_for(&image, size);
     assert_eq!(t.total_sectors, size / 512);
     assert_eq!(t.partitions.len(), 4);
-    for (new, old) in t.partitions.iter().zip(&boot.partitions) {
+    for (new, old) in t.partitions.iter().zip(&image.partitions) {
         assert_eq!(
-            (new.first_lba, new.last_lba, &new.name),
-            (old.first_lba, old.last_lba, &old.name)
+            (new.offset(), new.size(), new.name.as_str()),
+            (old.offset, old.size, old.label.as_str())
         );
-        assert_ne!(new.guid, old.guid);
+        assert_eq!(
+            new.type_guid.to_string().to_uppercase(),
+            old.type_guid.to_uppercase()
+        );
+        assert_ne!(new.guid.to_string(), old.guid);
     }
-    assert_ne!(t.disk_guid, boot.disk_guid);
-    let small = plan::target_table(&boot, 20 << 20, &mut fresh).unwrap_err();
+    assert!(
+        plan::holds_keel(&t),
+        "a table of the image's partitions is Keel's"
+    );
+    let mut fresh = || uuid::Uuid::from_u128(7);
+    let small = plan::target_table(&image, 20 << 20, &mut fresh).unwrap_err();
     assert!(small.to_string().contains("needs at least"), "{small}");
+    let mut odd = image.clone();
+    odd.partitions[1].size += 1;
+    let err = plan::target_table(&odd, size, &mut fresh).unwrap_err();
+    assert!(err.to_string().contains("KEEL-A is not whole"), "{err}");
+    let mut partial = image;
+    partial
+        .partitions
+        .retain(|p| p.label != PartitionRole::State.label());
+    let err = plan::target_table(&partial, size, &mut fresh).unwrap_err();
+    assert!(err.to_string().contains("no STATE"), "{err}");
+    let mut other = Gpt::new(uuid::Uuid::from_u128(2), size / 512).unwrap();
+    other.partitions = t.partitions[..3].to_vec();
+    assert!(
+        !plan::holds_keel(&other),
+        "three of Keel's four partitions are not Keel's table"
+    );
+}
+
+/// The running image as the installer reads it, from an ESP directory laid out as a node's.
+fn image_from(esp: &Path, slot: Slot, m: &manifest::Manifest, payload: &Path) -> source::Image {
+    let read = |path: &str| {
+        let on_volume = layout::on_volume(esp, path);
+        source::BootFile {
+            origin: on_volume.display().to_string(),
+            bytes: std::fs::read(&on_volume).unwrap_or_default(),
+        }
+    };
+    source::Image {
+        manifest: m.clone(),
+        manifest_bytes: b"{manifest}".to_vec(),
+        signature: b"sig".to_vec(),
+        kernel: read(&slot.kernel_path()),
+        initramfs: read(&slot.initramfs_path()),
+        bootloader: read(layout::esp::BOOTLOADER),
+        payload: payload.to_path_buf(),
+    }
 }
 
 #[test]
@@ -338,7 +393,8 @@ fn an_install_onto_a_file_is_a_disk_that_independent_tools_accept() {
     .unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(state.join("history")).unwrap();
-    std::fs::write(state.join("keel-state"), "1\nkeel\n").unwrap();
+    // No marker: a diskless node's state directory never was a STATE volume; the installer
+    // writes the builder's marker.
     std::fs::write(state.join("secrets.toml"), "token = 1\n").unwrap();
     std::fs::write(state.join("history/boots"), "3\n").unwrap();
     std::fs::write(state.join("installed.toml"), "version = \"old\"\n").unwrap();
@@ -350,21 +406,12 @@ fn an_install_onto_a_file_is_a_disk_that_independent_tools_accept() {
         .unwrap()
         .set_len(size)
         .unwrap();
-    let boot = image_table(256 << 11);
-    let mut n = 100u128;
-    let table = plan::target_table(&boot, size, &mut || {
-        n += 1;
-        uuid::Uuid::from_u128(n)
-    })
-    .unwrap();
+    m.disk = image_disk();
+    let table = table_for(&m.disk, size);
+    let image = image_from(&esp, Slot::B, &m, &slot_dev);
     let source = write::Source {
-        slot: Slot::B,
-        slot_device: &slot_dev,
-        esp: &esp,
+        image: &image,
         state: &state,
-        manifest: &m,
-        manifest_bytes: b"{manifest}",
-        signature: b"sig",
     };
     let lines = std::cell::RefCell::new(Vec::new());
     write::install(&target, &table, &source, &|l| {
@@ -473,20 +520,13 @@ fn a_boot_file_that_differs_from_the_manifest_leaves_no_table() {
         .unwrap()
         .set_len(1 << 30)
         .unwrap();
-    let table = plan::target_table(&image_table(256 << 11), 1 << 30, &mut || {
-        uuid::Uuid::from_u128(7)
-    })
-    .unwrap();
+    let table = table_for(&image_disk(), 1 << 30);
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
+    let image = image_from(&esp, Slot::A, &m, &slot_dev);
     let source = write::Source {
-        slot: Slot::A,
-        slot_device: &slot_dev,
-        esp: &esp,
+        image: &image,
         state: &state,
-        manifest: &m,
-        manifest_bytes: b"{}",
-        signature: b"",
     };
     let err = write::install(&target, &table, &source, &|_| {}).unwrap_err();
     assert!(err.to_string().contains("vmlinuz"), "{err}");

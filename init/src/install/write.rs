@@ -13,7 +13,8 @@ use keel_contract::gpt::Gpt;
 use keel_contract::layout::{self, BootEntry, PartitionRole, Slot};
 use keel_contract::manifest::{FileDigest, Manifest, Sha256Digest};
 use keel_fat::{FatEntry, FatSpec, esp};
-use sha2::{Digest, Sha256};
+
+use super::source::{BootFile, Image};
 
 use crate::upgrade::stream::{CopyError, copy_hashed, drop_cache};
 
@@ -47,16 +48,11 @@ fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Writ
     }
 }
 
-/// What the running node installs from: the slot it booted and its mounted ESP and STATE.
+/// What the running node installs from: its image, verified ([`super::source`]), and its
+/// STATE directory.
 pub struct Source<'a> {
-    pub slot: Slot,
-    pub slot_device: &'a Path,
-    pub esp: &'a Path,
+    pub image: &'a Image,
     pub state: &'a Path,
-    /// The signed manifest of the running image, already checked against the trusted keys.
-    pub manifest: &'a Manifest,
-    pub manifest_bytes: &'a [u8],
-    pub signature: &'a [u8],
 }
 
 /// Writes the installation onto `target` (a whole disk) laid out as `table`.
@@ -105,8 +101,9 @@ fn payload(
     src: &Source<'_>,
     log: &dyn Fn(&str),
 ) -> Result<u64, WriteError> {
-    let want = &src.manifest.slot_payload;
-    let mut input = File::open(src.slot_device).map_err(io_at("open", src.slot_device))?;
+    let want = &src.image.manifest.slot_payload;
+    let device = src.image.payload.as_path();
+    let mut input = File::open(device).map_err(io_at("open", device))?;
     disk.seek(SeekFrom::Start(offset))
         .map_err(io_at("seek", target))?;
     let mut buf = vec![0u8; BUFFER];
@@ -122,8 +119,8 @@ fn payload(
         }
     };
     let copied = copy_hashed(&mut input, disk, want.size, &mut buf, &progress)
-        .map_err(|e| copy_error(e, src.slot_device, target))?;
-    check_digest("the root read from the boot disk", &copied, want)?;
+        .map_err(|e| copy_error(e, device, target))?;
+    check_digest("the running root", &copied, want)?;
     disk.sync_all().map_err(io_at("sync", target))?;
     drop_cache(disk);
     disk.seek(SeekFrom::Start(offset))
@@ -169,40 +166,30 @@ fn check_digest(what: &str, got: &Sha256Digest, want: &FileDigest) -> Result<(),
     }
 }
 
-/// A file of the running ESP, checked against its digest in the signed manifest.
-fn esp_file(src: &Source<'_>, path: &str, want: &FileDigest) -> Result<Vec<u8>, WriteError> {
-    let on_volume = layout::on_volume(src.esp, path);
-    let bytes = std::fs::read(&on_volume).map_err(io_at("read", &on_volume))?;
-    let got = Sha256Digest(Sha256::digest(&bytes).into());
-    if bytes.len() as u64 != want.size {
-        return Err(WriteError::Mismatch {
-            what: on_volume.display().to_string(),
-            why: format!(
-                "{} bytes, the signed manifest says {}",
-                bytes.len(),
-                want.size
-            ),
-        });
-    }
-    check_digest(&on_volume.display().to_string(), &got, want)?;
-    Ok(bytes)
-}
-
-/// The new ESP, as the builder writes one: the files of the slot the node runs, verified,
-/// as slot A with a fresh boot entry.
+/// The new ESP, as the builder writes one: the running image's boot files, each checked
+/// against the signed manifest, as slot A with a fresh boot entry.
 fn esp_volume(src: &Source<'_>, table: &Gpt) -> Result<Extents, WriteError> {
-    let m = src.manifest;
+    let image = src.image;
+    let m = &image.manifest;
     let kernel = FileDigest {
         size: m.kernel.size,
         sha256: m.kernel.sha256,
     };
-    let files = esp::SlotFiles {
-        kernel: esp_file(src, &src.slot.kernel_path(), &kernel)?,
-        initramfs: esp_file(src, &src.slot.initramfs_path(), &m.initramfs)?,
-        manifest: src.manifest_bytes.to_vec(),
-        signature: src.signature.to_vec(),
+    let checked = |file: &BootFile, want: &FileDigest| {
+        file.checked(want)
+            .map(<[u8]>::to_vec)
+            .map_err(|why| WriteError::Mismatch {
+                what: "a boot file for the new ESP".into(),
+                why,
+            })
     };
-    let bootloader = esp_file(src, layout::esp::BOOTLOADER, &m.bootloader)?;
+    let files = esp::SlotFiles {
+        kernel: checked(&image.kernel, &kernel)?,
+        initramfs: checked(&image.initramfs, &m.initramfs)?,
+        manifest: image.manifest_bytes.clone(),
+        signature: image.signature.clone(),
+    };
+    let bootloader = checked(&image.bootloader, &m.bootloader)?;
     let entry = BootEntry::new(
         Slot::A,
         &m.version,
@@ -226,11 +213,26 @@ fn state_volume(src: &Source<'_>, table: &Gpt) -> Result<Extents, WriteError> {
     let mut entries = Vec::new();
     collect(src.state, "", &mut entries)?;
     entries.retain(|e| !matches!(e, FatEntry::File(p, _) if p == layout::state::INSTALLED));
+    // A diskless node's state directory was never a STATE volume: the marker the node
+    // checks before it trusts a STATE is the builder's, written here the same way.
+    let m = &src.image.manifest;
+    if !entries
+        .iter()
+        .any(|e| matches!(e, FatEntry::File(p, _) if p == layout::state::MARKER))
+    {
+        entries.insert(
+            0,
+            FatEntry::File(
+                layout::state::MARKER.into(),
+                layout::state::marker(&m.name).into_bytes(),
+            ),
+        );
+    }
     fat_volume(
         table,
         PartitionRole::State,
         layout::state::VOLUME_LABEL,
-        src.manifest,
+        m,
         &entries,
     )
 }

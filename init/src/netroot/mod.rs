@@ -26,8 +26,8 @@ pub use fetch::{FetchError, Mismatch};
 const RAM_DIR: &str = "/run/keel/netroot";
 const RAM_FILE: &str = "/run/keel/netroot/root.img";
 /// The manifest and its signature are small; anything larger is not ours.
-const MAX_MANIFEST: u64 = 1 << 20;
-const MAX_SIGNATURE: u64 = 64 << 10;
+pub const MAX_MANIFEST: u64 = 1 << 20;
+pub const MAX_SIGNATURE: u64 = 64 << 10;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// NICs appear asynchronously after their drivers load.
 const NIC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -225,6 +225,11 @@ fn open(url: &str) -> Result<(TcpStream, keel_http::ResponseHead, Vec<u8>), Stri
         return Err(format!("HTTP status {}", head.status));
     }
     Ok((stream, head, early))
+}
+
+/// A whole small file (at most `max` bytes) from `url`, tried again as the root is.
+pub fn get_with_retries(url: &str, max: u64, log: &dyn Fn(&str)) -> Result<Vec<u8>, NetRootError> {
+    with_retries(url, log, || get_small(url, max))
 }
 
 fn get_small(url: &str, max: u64) -> Result<Vec<u8>, NetRootError> {

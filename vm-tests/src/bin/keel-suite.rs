@@ -26,7 +26,7 @@ use std::time::Instant;
 /// so new ones start early.
 const KNOWN_SECONDS: &[(&str, f64)] = &[
     ("keel-vm-tests/upgrade", 1280.0),
-    ("keel-vm-tests/roles", 827.0),
+    ("keel-vm-tests/roles", 721.0),
     ("keel-vm-tests/faults", 545.0),
     ("keel-vm-tests/cri", 272.0),
     ("keel-vm-tests/metal", 600.0),
@@ -37,7 +37,7 @@ const KNOWN_SECONDS: &[(&str, f64)] = &[
     ("keel-builder/run_qemu", 161.0),
     ("keel-vm-tests/reproducible", 130.0),
     ("keel-vm-tests/pod_network", 108.0),
-    ("keel-vm-tests/boot", 59.0),
+    ("keel-vm-tests/boot", 300.0),
     ("keel-builder/debian_apt", 52.0),
     ("keel-builder/outputs", 45.0),
     ("keel-builder (unit)", 33.0),

@@ -336,7 +336,11 @@ fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline
     deadline.passed();
     let now = sys::boottime();
     let firmware = bootinfo::firmware_and_loader_seconds().map(|f| f + handoff.stage1_start);
-    let rss = sys::rss_bytes().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let rss = mib(sys::rss_bytes().unwrap_or(0));
+    let memory = sys::memory_in_use()
+        .map(|(used, total)| format!("{:.0} of {:.0} MiB", mib(used), mib(total)))
+        .unwrap_or_else(|| "not measured".into());
     // Before the ready line, which tests and benchmarks stop at.
     log(&format!(
         "timeline: {}",
@@ -345,7 +349,7 @@ fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline
     // systemd-boot records the firmware's time only when it can calibrate the TSC (not
     // under QEMU's TCG); the kernel's share is known either way.
     log(&format!(
-        "ready: {} {} slot {}, boot {boot}; firmware to init {}, kernel to init {:.2}s, init to ready {:.2}s, PID 1 RSS {rss:.1} MiB",
+        "ready: {} {} slot {}, boot {boot}; firmware to init {}, kernel to init {:.2}s, init to ready {:.2}s, PID 1 RSS {rss:.1} MiB, memory in use {memory}",
         handoff.name,
         handoff.version,
         handoff.slot,

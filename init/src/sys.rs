@@ -223,6 +223,19 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page.max(4096) as u64)
 }
 
+/// The node's memory in use and in all, in bytes: `MemTotal - MemAvailable` and `MemTotal`
+/// from /proc/meminfo (what the kernel could not hand out without swapping; a diskless node's
+/// root in RAM counts).
+pub fn memory_in_use() -> Option<(u64, u64)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let (total, available) = (kib("MemTotal:")?, kib("MemAvailable:")?);
+    Some((total.saturating_sub(available) * 1024, total * 1024))
+}
+
 /// The peak resident set size of this process in bytes (`VmHWM` in /proc/self/status): what
 /// an upgrade's buffers cost PID 1 at most.
 pub fn peak_rss_bytes() -> Option<u64> {

@@ -46,6 +46,7 @@ fn ovmf_boots_the_image_into_our_init_from_its_own_disk_beside_another_keel_disk
     assert_eq!(report.manifest.version, "1.0.1");
 
     let disk = vm_disk(&first, &dir.join("vm"), 4 << 30);
+    let power_on = Instant::now();
     // The other disk is attached after the boot disk, read-only: nothing may write to it.
     let mut vm = Machine::start("boot", &disk, &dir.join("vm"), |c| {
         c.extra_args
@@ -67,6 +68,7 @@ fn ovmf_boots_the_image_into_our_init_from_its_own_disk_beside_another_keel_disk
         vm.fail("the BLS entry's options reach the kernel");
     }
     vm.expect("keel: ready", BOOT);
+    let disk_boot = power_on.elapsed().as_secs_f64();
     let log = vm.console_log();
     if log.contains("1.0.1") {
         vm.fail("the other disk's version appears on the console");
@@ -81,7 +83,13 @@ fn ovmf_boots_the_image_into_our_init_from_its_own_disk_beside_another_keel_disk
     }
     vm.kill();
 
-    network_boot(&other.join("pxe"), &dir.join("pxe"), &secret, &public);
+    network_boot(
+        &other.join("pxe"),
+        &dir.join("pxe"),
+        &secret,
+        &public,
+        disk_boot,
+    );
 }
 
 const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
@@ -137,7 +145,7 @@ fn node_profiles(dir: &Path, key: &Path, public: &Path) -> PathBuf {
     configs
 }
 
-fn network_boot(pxe_dir: &Path, dir: &Path, key: &Path, public: &Path) {
+fn network_boot(pxe_dir: &Path, dir: &Path, key: &Path, public: &Path, disk_boot: f64) {
     let configs = node_profiles(dir, key, public);
     let bootfile = serve(pxe_dir, Some(&configs));
     let started = Instant::now();
@@ -165,10 +173,19 @@ fn network_boot(pxe_dir: &Path, dir: &Path, key: &Path, public: &Path) {
     if log.contains("keel.slot=") || log.contains("boot disk ") {
         vm.fail("a network boot has no slot and no boot disk");
     }
+    // Read by vm-tests/bench/pxe-vs-disk (not an assertion).
+    let network = started.elapsed().as_secs_f64();
+    let ready_line = log
+        .lines()
+        .find(|l| l.contains("keel: ready: keel-worker 1.0.1"))
+        .unwrap_or_default();
     eprintln!(
-        "pxe: power-on to ready in {:.1}s; {}",
-        started.elapsed().as_secs_f64(),
-        line.lines().last().unwrap_or_default().trim()
+        "pxe bench: power-on to ready over the network {network:.1} s, from a disk {disk_boot:.1} s (the disk boot of the same profile, version 1.0.0, in this test); ratio {:.2}; {}; at ready: {}",
+        network / disk_boot,
+        line.lines().last().unwrap_or_default().trim(),
+        ready_line
+            .split_once("memory in use ")
+            .map_or("memory not reported", |(_, m)| m.trim())
     );
     vm.kill();
 

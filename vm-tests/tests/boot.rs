@@ -12,10 +12,11 @@
 //! - Machine B (another MAC, a blank NVMe disk) gets a profile with `[node.install]`: it
 //!   installs onto the disk through the same installer as a USB stick, sets BootNext, reboots,
 //!   and comes up from the disk (no second network boot) with its own host name.
-//! - A third network boot serves a `root.img` with one flipped byte, which stage 1 must
-//!   refuse, naming the SHA-256, before anything is mounted.
+//! - A third machine is served a `root.img` with one flipped byte, then a truncated one, then
+//!   the 1.0.0 build's root: stage 1 must refuse each, naming what did not match, before
+//!   anything is attached.
 //!
-//! Three network boots beside the disk boot, all of one build.
+//! Five network boots beside the disk boot, all of one build.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -86,8 +87,8 @@ fn ovmf_boots_the_image_into_our_init_from_its_own_disk_beside_another_keel_disk
     network_boot(
         &other.join("pxe"),
         &dir.join("pxe"),
-        &secret,
-        &public,
+        (&secret, &public),
+        &first,
         disk_boot,
     );
 }
@@ -145,7 +146,13 @@ fn node_profiles(dir: &Path, key: &Path, public: &Path) -> PathBuf {
     configs
 }
 
-fn network_boot(pxe_dir: &Path, dir: &Path, key: &Path, public: &Path, disk_boot: f64) {
+fn network_boot(
+    pxe_dir: &Path,
+    dir: &Path,
+    (key, public): (&Path, &Path),
+    other_build: &Path,
+    disk_boot: f64,
+) {
     let configs = node_profiles(dir, key, public);
     let bootfile = serve(pxe_dir, Some(&configs));
     let started = Instant::now();
@@ -190,7 +197,7 @@ fn network_boot(pxe_dir: &Path, dir: &Path, key: &Path, public: &Path, disk_boot
     vm.kill();
 
     install_over_the_network(&bootfile, dir);
-    tampered_root(pxe_dir, dir);
+    tampered_roots(pxe_dir, dir, other_build);
 }
 
 /// Machine B: its profile installs onto the blank NVMe disk; the next boot is the disk's.
@@ -242,8 +249,11 @@ fn install_over_the_network(bootfile: &str, dir: &Path) {
     let _ = std::fs::remove_file(&target);
 }
 
-/// The same files, root.img with one byte flipped in the middle.
-fn tampered_root(pxe_dir: &Path, dir: &Path) {
+/// The same files with a `root.img` that is not the signed one, three ways, one machine: the
+/// server's file is swapped while the refused node waits to reboot (`keel serve` opens it per
+/// request). Each must be refused by stage 1 with a line naming what did not match, before
+/// anything is attached.
+fn tampered_roots(pxe_dir: &Path, dir: &Path, other_build: &Path) {
     let tampered = dir.join("tampered");
     std::fs::create_dir_all(&tampered).unwrap();
     for entry in std::fs::read_dir(pxe_dir).unwrap() {
@@ -251,7 +261,8 @@ fn tampered_root(pxe_dir: &Path, dir: &Path) {
         std::fs::copy(entry.path(), tampered.join(entry.file_name())).unwrap();
     }
     let root = tampered.join(keel_contract::output::pxe::ROOT);
-    flip_byte(&root, std::fs::metadata(&root).unwrap().len() / 2);
+    let good = std::fs::read(&root).unwrap();
+    flip_byte(&root, good.len() as u64 / 2);
     let bootfile = serve(&tampered, None);
     let mut vm = network_machine(
         "pxe-tampered",
@@ -265,10 +276,40 @@ fn tampered_root(pxe_dir: &Path, dir: &Path) {
         vm.fail("the refusal names the SHA-256 that did not match");
     }
     vm.expect("rebooting in", Duration::from_secs(30));
+    // Truncated: half of it.
+    std::fs::write(&root, &good[..good.len() / 2]).unwrap();
+    let before = vm.expect("the signed manifest's slot_payload is", BOOT);
+    if !before.contains(&format!("announces {} bytes", good.len() / 2)) {
+        vm.fail("the refusal of a truncated root.img names its size");
+    }
+    vm.expect("rebooting in", Duration::from_secs(30));
+    // Another build's root: the 1.0.0 disk's slot A, exactly its signed payload.
+    std::fs::write(&root, slot_payload(other_build)).unwrap();
+    vm.expect("network boot: http://10.0.2.2:", BOOT);
+    let refused = vm.expect("rebooting in", BOOT);
+    if !refused.contains("slot_payload") {
+        vm.fail("a root.img from another build is refused against the signed slot_payload");
+    }
     let log = vm.console_log();
     if log.contains("switching to") || log.contains("loop0") {
         vm.fail("nothing of a root.img that did not verify may be attached or mounted");
     }
     vm.kill();
     let _ = std::fs::remove_dir_all(&tampered);
+}
+
+/// The slot payload of the build in `out`: KEEL-A's signed bytes in its `disk.raw`.
+fn slot_payload(out: &Path) -> Vec<u8> {
+    let manifest = std::fs::read(out.join(keel_contract::output::MANIFEST)).unwrap();
+    let manifest = keel_contract::manifest::Manifest::from_json(&manifest).unwrap();
+    let slot = manifest
+        .disk
+        .partitions
+        .iter()
+        .find(|p| p.label == keel_contract::layout::PartitionRole::SlotA.label())
+        .unwrap();
+    let disk = std::fs::File::open(out.join(keel_contract::output::DISK)).unwrap();
+    let mut bytes = vec![0u8; manifest.slot_payload.size as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&disk, &mut bytes, slot.offset).unwrap();
+    bytes
 }

@@ -47,6 +47,7 @@ pub mod testhooks;
 pub mod timeline;
 pub mod upgrade;
 pub mod var;
+pub mod vardisk;
 pub mod watchdog;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -412,12 +412,30 @@ fn run() -> Result<std::convert::Infallible, String> {
     BOOT.step("basics", || system_basics(&handoff))?;
     let mut warnings = Vec::new();
     let state_dir = BOOT.step("state", || storage::mount_state(&handoff, &mut warnings))?;
-    // From here DATA, the host and containerd go on beside the main thread (`startup`).
-    let background = startup::Background::spawn(&handoff, &state_dir)?;
+    // From here DATA, the host and containerd go on beside the main thread (`startup`). A
+    // network boot's /var may be on a disk its profile names, so its thread waits for the
+    // profile.
+    let early = match handoff.disk() {
+        Some(_) => Some(startup::Background::spawn(&handoff, &state_dir, None)?),
+        None => None,
+    };
     let rolled_back_from = BOOT.step("entries", || {
         storage::settle_boot_entries(&handoff, &state_dir, &mut warnings)
     });
     let (cfg, early_net) = BOOT.step("config", || node_config(&state_dir))?;
+    let background = match early {
+        Some(background) => {
+            if cfg.node.var.is_some() {
+                warn(
+                    &mut warnings,
+                    "[node.var] is for network-booted nodes: /var stays on this boot disk's DATA"
+                        .into(),
+                );
+            }
+            background
+        }
+        None => startup::Background::spawn(&handoff, &state_dir, cfg.node.var.clone())?,
+    };
     deadline.set_secs(cfg.node.boot_deadline_secs);
     watchdog::arm(&cfg.node.watchdog, &log);
     log(&format!(

@@ -15,12 +15,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use keel_contract::profile::Network;
+use keel_contract::profile::{Network, VarDisk};
 
 use crate::bootinfo::Handoff;
 use crate::supervisor::Supervisor;
 use crate::timeline::BOOT;
-use crate::{console, history, kubelet_host, net, services, sys, var};
+use crate::{console, history, kubelet_host, net, services, sys, var, vardisk};
 
 const VAR_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -45,12 +45,17 @@ pub struct Background {
 impl Background {
     /// Starts DATA's checks and mount, the host's preparation and containerd with the baked
     /// images, on a thread of their own.
-    pub fn spawn(handoff: &Handoff, state_dir: &Path) -> Result<Background, String> {
+    /// `var_disk` is a network-booted node's `[node.var]` (a disk boot's DATA is on its disk).
+    pub fn spawn(
+        handoff: &Handoff,
+        state_dir: &Path,
+        var_disk: Option<VarDisk>,
+    ) -> Result<Background, String> {
         let (tx, rx) = mpsc::channel();
         let (handoff, state_dir) = (handoff.clone(), state_dir.to_path_buf());
         let core = std::thread::Builder::new()
             .name("var-containerd".into())
-            .spawn(move || var_then_containerd(&handoff, &state_dir, &tx))
+            .spawn(move || var_then_containerd(&handoff, &state_dir, var_disk.as_ref(), &tx))
             .map_err(|e| format!("starting the /var thread: {e}"))?;
         Ok(Background { var: rx, core })
     }
@@ -76,11 +81,12 @@ impl Background {
 fn var_then_containerd(
     handoff: &Handoff,
     state_dir: &Path,
+    var_disk: Option<&VarDisk>,
     decided: &mpsc::Sender<VarOutcome>,
 ) -> Result<Arc<Supervisor>, String> {
     let mut warnings = Vec::new();
     let boot = BOOT.step("var", || {
-        data_and_history(handoff, state_dir, &mut warnings)
+        data_and_history(handoff, state_dir, var_disk, &mut warnings)
     });
     let mounted = boot.is_ok();
     // What containerd expects of the host, on /var, before it starts.
@@ -100,11 +106,13 @@ fn var_then_containerd(
 fn data_and_history(
     handoff: &Handoff,
     state_dir: &Path,
+    var_disk: Option<&VarDisk>,
     warnings: &mut Vec<String>,
 ) -> Result<u64, var::Unavailable> {
-    let mounted = match handoff.disk() {
-        Some((disk, _)) => var::mount(disk, state_dir, VAR_TIMEOUT, &|m| log(m))?,
-        None => var::mount_tmpfs(&|m| log(m))?,
+    let mounted = match (handoff.disk(), var_disk) {
+        (Some((disk, _)), _) => var::mount(disk, state_dir, VAR_TIMEOUT, &|m| log(m))?,
+        (None, Some(selected)) => vardisk::mount(selected, state_dir, VAR_TIMEOUT, &|m| log(m))?,
+        (None, None) => var::mount_tmpfs(&|m| log(m))?,
     };
     if let Some(note) = mounted.note {
         warnings.push(note);

@@ -124,7 +124,19 @@ pub fn mount(
     }
     let (data, created) =
         block::ensure_data_partition(&roots, disk, timeout).map_err(|e| fail(e.to_string()))?;
-    let device = data.path.clone();
+    check_format_and_mount(&data.path, created, state, log)
+}
+
+/// DATA's filesystem on `device`: formatted only when `created` (or STATE says its formatting
+/// never finished), else checked by e2fsck; then mounted at `/var`.
+pub fn check_format_and_mount(
+    device: &Path,
+    created: bool,
+    state: &Path,
+    log: &dyn Fn(&str),
+) -> Result<Mounted, Unavailable> {
+    let fail = |e: String| Unavailable(e);
+    let device = device.to_path_buf();
     let shown = device.display().to_string();
     let magic = block::is_ext4(&device).map_err(|e| fail(e.to_string()))?;
     let mut note = None;
@@ -172,7 +184,7 @@ pub fn mount(
 }
 
 /// `/var` of a diskless node: a tmpfs (at most half the RAM, the kernel's default), lost at
-/// power-off. A data disk for diskless nodes is not built yet: the profile cannot name one.
+/// power-off, unless its profile names a disk for it (`crate::vardisk`).
 pub fn mount_tmpfs(log: &dyn Fn(&str)) -> Result<Mounted, Unavailable> {
     let fail = |e: String| Unavailable(e);
     sys::mount(

@@ -12,11 +12,13 @@
 //! - Machine B (another MAC, a blank NVMe disk) gets a profile with `[node.install]`: it
 //!   installs onto the disk through the same installer as a USB stick, sets BootNext, reboots,
 //!   and comes up from the disk (no second network boot) with its own host name.
-//! - A third machine is served a `root.img` with one flipped byte, then a truncated one, then
+//! - Machine C (no boot disk, a blank NVMe disk) gets `[node.var]`: `/var` goes onto that
+//!   disk, and a second boot of the machine finds it there.
+//! - A fourth machine is served a `root.img` with one flipped byte, then a truncated one, then
 //!   the 1.0.0 build's root: stage 1 must refuse each, naming what did not match, before
 //!   anything is attached.
 //!
-//! Five network boots beside the disk boot, all of one build.
+//! Seven network boots beside the disk boot, all of one build.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -107,6 +109,7 @@ fn serve(pxe_dir: &Path, configs: Option<&Path>) -> String {
 
 const MAC_A: &str = "52:54:00:12:34:0a";
 const MAC_B: &str = "52:54:00:12:34:0b";
+const MAC_C: &str = "52:54:00:12:34:0c";
 
 /// A network-booted machine: the NIC first in the boot order, `extra` devices after it.
 fn network_machine(
@@ -143,6 +146,11 @@ fn node_profiles(dir: &Path, key: &Path, public: &Path) -> PathBuf {
         node("pxe-b")
     );
     sign_text(&configs, &file(MAC_B), &installing, key, public);
+    let var_disk = format!(
+        "{}\n[node.var]\ndisk = {{ serial = \"KEEL-PXE-VAR\" }}\n",
+        node("pxe-c")
+    );
+    sign_text(&configs, &file(MAC_C), &var_disk, key, public);
     configs
 }
 
@@ -197,6 +205,7 @@ fn network_boot(
     vm.kill();
 
     install_over_the_network(&bootfile, dir);
+    var_on_a_disk(&bootfile, dir);
     tampered_roots(pxe_dir, dir, other_build);
 }
 
@@ -247,6 +256,52 @@ fn install_over_the_network(bootfile: &str, dir: &Path) {
     }
     vm.kill();
     let _ = std::fs::remove_file(&target);
+}
+
+/// Machine C: diskless, but its profile puts `/var` on a blank NVMe disk; a second boot finds
+/// it there (the boot history on `/var` counts boot 2).
+fn var_on_a_disk(bootfile: &str, dir: &Path) {
+    let var_disk = dir.join("var.raw");
+    std::fs::File::create(&var_disk)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let nvme = || {
+        vec![
+            "-drive".to_owned(),
+            format!("if=none,id=var,format=raw,file={}", var_disk.display()),
+            "-device".to_owned(),
+            "nvme,drive=var,serial=KEEL-PXE-VAR".to_owned(),
+        ]
+    };
+    let vm_dir = dir.join("vm-var");
+    let mut vm = network_machine("pxe-var", bootfile, MAC_C, &vm_dir, nvme());
+    let before = vm.expect("keel: ready: keel-worker 1.0.1 slot a, boot 1", BOOT);
+    if !before.contains("/var: a new partition table with DATA on nvme-QEMU_NVMe_Ctrl_KEEL-PXE-VAR")
+        || !before.contains("/var on /dev/nvme0n1p1")
+    {
+        vm.fail("a blank disk named by [node.var] gets DATA and becomes /var");
+    }
+    vm.expect("(pxe-c)", Duration::from_secs(60));
+    vm.kill();
+    let out = std::process::Command::new("sgdisk")
+        .arg("-p")
+        .arg("-v")
+        .arg(&var_disk)
+        .output()
+        .expect("sgdisk is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("No problems found") && text.contains("DATA"),
+        "{text}"
+    );
+    let mut vm = network_machine("pxe-var-again", bootfile, MAC_C, &vm_dir, nvme());
+    let before = vm.expect("keel: ready: keel-worker 1.0.1 slot a, boot 2", BOOT);
+    if before.contains("a new partition table") || before.contains("formatting") {
+        vm.fail("the second boot must use /var as it is");
+    }
+    vm.kill();
+    let _ = std::fs::remove_file(&var_disk);
 }
 
 /// The same files with a `root.img` that is not the signed one, three ways, one machine: the

@@ -24,6 +24,26 @@ pub struct Install {
     pub wipe: bool,
 }
 
+/// `[node.var]`: a node booted from the network keeps `/var` on a disk of its own instead of
+/// RAM. The disk is chosen like the installer's (by identity, exactly one match). A blank
+/// disk gets a partition table with one DATA partition, formatted ext4; a disk holding
+/// exactly that is mounted as it is; anything else is refused unless `wipe = true`. A node
+/// booted from a disk keeps DATA on that disk and ignores this section.
+///
+/// ```toml
+/// [node.var]
+/// disk = { serial = "S4EVNX0R654321" }
+/// wipe = false
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VarDisk {
+    pub disk: DiskSelector,
+    /// Repartition a disk that holds anything but Keel's DATA (default false: refused).
+    #[serde(default)]
+    pub wipe: bool,
+}
+
 /// How the installer picks its disk. Criteria combine (all must match); at least one is
 /// required, so that no profile installs onto "any disk".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -158,6 +178,25 @@ mod tests {
     use super::*;
     use crate::profile::LoadedProfile;
     use std::path::Path;
+
+    #[test]
+    fn a_var_disk_takes_the_installers_selectors() {
+        let text = "[node.var]\ndisk = { serial = \"V1\", min_size = \"8 GiB\" }\n";
+        let var = LoadedProfile::from_text(std::path::Path::new("p.toml"), text)
+            .unwrap()
+            .profile
+            .node
+            .var
+            .unwrap();
+        assert!(!var.wipe);
+        assert!(var.disk.matches(&disk("V1", 10 << 30)));
+        assert!(!var.disk.matches(&disk("V1", 4 << 30)));
+        let err =
+            LoadedProfile::from_text(std::path::Path::new("p.toml"), "[node.var]\ndisk = {}\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("p.toml"), "{err}");
+    }
 
     fn load(text: &str) -> Result<Option<Install>, String> {
         LoadedProfile::from_text(Path::new("p.toml"), text)

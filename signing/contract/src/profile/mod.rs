@@ -27,7 +27,7 @@ pub mod schema;
 mod validate;
 pub mod values;
 
-pub use install::{DiskIdentity, DiskSelector, Install};
+pub use install::{DiskIdentity, DiskSelector, Install, VarDisk};
 pub use kube::{
     ImageRepository, KubeVersion, LabelKey, LabelValue, NodeLabelKey, PeerUrl, SubjectAltName,
     Taint, TaintEffect,

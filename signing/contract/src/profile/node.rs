@@ -62,6 +62,9 @@ pub struct Node {
     /// (`[node.install]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<super::install::Install>,
+    /// A network-booted node's `/var` on a disk of its own (`[node.var]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub var: Option<super::install::VarDisk>,
 }
 
 fn default_boot_deadline() -> u64 {
@@ -83,6 +86,7 @@ impl Default for Node {
             config_generation: 0,
             watchdog: Watchdog::default(),
             install: None,
+            var: None,
         }
     }
 }

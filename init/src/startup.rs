@@ -129,11 +129,16 @@ fn data_and_history(
             log(&format!("warning: {p}"));
             warnings.push(p);
         }
-        None if handoff.disk().is_none() => {
+        None if handoff.disk().is_none() && var_disk.is_none() => {
             log("no boot history: a diskless node's /var does not outlive a boot");
         }
         None => log(&format!(
-            "boot {boot} of this disk (history in {})",
+            "boot {boot} of this {} (history in {})",
+            if handoff.disk().is_some() {
+                "disk"
+            } else {
+                "/var disk"
+            },
             history::HISTORY
         )),
     }

@@ -197,7 +197,13 @@ fn network_boot(
     eprintln!(
         "pxe bench: power-on to ready over the network {network:.1} s, from a disk {disk_boot:.1} s (the disk boot of the same profile, version 1.0.0, in this test); ratio {:.2}; {}; at ready: {}",
         network / disk_boot,
-        line.lines().last().unwrap_or_default().trim(),
+        line.lines()
+            .last()
+            .and_then(|l| l.split_once("root.img "))
+            .map_or("no fetch line".to_owned(), |(_, r)| format!(
+                "root.img {} MiB of RAM",
+                r.trim()
+            )),
         ready_line
             .split_once("memory in use ")
             .map_or("memory not reported", |(_, m)| m.trim())
@@ -299,6 +305,9 @@ fn var_on_a_disk(bootfile: &str, dir: &Path) {
     let before = vm.expect("keel: ready: keel-worker 1.0.1 slot a, boot 2", BOOT);
     if before.contains("a new partition table") || before.contains("formatting") {
         vm.fail("the second boot must use /var as it is");
+    }
+    if !before.contains("boot 2 of this /var disk") {
+        vm.fail("the boot history on a /var disk counts on");
     }
     vm.kill();
     let _ = std::fs::remove_file(&var_disk);

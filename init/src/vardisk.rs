@@ -1,8 +1,8 @@
 //! `[node.var]`: a network-booted node's `/var` on a disk of its own (issue 14), instead of a
 //! tmpfs that every reboot empties.
 //!
-//! The disk is chosen by identity like the installer's target: exactly one disk must match,
-//! and it must not be in use. What is done with it is decided by [`plan`], pure:
+//! The disk is chosen by identity like the installer's target ([`plan::select`]): exactly one
+//! disk must match, and it must not be in use. What is done with it is decided by [`plan`], pure:
 //! - a partition table holding exactly one partition, Keel's DATA: that is `/var`, checked
 //!   and mounted as a disk boot's DATA is ([`crate::var`]: e2fsck, never a format of
 //!   something that is not new);
@@ -23,7 +23,7 @@ use keel_contract::layout::{ALIGNMENT, PartitionRole, SECTOR_SIZE as SECTOR, typ
 use keel_contract::profile::VarDisk;
 
 use crate::block::{self, Roots, data::derive_guid};
-use crate::install::disks::{self, DiskInfo};
+use crate::install::{disks, plan};
 use crate::var::{self, Mounted, Unavailable};
 
 /// The partition number of DATA on a disk of its own.
@@ -96,39 +96,6 @@ fn new_table(sectors: u64, disk_guid: uuid::Uuid) -> Result<Gpt, String> {
     Ok(table)
 }
 
-/// The one disk `selector` matches, not in use, or why not.
-pub fn choose<'a>(var: &VarDisk, disks: &'a [DiskInfo]) -> Result<&'a DiskInfo, String> {
-    let matched: Vec<&DiskInfo> = disks
-        .iter()
-        .filter(|d| var.disk.matches(&d.identity))
-        .collect();
-    let list = |ds: &[&DiskInfo]| {
-        let names: Vec<String> = ds.iter().map(|d| d.describe()).collect();
-        if names.is_empty() {
-            "none".to_owned()
-        } else {
-            names.join(", ")
-        }
-    };
-    match matched.as_slice() {
-        [] => Err(format!(
-            "[node.var] disk {} matches no disk; disks seen: {}",
-            var.disk,
-            list(&disks.iter().collect::<Vec<_>>())
-        )),
-        [one] => match &one.in_use {
-            Some(why) => Err(format!("{} is in use: {why}", one.describe())),
-            None => Ok(one),
-        },
-        several => Err(format!(
-            "[node.var] disk {} matches {} disks ({}); it must match exactly one",
-            var.disk,
-            several.len(),
-            list(several)
-        )),
-    }
-}
-
 /// `/var` on the disk `var` selects; see the module docs.
 pub fn mount(
     var: &VarDisk,
@@ -140,7 +107,7 @@ pub fn mount(
     let roots = Roots::default();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let found = disks::inventory(&roots, &mountinfo).map_err(|e| fail(e.to_string()))?;
-    let chosen = choose(var, &found).map_err(fail)?;
+    let chosen = plan::select(&var.disk, &found, None).map_err(|r| fail(r.to_string()))?;
     let path = &chosen.disk.path;
     let file = block::open_read(path).map_err(|e| fail(e.to_string()))?;
     let sector = block::logical_sector_size(&file, path).map_err(|e| fail(e.to_string()))?;
@@ -195,7 +162,7 @@ fn random_guid() -> std::io::Result<uuid::Uuid> {
 }
 
 /// Both ends zeroed, the backup table, then the primary, each synced; then the kernel reads
-/// the new table (the disk is not in use: [`choose`] checked).
+/// the new table (the disk is not in use: [`plan::select`] checked).
 fn write_table(path: &Path, table: &Gpt) -> Result<(), String> {
     let err = |op: &str, e: &dyn std::fmt::Display| format!("{}: {op}: {e}", path.display());
     let file = File::options()

@@ -1,14 +1,13 @@
 //! The var disk's decisions on made-up tables, and its new table checked by sgdisk.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use keel_contract::gpt::{Gpt, GptPartition};
 use keel_contract::layout::PartitionRole;
-use keel_contract::profile::{DiskIdentity, LoadedProfile, VarDisk};
+use keel_contract::profile::{LoadedProfile, VarDisk};
 
-use super::{Plan, choose, plan};
-use crate::block::Disk;
+use super::{Plan, plan};
 use crate::install::disks::DiskInfo;
 
 const SECTORS: u64 = 8 << 21; // 8 GiB
@@ -23,25 +22,7 @@ fn var(text: &str) -> VarDisk {
 }
 
 fn disk(name: &str, serial: &str) -> DiskInfo {
-    DiskInfo {
-        disk: Disk {
-            name: name.into(),
-            path: PathBuf::from(format!("/dev/{name}")),
-            major: 259,
-            minor: 0,
-        },
-        identity: DiskIdentity {
-            serial: Some(serial.into()),
-            wwn: None,
-            model: Some("QEMU NVMe Ctrl".into()),
-            by_id: vec![format!("nvme-QEMU_NVMe_Ctrl_{serial}")],
-            size: SECTORS * 512,
-        },
-        removable: false,
-        usb: false,
-        partitions: vec![],
-        in_use: None,
-    }
+    crate::install::tests::disk(name, serial, (SECTORS * 512) >> 30)
 }
 
 fn guid(n: u128) -> uuid::Uuid {
@@ -113,16 +94,18 @@ fn anything_else_is_refused_unless_wiped() {
 
 #[test]
 fn exactly_one_unused_disk_must_match() {
+    let choose = |var: &VarDisk, disks: &[DiskInfo]| {
+        crate::install::plan::select(&var.disk, disks, None)
+            .map(|d| d.disk.name.clone())
+            .map_err(|r| r.to_string())
+    };
     let disks = [
         disk("nvme0n1", "V1"),
         disk("nvme1n1", "V2"),
         disk("vda", "V1-B"),
     ];
     assert_eq!(
-        choose(&var("disk = { serial = \"V2\" }"), &disks)
-            .unwrap()
-            .disk
-            .name,
+        choose(&var("disk = { serial = \"V2\" }"), &disks).unwrap(),
         "nvme1n1"
     );
     let none = choose(&var("disk = { serial = \"V9\" }"), &disks).unwrap_err();

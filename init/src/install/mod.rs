@@ -16,7 +16,7 @@ pub mod disks;
 pub mod plan;
 pub mod source;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod write;
 
 use std::os::unix::fs::FileExt;

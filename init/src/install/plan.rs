@@ -4,7 +4,7 @@
 use keel_contract::gpt::{Gpt, GptError, GptPartition};
 use keel_contract::layout::{PartitionRole, SECTOR_SIZE};
 use keel_contract::manifest;
-use keel_contract::profile::Install;
+use keel_contract::profile::{DiskSelector, Install};
 
 use super::disks::DiskInfo;
 
@@ -76,11 +76,40 @@ pub fn choose<'a>(
     boot_disk: Option<&str>,
     probe: &mut dyn FnMut(&DiskInfo) -> Probe,
 ) -> Result<&'a DiskInfo, Refusal> {
-    let selector = install.disk.to_string();
+    let disk = select(&install.disk, disks, boot_disk)?;
+    if !install.wipe && !disk.partitions.is_empty() {
+        return Err(Refusal::Partitioned {
+            disk: disk.describe(),
+            partitions: disk.partitions.join(", "),
+        });
+    }
+    let probed = probe(disk);
+    if u64::from(probed.logical_sector) != SECTOR_SIZE {
+        return Err(Refusal::SectorSize {
+            disk: disk.describe(),
+            sector: probed.logical_sector,
+        });
+    }
+    if !install.wipe && !probed.blank {
+        return Err(Refusal::NotBlank {
+            disk: disk.describe(),
+        });
+    }
+    Ok(disk)
+}
+
+/// The one disk `selector` matches, when it is not the boot disk and not in use (the
+/// installer's target, a diskless node's `/var` disk).
+pub fn select<'a>(
+    selector: &DiskSelector,
+    disks: &'a [DiskInfo],
+    boot_disk: Option<&str>,
+) -> Result<&'a DiskInfo, Refusal> {
     let matched: Vec<&DiskInfo> = disks
         .iter()
-        .filter(|d| install.disk.matches(&d.identity))
+        .filter(|d| selector.matches(&d.identity))
         .collect();
+    let selector = selector.to_string();
     if let Some(boot) = matched
         .iter()
         .find(|d| Some(d.disk.name.as_str()) == boot_disk)
@@ -110,24 +139,6 @@ pub fn choose<'a>(
         return Err(Refusal::InUse {
             disk: disk.describe(),
             why: why.clone(),
-        });
-    }
-    if !install.wipe && !disk.partitions.is_empty() {
-        return Err(Refusal::Partitioned {
-            disk: disk.describe(),
-            partitions: disk.partitions.join(", "),
-        });
-    }
-    let probed = probe(disk);
-    if u64::from(probed.logical_sector) != SECTOR_SIZE {
-        return Err(Refusal::SectorSize {
-            disk: disk.describe(),
-            sector: probed.logical_sector,
-        });
-    }
-    if !install.wipe && !probed.blank {
-        return Err(Refusal::NotBlank {
-            disk: disk.describe(),
         });
     }
     Ok(disk)

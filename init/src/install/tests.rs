@@ -24,7 +24,8 @@ fn install(selector: &str, wipe: bool) -> Install {
         .unwrap()
 }
 
-fn disk(name: &str, serial: &str, gib: u64) -> DiskInfo {
+/// An NVMe disk of `gib` GiB as the inventory reports one (also the var disk's tests').
+pub(crate) fn disk(name: &str, serial: &str, gib: u64) -> DiskInfo {
     DiskInfo {
         disk: Disk {
             name: name.into(),

@@ -12,6 +12,7 @@ pub mod cli;
 // The pipeline and the commands' library halves.
 pub mod build;
 pub mod check;
+pub mod cluster;
 pub mod context;
 pub mod error;
 pub mod flash;

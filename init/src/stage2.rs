@@ -465,8 +465,10 @@ fn run() -> Result<std::convert::Infallible, String> {
     let facts = node_api::BootFacts {
         hostname: hostname.clone(),
         addresses: net_state
-            .addresses
+            .links
             .iter()
+            .flat_map(|l| &l.addresses)
+            .chain(&net_state.addresses)
             .map(ToString::to_string)
             .collect(),
         boot: *var.boot.as_ref().unwrap_or(&0),
@@ -521,7 +523,7 @@ fn run() -> Result<std::convert::Infallible, String> {
     // The health gate: the root was verified in stage 1, the profile is applied, /var is
     // mounted, containerd answers, and the role's services are healthy. The role's files
     // are written while containerd starts.
-    let ips: Vec<IpAddr> = net_state.addresses.iter().map(|a| a.addr).collect();
+    let ips: Vec<IpAddr> = net_state.node_addresses();
     let secrets = cfg.secrets.as_ref();
     let role = BOOT.step("role", || {
         services::prepare_role(&cfg.node, &hostname, &ips, secrets)

@@ -172,10 +172,12 @@ pub fn network(
     node: &keel_contract::profile::Node,
     early: Option<net::NetState>,
 ) -> Result<(net::NetState, String), String> {
-    let state = match early {
-        Some(state) if node.network == Network::default() => state,
+    let mut state = match early {
+        Some(state) if node.network.without_links() == Network::default() => state,
         _ => net::configure(&node.network, &|m| log(m)).map_err(|e| format!("network: {e}"))?,
     };
+    state.links = net::links::configure(&node.network.links, state.options(), &|m| log(m))
+        .map_err(|e| format!("network: {e}"))?;
     let hostname = apply_hostname(node, &state);
     let addresses: Vec<String> = state.addresses.iter().map(ToString::to_string).collect();
     log(&format!(

@@ -38,6 +38,7 @@ fn dhcp_profile(lab: &Lab, dns: &[&str]) -> Network {
         addresses: Vec::new(),
         gateway: None,
         dns: addrs(dns),
+        links: Vec::new(),
     }
 }
 
@@ -48,6 +49,7 @@ fn static_profile(lab: &Lab, cidrs: &[&str], gateway: Option<&str>, dns: &[&str]
         addresses: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         gateway: gateway.map(|g| g.parse().unwrap()),
         dns: addrs(dns),
+        links: Vec::new(),
     }
 }
 
@@ -386,4 +388,55 @@ fn interface_selection_errors_name_what_is_there() {
     let (result, _) = lab.configure(network, lab.options(1));
     let err = result.unwrap_err();
     assert!(matches!(err, NetError::NoEthernet { .. }), "{err}");
+}
+
+/// A link (`[[node.network.links]]`) gets its static address and no default route; the
+/// virtual IP is added as /32 and announced with gratuitous ARP, which a neighbour that
+/// accepts them (`arp_accept`) files under the link's MAC; released, it is gone.
+#[test]
+fn a_link_and_its_virtual_ip_are_announced_and_released() {
+    use keel_contract::profile::StaticLink;
+    use keel_init::net::vip::{self, Step};
+    let lab = Lab::new("v");
+    let accept = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, "sysctl", "-qw"])
+        .arg(format!("net.ipv4.conf.{}.arp_accept=1", lab.server_if))
+        .status()
+        .unwrap();
+    assert!(accept.success());
+    let link = StaticLink {
+        interface: lab.client_if.parse().unwrap(),
+        addresses: vec!["10.79.0.5/24".parse().unwrap()],
+        vip: Some("10.79.0.10".parse().unwrap()),
+    };
+    let (iface, options) = (lab.client_if.clone(), lab.options(1));
+    let (result, log) = lab.in_client(move |log| -> Result<(), NetError> {
+        net::links::configure(std::slice::from_ref(&link), &options, log)?;
+        vip::apply(Step::Take, &iface, "10.79.0.10".parse().unwrap(), log)
+    });
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(vip::held(), Some("10.79.0.10".parse().unwrap()));
+    let (v4, routes) = client_v4(&lab);
+    assert!(v4.contains("inet 10.79.0.5/24"), "{v4}");
+    assert!(v4.contains("inet 10.79.0.10/32"), "{v4}");
+    assert!(
+        !routes.contains("default"),
+        "a link adds no default route: {routes}"
+    );
+    let mac = lab.client_ip(&["link", "show", "dev", &lab.client_if]);
+    let mac = mac.split("link/ether ").nth(1).unwrap()[..17].to_owned();
+    let neigh = ip(&["-n", &lab.server_ns, "neigh", "show", "10.79.0.10"]);
+    assert!(
+        neigh.contains(&mac),
+        "the neighbour learnt {mac}: {neigh:?}"
+    );
+
+    let iface = lab.client_if.clone();
+    let (result, log) = lab.in_client(move |log| {
+        vip::apply(Step::Release, &iface, "10.79.0.10".parse().unwrap(), log)
+    });
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(vip::held(), None);
+    let (v4, _) = client_v4(&lab);
+    assert!(!v4.contains("10.79.0.10"), "{v4}");
 }

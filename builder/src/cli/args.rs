@@ -65,6 +65,9 @@ pub enum Command {
     /// Serve images for network boot (their pxe/ directories) and per-node profiles over
     /// HTTP, until interrupted. Not a DHCP server: point DHCP (e.g. dnsmasq) at it.
     Serve(ServeArgs),
+    /// Disposable multi-node clusters of QEMU VMs on this machine: no root, no KVM.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Manage a running node through its API (HTTPS, mutual TLS, port 50000).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -412,5 +415,78 @@ pub enum NodeCommand {
         /// Print the node's JSON answer as it is.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster from a built image: the VMs run detached, state lives in
+    /// $XDG_STATE_HOME/keel/clusters/NAME, a `keel` context NAME is saved and made current,
+    /// then it waits until every node is ready and etcd is healthy with every control plane.
+    Create {
+        /// The cluster's name (a DNS label); also the context's.
+        name: ClusterName,
+        /// A build output directory (`keel build -o OUTDIR`).
+        #[arg(long, value_name = "OUTDIR")]
+        image: PathBuf,
+        /// Control-plane nodes (etcd members); odd counts tolerate failures best.
+        #[arg(long, default_value_t = 1)]
+        controlplanes: u8,
+        #[arg(long, default_value_t = 0)]
+        workers: u8,
+        /// Guest memory per node, MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        /// Virtual CPUs per node.
+        #[arg(long, default_value_t = 1)]
+        cpus: u8,
+        /// Each node's disk: the image is grown to this and the node fills it with DATA.
+        #[arg(long, default_value = "6GiB")]
+        disk_size: String,
+        /// Use these cluster secrets (`keel secrets gen`) instead of new ones.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        /// Seconds to wait for the cluster to be healthy before failing with the check
+        /// that fails (the VMs stay up to look at).
+        #[arg(long, default_value_t = 900)]
+        wait_timeout: u64,
+        /// Print the nodes as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the clusters.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes of a cluster: their QEMU, their API, etcd.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the cluster's nodes that are not running (or one node), with their disks as
+    /// they were.
+    Start {
+        name: String,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Seconds to wait for the cluster to be healthy again.
+        #[arg(long, default_value_t = 900)]
+        wait_timeout: u64,
+    },
+    /// Pull one node's plug (its QEMU is killed; its disk stays).
+    Stop {
+        name: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// Stop every VM and remove the cluster's disks, secrets and context.
+    Destroy {
+        name: String,
+        /// Keep the consoles and QEMU logs (moved to NAME.destroyed-TIME).
+        #[arg(long)]
+        keep_logs: bool,
     },
 }

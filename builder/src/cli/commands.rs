@@ -388,7 +388,7 @@ impl ContextFile {
         ContextFile { path, name }
     }
 
-    fn path(&self) -> Result<PathBuf, CommandError> {
+    pub fn path(&self) -> Result<PathBuf, CommandError> {
         match &self.path {
             Some(p) => Ok(p.clone()),
             None => Ok(context::default_path()?),

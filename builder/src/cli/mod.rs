@@ -5,6 +5,7 @@
 //! exit codes.
 
 pub mod args;
+mod cluster;
 mod commands;
 pub mod error;
 mod man;
@@ -13,8 +14,9 @@ pub mod node;
 use clap::{CommandFactory, Parser};
 
 pub use args::{
-    BuildArgs, Cli, Command, ContextCommand, FlashArgs, InspectArgs, KeyCommand, NodeCommand,
-    NodeConnection, ProfileCommand, RunArgs, SecretsCommand, ServeArgs, SignArgs, VerifyArgs,
+    BuildArgs, Cli, ClusterCommand, Command, ContextCommand, FlashArgs, InspectArgs, KeyCommand,
+    NodeCommand, NodeConnection, ProfileCommand, RunArgs, SecretsCommand, ServeArgs, SignArgs,
+    VerifyArgs,
 };
 pub use error::CommandError;
 
@@ -64,6 +66,7 @@ pub fn dispatch(cli: Cli, rep: &Reporter) -> Result<(), CommandError> {
         Command::Flash(args) => commands::flash(&args, rep),
         Command::Run(args) => commands::run(args),
         Command::Serve(args) => commands::serve(&args, rep),
+        Command::Cluster(command) => cluster::run(command, &contexts, rep),
         Command::Node(command) => {
             let command = node::with_context(command, &contexts.load()?, contexts.name())?;
             node::run(command, rep)

@@ -7,9 +7,11 @@
 
 pub mod dhcp;
 pub mod iface;
+pub mod links;
 pub mod netlink;
 pub mod resolv;
 mod sys;
+pub mod vip;
 
 use std::fmt;
 use std::io;
@@ -120,6 +122,8 @@ pub struct NetState {
     /// The host name the DHCP server gave, if valid. Setting it is the caller's decision (the
     /// profile's `hostname` wins): see [`set_hostname`].
     pub dhcp_hostname: Option<Hostname>,
+    /// `[[node.network.links]]` as configured (after the main interface).
+    pub links: Vec<links::LinkState>,
     mode: NetworkMode,
     profile_dns: Vec<IpAddr>,
     options: NetOptions,
@@ -132,6 +136,17 @@ impl NetState {
 
     pub fn options(&self) -> &NetOptions {
         &self.options
+    }
+
+    /// Every address the node has, the links' first: the node advertises the first usable
+    /// one (see `Network::links`).
+    pub fn node_addresses(&self) -> Vec<IpAddr> {
+        self.links
+            .iter()
+            .flat_map(|l| &l.addresses)
+            .chain(&self.addresses)
+            .map(|a| a.addr)
+            .collect()
     }
 }
 
@@ -166,6 +181,7 @@ pub fn configure_with(
         search: None,
         lease: None,
         dhcp_hostname: None,
+        links: Vec::new(),
         mode: net.mode,
         profile_dns: net.dns.clone(),
         options: options.clone(),

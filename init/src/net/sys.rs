@@ -152,6 +152,11 @@ pub fn dhcp_socket(name: &str) -> Result<UdpSocket, NetError> {
     Ok(UdpSocket::from(fd))
 }
 
+/// A raw packet socket for sending whole Ethernet frames (gratuitous ARP).
+pub(super) fn packet_socket() -> io::Result<OwnedFd> {
+    socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
+}
+
 pub(super) fn netlink_socket() -> io::Result<OwnedFd> {
     socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)
 }

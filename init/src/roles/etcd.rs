@@ -30,20 +30,16 @@ pub fn argv(node: &Node, name: &str, node_ip: IpAddr) -> Result<Vec<String>, Rol
         .map(|(_, url)| url.clone())
         .unwrap_or_else(|| https_url(node_ip, PEER_PORT));
     let initial_cluster: Vec<String> = members.iter().map(|(n, u)| format!("{n}={u}")).collect();
-    let loopback = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let token = node.cluster.name.as_deref().unwrap_or("keel");
     let flags = [
         ("name", name.to_owned()),
         ("data-dir", paths::ETCD_DATA_DIR.to_owned()),
-        // Loopback for the local API server (its --etcd-servers), the node IP for the other
-        // control planes' API servers.
+        // Every address: the local API server dials loopback, the other control planes'
+        // dial the node IP, and a host forward reaches the node on its other interface (a
+        // cluster's user-network NIC). Client certificates guard every one.
         (
             "listen-client-urls",
-            format!(
-                "{},{}",
-                https_url(loopback, CLIENT_PORT),
-                https_url(node_ip, CLIENT_PORT)
-            ),
+            https_url(any_address(node_ip), CLIENT_PORT),
         ),
         ("advertise-client-urls", https_url(node_ip, CLIENT_PORT)),
         ("listen-peer-urls", https_url(node_ip, PEER_PORT)),
@@ -77,6 +73,15 @@ pub fn argv(node: &Node, name: &str, node_ip: IpAddr) -> Result<Vec<String>, Rol
     let mut argv = vec![node.etcd.binary.display().to_string()];
     argv.extend(flags.into_iter().map(|(k, v)| format!("--{k}={v}")));
     Ok(argv)
+}
+
+/// The wildcard address of `ip`'s family (`[::]` also takes IPv4 on Linux, but not on a
+/// kernel booted with IPv6 off).
+fn any_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
 }
 
 /// The members as (name, peer URL): the profile's, or this node alone. Checks that this node
@@ -178,10 +183,7 @@ mod tests {
             flag(&argv, "initial-advertise-peer-urls"),
             "https://10.0.0.5:2380"
         );
-        assert_eq!(
-            flag(&argv, "listen-client-urls"),
-            "https://127.0.0.1:2379,https://10.0.0.5:2379"
-        );
+        assert_eq!(flag(&argv, "listen-client-urls"), "https://0.0.0.0:2379");
         assert_eq!(
             flag(&argv, "advertise-client-urls"),
             "https://10.0.0.5:2379"
@@ -278,10 +280,7 @@ mod tests {
             flag(&argv, "initial-cluster"),
             "cp-1=https://[fd00::5]:2380"
         );
-        assert_eq!(
-            flag(&argv, "listen-client-urls"),
-            "https://127.0.0.1:2379,https://[fd00::5]:2379"
-        );
+        assert_eq!(flag(&argv, "listen-client-urls"), "https://[::]:2379");
     }
 
     #[test]

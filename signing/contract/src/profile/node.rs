@@ -162,6 +162,36 @@ pub struct Network {
     /// DNS servers (with DHCP: used in addition to the lease's).
     #[serde(default)]
     pub dns: Vec<std::net::IpAddr>,
+    /// More interfaces, each with static addresses and no routes beyond their subnets: a
+    /// cluster network beside the interface above (which keeps the default route). When
+    /// there are links, the node advertises the first link's first address (etcd, the API
+    /// server, the kubelet's `--node-ip`): the cluster's members reach each other there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<StaticLink>,
+}
+
+/// `[[node.network.links]]`: one more interface with static addresses.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticLink {
+    pub interface: InterfaceName,
+    pub addresses: Vec<IpCidr>,
+    /// A virtual IPv4 address the control planes share on this link (the API server
+    /// endpoint): the one whose etcd member leads holds it and announces it with gratuitous
+    /// ARP. Control planes only; inside the link's first address's subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
+}
+
+impl Network {
+    /// The main interface's part alone (without the links): what the first configuration,
+    /// made before the profile was known, can be compared with.
+    pub fn without_links(&self) -> Network {
+        Network {
+            links: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -116,6 +116,33 @@ fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
             &["`node.network.addresses[0]`", "prefix length"],
         ),
         (
+            "link without addresses",
+            "[node.network]\ninterface = \"eth0\"\n[[node.network.links]]\ninterface = \"eth1\"\naddresses = []\n",
+            "DIR/p.toml:5:1",
+            &["`node.network.links[0].addresses`", "at least one address"],
+        ),
+        (
+            "link on the main interface",
+            "[node.network]\ninterface = \"eth0\"\n[[node.network.links]]\ninterface = \"eth0\"\naddresses = [\"10.5.0.11/24\"]\n",
+            "DIR/p.toml:4:13",
+            &["`node.network.links[0].interface`", "already configured"],
+        ),
+        (
+            "virtual IP on a worker",
+            "[node]\nrole = \"worker\"\n[[node.network.links]]\ninterface = \"eth1\"\naddresses = [\"10.5.0.101/24\"]\nvip = \"10.5.0.10\"\n",
+            "DIR/p.toml:6:7",
+            &["`node.network.links[0].vip`", "only control planes"],
+        ),
+        (
+            "virtual IP outside the link's subnet",
+            "[node]\nrole = \"controlplane\"\n[[node.network.links]]\ninterface = \"eth1\"\naddresses = [\"10.5.0.11/24\"]\nvip = \"10.6.0.10\"\n",
+            "DIR/p.toml:6:7",
+            &[
+                "`node.network.links[0].vip`",
+                "outside 10.5.0.11/24's subnet",
+            ],
+        ),
+        (
             "dhcp with gateway",
             "[node.network]\ngateway = \"10.0.0.1\"\n",
             "DIR/p.toml:2:11",

@@ -230,6 +230,78 @@ pub fn validate_node(node: &Node) -> Vec<Problem> {
     out
 }
 
+/// Each link names another interface than the main one and the other links, and has an
+/// address.
+fn check_links(net: &super::node::Network, role: super::node::Role, out: &mut Vec<Problem>) {
+    let mut seen: Vec<&str> = net.interface.iter().map(|i| i.as_str()).collect();
+    for (i, link) in net.links.iter().enumerate() {
+        let name = link.interface.as_str();
+        if seen.contains(&name) {
+            out.push(problem(
+                format!("node.network.links[{i}].interface"),
+                format!("{name} is already configured (node.network.interface or an earlier link)"),
+            ));
+        }
+        seen.push(name);
+        if link.addresses.is_empty() {
+            out.push(problem(
+                format!("node.network.links[{i}].addresses"),
+                "a link needs at least one address",
+            ));
+        }
+        if let Some(vip) = link.vip {
+            check_vip(i, link, vip, role, out);
+        }
+    }
+}
+
+/// A virtual IP belongs to control planes, inside the link's subnet, and is nobody's own.
+fn check_vip(
+    i: usize,
+    link: &super::node::StaticLink,
+    vip: std::net::Ipv4Addr,
+    role: super::node::Role,
+    out: &mut Vec<Problem>,
+) {
+    let field = format!("node.network.links[{i}].vip");
+    if role != super::node::Role::ControlPlane {
+        out.push(problem(
+            field.clone(),
+            "only control planes hold the virtual IP (their etcd leader does)",
+        ));
+    }
+    let Some(first) = link.addresses.first() else {
+        return;
+    };
+    let std::net::IpAddr::V4(own) = first.addr else {
+        out.push(problem(
+            field,
+            "expected an IPv4 link address to share the subnet with",
+        ));
+        return;
+    };
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(first.prefix.min(32)))
+        .unwrap_or(0);
+    if u32::from(own) & mask != u32::from(vip) & mask {
+        out.push(problem(
+            field,
+            format!(
+                "{vip} is outside {first}'s subnet: the others could not reach it on this link"
+            ),
+        ));
+    } else if link
+        .addresses
+        .iter()
+        .any(|a| a.addr == std::net::IpAddr::V4(vip))
+    {
+        out.push(problem(
+            field,
+            format!("{vip} is this node's own address: expected a shared one"),
+        ));
+    }
+}
+
 fn check_node(node: &Node, out: &mut Vec<Problem>) {
     let net = &node.network;
     match net.mode {
@@ -267,6 +339,7 @@ fn check_node(node: &Node, out: &mut Vec<Problem>) {
             }
         }
     }
+    check_links(net, node.role, out);
     super::pod_network::check(&node.pod_network, &node.kubernetes.pod_cidr, out);
     if !(30..=3600).contains(&node.boot_deadline_secs) {
         out.push(problem(

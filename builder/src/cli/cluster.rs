@@ -1,0 +1,163 @@
+//! `keel cluster ...`: arguments to library calls, results to the table (stderr progress,
+//! stdout table) or `--json`.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::args::ClusterCommand;
+use super::commands::ContextFile;
+use super::error::CommandError;
+use crate::cluster::{self, State, create, health, manage};
+use crate::progress::Reporter;
+
+pub fn run(
+    command: ClusterCommand,
+    contexts: &ContextFile,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    match command {
+        ClusterCommand::Create {
+            name,
+            image,
+            controlplanes,
+            workers,
+            memory,
+            cpus,
+            disk_size,
+            secrets,
+            wait_timeout,
+            json,
+        } => {
+            let opts = create::CreateOptions {
+                request: cluster::Request {
+                    name,
+                    control_planes: controlplanes,
+                    workers,
+                    memory_mib: memory,
+                    cpus,
+                },
+                image,
+                disk_size,
+                secrets,
+                wait_timeout: Duration::from_secs(wait_timeout),
+                contexts: contexts.path()?,
+            };
+            let start = std::time::Instant::now();
+            let created = create::create(&opts, &|line| rep.note(line))?;
+            for w in &created.warnings {
+                rep.note(&format!("warning: {w}"));
+            }
+            let creds = crate::node::credentials_from_secrets(&created.state.secrets)
+                .map_err(CommandError::Failed)?;
+            let seen = health::observe(&created.state, &creds);
+            let rows = manage::report(&created.dir, &created.state, &seen);
+            print_nodes(&created.state, &rows, json);
+            created.health?;
+            rep.note(&format!(
+                "cluster {} healthy after {:.0} s; `keel node status` talks to {}; `keel cluster destroy {}` removes it",
+                created.state.name,
+                start.elapsed().as_secs_f64(),
+                created.state.nodes[0].name,
+                created.state.name
+            ));
+            Ok(())
+        }
+        ClusterCommand::List { json } => list(json),
+        ClusterCommand::Status { name, json } => {
+            let (dir, state) = State::load(&name)?;
+            let creds = crate::node::credentials_from_secrets(&state.secrets)
+                .map_err(CommandError::Failed)?;
+            let seen = health::observe(&state, &creds);
+            let rows = manage::report(&dir, &state, &seen);
+            print_nodes(&state, &rows, json);
+            if let Err(check) = health::verdict(&state, &seen) {
+                rep.note(&format!("not healthy: {check}"));
+            }
+            Ok(())
+        }
+        ClusterCommand::Start {
+            name,
+            node,
+            wait_timeout,
+        } => {
+            let (dir, state) = State::load(&name)?;
+            let started = manage::start(&dir, &state, node.as_deref())?;
+            rep.note(&format!("started: {}", list_or_none(&started)));
+            let creds = crate::node::credentials_from_secrets(&state.secrets)
+                .map_err(CommandError::Failed)?;
+            health::wait(&state, &creds, Duration::from_secs(wait_timeout), &|l| {
+                rep.note(l)
+            })?;
+            rep.note(&format!("cluster {name} healthy"));
+            Ok(())
+        }
+        ClusterCommand::Stop { name, node } => {
+            let (dir, state) = State::load(&name)?;
+            let was_running = manage::stop(&dir, &state, &node)?;
+            rep.note(&if was_running {
+                format!("{node} stopped (its disk stays; `keel cluster start {name}` boots it)")
+            } else {
+                format!("{node} was not running")
+            });
+            Ok(())
+        }
+        ClusterCommand::Destroy { name, keep_logs } => {
+            let done = manage::destroy(&name, keep_logs, &contexts.path()?)?;
+            rep.note(&format!(
+                "cluster {name} destroyed ({} VMs stopped){}",
+                done.killed,
+                done.logs
+                    .map(|p| format!("; logs kept in {}", p.display()))
+                    .unwrap_or_default()
+            ));
+            Ok(())
+        }
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none (every node was running)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn print_nodes(state: &State, rows: &[manage::NodeReport], json: bool) {
+    if json {
+        let doc = json!({"name": state.name, "image": state.image, "secrets": state.secrets, "nodes": rows});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print!("{}", manage::table(rows));
+    }
+}
+
+fn list(json: bool) -> Result<(), CommandError> {
+    let mut out = Vec::new();
+    for name in cluster::list()? {
+        let (dir, state) = State::load(&name)?;
+        let running = state
+            .nodes
+            .iter()
+            .filter(|n| {
+                let config = cluster::vm::config(&state, &cluster::node_dir(&dir, &n.name), n);
+                cluster::vm::running_pid(&config).is_some()
+            })
+            .count();
+        out.push((name, state.nodes.len(), running));
+    }
+    if json {
+        let doc: Vec<_> = out
+            .iter()
+            .map(|(name, nodes, running)| json!({"name": name, "nodes": nodes, "running": running}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!("{:<20} {:<6} RUNNING", "NAME", "NODES");
+        for (name, nodes, running) in out {
+            println!("{name:<20} {nodes:<6} {running}");
+        }
+    }
+    Ok(())
+}

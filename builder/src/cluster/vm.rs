@@ -1,0 +1,140 @@
+//! A cluster node's QEMU: started detached (`-daemonize`, so it outlives `keel cluster
+//! create`), found again through its pid file, and stopped. A pid is only trusted while
+//! `/proc/PID/cmdline` still names the node's own directory: pids are reused.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::qemu::{self, VmConfig};
+
+use super::plan::{CLUSTER_NIC, NodePlan};
+use super::{ClusterError, State, io};
+
+/// The multicast group every cluster's segment uses; the port tells clusters apart.
+pub const SEGMENT_GROUP: &str = "230.0.0.1";
+
+/// The node's QEMU configuration: its disk, two NICs, forwards and fw_cfg files.
+pub fn config(state: &State, dir: &Path, node: &NodePlan) -> VmConfig {
+    let mut config = VmConfig::new(dir.join("disk.raw"), dir.join("vm"));
+    config.memory_mib = state.memory_mib;
+    config.mac = Some(node.user_mac.clone());
+    config
+        .forwards
+        .push((node.api_port, super::plan::GUEST_API_PORT));
+    if let Some(port) = node.etcd_port {
+        config.forwards.push((port, super::plan::GUEST_ETCD_PORT));
+    }
+    if let Some(port) = node.kube_api_port {
+        config
+            .forwards
+            .push((port, super::plan::GUEST_KUBE_API_PORT));
+    }
+    config.fw_cfg.push((
+        keel_contract::layout::config::FW_CFG_PROFILE.into(),
+        dir.join("profile.toml"),
+    ));
+    config.fw_cfg.push((
+        keel_contract::layout::config::FW_CFG_SECRETS.into(),
+        dir.join("secrets.toml"),
+    ));
+    // One L2 for the cluster: every QEMU on this group and port sees the others' frames.
+    // `localaddr` keeps the traffic on loopback (no multicast route needed, nothing leaves
+    // the machine). The NIC is the second on the PCI bus, `eth1` in the guest.
+    config.extra_args.extend([
+        "-smp".into(),
+        state.cpus.to_string(),
+        "-netdev".into(),
+        format!(
+            "socket,id=cluster,mcast={SEGMENT_GROUP}:{},localaddr=127.0.0.1",
+            state.segment_port
+        ),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=cluster,mac={}", node.cluster_mac),
+    ]);
+    debug_assert_eq!(CLUSTER_NIC, "eth1");
+    config
+}
+
+pub fn pid_file(config: &VmConfig) -> PathBuf {
+    config.state_dir.join("qemu.pid")
+}
+
+/// Starts QEMU detached and returns its pid once QEMU has daemonized (its devices are up).
+pub fn start(config: &VmConfig, node: &str) -> Result<u32, ClusterError> {
+    let failed = |why: String| ClusterError::Start {
+        node: node.to_owned(),
+        why,
+    };
+    let ovmf = qemu::find_ovmf().map_err(|e| failed(e.to_string()))?;
+    std::fs::create_dir_all(&config.state_dir).map_err(io(config.state_dir.display()))?;
+    if !config.vars_file().exists() {
+        std::fs::copy(&ovmf.vars_template, config.vars_file())
+            .map_err(io(ovmf.vars_template.display()))?;
+    }
+    for sock in [config.serial_socket(), config.qmp_socket()] {
+        let _ = std::fs::remove_file(sock);
+    }
+    let pid_path = pid_file(config);
+    let _ = std::fs::remove_file(&pid_path);
+    let log = std::fs::File::create(config.stderr_log()).map_err(io("the QEMU log"))?;
+    let mut cmd = config.command(&ovmf);
+    // QEMU forks once its devices are up; the parent's exit status says whether they came up.
+    cmd.args(["-daemonize", "-pidfile"])
+        .arg(&pid_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let status = cmd.status().map_err(|e| failed(format!("qemu: {e}")))?;
+    if !status.success() {
+        let said = std::fs::read_to_string(config.stderr_log()).unwrap_or_default();
+        return Err(failed(format!("qemu {status}: {}", said.trim())));
+    }
+    read_pid(config).ok_or_else(|| failed(format!("no pid in {}", pid_path.display())))
+}
+
+/// The pid of the node's QEMU while it runs.
+pub fn running_pid(config: &VmConfig) -> Option<u32> {
+    read_pid(config).filter(|pid| is_ours(*pid, &config.state_dir))
+}
+
+fn read_pid(config: &VmConfig) -> Option<u32> {
+    std::fs::read_to_string(pid_file(config))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is a live QEMU whose command line names `state_dir`.
+fn is_ours(pid: u32, state_dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    // A zombie has an empty command line.
+    let needle = state_dir.to_string_lossy();
+    String::from_utf8_lossy(&cmdline).contains(needle.as_ref())
+}
+
+/// Pulls the plug: SIGKILL, then waits until the process is gone. A disposable cluster's
+/// nodes keep their data through this as through a power cut.
+pub fn kill(config: &VmConfig) -> Result<bool, ClusterError> {
+    let Some(pid) = running_pid(config) else {
+        return Ok(false);
+    };
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return Ok(false);
+    };
+    // SAFETY: kill(2) with a pid we checked is our QEMU.
+    if unsafe { libc::kill(raw, libc::SIGKILL) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(io(format!("killing QEMU (pid {pid})"))(e));
+        }
+    }
+    let start = Instant::now();
+    while is_ours(pid, &config.state_dir) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(true)
+}

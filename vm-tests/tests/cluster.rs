@@ -1,0 +1,233 @@
+//! `keel cluster` as a user runs it: three control planes and a worker from the stock image,
+//! rootless (QEMU user networking plus a `socket,mcast=` L2), detached, checked with the
+//! host's `etcdctl` (an independent client) through each node's forwarded etcd port. The
+//! kubelet is the stock image's (none: Kubernetes itself is not exercised here, see the
+//! README); etcd, containerd, the network and the node API are real.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use keel_vm_tests::{stock_image, test_dir, write_file};
+
+const CLUSTER: &str = "kt";
+
+/// The CLI with this test's own state and contexts directories.
+struct Cli {
+    state_home: PathBuf,
+    config: PathBuf,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_keel-cli"))
+            .env("XDG_STATE_HOME", &self.state_home)
+            .env("KEEL_CONFIG", &self.config)
+            .env_remove("KEEL_CONTEXT")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "keel {args:?}: {}\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    fn cluster_dir(&self) -> PathBuf {
+        self.state_home.join("keel/clusters").join(CLUSTER)
+    }
+}
+
+/// Destroys the cluster when the test ends, failed or not: its VMs run detached and would
+/// outlive the test.
+struct Cleanup<'a>(&'a Cli);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if self.0.cluster_dir().exists() {
+            let _ = self.0.run(&["cluster", "destroy", CLUSTER, "--keep-logs"]);
+        }
+    }
+}
+
+/// etcdctl through a node's forwarded client port, with the etcd admin's certificate.
+fn etcdctl(certs: &Path, port: u64, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://127.0.0.1:{port}"))
+        .arg(format!("--cacert={}", certs.join("etcd-ca.crt").display()))
+        .arg(format!("--cert={}", certs.join("etcd-admin.crt").display()))
+        .arg(format!("--key={}", certs.join("etcd-admin.key").display()))
+        .args(["--dial-timeout=20s", "--command-timeout=60s"])
+        .args(args)
+        .output()
+        .expect("etcdctl (etcd-client) is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("etcdctl {args:?}: {text}"))
+    }
+}
+
+fn qemu_processes_of(dir: &Path) -> usize {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+fn member_id(certs: &Path, port: u64) -> String {
+    let status = etcdctl(certs, port, &["endpoint", "status", "-w", "json"]).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    doc[0]["Status"]["header"]["member_id"].to_string()
+}
+
+#[test]
+fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data() {
+    let dir = test_dir("cluster");
+    let (image, _) = stock_image("worker");
+    let cli = Cli {
+        state_home: dir.join("state"),
+        config: dir.join("keel-config.toml"),
+    };
+    let _cleanup = Cleanup(&cli);
+    let image = image.to_string_lossy().into_owned();
+    let created = cli.ok(&[
+        "cluster",
+        "create",
+        CLUSTER,
+        "--image",
+        &image,
+        "--controlplanes",
+        "3",
+        "--workers",
+        "1",
+        "--wait-timeout",
+        "1200",
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let nodes = doc["nodes"].as_array().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["kt-cp-1", "kt-cp-2", "kt-cp-3", "kt-worker-1"]);
+    for n in nodes {
+        assert_eq!(n["state"], "ready", "{created}");
+    }
+    let etcd_port = |i: usize| {
+        nodes[i]["etcd"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+
+    // The name is taken now.
+    let again = cli.run(&["cluster", "create", CLUSTER, "--image", &image]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // The saved context: `keel node` needs no endpoint or secrets.
+    let status: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["node", "status", "--json"])).unwrap();
+    assert_eq!(status["hostname"], "kt-cp-1", "{status}");
+
+    // etcd: three members, seen alike from each; a key written through one member is read
+    // through another.
+    let secrets: keel_contract::secrets::Secrets = keel_contract::secrets::Secrets::from_toml(
+        &std::fs::read_to_string(cli.cluster_dir().join("secrets.toml")).unwrap(),
+    )
+    .unwrap();
+    let certs = dir.join("certs");
+    write_file(&certs, "etcd-ca.crt", &secrets.etcd_ca.cert);
+    write_file(&certs, "etcd-admin.crt", &secrets.etcd_admin.cert);
+    write_file(&certs, "etcd-admin.key", &secrets.etcd_admin.key);
+    for i in 0..3 {
+        let list = etcdctl(&certs, etcd_port(i), &["member", "list"]).unwrap();
+        for name in &names[..3] {
+            assert!(list.contains(name), "from {}: {list}", names[i]);
+        }
+        assert!(list.contains("https://10.5.0.11:2380"), "{list}");
+    }
+    etcdctl(&certs, etcd_port(0), &["put", "keel/first", "one"]).unwrap();
+    let read = etcdctl(
+        &certs,
+        etcd_port(1),
+        &["get", "keel/first", "--print-value-only"],
+    )
+    .unwrap();
+    assert_eq!(read.trim(), "one");
+    let cp3_id = member_id(&certs, etcd_port(2));
+
+    // One control plane's QEMU killed: two of three still make a quorum.
+    let stopped = cli.ok(&["cluster", "stop", CLUSTER, "--node", "kt-cp-3"]);
+    let _ = stopped;
+    assert!(etcdctl(&certs, etcd_port(2), &["get", "keel/first"]).is_err());
+    etcdctl(&certs, etcd_port(0), &["put", "keel/second", "two"]).unwrap();
+    let status = cli.ok(&["cluster", "status", CLUSTER, "--json"]);
+    assert!(status.contains("\"state\": \"stopped\""), "{status}");
+
+    // Started again, it rejoins as the same member with its data, and catches up on what
+    // was written while it was down (a serializable read answers from its own copy).
+    cli.ok(&["cluster", "start", CLUSTER, "--wait-timeout", "900"]);
+    assert_eq!(member_id(&certs, etcd_port(2)), cp3_id);
+    let mut caught_up = String::new();
+    for _ in 0..30 {
+        caught_up = etcdctl(
+            &certs,
+            etcd_port(2),
+            &[
+                "get",
+                "keel/",
+                "--prefix",
+                "--consistency=s",
+                "--print-value-only",
+            ],
+        )
+        .unwrap_or_default();
+        if caught_up.contains("two") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    assert_eq!(
+        caught_up.split_whitespace().collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    let console =
+        std::fs::read_to_string(cli.cluster_dir().join("kt-cp-3/vm/console.log")).unwrap();
+    assert!(
+        console.contains("boot 2"),
+        "kt-cp-3 booted twice from its own disk"
+    );
+
+    // Destroy: no QEMU left, no disk, no context.
+    let state_dir = cli.cluster_dir();
+    cli.ok(&["cluster", "destroy", CLUSTER]);
+    assert_eq!(qemu_processes_of(&state_dir), 0);
+    assert!(!state_dir.exists());
+    let contexts = cli.ok(&["context", "list", "--json"]);
+    assert!(!contexts.contains(CLUSTER), "{contexts}");
+}

@@ -8,9 +8,11 @@
 //! that CA issued. Errors come back as an HTTP status and an [`ErrorBody`].
 //!
 //! Its parts: `types` (the JSON bodies), `errors` (statuses and the error body), `role`
-//! (what an operator's certificate allows), `routes` (requests and their targets).
+//! (what an operator's certificate allows), `routes` (requests and their targets), `etcd`
+//! (a control plane's etcd members and snapshots).
 
 mod errors;
+mod etcd;
 mod role;
 mod routes;
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod tests;
 mod types;
 
 pub use errors::{ErrorBody, ErrorKind};
+pub use etcd::{EtcdMember, EtcdMembers, NOT_A_CONTROL_PLANE, SNAPSHOT_CONTENT_TYPE};
 pub use role::OperatorRole;
 pub use routes::{Method, Request, RouteError, valid_service_name};
 pub use types::*;
@@ -41,6 +44,10 @@ pub mod path {
     /// The node's API serving certificate: a renewed one is posted here
     /// ([`NodeCertificate`](super::NodeCertificate)).
     pub const CERTIFICATE: &str = "/v1/certificate";
+    /// The members of the node's etcd ([`EtcdMembers`](super::EtcdMembers)).
+    pub const ETCD_MEMBERS: &str = "/v1/etcd/members";
+    /// A snapshot of the node's etcd, streamed (admin only).
+    pub const ETCD_SNAPSHOT: &str = "/v1/etcd/snapshot";
 }
 
 /// Content types.

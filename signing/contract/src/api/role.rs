@@ -48,7 +48,7 @@ impl OperatorRole {
     pub const fn allows(self, request: &Request) -> bool {
         match self {
             OperatorRole::Admin => true,
-            OperatorRole::ReadOnly => !request.changes_the_node(),
+            OperatorRole::ReadOnly => !request.admin_only(),
         }
     }
 

@@ -36,6 +36,10 @@ pub enum Request {
     Rollback,
     /// A renewed API serving certificate ([`NodeCertificate`], JSON).
     RenewCertificate,
+    /// The members of the node's etcd ([`EtcdMembers`](super::EtcdMembers)).
+    EtcdMembers,
+    /// A snapshot of the node's etcd, streamed; admin only (it holds every secret).
+    EtcdSnapshot,
 }
 
 /// Why a method and target name no request.
@@ -81,7 +85,11 @@ pub fn valid_service_name(name: &str) -> bool {
 impl Request {
     pub const fn method(&self) -> Method {
         match self {
-            Request::Version | Request::Status | Request::Logs { .. } => Method::Get,
+            Request::Version
+            | Request::Status
+            | Request::Logs { .. }
+            | Request::EtcdMembers
+            | Request::EtcdSnapshot => Method::Get,
             _ => Method::Post,
         }
     }
@@ -102,16 +110,27 @@ impl Request {
             ),
             Request::Rollback => path::ROLLBACK.into(),
             Request::RenewCertificate => path::CERTIFICATE.into(),
+            Request::EtcdMembers => path::ETCD_MEMBERS.into(),
+            Request::EtcdSnapshot => path::ETCD_SNAPSHOT.into(),
         }
     }
 
-    /// Whether the request changes the node (upgrade, rollback, reboot, shutdown): only an
-    /// admin certificate may make it.
+    /// Whether the request changes the node (upgrade, rollback, reboot, shutdown).
     pub const fn changes_the_node(&self) -> bool {
         !matches!(
             self,
-            Request::Version | Request::Status | Request::Logs { .. }
+            Request::Version
+                | Request::Status
+                | Request::Logs { .. }
+                | Request::EtcdMembers
+                | Request::EtcdSnapshot
         )
+    }
+
+    /// Whether only an admin certificate may make the request: one that changes the node,
+    /// or an etcd snapshot, which reads nothing it changes but holds every Kubernetes secret.
+    pub const fn admin_only(&self) -> bool {
+        self.changes_the_node() || matches!(self, Request::EtcdSnapshot)
     }
 
     /// Whether the request carries a body (the update stream, the certificate).
@@ -191,6 +210,8 @@ impl Request {
                 path::SHUTDOWN => (Method::Post, Request::Shutdown),
                 path::ROLLBACK => (Method::Post, Request::Rollback),
                 path::CERTIFICATE => (Method::Post, Request::RenewCertificate),
+                path::ETCD_MEMBERS => (Method::Get, Request::EtcdMembers),
+                path::ETCD_SNAPSHOT => (Method::Get, Request::EtcdSnapshot),
                 _ => return Err(RouteError::NotFound(path_part.to_owned())),
             };
             if let Some((k, _)) = params.first() {

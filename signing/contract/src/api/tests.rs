@@ -22,6 +22,8 @@ fn all_requests() -> Vec<Request> {
         },
         Request::Rollback,
         Request::RenewCertificate,
+        Request::EtcdMembers,
+        Request::EtcdSnapshot,
     ]
 }
 
@@ -230,7 +232,10 @@ fn status_json_field_names_are_the_contract() {
 fn a_read_only_role_reads_and_an_admin_does_everything() {
     for r in all_requests() {
         assert!(OperatorRole::Admin.allows(&r), "{r:?}");
-        let reads = matches!(r, Request::Version | Request::Status | Request::Logs { .. });
+        let reads = matches!(
+            r,
+            Request::Version | Request::Status | Request::Logs { .. } | Request::EtcdMembers
+        );
         assert_eq!(OperatorRole::ReadOnly.allows(&r), reads, "{r:?}");
     }
     assert_eq!(OperatorRole::from_organizations([]), OperatorRole::Admin);
@@ -249,4 +254,55 @@ fn a_read_only_role_reads_and_an_admin_does_everything() {
         );
     }
     assert_eq!(ErrorKind::from_status(403), Some(ErrorKind::Forbidden));
+}
+
+#[test]
+fn the_etcd_routes_are_gets_and_a_snapshot_is_for_admins() {
+    assert_eq!(
+        Request::parse("GET", "/v1/etcd/members"),
+        Ok(Request::EtcdMembers)
+    );
+    assert_eq!(
+        Request::parse("GET", "/v1/etcd/snapshot"),
+        Ok(Request::EtcdSnapshot)
+    );
+    assert_eq!(
+        Request::parse("POST", "/v1/etcd/snapshot"),
+        Err(RouteError::MethodNotAllowed(Method::Get))
+    );
+    assert!(matches!(
+        Request::parse("GET", "/v1/etcd/snapshot?revision=3"),
+        Err(RouteError::BadQuery(_))
+    ));
+    assert!(!Request::EtcdSnapshot.changes_the_node());
+    assert!(Request::EtcdSnapshot.admin_only());
+    assert!(!OperatorRole::ReadOnly.allows(&Request::EtcdSnapshot));
+    assert!(OperatorRole::ReadOnly.allows(&Request::EtcdMembers));
+    assert!(OperatorRole::Admin.allows(&Request::EtcdSnapshot));
+}
+
+#[test]
+fn etcd_members_json_names_are_the_contract() {
+    let members = EtcdMembers {
+        cluster_id: 15118495548433857066,
+        member_id: 13668033151171901709,
+        leader_id: 13668033151171901709,
+        raft_term: 2,
+        healthy: true,
+        version: "3.4.23".into(),
+        members: vec![EtcdMember {
+            id: 13668033151171901709,
+            name: "cp1".into(),
+            peer_urls: vec!["https://10.0.0.5:2380".into()],
+            client_urls: vec!["https://10.0.0.5:2379".into()],
+            learner: false,
+        }],
+    };
+    let json = serde_json::to_value(&members).unwrap();
+    assert_eq!(json["member_id"], 13668033151171901709u64);
+    assert_eq!(json["members"][0]["peer_urls"][0], "https://10.0.0.5:2380");
+    assert_eq!(json["members"][0]["learner"], false);
+    let back: EtcdMembers = serde_json::from_value(json).unwrap();
+    assert_eq!(back, members);
+    assert_eq!(back.member(13668033151171901709).unwrap().name, "cp1");
 }

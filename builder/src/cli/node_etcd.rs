@@ -146,8 +146,14 @@ mod tests {
         );
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("ID "), "{text}");
-        assert!(lines[2].starts_with("bdaf1c0b87e6a20d*  cp1"), "{text}");
-        assert!(lines[2].contains("voting  yes"), "{text}");
-        assert!(lines[3].contains("(not started)  learner"), "{text}");
+        let words = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(
+            words(lines[2]),
+            "bdaf1c0b87e6a20d* cp1 voting yes https://10.0.0.5:2380 https://10.0.0.5:2379"
+        );
+        assert_eq!(
+            words(lines[3]),
+            "d88219a1bd3c9a4e (not started) learner https://10.0.0.6:2380"
+        );
     }
 }

@@ -21,6 +21,7 @@ pub mod containerd;
 pub mod deadline;
 pub mod efiboot;
 pub mod entries;
+pub mod etcd_client;
 pub mod fatal;
 pub mod history;
 pub mod hwmod;

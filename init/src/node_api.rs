@@ -17,6 +17,14 @@ use crate::entries::{BootState, DiskStorage};
 use crate::supervisor::Supervisor;
 use crate::{power, upgrade};
 
+/// Set once this boot passed the health gate ([`mark_ready`]).
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The health gate passed: status says ready from now on.
+pub fn mark_ready() {
+    READY.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// What the node is (from the verified manifest, by stage 1).
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -146,6 +154,43 @@ fn upgrade_error(e: upgrade::UpgradeError) -> ApiError {
     }
 }
 
+/// What a failed call to the local etcd means for the API client: etcd not answering is
+/// for now (503); certificates that cannot be read or a reply that makes no sense is the
+/// node's failure (500).
+fn etcd_error(e: crate::etcd_client::EtcdError) -> ApiError {
+    use crate::etcd_client::EtcdError;
+    match e {
+        e @ EtcdError::Io { .. } => ApiError::unavailable(e.to_string()),
+        e => ApiError::internal(e.to_string()),
+    }
+}
+
+impl Node {
+    /// A client of the node's own etcd, when the node runs one and it is up: 409 otherwise
+    /// (not a control plane, or etcd not running), which no retry right now would change.
+    fn local_etcd(&self) -> Result<crate::etcd_client::EtcdClient, ApiError> {
+        use crate::supervisor::ServiceState;
+        let etcd = self
+            .supervisors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find_map(|s| s.service(crate::roles::etcd::SERVICE));
+        let Some(etcd) = etcd else {
+            return Err(ApiError::conflict(keel_contract::api::NOT_A_CONTROL_PLANE));
+        };
+        if !matches!(etcd.state, ServiceState::Running | ServiceState::Healthy) {
+            let why = etcd.message.map(|m| format!(": {m}")).unwrap_or_default();
+            return Err(ApiError::conflict(format!(
+                "etcd is not running on this node (it is {}{why}); see `keel node logs etcd`",
+                etcd.state
+            )));
+        }
+        crate::etcd_client::EtcdClient::new(crate::etcd_client::EtcdEndpoint::local())
+            .map_err(etcd_error)
+    }
+}
+
 impl NodeApi for Node {
     fn version(&self) -> Version {
         Version {
@@ -202,7 +247,18 @@ impl NodeApi for Node {
             warnings: facts.warnings.clone(),
             timeline: crate::timeline::BOOT.steps(),
             diskless: facts.diskless.clone(),
+            ready: READY.load(std::sync::atomic::Ordering::SeqCst),
+            vip: crate::net::vip::held().map(|ip| ip.to_string()),
         }
+    }
+
+    fn etcd_members(&self) -> Result<keel_contract::api::EtcdMembers, ApiError> {
+        self.local_etcd()?.members().map_err(etcd_error)
+    }
+
+    fn etcd_snapshot(&self) -> Result<Box<dyn Read + Send>, ApiError> {
+        (self.log)("etcd snapshot requested through the API");
+        self.local_etcd()?.snapshot().map_err(etcd_error)
     }
 
     fn logs(&self, service: &str, lines: usize) -> Result<String, ApiError> {
@@ -350,6 +406,14 @@ mod tests {
         }
         let status = node.status();
         assert!(status.slots.is_empty());
+        // No supervisor runs etcd here: not a control plane, 409.
+        for e in [
+            node.etcd_members().unwrap_err(),
+            node.etcd_snapshot().err().unwrap(),
+        ] {
+            assert_eq!(e.kind, keel_contract::api::ErrorKind::Conflict);
+            assert!(e.message.contains("not a control plane"), "{}", e.message);
+        }
         assert_eq!(
             status.diskless.map(|d| d.root_url).as_deref(),
             Some("http://10.0.2.2:8080/root.img")

@@ -319,6 +319,29 @@ pub fn start_containers(node: &Node) -> Result<Option<Arc<Supervisor>>, String> 
         .map_err(|e| e.to_string())
 }
 
+/// On a control plane, one thread per link with a virtual IP: the address follows the etcd
+/// leader (`net::vip`). Started once etcd is healthy (the role's services passed their gate).
+pub fn spawn_virtual_ips(node: &keel_contract::profile::Node) {
+    for link in &node.network.links {
+        let Some(vip) = link.vip else { continue };
+        let iface = link.interface.as_str().to_owned();
+        log(&format!("vip: {vip} on {iface} follows the etcd leader"));
+        std::thread::spawn(move || {
+            crate::net::vip::run_forever(iface, vip, &this_member_leads, &|m| log(m))
+        });
+    }
+}
+
+/// Whether the local etcd member is the leader and healthy; `None` when it does not answer.
+fn this_member_leads() -> Option<bool> {
+    use crate::etcd_client::{EtcdClient, EtcdEndpoint};
+    let members = EtcdClient::new(EtcdEndpoint::local())
+        .ok()?
+        .members()
+        .ok()?;
+    Some(members.healthy && members.leader_id != 0 && members.leader_id == members.member_id)
+}
+
 /// On a control plane, in the background: once its API server is ready, creates what workers
 /// need to join with the bootstrap token (`roles::cluster_bootstrap`). The API server is a
 /// static pod the kubelet starts, which may take minutes, so this is not part of the health

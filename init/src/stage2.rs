@@ -321,6 +321,9 @@ fn start_services(
     if let Some(s) = secrets.filter(|s| s.role == Role::ControlPlane) {
         services::spawn_cluster_bootstrap(s, node.kubernetes.bootstrap_token_ttl_hours);
     }
+    if node.role == Role::ControlPlane {
+        services::spawn_virtual_ips(node);
+    }
     let containers = BOOT.step("containers", || services::start_containers(node))?;
     Ok(std::iter::once(core)
         .chain(role)
@@ -341,6 +344,7 @@ fn pass_health_gate(handoff: &Handoff, state_dir: &Path, deadline: &BootDeadline
     let memory = sys::memory_in_use()
         .map(|(used, total)| format!("{:.0} of {:.0} MiB", mib(used), mib(total)))
         .unwrap_or_else(|| "not measured".into());
+    crate::node_api::mark_ready();
     // Before the ready line, which tests and benchmarks stop at.
     log(&format!(
         "timeline: {}",

@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use keel_builder::cli::{EtcdCommand, NodeCommand, NodeConnection};
 use keel_contract::layout::config;
 use keel_contract::profile::Role;
 use keel_vm_tests::fake_apiserver::FakeApiServer;
@@ -36,15 +37,87 @@ fn etcdctl(dir: &std::path::Path, port: u16, args: &[&str]) -> String {
     text
 }
 
+/// Runs a `keel node` command against the node's API as `keel` would.
+fn keel_node(command: NodeCommand) -> Result<String, keel_builder::cli::CommandError> {
+    let mut out = Vec::new();
+    keel_builder::cli::node::run_with(
+        command,
+        &keel_builder::progress::Reporter::quiet(),
+        &keel_builder::node::open_update_file,
+        &mut out,
+    )?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `keel node etcd`: one voting member named as the node, a snapshot etcdctl reads, and no
+/// snapshot for a read-only operator.
+fn etcd_through_the_node_api(dir: &std::path::Path, api_port: u16, secrets: &std::path::Path) {
+    let conn = |read_only: bool| NodeConnection {
+        endpoint: Some(format!("127.0.0.1:{api_port}")),
+        secrets: Some(secrets.to_owned()),
+        read_only,
+        node: None,
+        own_certificate_only: false,
+    };
+    let json = keel_node(NodeCommand::Etcd(EtcdCommand::Members {
+        conn: conn(true),
+        json: true,
+    }))
+    .unwrap();
+    let members: keel_contract::api::EtcdMembers = serde_json::from_str(&json).unwrap();
+    assert_eq!(members.members.len(), 1, "{json}");
+    let member = &members.members[0];
+    assert_eq!(member.name, "cp1", "{json}");
+    assert!(!member.learner, "{json}");
+    assert_eq!(members.member_id, member.id, "{json}");
+    assert_eq!(members.leader_id, member.id, "{json}");
+    assert!(members.healthy, "{json}");
+
+    let file = dir.join("etcd.snapshot");
+    let refused = keel_node(NodeCommand::Etcd(EtcdCommand::Snapshot {
+        output: file.clone(),
+        conn: conn(true),
+        json: false,
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("HTTP 403"), "{refused}");
+    assert!(!file.exists());
+    let saved = keel_node(NodeCommand::Etcd(EtcdCommand::Snapshot {
+        output: file.clone(),
+        conn: conn(false),
+        json: true,
+    }))
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(report["bytes"], std::fs::metadata(&file).unwrap().len());
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&file)
+        .output()
+        .expect("etcdctl (etcd-client) is installed");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "etcdctl snapshot status: {text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(status["totalKey"].as_u64().unwrap() >= 1, "{status}");
+}
+
 /// One generic image (the stock worker profile, plus the fake kubelet) becomes a control
 /// plane from a profile and secrets given over QEMU's fw_cfg, serves etcd over TLS to the
 /// host's etcdctl, creates the bootstrap token and join RBAC bindings through the cluster
 /// endpoint (the FAKE API server, `vm-tests/src/fake_apiserver.rs`, on the host), and keeps
-/// its role and its data after a reboot without fw_cfg.
+/// its role and its data after a reboot without fw_cfg. Through the node API, `keel node
+/// etcd` lists the one member and saves a snapshot etcdctl reads (an admin's; a read-only
+/// operator's is refused).
 #[test]
 fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     let dir = test_dir("roles_controlplane");
-    let (_, secrets) = cluster_secrets(&dir.join("secrets"));
+    let (secrets_path, secrets) = cluster_secrets(&dir.join("secrets"));
     write_file(&dir, "etcd-ca.crt", &secrets.etcd_ca.cert);
     write_file(&dir, "etcd-admin.crt", &secrets.etcd_admin.cert);
     write_file(&dir, "etcd-admin.key", &secrets.etcd_admin.key);
@@ -77,9 +150,11 @@ fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     );
     let disk = vm_disk(&out, &dir, 6 << 30);
     let port = free_port();
+    let api_port = free_port();
 
     let mut vm = Machine::start("roles_controlplane-boot1", &disk, &dir.join("vm"), |c| {
         c.forwards.push((port, 2379));
+        c.forwards.push((api_port, keel_contract::api::PORT));
         c.fw_cfg
             .push((config::FW_CFG_PROFILE.into(), node_profile.clone()));
         c.fw_cfg
@@ -102,6 +177,7 @@ fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     assert!(health.contains("is healthy"), "{health}");
     etcdctl(&dir, port, &["put", "keel-test-key", "written-on-boot-1"]);
     assert!(etcdctl(&dir, port, &["get", "keel-test-key"]).contains("written-on-boot-1"));
+    etcd_through_the_node_api(&dir, api_port, &secrets_path);
     let token = &secrets.bootstrap_token.id;
     vm.expect_seen_or_next(
         &format!(

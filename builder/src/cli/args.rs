@@ -416,6 +416,38 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A control plane's etcd: its members, and snapshots of its database for backups.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// The etcd members as the node's etcd sees them: the cluster and member IDs, the
+    /// leader, the raft term, this member's health, and each member's name, URLs and role
+    /// (voting or learner). A read-only certificate may ask.
+    Members {
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print the node's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Save a consistent snapshot of the node's etcd to FILE, for `etcdctl snapshot
+    /// restore`. It holds every Kubernetes secret: it is written private (0600), and only an
+    /// admin certificate may take one. FILE appears only once the snapshot is complete and
+    /// matches the SHA-256 etcd appends to it (a failed transfer leaves nothing there, and an
+    /// existing FILE as it was); the size and the file's SHA-256 are printed at the end.
+    Snapshot {
+        /// Where to save it (replaced once the snapshot is complete).
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print what was saved (file, bytes, sha256) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,13 +10,14 @@ mod commands;
 pub mod error;
 mod man;
 pub mod node;
+mod node_etcd;
 
 use clap::{CommandFactory, Parser};
 
 pub use args::{
-    BuildArgs, Cli, ClusterCommand, Command, ContextCommand, FlashArgs, InspectArgs, KeyCommand,
-    NodeCommand, NodeConnection, ProfileCommand, RunArgs, SecretsCommand, ServeArgs, SignArgs,
-    VerifyArgs,
+    BuildArgs, Cli, ClusterCommand, Command, ContextCommand, EtcdCommand, FlashArgs, InspectArgs,
+    KeyCommand, NodeCommand, NodeConnection, ProfileCommand, RunArgs, SecretsCommand, ServeArgs,
+    SignArgs, VerifyArgs,
 };
 pub use error::CommandError;
 

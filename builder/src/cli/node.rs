@@ -12,7 +12,7 @@ use crate::node::{
 };
 use crate::progress::Reporter;
 
-fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
+pub(super) fn client(conn: &NodeConnection) -> Result<NodeClient, CommandError> {
     let (Some(endpoint), Some(secrets)) = (&conn.endpoint, &conn.secrets) else {
         return Err(CommandError::BadInput(
             "no node to talk to: pass --endpoint and --secrets, or save a context (keel context set NAME -e HOST --secrets FILE)".into(),
@@ -46,6 +46,7 @@ impl NodeCommand {
             | NodeCommand::Rollback { conn, .. }
             | NodeCommand::Upgrade { conn, .. }
             | NodeCommand::RenewCertificate { conn, .. } => conn,
+            NodeCommand::Etcd(command) => command.connection(),
         }
     }
 }
@@ -127,6 +128,7 @@ pub fn run_with(
             format!("{}: {}\n", node.endpoint(), ack.message)
         }
         NodeCommand::Rollback { conn, json } => rollback(&client(&conn)?, json)?,
+        NodeCommand::Etcd(command) => super::node_etcd::run(command, &client)?,
         NodeCommand::RenewCertificate { from, conn, json } => {
             let file = from.as_ref().or(conn.secrets.as_ref()).cloned();
             let node = client(&conn)?;
@@ -213,7 +215,7 @@ fn upgraded(node: &NodeClient, body: &[u8]) -> Result<String, CommandError> {
     ))
 }
 
-fn ensure_newline(mut text: String) -> String {
+pub(super) fn ensure_newline(mut text: String) -> String {
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -235,7 +237,7 @@ pub fn format_uptime(secs: u64) -> String {
 }
 
 /// Left-aligned columns, two spaces apart, no trailing spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

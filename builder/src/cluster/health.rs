@@ -4,19 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel_contract::api::Status;
-/// MERGE: from keel_contract::api.
-#[derive(Debug, Clone)]
-pub struct EtcdMembers {
-    pub healthy: bool,
-    pub members: Vec<EtcdMember>,
-}
-#[derive(Debug, Clone)]
-pub struct EtcdMember {
-    pub id: u64,
-    pub name: String,
-    pub learner: bool,
-}
+use keel_contract::api::{EtcdMembers, Status};
 use keel_contract::profile::Role;
 
 use crate::node::{ClientCredentials, NodeClient};
@@ -52,7 +40,7 @@ fn observe_node(node: &NodePlan, creds: &ClientCredentials) -> Observation {
         client
             .as_ref()
             .map_err(ToString::to_string)
-            .and_then(etcd_members)
+            .and_then(|c| c.etcd_members().map_err(|e| e.to_string()))
     });
     Observation {
         node: node.name.clone(),
@@ -60,11 +48,6 @@ fn observe_node(node: &NodePlan, creds: &ClientCredentials) -> Observation {
         status,
         etcd,
     }
-}
-
-// MERGE: replaced by NodeClient::etcd_members once the etcd API lands.
-fn etcd_members(_c: &NodeClient) -> Result<EtcdMembers, String> {
-    Err("PENDING".into())
 }
 
 /// `Ok` when healthy, else the first check that fails, named for the user.
@@ -76,12 +59,7 @@ pub fn verdict(state: &State, seen: &[Observation]) -> Result<(), String> {
                 if let Some(why) = &s.degraded {
                     return Err(format!("{}: degraded: {why}", o.node));
                 }
-                // MERGE: Status.ready once it exists.
-                if s.services.is_empty()
-                    || s.services
-                        .iter()
-                        .any(|x| !matches!(x.state.as_str(), "healthy" | "running"))
-                {
+                if !s.ready {
                     return Err(format!("{}: not ready yet", o.node));
                 }
             }
@@ -98,7 +76,6 @@ pub fn verdict(state: &State, seen: &[Observation]) -> Result<(), String> {
     for o in seen.iter().filter(|o| o.role == Role::ControlPlane) {
         let members = match &o.etcd {
             Some(Ok(m)) => m,
-            Some(Err(e)) if e == "PENDING" => continue,
             Some(Err(e)) => return Err(format!("{}: etcd: {e}", o.node)),
             None => return Err(format!("{}: etcd: not asked", o.node)),
         };

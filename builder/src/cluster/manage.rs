@@ -24,6 +24,8 @@ pub struct NodeReport {
     pub state: String,
     pub version: Option<String>,
     pub etcd_members: Option<usize>,
+    /// The control planes' virtual IP, on the node holding it.
+    pub vip: Option<String>,
     pub console: String,
 }
 
@@ -62,6 +64,9 @@ pub fn report(dir: &Path, state: &State, seen: &[health::Observation]) -> Vec<No
                     .and_then(|o| o.etcd.as_ref())
                     .and_then(|e| e.as_ref().ok())
                     .map(|m| m.members.len()),
+                vip: seen
+                    .and_then(|o| o.status.as_ref().ok())
+                    .and_then(|s| s.vip.clone()),
                 console: config.console_log().display().to_string(),
             }
         })
@@ -83,7 +88,10 @@ pub fn table(rows: &[NodeReport]) -> String {
             r.api,
             r.etcd.as_deref().unwrap_or("-"),
             r.kube_api.as_deref().unwrap_or("-"),
-            r.state
+            match &r.vip {
+                Some(vip) => format!("{} (holds {vip})", r.state),
+                None => r.state.clone(),
+            }
         ));
     }
     out

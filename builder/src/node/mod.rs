@@ -4,6 +4,7 @@
 //! certificate. One request per connection; HTTP/1.1 from keel-http, as the server.
 
 mod credentials;
+mod etcd;
 mod identity;
 mod renew;
 
@@ -26,6 +27,7 @@ pub use credentials::{
     ClientCredentials, credentials_for, credentials_from_secrets, credentials_from_secrets_toml,
     credentials_toml_for, operator_section,
 };
+pub use etcd::SnapshotReport;
 pub use identity::NodeIdentity;
 pub use renew::node_certificate_from;
 
@@ -549,18 +551,23 @@ impl NodeClient {
         if (200..300).contains(&reply.status) {
             return Ok(reply);
         }
+        Err(self.api_error(what, &reply))
+    }
+
+    /// The node's error answer, with its message.
+    fn api_error(&self, what: String, reply: &Reply) -> NodeError {
         let message = serde_json::from_slice::<ErrorBody>(&reply.body)
             .map(|b| b.error)
             .unwrap_or_else(|_| reply.text().trim().to_owned());
         let kind = ErrorKind::from_status(reply.status);
-        Err(NodeError::Api {
+        NodeError::Api {
             endpoint: self.endpoint.clone(),
             what,
             status: reply.status,
             reason: kind.map(|k| k.reason().to_owned()).unwrap_or_default(),
             kind,
             message,
-        })
+        }
     }
 }
 
@@ -574,6 +581,8 @@ fn describe_request(request: &Request) -> String {
         Request::Upgrade { .. } => "upgrade".into(),
         Request::Rollback => "rollback".into(),
         Request::RenewCertificate => "certificate renewal".into(),
+        Request::EtcdMembers => "etcd member list".into(),
+        Request::EtcdSnapshot => "etcd snapshot".into(),
     }
 }
 

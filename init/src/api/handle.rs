@@ -89,7 +89,7 @@ pub(crate) fn handle(
         let response = error_response(
             ErrorKind::Forbidden,
             &format!(
-                "a {} operator certificate may not {what}: it allows status, version and logs; use an admin certificate (keel_admin in the secrets file)",
+                "a {} operator certificate may not {what}: it allows status, version, logs and the etcd member list; use an admin certificate (keel_admin in the secrets file)",
                 role.as_str()
             ),
         );
@@ -114,6 +114,9 @@ pub(crate) fn handle(
     let result = match request {
         Request::RenewCertificate => {
             return Some(certificate_request(t, &head, early, api, &what, opts));
+        }
+        Request::EtcdSnapshot if head.content_length.unwrap_or(0) == 0 => {
+            return Some(super::snapshot::etcd_snapshot(t, api, &what, opts));
         }
         Request::Upgrade { force, reboot } => {
             match upgrade_request(t, &head, early, api, force, reboot) {
@@ -291,9 +294,12 @@ pub(super) fn dispatch(request: Request, api: &dyn NodeApi) -> Result<http::Resp
         Request::Rollback => {
             guarded(|| api.rollback()).map(|report| json_response(200, "OK", &report))
         }
-        // Routed with their bodies in `handle`.
-        Request::Upgrade { .. } | Request::RenewCertificate => {
-            Err(ApiError::internal("a request without its body"))
+        Request::EtcdMembers => {
+            guarded(|| api.etcd_members()).map(|members| json_response(200, "OK", &members))
+        }
+        // Routed with their bodies, or streamed, in `handle`.
+        Request::Upgrade { .. } | Request::RenewCertificate | Request::EtcdSnapshot => {
+            Err(ApiError::internal("a request without its body or stream"))
         }
     }
 }

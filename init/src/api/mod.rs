@@ -14,6 +14,9 @@ pub mod certificate;
 mod guard;
 mod handle;
 mod http;
+mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -25,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_contract::api::{
-    CertificateReport, ErrorKind, NodeCertificate, OperatorRole, RollbackReport, Status,
-    UpgradeReport, Version,
+    CertificateReport, ErrorKind, EtcdMembers, NOT_A_CONTROL_PLANE, NodeCertificate, OperatorRole,
+    RollbackReport, Status, UpgradeReport, Version,
 };
 use rustls::{ServerConnection, StreamOwned};
 
@@ -119,6 +122,16 @@ pub trait NodeApi: Send + Sync {
         Err(ApiError::unavailable(
             "this node's API takes no renewed certificate",
         ))
+    }
+    /// The members of the node's etcd; 409 on a node that runs none.
+    fn etcd_members(&self) -> Result<EtcdMembers, ApiError> {
+        Err(ApiError::conflict(NOT_A_CONTROL_PLANE))
+    }
+    /// A snapshot of the node's etcd as a stream of its bytes, which must fail (not end)
+    /// when the snapshot is cut short; 409 on a node that runs none. A failure known before
+    /// the first byte is an error here, so that it gets a status of its own.
+    fn etcd_snapshot(&self) -> Result<Box<dyn Read + Send>, ApiError> {
+        Err(ApiError::conflict(NOT_A_CONTROL_PLANE))
     }
 }
 

@@ -141,7 +141,7 @@ impl NodeApi for Fake {
     }
 }
 
-fn options() -> ServerOptions {
+pub(super) fn options() -> ServerOptions {
     ServerOptions {
         max_connections: 4,
         max_per_peer: 4,
@@ -158,7 +158,11 @@ fn plain_server(api: Arc<Fake>, opts: ServerOptions) -> SocketAddr {
 }
 
 /// As [`plain_server`], every client in `role`.
-fn plain_server_as(api: Arc<Fake>, opts: ServerOptions, role: OperatorRole) -> SocketAddr {
+pub(super) fn plain_server_as<A: NodeApi + 'static>(
+    api: Arc<A>,
+    opts: ServerOptions,
+    role: OperatorRole,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -183,7 +187,7 @@ fn plain_server_as(api: Arc<Fake>, opts: ServerOptions, role: OperatorRole) -> S
 }
 
 /// Sends `request`, reads the whole response.
-fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+pub(super) fn exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c.write_all(request).unwrap();
@@ -200,7 +204,7 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn status_of(response: &str) -> u16 {
+pub(super) fn status_of(response: &str) -> u16 {
     response
         .split(' ')
         .nth(1)
@@ -208,7 +212,7 @@ fn status_of(response: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {response:?}"))
 }
 
-fn body_of(response: &str) -> &str {
+pub(super) fn body_of(response: &str) -> &str {
     response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)

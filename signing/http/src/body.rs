@@ -73,9 +73,18 @@ impl Read for Body<'_> {
 }
 
 /// The bytes read with the head, then the connection.
-struct Prefixed<'a> {
+pub(crate) struct Prefixed<'a> {
     early: io::Cursor<Vec<u8>>,
     inner: &'a mut dyn Read,
+}
+
+impl<'a> Prefixed<'a> {
+    pub(crate) fn new(early: Vec<u8>, inner: &'a mut dyn Read) -> Self {
+        Prefixed {
+            early: io::Cursor::new(early),
+            inner,
+        }
+    }
 }
 
 impl Read for Prefixed<'_> {
@@ -94,7 +103,7 @@ fn too_large(max: u64) -> io::Error {
     )
 }
 
-fn bad_chunk(what: &str) -> io::Error {
+pub(crate) fn bad_chunk(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("malformed chunked body: {what}"),
@@ -146,7 +155,7 @@ pub fn read_body(
 }
 
 /// A line of a chunked body (size line or trailer), without its CRLF; bounded.
-fn chunk_line(r: &mut dyn BufRead) -> io::Result<String> {
+pub(crate) fn chunk_line(r: &mut dyn BufRead) -> io::Result<String> {
     let mut line = Vec::new();
     (&mut *r).take(1024).read_until(b'\n', &mut line)?;
     if !line.ends_with(b"\r\n") {

@@ -21,6 +21,7 @@
 //! time), and nothing here panics on what a peer sends.
 
 mod body;
+mod stream;
 mod url;
 mod write;
 
@@ -30,6 +31,7 @@ mod tests;
 use std::io::{self, Read};
 
 pub use body::{Body, read_body};
+pub use stream::{ChunkedReader, ChunkedWriter, body_reader};
 pub use url::{Scheme, Url, UrlError};
 pub use write::{CONTINUE, Response, reason, request_head, response_head};
 

@@ -318,3 +318,34 @@ fn request_and_response_round_trips() {
     response.headers.push(("X", "a\nb".into()));
     assert!(response.write_to(&mut Vec::new()).is_err());
 }
+
+#[test]
+fn a_chunked_stream_reads_back_what_was_written_and_a_cut_one_fails() {
+    use std::io::{Read, Write};
+    let mut writer = crate::ChunkedWriter::new(Vec::new());
+    for part in [&b"hello "[..], b"", b"chunked world"] {
+        writer.write_all(part).unwrap();
+    }
+    let wire = writer.finish().unwrap();
+    let mut back = Vec::new();
+    crate::ChunkedReader::new(&wire[..])
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back, b"hello chunked world");
+    // Without the last chunk, and cut inside a chunk: errors, never a short body.
+    for cut in [wire.len() - 5, 10] {
+        let mut out = Vec::new();
+        let result = crate::ChunkedReader::new(&wire[..cut]).read_to_end(&mut out);
+        assert!(result.is_err(), "cut at {cut}");
+    }
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut response = head.to_vec();
+    response.extend_from_slice(&wire);
+    let (head, early) = crate::read_response_head(&mut &response[..]).unwrap();
+    let mut rest: &[u8] = &[];
+    let mut body = Vec::new();
+    crate::body_reader(&head, early, &mut rest)
+        .read_to_end(&mut body)
+        .unwrap();
+    assert_eq!(body, b"hello chunked world");
+}

@@ -1,0 +1,264 @@
+//! The node-side etcd client (`keel_init::etcd_client`) against a real etcd serving with the
+//! certificates the PKI derives for a control plane, with client certificates required, as
+//! the init runs it: the member list matches etcdctl's, and a snapshot taken through the
+//! client is one `etcdctl snapshot status` reads and `etcdctl snapshot restore` restores,
+//! with the key put before it. etcd and etcdctl must be installed
+//! (vm-tests/install-host-packages): without them this test fails, it is never skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use keel_contract::profile::Role;
+use keel_init::etcd_client::{EtcdClient, EtcdEndpoint};
+use keel_pki::{NodeIdentity, derive, generate, write_files};
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills an etcd this test started (by its own child handle) however the test ends.
+struct Etcd {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Etcd {
+    fn start(dir: &Path, name: &str, args: &[String]) -> Etcd {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("/usr/bin/etcd")
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("/usr/bin/etcd is installed (vm-tests/install-host-packages: etcd-server)");
+        Etcd { child, log }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcdctl(args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--dial-timeout=3s", "--command-timeout=10s"])
+        .args(args)
+        .output()
+        .expect("etcdctl is installed (vm-tests/install-host-packages: etcd-client)")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "etcdctl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, etcd: &Etcd, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} never came:\n{}",
+            etcd.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn members_and_a_snapshot_through_the_gateway_of_a_real_etcd() {
+    let secrets = generate("keel", now()).unwrap();
+    let id = NodeIdentity {
+        hostname: "cp-1".into(),
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        endpoint: "https://127.0.0.1:6443".parse().unwrap(),
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+        cluster_domain: "cluster.local".into(),
+        extra_sans: vec![],
+    };
+    let files = derive(&secrets.for_role(Role::ControlPlane), &id, now()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("etc-kubernetes");
+    write_files(&root, &files).unwrap();
+    let p = |rel: &str| root.join(rel).to_str().unwrap().to_owned();
+    let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("https://127.0.0.1:{peer}");
+    let etcd = Etcd::start(
+        dir.path(),
+        "etcd",
+        &[
+            "--name=cp-1".into(),
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=cp-1={peer_url}"),
+            format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"),
+            format!("--cert-file={}", p("pki/etcd/server.crt")),
+            format!("--key-file={}", p("pki/etcd/server.key")),
+            format!("--trusted-ca-file={}", p("pki/etcd/ca.crt")),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={}", p("pki/etcd/peer.crt")),
+            format!("--peer-key-file={}", p("pki/etcd/peer.key")),
+            format!("--peer-trusted-ca-file={}", p("pki/etcd/ca.crt")),
+            "--peer-client-cert-auth".into(),
+        ],
+    );
+    // What the init uses: the API server's etcd client certificate.
+    let endpoint = EtcdEndpoint {
+        client: SocketAddr::from(([127, 0, 0, 1], client)),
+        metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
+        ca: p("pki/etcd/ca.crt").into(),
+        cert: p("pki/apiserver-etcd-client.crt").into(),
+        key: p("pki/apiserver-etcd-client.key").into(),
+    };
+    let etcd_client = EtcdClient::new(endpoint).unwrap();
+    wait_until("etcd's health", &etcd, || etcd_client.healthy());
+    let tls = [
+        format!("--endpoints={client_url}"),
+        format!("--cacert={}", p("pki/etcd/ca.crt")),
+        format!("--cert={}", p("pki/apiserver-etcd-client.crt")),
+        format!("--key={}", p("pki/apiserver-etcd-client.key")),
+    ];
+    let ctl = |args: &[&str]| {
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(&all)
+    };
+
+    let members = etcd_client.members().unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&["member", "list", "-w", "json"]))).unwrap();
+    let theirs: Vec<(u64, String)> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["ID"].as_u64().unwrap(),
+                m["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let ours: Vec<(u64, String)> = members
+        .members
+        .iter()
+        .map(|m| (m.id, m.name.clone()))
+        .collect();
+    assert_eq!(ours, theirs);
+    assert_eq!(
+        members.cluster_id,
+        listed["header"]["cluster_id"].as_u64().unwrap()
+    );
+    assert_eq!(members.member_id, theirs[0].0);
+    assert_eq!(
+        members.leader_id, members.member_id,
+        "a single member leads"
+    );
+    assert!(members.raft_term >= 1);
+    assert!(members.healthy);
+    assert!(!members.members[0].learner);
+    assert_eq!(members.members[0].client_urls, [client_url.as_str()]);
+
+    ok(&ctl(&["put", "/keel/backup", "restored"]));
+    let snapshot = dir.path().join("snapshot.db");
+    let mut source = etcd_client.snapshot().unwrap();
+    let mut file = std::fs::File::create(&snapshot).unwrap();
+    let bytes = std::io::copy(&mut source, &mut file).unwrap();
+    drop(file);
+    assert!(bytes > 4096, "{bytes} bytes");
+    let status: serde_json::Value = serde_json::from_str(&ok(&etcdctl(&[
+        "snapshot",
+        "status",
+        snapshot.to_str().unwrap(),
+        "-w",
+        "json",
+    ])))
+    .unwrap();
+    assert!(status["totalKey"].as_u64().unwrap() >= 1, "{status}");
+
+    // A learner shows as one (added after the snapshot, which it is not part of).
+    let learner_peer = format!("https://127.0.0.1:{}", free_port());
+    ok(&ctl(&[
+        "member",
+        "add",
+        "learner-1",
+        "--learner",
+        &format!("--peer-urls={learner_peer}"),
+    ]));
+    let members = etcd_client.members().unwrap();
+    assert_eq!(members.members.len(), 2);
+    let learner = members.members.iter().find(|m| m.learner).unwrap();
+    assert_eq!(learner.peer_urls, [learner_peer]);
+    assert!(
+        learner.name.is_empty(),
+        "a learner that never started has no name"
+    );
+    drop(etcd);
+
+    // The snapshot restores into a new member that has the key.
+    let (client2, peer2) = (free_port(), free_port());
+    let peer2_url = format!("http://127.0.0.1:{peer2}");
+    let restored = dir.path().join("restored");
+    ok(&etcdctl(&[
+        "snapshot",
+        "restore",
+        snapshot.to_str().unwrap(),
+        &format!("--data-dir={}", restored.display()),
+        "--name=cp-1",
+        &format!("--initial-cluster=cp-1={peer2_url}"),
+        &format!("--initial-advertise-peer-urls={peer2_url}"),
+    ]));
+    let client2_url = format!("http://127.0.0.1:{client2}");
+    let second = Etcd::start(
+        dir.path(),
+        "restored",
+        &[
+            "--name=cp-1".into(),
+            format!("--data-dir={}", restored.display()),
+            format!("--listen-client-urls={client2_url}"),
+            format!("--advertise-client-urls={client2_url}"),
+            format!("--listen-peer-urls={peer2_url}"),
+            format!("--initial-advertise-peer-urls={peer2_url}"),
+            format!("--initial-cluster=cp-1={peer2_url}"),
+        ],
+    );
+    let get = || {
+        etcdctl(&[
+            &format!("--endpoints={client2_url}"),
+            "get",
+            "/keel/backup",
+            "--print-value-only",
+        ])
+    };
+    wait_until("the restored etcd", &second, || get().status.success());
+    assert_eq!(ok(&get()).trim(), "restored");
+}

@@ -514,6 +514,20 @@ pub enum ClusterCommand {
         #[arg(long)]
         node: String,
     },
+    /// A rolling upgrade: one node at a time, control planes first; each must come back
+    /// ready on the bundle's version with the cluster healthy before the next. Stops at the
+    /// first node that fails or rolls back.
+    Upgrade {
+        name: String,
+        /// An update bundle (`OUTDIR/update`).
+        bundle: PathBuf,
+        /// Seconds each node, and the cluster after it, may take.
+        #[arg(long, default_value_t = 900)]
+        wait_timeout: u64,
+        /// Print what each node went through as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop every VM and remove the cluster's disks, secrets and context.
     Destroy {
         name: String,

@@ -102,6 +102,31 @@ pub fn run(
             });
             Ok(())
         }
+        ClusterCommand::Upgrade {
+            name,
+            bundle,
+            wait_timeout,
+            json,
+        } => {
+            let (_, state) = State::load(&name)?;
+            let creds = crate::node::credentials_from_secrets(&state.secrets)
+                .map_err(CommandError::Failed)?;
+            let done = cluster::upgrade::upgrade(
+                &state,
+                &creds,
+                &bundle,
+                Duration::from_secs(wait_timeout),
+                rep,
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done).unwrap_or_default()
+                );
+            }
+            rep.note(&format!("cluster {name}: every node upgraded"));
+            Ok(())
+        }
         ClusterCommand::Destroy { name, keep_logs } => {
             let done = manage::destroy(&name, keep_logs, &contexts.path()?)?;
             rep.note(&format!(

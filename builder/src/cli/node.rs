@@ -322,6 +322,14 @@ pub fn format_status(s: &Status) -> String {
             s.addresses.join(" ")
         }
     );
+    if !s.ready && s.degraded.is_none() {
+        out.push_str("ready      not yet (booting)\n");
+    }
+    if let Some(vip) = &s.vip {
+        out.push_str(&format!(
+            "vip        {vip} (held here: this node's etcd member leads)\n"
+        ));
+    }
     if let Some(d) = &s.diskless {
         out.push_str(&format!(
             "diskless   root from {} in RAM ({:.1} MiB, fetched and verified in {:.1}s); /var on tmpfs; upgrades by serving a new version\n",
@@ -466,6 +474,8 @@ mod tests {
             warnings: vec![],
             timeline: vec![],
             diskless: None,
+            ready: true,
+            vip: None,
         };
         let text = format_status(&status);
         let expected = "\

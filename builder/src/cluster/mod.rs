@@ -20,6 +20,7 @@ pub mod create;
 pub mod health;
 pub mod manage;
 pub mod plan;
+pub mod upgrade;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ pub enum ClusterError {
     },
     #[error("starting {node}: {why}")]
     Start { node: String, why: String },
+    #[error("rolling upgrade stopped at {node}: {why}")]
+    Upgrade { node: String, why: String },
     #[error("not healthy after {secs} s: {check}")]
     Unhealthy { secs: u64, check: String },
     #[error(transparent)]

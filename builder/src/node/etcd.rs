@@ -11,7 +11,10 @@ use keel_contract::api::{self, EtcdMembers, Request};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{NodeClient, NodeError, READ_TIMEOUT, describe_request, head_error, in_context};
+use super::{
+    NodeClient, NodeError, READ_TIMEOUT, ReplyError, Stream, describe_request, head_error,
+    in_context, reply_from,
+};
 
 /// The size of etcd's trailer: the SHA-256 of the database before it.
 const TRAILER: usize = 32;
@@ -102,37 +105,7 @@ impl NodeClient {
     /// the snapshot is complete).
     pub fn etcd_snapshot(&self, file: &Path) -> Result<SnapshotReport, NodeError> {
         let (dir, name) = destination(file)?;
-        let request = Request::EtcdSnapshot;
-        let what = describe_request(&request);
-        let mut stream = self.connect(READ_TIMEOUT)?;
-        let user_agent = format!("keel/{}", env!("CARGO_PKG_VERSION"));
-        let head = keel_http::request_head(
-            request.method().as_str(),
-            &request.target(),
-            &[
-                ("Host", api::SERVER_NAME),
-                ("User-Agent", &user_agent),
-                ("Accept", "application/octet-stream, application/json"),
-            ],
-        )
-        .map_err(|e| NodeError::BadInput(format!("the {what} request: {e}")))?;
-        let io_error = |doing: &str, e: &io::Error| self.connection_error(in_context(doing, e));
-        stream
-            .write_all(&head)
-            .and_then(|()| stream.flush())
-            .map_err(|e| io_error(&format!("sending the {what} request"), &e))?;
-        let (head, early) =
-            keel_http::read_response_head(&mut stream).map_err(|e| match head_error(e) {
-                super::ReplyError::Io(e) => io_error(&format!("reading the {what} response"), &e),
-                super::ReplyError::Protocol(message) => self.protocol_error(message),
-            })?;
-        if !(200..300).contains(&head.status) {
-            let reply = super::reply_from(head, early, &mut stream).map_err(|e| match e {
-                super::ReplyError::Io(e) => io_error(&format!("reading the {what} response"), &e),
-                super::ReplyError::Protocol(message) => self.protocol_error(message),
-            })?;
-            return Err(self.api_error(what, &reply));
-        }
+        let (mut stream, head, early) = self.start_snapshot()?;
         let mut partial = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".partial")
@@ -140,7 +113,7 @@ impl NodeClient {
             .map_err(|e| NodeError::BadInput(format!("{}: {e}", dir.display())))?;
         let mut body = keel_http::body_reader(&head, early, &mut stream);
         let digests = copy(&mut body, partial.as_file_mut()).map_err(|e| match e {
-            Copy::Node(e) => io_error("receiving the snapshot", &e),
+            Copy::Node(e) => self.connection_error(in_context("receiving the snapshot", &e)),
             Copy::Disk(e) => NodeError::BadInput(format!("writing {}: {e}", file.display())),
         })?;
         drop(body);
@@ -160,6 +133,44 @@ impl NodeClient {
             bytes,
             sha256,
         })
+    }
+
+    /// Asks for a snapshot; returns the connection with the head of a success answer and
+    /// the body bytes read with it. An error answer is read whole and becomes its error.
+    fn start_snapshot(&self) -> Result<(Stream, keel_http::ResponseHead, Vec<u8>), NodeError> {
+        let request = Request::EtcdSnapshot;
+        let what = describe_request(&request);
+        let mut stream = self.connect(READ_TIMEOUT)?;
+        let user_agent = format!("keel/{}", env!("CARGO_PKG_VERSION"));
+        let head = keel_http::request_head(
+            request.method().as_str(),
+            &request.target(),
+            &[
+                ("Host", api::SERVER_NAME),
+                ("User-Agent", &user_agent),
+                ("Accept", "application/octet-stream, application/json"),
+            ],
+        )
+        .map_err(|e| NodeError::BadInput(format!("the {what} request: {e}")))?;
+        stream
+            .write_all(&head)
+            .and_then(|()| stream.flush())
+            .map_err(|e| {
+                self.connection_error(in_context(&format!("sending the {what} request"), &e))
+            })?;
+        let reply_error = |e: ReplyError| match e {
+            ReplyError::Io(e) => {
+                self.connection_error(in_context(&format!("reading the {what} response"), &e))
+            }
+            ReplyError::Protocol(message) => self.protocol_error(message),
+        };
+        let (head, early) =
+            keel_http::read_response_head(&mut stream).map_err(|e| reply_error(head_error(e)))?;
+        if (200..300).contains(&head.status) {
+            return Ok((stream, head, early));
+        }
+        let reply = reply_from(head, early, &mut stream).map_err(reply_error)?;
+        Err(self.api_error(what, &reply))
     }
 
     fn protocol_error(&self, message: String) -> NodeError {

@@ -174,6 +174,8 @@ fn status() -> Status {
         warnings: vec![],
         timeline: vec![],
         diskless: None,
+        ready: true,
+        vip: None,
     }
 }
 

@@ -75,6 +75,8 @@ impl NodeApi for Fake {
             warnings: vec![],
             timeline: vec![],
             diskless: None,
+            ready: true,
+            vip: None,
         }
     }
     fn logs(&self, service: &str, lines: usize) -> Result<String, ApiError> {

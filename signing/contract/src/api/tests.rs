@@ -146,11 +146,22 @@ fn the_timeline_reads_in_seconds_and_an_older_node_has_none() {
         warnings: vec![],
         timeline: steps.to_vec(),
         diskless: None,
+        ready: true,
+        vip: None,
     })
     .unwrap();
     json.as_object_mut().unwrap().remove("timeline");
     let older: Status = serde_json::from_value(json).unwrap();
     assert!(older.timeline.is_empty());
+}
+
+/// A node from before `ready` and `vip` answers without them: not ready, no virtual IP.
+#[test]
+fn status_from_an_older_node_has_no_ready_or_vip() {
+    let text = r#"{"name":"n","version":"1.0.0","slot":"a","hostname":"h","addresses":[],"slots":[],"services":[],"boot":1,"rolled_back_from":null,"quarantined":[],"uptime_secs":1}"#;
+    let older: Status = serde_json::from_str(text).unwrap();
+    assert!(!older.ready);
+    assert_eq!(older.vip, None);
 }
 
 #[test]
@@ -193,6 +204,8 @@ fn status_json_field_names_are_the_contract() {
             root_ram_bytes: 300 << 20,
             fetch_ms: 4200,
         }),
+        ready: false,
+        vip: Some("10.5.0.10".into()),
     };
     let json = serde_json::to_value(&status).unwrap();
     for key in [
@@ -210,6 +223,8 @@ fn status_json_field_names_are_the_contract() {
         "degraded",
         "warnings",
         "timeline",
+        "ready",
+        "vip",
     ] {
         assert!(json.get(key).is_some(), "{key}");
     }

@@ -115,8 +115,27 @@ fn member_id(certs: &Path, port: u64) -> String {
     doc[0]["Status"]["header"]["member_id"].to_string()
 }
 
+/// What the phases of the test share.
+struct Ctx<'a> {
+    cli: &'a Cli,
+    dir: PathBuf,
+    /// The etcd CA and admin certificate for the host's etcdctl.
+    certs: PathBuf,
+    names: Vec<String>,
+    /// The control planes' forwarded etcd ports, in node order.
+    etcd_ports: Vec<u64>,
+}
+
+impl Ctx<'_> {
+    fn etcd_port(&self, i: usize) -> u64 {
+        self.etcd_ports[i]
+    }
+}
+
+/// One cluster boot for everything: create, quorum and VIP failover, backups, rolling
+/// upgrades (good, then stopped by a rollback), destroy.
 #[test]
-fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data() {
+fn a_three_control_plane_cluster_from_create_to_destroy() {
     let dir = test_dir("cluster");
     let (image, stock_key) = stock_image("worker");
     let cli = Cli {
@@ -124,6 +143,16 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
         config: dir.join("keel-config.toml"),
     };
     let _cleanup = Cleanup(&cli);
+    let ctx = create_and_check_etcd(&cli, &dir, &image);
+    vip_failover_and_rejoin(&ctx);
+    backups(&ctx);
+    rolling_upgrades(&ctx, &stock_key.with_file_name("keel.key"));
+    destroy(&ctx);
+}
+
+/// 3 control planes + 1 worker, healthy; the name refused a second time; the context; etcd's
+/// members alike from each control plane, a key put through one read through another.
+fn create_and_check_etcd<'a>(cli: &'a Cli, dir: &Path, image: &Path) -> Ctx<'a> {
     let image = image.to_string_lossy().into_owned();
     let created = cli.ok(&[
         "cluster",
@@ -141,21 +170,22 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
     ]);
     let doc: serde_json::Value = serde_json::from_str(&created).unwrap();
     let nodes = doc["nodes"].as_array().unwrap();
-    let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["kt-cp-1", "kt-cp-2", "kt-cp-3", "kt-worker-1"]);
     for n in nodes {
         assert_eq!(n["state"], "ready", "{created}");
     }
-    let etcd_port = |i: usize| {
-        nodes[i]["etcd"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let etcd_ports: Vec<u64> = nodes[..3]
+        .iter()
+        .map(|n| {
+            let local = n["etcd"].as_str().unwrap();
+            local.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let etcd_port = |i: usize| etcd_ports[i];
 
     // The name is taken now.
     let again = cli.run(&["cluster", "create", CLUSTER, "--image", &image]);
@@ -180,6 +210,7 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
     for i in 0..3 {
         let list = etcdctl(&certs, etcd_port(i), &["member", "list"]).unwrap();
         for name in &names[..3] {
+            let name = name.as_str();
             assert!(list.contains(name), "from {}: {list}", names[i]);
         }
         assert!(list.contains("https://10.5.0.11:2380"), "{list}");
@@ -193,15 +224,27 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
     .unwrap();
     assert_eq!(read.trim(), "one");
 
+    Ctx {
+        cli,
+        dir: dir.to_path_buf(),
+        certs,
+        names,
+        etcd_ports,
+    }
+}
+
+/// The VIP on the etcd leader; the holder killed: the VIP moves, quorum holds; the node
+/// started again rejoins as the same member with its data.
+fn vip_failover_and_rejoin(ctx: &Ctx) {
     // The virtual IP: exactly one control plane holds it, the etcd leader.
-    let holders = vip_holders(&cli);
+    let holders = vip_holders(ctx.cli);
     assert_eq!(holders.len(), 1, "{holders:?}");
     let victim = holders[0].clone();
-    let victim_index = names.iter().position(|n| *n == victim).unwrap();
-    let victim_id = member_id(&certs, etcd_port(victim_index));
+    let victim_index = ctx.names.iter().position(|n| *n == victim).unwrap();
+    let victim_id = member_id(&ctx.certs, ctx.etcd_port(victim_index));
     let status = etcdctl(
-        &certs,
-        etcd_port(victim_index),
+        &ctx.certs,
+        ctx.etcd_port(victim_index),
         &["endpoint", "status", "-w", "json"],
     )
     .unwrap();
@@ -213,10 +256,10 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
 
     // The holder's QEMU killed: two of three still make a quorum, and another control plane
     // takes the address.
-    cli.ok(&["cluster", "stop", CLUSTER, "--node", &victim]);
+    ctx.cli.ok(&["cluster", "stop", CLUSTER, "--node", &victim]);
     let killed_at = std::time::Instant::now();
     let moved = loop {
-        let now = vip_holders(&cli);
+        let now = vip_holders(ctx.cli);
         if now.len() == 1 && now[0] != victim {
             break now[0].clone();
         }
@@ -232,8 +275,8 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
     );
     assert!(
         etcdctl(
-            &certs,
-            etcd_port(victim_index),
+            &ctx.certs,
+            ctx.etcd_port(victim_index),
             &[
                 "get",
                 "keel/first",
@@ -243,19 +286,28 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
         )
         .is_err()
     );
-    etcdctl(&certs, etcd_port(survivor), &["put", "keel/second", "two"]).unwrap();
-    let status = cli.ok(&["cluster", "status", CLUSTER, "--json"]);
+    etcdctl(
+        &ctx.certs,
+        ctx.etcd_port(survivor),
+        &["put", "keel/second", "two"],
+    )
+    .unwrap();
+    let status = ctx.cli.ok(&["cluster", "status", CLUSTER, "--json"]);
     assert!(status.contains("\"state\": \"stopped\""), "{status}");
 
     // Started again, it rejoins as the same member with its data, and catches up on what
     // was written while it was down (a serializable read answers from its own copy).
-    cli.ok(&["cluster", "start", CLUSTER, "--wait-timeout", "900"]);
-    assert_eq!(member_id(&certs, etcd_port(victim_index)), victim_id);
+    ctx.cli
+        .ok(&["cluster", "start", CLUSTER, "--wait-timeout", "900"]);
+    assert_eq!(
+        member_id(&ctx.certs, ctx.etcd_port(victim_index)),
+        victim_id
+    );
     let mut caught_up = String::new();
     for _ in 0..30 {
         caught_up = etcdctl(
-            &certs,
-            etcd_port(victim_index),
+            &ctx.certs,
+            ctx.etcd_port(victim_index),
             &[
                 "get",
                 "keel/",
@@ -275,19 +327,24 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
         ["one", "two"]
     );
     let console =
-        std::fs::read_to_string(cli.cluster_dir().join(&victim).join("vm/console.log")).unwrap();
+        std::fs::read_to_string(ctx.cli.cluster_dir().join(&victim).join("vm/console.log"))
+            .unwrap();
     assert!(
         console.contains("boot 2"),
         "{victim} booted again from its own disk"
     );
+}
 
+/// Backups through the node API.
+fn backups(ctx: &Ctx) {
     // Backups through the node API (the context's first node): the members as it sees
     // them, and a snapshot etcd's own tool accepts.
     let members: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["node", "etcd", "members", "--json"])).unwrap();
+        serde_json::from_str(&ctx.cli.ok(&["node", "etcd", "members", "--json"])).unwrap();
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
-    let snapshot = dir.join("etcd.snapshot");
-    cli.ok(&["node", "etcd", "snapshot", "-o", snapshot.to_str().unwrap()]);
+    let snapshot = ctx.dir.join("etcd.snapshot");
+    ctx.cli
+        .ok(&["node", "etcd", "snapshot", "-o", snapshot.to_str().unwrap()]);
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(["snapshot", "status", "-w", "json"])
@@ -295,20 +352,22 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+}
 
+/// A good rollout, then one stopped by a rollback.
+fn rolling_upgrades(ctx: &Ctx, key: &Path) {
     // A rolling upgrade to 1.0.1: every node, control planes first, each back ready with
     // the cluster healthy (etcd with every member) before the next; the data stays.
-    let ids_before = etcdctl(&certs, etcd_port(0), &["member", "list"]).unwrap();
-    let key = stock_key.with_file_name("keel.key");
-    let v2 = dir.join("v2");
+    let ids_before = etcdctl(&ctx.certs, ctx.etcd_port(0), &["member", "list"]).unwrap();
+    let v2 = ctx.dir.join("v2");
     build(
         &workspace_root().join("profiles/worker.toml"),
         &v2,
-        &key,
+        key,
         Some("1.0.1"),
         1_700_000_000,
     );
-    let rollout: serde_json::Value = serde_json::from_str(&cli.ok(&[
+    let rollout: serde_json::Value = serde_json::from_str(&ctx.cli.ok(&[
         "cluster",
         "upgrade",
         CLUSTER,
@@ -330,9 +389,9 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
         .collect();
     assert_eq!(
         upgraded,
-        names
+        ctx.names
             .iter()
-            .map(|n| (*n, "1.0.0", "1.0.1"))
+            .map(|n| (n.as_str(), "1.0.0", "1.0.1"))
             .collect::<Vec<_>>()
     );
     for n in rollout.as_array().unwrap() {
@@ -343,33 +402,34 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
         );
     }
     let status: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["cluster", "status", CLUSTER, "--json"])).unwrap();
+        serde_json::from_str(&ctx.cli.ok(&["cluster", "status", CLUSTER, "--json"])).unwrap();
     for n in status["nodes"].as_array().unwrap() {
         assert_eq!(n["version"], "1.0.1", "{n}");
     }
     assert_eq!(
-        etcdctl(&certs, etcd_port(0), &["member", "list"]).unwrap(),
+        etcdctl(&ctx.certs, ctx.etcd_port(0), &["member", "list"]).unwrap(),
         ids_before
     );
     let read = etcdctl(
-        &certs,
-        etcd_port(2),
+        &ctx.certs,
+        ctx.etcd_port(2),
         &["get", "keel/second", "--print-value-only"],
     )
     .unwrap();
     assert_eq!(read.trim(), "two");
 
-    // A bundle whose kernel cannot start its init (it panics, and `panic=1` reboots it at
-    // once) stops the rollout at the first node: systemd-boot's counter runs out, the node
-    // comes back on 1.0.1 by itself, and no other node is touched.
+    // A bundle whose stage 2 exits at once (`/bin/false` where the init's stage 2 is: PID 1
+    // ends, the kernel panics and reboots after `panic=10`) stops the rollout at the first
+    // node: systemd-boot's counter runs out, the node comes back on 1.0.1 by itself, and no
+    // other node is touched.
     let broken = derived_profile(
-        &dir.join("broken"),
+        &ctx.dir.join("broken"),
         "worker",
-        "[image]\ncmdline = [\"rdinit=/keel-missing\", \"panic=1\"]\n",
+        "[[image.files]]\nsrc = \"/bin/false\"\ndst = \"/usr/lib/keel/keel-init\"\nmode = \"0755\"\n",
     );
-    let v3 = dir.join("v3");
-    build(&broken, &v3, &key, Some("1.0.2"), 1_700_000_000);
-    let stopped = cli.run(&[
+    let v3 = ctx.dir.join("v3");
+    build(&broken, &v3, key, Some("1.0.2"), 1_700_000_000);
+    let stopped = ctx.cli.run(&[
         "cluster",
         "upgrade",
         CLUSTER,
@@ -382,20 +442,22 @@ fn three_control_planes_keep_quorum_and_a_restarted_member_rejoins_with_its_data
         "{said}"
     );
     let status: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["cluster", "status", CLUSTER, "--json"])).unwrap();
+        serde_json::from_str(&ctx.cli.ok(&["cluster", "status", CLUSTER, "--json"])).unwrap();
     for n in status["nodes"].as_array().unwrap() {
         assert_eq!(n["version"], "1.0.1", "{n}");
         assert_eq!(n["state"], "ready", "{n}");
     }
     let cp1: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["node", "status", "--json"])).unwrap();
+        serde_json::from_str(&ctx.cli.ok(&["node", "status", "--json"])).unwrap();
     assert_eq!(cp1["rolled_back_from"], "1.0.2", "{cp1}");
+}
 
+fn destroy(ctx: &Ctx) {
     // Destroy: no QEMU left, no disk, no context.
-    let state_dir = cli.cluster_dir();
-    cli.ok(&["cluster", "destroy", CLUSTER]);
+    let state_dir = ctx.cli.cluster_dir();
+    ctx.cli.ok(&["cluster", "destroy", CLUSTER]);
     assert_eq!(qemu_processes_of(&state_dir), 0);
     assert!(!state_dir.exists());
-    let contexts = cli.ok(&["context", "list", "--json"]);
+    let contexts = ctx.cli.ok(&["context", "list", "--json"]);
     assert!(!contexts.contains(CLUSTER), "{contexts}");
 }

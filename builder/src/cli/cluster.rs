@@ -43,55 +43,15 @@ pub fn run(
                 wait_timeout: Duration::from_secs(wait_timeout),
                 contexts: contexts.path()?,
             };
-            let start = std::time::Instant::now();
-            let created = create::create(&opts, &|line| rep.note(line))?;
-            for w in &created.warnings {
-                rep.note(&format!("warning: {w}"));
-            }
-            let creds = crate::node::credentials_from_secrets(&created.state.secrets)
-                .map_err(CommandError::Failed)?;
-            let seen = health::observe(&created.state, &creds);
-            let rows = manage::report(&created.dir, &created.state, &seen);
-            print_nodes(&created.state, &rows, json);
-            created.health?;
-            rep.note(&format!(
-                "cluster {} healthy after {:.0} s; `keel node status` talks to {}; `keel cluster destroy {}` removes it",
-                created.state.name,
-                start.elapsed().as_secs_f64(),
-                created.state.nodes[0].name,
-                created.state.name
-            ));
-            Ok(())
+            create_cluster(&opts, json, rep)
         }
         ClusterCommand::List { json } => list(json),
-        ClusterCommand::Status { name, json } => {
-            let (dir, state) = State::load(&name)?;
-            let creds = crate::node::credentials_from_secrets(&state.secrets)
-                .map_err(CommandError::Failed)?;
-            let seen = health::observe(&state, &creds);
-            let rows = manage::report(&dir, &state, &seen);
-            print_nodes(&state, &rows, json);
-            if let Err(check) = health::verdict(&state, &seen) {
-                rep.note(&format!("not healthy: {check}"));
-            }
-            Ok(())
-        }
+        ClusterCommand::Status { name, json } => status(&name, json, rep),
         ClusterCommand::Start {
             name,
             node,
             wait_timeout,
-        } => {
-            let (dir, state) = State::load(&name)?;
-            let started = manage::start(&dir, &state, node.as_deref())?;
-            rep.note(&format!("started: {}", list_or_none(&started)));
-            let creds = crate::node::credentials_from_secrets(&state.secrets)
-                .map_err(CommandError::Failed)?;
-            health::wait(&state, &creds, Duration::from_secs(wait_timeout), &|l| {
-                rep.note(l)
-            })?;
-            rep.note(&format!("cluster {name} healthy"));
-            Ok(())
-        }
+        } => start(&name, node.as_deref(), wait_timeout, rep),
         ClusterCommand::Stop { name, node } => {
             let (dir, state) = State::load(&name)?;
             let was_running = manage::stop(&dir, &state, &node)?;
@@ -107,26 +67,7 @@ pub fn run(
             bundle,
             wait_timeout,
             json,
-        } => {
-            let (_, state) = State::load(&name)?;
-            let creds = crate::node::credentials_from_secrets(&state.secrets)
-                .map_err(CommandError::Failed)?;
-            let done = cluster::upgrade::upgrade(
-                &state,
-                &creds,
-                &bundle,
-                Duration::from_secs(wait_timeout),
-                rep,
-            )?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&done).unwrap_or_default()
-                );
-            }
-            rep.note(&format!("cluster {name}: every node upgraded"));
-            Ok(())
-        }
+        } => upgrade(&name, &bundle, wait_timeout, json, rep),
         ClusterCommand::Destroy { name, keep_logs } => {
             let done = manage::destroy(&name, keep_logs, &contexts.path()?)?;
             rep.note(&format!(
@@ -139,6 +80,91 @@ pub fn run(
             Ok(())
         }
     }
+}
+
+fn credentials(state: &State) -> Result<crate::node::ClientCredentials, CommandError> {
+    crate::node::credentials_from_secrets(&state.secrets).map_err(CommandError::Failed)
+}
+
+/// Creates, prints the nodes (also when the cluster did not become healthy: the table says
+/// which node is not), then fails with the health check if it failed.
+fn create_cluster(
+    opts: &create::CreateOptions,
+    json: bool,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    let start = std::time::Instant::now();
+    let created = create::create(opts, &|line| rep.note(line))?;
+    for w in &created.warnings {
+        rep.note(&format!("warning: {w}"));
+    }
+    let seen = health::observe(&created.state, &credentials(&created.state)?);
+    let rows = manage::report(&created.dir, &created.state, &seen);
+    print_nodes(&created.state, &rows, json);
+    created.health?;
+    rep.note(&format!(
+        "cluster {} healthy after {:.0} s; `keel node status` talks to {}; `keel cluster destroy {}` removes it",
+        created.state.name,
+        start.elapsed().as_secs_f64(),
+        created.state.nodes[0].name,
+        created.state.name
+    ));
+    Ok(())
+}
+
+fn status(name: &str, json: bool, rep: &Reporter) -> Result<(), CommandError> {
+    let (dir, state) = State::load(name)?;
+    let seen = health::observe(&state, &credentials(&state)?);
+    let rows = manage::report(&dir, &state, &seen);
+    print_nodes(&state, &rows, json);
+    if let Err(check) = health::verdict(&state, &seen) {
+        rep.note(&format!("not healthy: {check}"));
+    }
+    Ok(())
+}
+
+fn start(
+    name: &str,
+    node: Option<&str>,
+    wait_timeout: u64,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    let (dir, state) = State::load(name)?;
+    let started = manage::start(&dir, &state, node)?;
+    rep.note(&format!("started: {}", list_or_none(&started)));
+    health::wait(
+        &state,
+        &credentials(&state)?,
+        Duration::from_secs(wait_timeout),
+        &|l| rep.note(l),
+    )?;
+    rep.note(&format!("cluster {name} healthy"));
+    Ok(())
+}
+
+fn upgrade(
+    name: &str,
+    bundle: &std::path::Path,
+    wait_timeout: u64,
+    json: bool,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    let (_, state) = State::load(name)?;
+    let done = cluster::upgrade::upgrade(
+        &state,
+        &credentials(&state)?,
+        bundle,
+        Duration::from_secs(wait_timeout),
+        rep,
+    )?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&done).unwrap_or_default()
+        );
+    }
+    rep.note(&format!("cluster {name}: every node upgraded"));
+    Ok(())
 }
 
 fn list_or_none(names: &[String]) -> String {

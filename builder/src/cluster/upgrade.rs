@@ -135,36 +135,7 @@ fn upgrade_node(
         }
         Err(e) => return Err(stopped(node, format!("upload refused: {e}"))),
     };
-    let mut last = String::new();
-    loop {
-        let judgement = match client.status() {
-            Ok(status) => judge(before.boot, &report.to, &status),
-            Err(e) => Judgement::Waiting(format!("API not answering ({e})")),
-        };
-        match judgement {
-            Judgement::Upgraded => break,
-            Judgement::RolledBack(why) | Judgement::Degraded(why) => {
-                return Err(stopped(node, why));
-            }
-            Judgement::Waiting(why) => {
-                if start.elapsed() > timeout {
-                    return Err(stopped(
-                        node,
-                        format!(
-                            "not ready on {} after {} s: {why}",
-                            report.to,
-                            timeout.as_secs()
-                        ),
-                    ));
-                }
-                if why != last {
-                    rep.note(&format!("{}: {why}", node.name));
-                    last = why;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    wait_until_upgraded(&client, node, before.boot, &report.to, start, timeout, rep)?;
     health::wait(state, creds, timeout, &|line| rep.note(line)).map_err(|e| {
         stopped(
             node,
@@ -181,6 +152,45 @@ fn upgrade_node(
         seconds: start.elapsed().as_secs_f64(),
         skipped: false,
     })
+}
+
+/// Asks the node until [`judge`] says it is upgraded (Ok), rolled back or degraded (the
+/// rollout's error), or `timeout` since `start` passes.
+fn wait_until_upgraded(
+    client: &NodeClient,
+    node: &NodePlan,
+    before_boot: u64,
+    target: &str,
+    start: Instant,
+    timeout: Duration,
+    rep: &Reporter,
+) -> Result<(), ClusterError> {
+    let mut last = String::new();
+    loop {
+        let judgement = match client.status() {
+            Ok(status) => judge(before_boot, target, &status),
+            Err(e) => Judgement::Waiting(format!("API not answering ({e})")),
+        };
+        match judgement {
+            Judgement::Upgraded => return Ok(()),
+            Judgement::RolledBack(why) | Judgement::Degraded(why) => {
+                return Err(stopped(node, why));
+            }
+            Judgement::Waiting(why) => {
+                if start.elapsed() > timeout {
+                    return Err(stopped(
+                        node,
+                        format!("not ready on {target} after {} s: {why}", timeout.as_secs()),
+                    ));
+                }
+                if why != last {
+                    rep.note(&format!("{}: {why}", node.name));
+                    last = why;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 #[cfg(test)]

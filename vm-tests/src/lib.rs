@@ -654,3 +654,37 @@ pub fn extra_disk_args(image: &Path) -> Vec<String> {
         "virtio-blk-pci,drive=extra0".into(),
     ]
 }
+
+/// The host's etcdctl (API 3, an independent client) against `https://127.0.0.1:PORT` with
+/// the etcd CA and admin certificate in `certs` (`etcd-ca.crt`, `etcd-admin.crt`,
+/// `etcd-admin.key`: see [`write_etcd_admin`]); its output, or an error naming the call.
+pub fn etcdctl(certs: &Path, port: u16, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://127.0.0.1:{port}"))
+        .arg(format!("--cacert={}", certs.join("etcd-ca.crt").display()))
+        .arg(format!("--cert={}", certs.join("etcd-admin.crt").display()))
+        .arg(format!("--key={}", certs.join("etcd-admin.key").display()))
+        .args(["--dial-timeout=20s", "--command-timeout=60s"])
+        .args(args)
+        .output()
+        .expect("etcdctl (etcd-client) is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("etcdctl {args:?}: {text}"))
+    }
+}
+
+/// Writes the etcd CA and the etcd admin's certificate and key of `secrets` into `certs`, for
+/// [`etcdctl`].
+pub fn write_etcd_admin(certs: &Path, secrets: &keel_contract::secrets::Secrets) {
+    write_file(certs, "etcd-ca.crt", &secrets.etcd_ca.cert);
+    write_file(certs, "etcd-admin.crt", &secrets.etcd_admin.cert);
+    write_file(certs, "etcd-admin.key", &secrets.etcd_admin.key);
+}

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use keel_vm_tests::{build, derived_profile, stock_image, test_dir, workspace_root, write_file};
+use keel_vm_tests::{
+    build, derived_profile, etcdctl, stock_image, test_dir, workspace_root, write_etcd_admin,
+};
 
 const CLUSTER: &str = "kt";
 
@@ -58,30 +60,6 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-/// etcdctl through a node's forwarded client port, with the etcd admin's certificate.
-fn etcdctl(certs: &Path, port: u64, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=https://127.0.0.1:{port}"))
-        .arg(format!("--cacert={}", certs.join("etcd-ca.crt").display()))
-        .arg(format!("--cert={}", certs.join("etcd-admin.crt").display()))
-        .arg(format!("--key={}", certs.join("etcd-admin.key").display()))
-        .args(["--dial-timeout=20s", "--command-timeout=60s"])
-        .args(args)
-        .output()
-        .expect("etcdctl (etcd-client) is installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("etcdctl {args:?}: {text}"))
-    }
-}
-
 fn qemu_processes_of(dir: &Path) -> usize {
     let needle = dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
@@ -109,7 +87,7 @@ fn vip_holders(cli: &Cli) -> Vec<String> {
         .collect()
 }
 
-fn member_id(certs: &Path, port: u64) -> String {
+fn member_id(certs: &Path, port: u16) -> String {
     let status = etcdctl(certs, port, &["endpoint", "status", "-w", "json"]).unwrap();
     let doc: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
     doc[0]["Status"]["header"]["member_id"].to_string()
@@ -123,11 +101,11 @@ struct Ctx<'a> {
     certs: PathBuf,
     names: Vec<String>,
     /// The control planes' forwarded etcd ports, in node order.
-    etcd_ports: Vec<u64>,
+    etcd_ports: Vec<u16>,
 }
 
 impl Ctx<'_> {
-    fn etcd_port(&self, i: usize) -> u64 {
+    fn etcd_port(&self, i: usize) -> u16 {
         self.etcd_ports[i]
     }
 }
@@ -178,7 +156,7 @@ fn create_and_check_etcd<'a>(cli: &'a Cli, dir: &Path, image: &Path) -> Ctx<'a> 
     for n in nodes {
         assert_eq!(n["state"], "ready", "{created}");
     }
-    let etcd_ports: Vec<u64> = nodes[..3]
+    let etcd_ports: Vec<u16> = nodes[..3]
         .iter()
         .map(|n| {
             let local = n["etcd"].as_str().unwrap();
@@ -204,9 +182,7 @@ fn create_and_check_etcd<'a>(cli: &'a Cli, dir: &Path, image: &Path) -> Ctx<'a> 
     )
     .unwrap();
     let certs = dir.join("certs");
-    write_file(&certs, "etcd-ca.crt", &secrets.etcd_ca.cert);
-    write_file(&certs, "etcd-admin.crt", &secrets.etcd_admin.cert);
-    write_file(&certs, "etcd-admin.key", &secrets.etcd_admin.key);
+    write_etcd_admin(&certs, &secrets);
     for i in 0..3 {
         let list = etcdctl(&certs, etcd_port(i), &["member", "list"]).unwrap();
         for name in &names[..3] {
@@ -453,6 +429,14 @@ fn rolling_upgrades(ctx: &Ctx, key: &Path) {
 }
 
 fn destroy(ctx: &Ctx) {
+    // `list` sees the cluster with every node running.
+    let list: serde_json::Value =
+        serde_json::from_str(&ctx.cli.ok(&["cluster", "list", "--json"])).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!([{"name": CLUSTER, "nodes": 4, "running": 4}])
+    );
+
     // Destroy: no QEMU left, no disk, no context.
     let state_dir = ctx.cli.cluster_dir();
     ctx.cli.ok(&["cluster", "destroy", CLUSTER]);

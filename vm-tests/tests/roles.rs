@@ -18,23 +18,7 @@ use keel_vm_tests::{
 const BOOT: Duration = Duration::from_secs(300);
 
 fn etcdctl(dir: &std::path::Path, port: u16, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=https://127.0.0.1:{port}"))
-        .arg(format!("--cacert={}", dir.join("etcd-ca.crt").display()))
-        .arg(format!("--cert={}", dir.join("etcd-admin.crt").display()))
-        .arg(format!("--key={}", dir.join("etcd-admin.key").display()))
-        .args(["--dial-timeout=20s", "--command-timeout=30s"])
-        .args(args)
-        .output()
-        .expect("etcdctl (etcd-client) is installed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "etcdctl {args:?}: {text}");
-    text
+    keel_vm_tests::etcdctl(dir, port, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a `keel node` command against the node's API as `keel` would.
@@ -118,9 +102,7 @@ fn etcd_through_the_node_api(dir: &std::path::Path, api_port: u16, secrets: &std
 fn a_generic_image_becomes_a_control_plane_over_fw_cfg_and_keeps_its_role() {
     let dir = test_dir("roles_controlplane");
     let (secrets_path, secrets) = cluster_secrets(&dir.join("secrets"));
-    write_file(&dir, "etcd-ca.crt", &secrets.etcd_ca.cert);
-    write_file(&dir, "etcd-admin.crt", &secrets.etcd_admin.cert);
-    write_file(&dir, "etcd-admin.key", &secrets.etcd_admin.key);
+    keel_vm_tests::write_etcd_admin(&dir, &secrets);
     let profile = derived_profile(
         &dir,
         "worker",

@@ -201,3 +201,45 @@ fn remove_all_but_logs(dir: &Path) -> Result<(), ClusterError> {
     }
     walk(dir, &keep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeping_logs_removes_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("kt-cp-1");
+        std::fs::create_dir_all(node.join("vm")).unwrap();
+        for f in [
+            "disk.raw",
+            "secrets.toml",
+            "vm/console.log",
+            "vm/qemu.log",
+            "vm/qemu.pid",
+        ] {
+            std::fs::write(node.join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(super::super::STATE_FILE), b"x").unwrap();
+        remove_all_but_logs(dir.path()).unwrap();
+        let mut left: Vec<String> = walk_files(dir.path());
+        left.sort();
+        assert_eq!(left, ["kt-cp-1/vm/console.log", "kt-cp-1/vm/qemu.log"]);
+    }
+
+    fn walk_files(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        out
+    }
+}

@@ -95,6 +95,16 @@ fn check(opts: &CreateOptions) -> Result<Checked, ClusterError> {
             })
         })
         .transpose()?;
+    // The nodes' kubeconfigs carry the secrets' cluster name, their profiles this one.
+    if let (Some(path), Some(secrets)) = (&opts.secrets, &secrets)
+        && secrets.cluster_name != name
+    {
+        return Err(ClusterError::BadRequest(format!(
+            "--secrets {}: its cluster is {:?}, not {name:?} (expected secrets from `keel secrets gen --cluster-name {name}`)",
+            path.display(),
+            secrets.cluster_name
+        )));
+    }
     Ok(Checked {
         dir,
         disk,

@@ -1,0 +1,132 @@
+//! `keel cluster` refusing bad input before anything is written or started: exit code 2, a
+//! message naming the option and what was expected, no cluster directory, no QEMU. (The
+//! clusters themselves are tested in `vm-tests/tests/cluster.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn keel(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .env("XDG_STATE_HOME", state)
+        .env("KEEL_CONFIG", state.join("keel-config.toml"))
+        .env_remove("KEEL_CONTEXT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn refused(out: &Output, wants: &[&str]) {
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    for want in wants {
+        assert!(said.contains(want), "{want:?} not in: {said}");
+    }
+}
+
+#[test]
+fn create_refuses_bad_input_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let image = dir.path().join("out");
+    std::fs::create_dir_all(&image).unwrap();
+    let image_arg = image.to_str().unwrap();
+
+    refused(
+        &keel(&state, &["cluster", "create", "dev", "--image", image_arg]),
+        &["--image", "no disk.raw", "keel build output directory"],
+    );
+    // From here on the image has its disk (its content is not read before the checks pass).
+    std::fs::write(image.join("disk.raw"), b"").unwrap();
+    refused(
+        &keel(
+            &state,
+            &[
+                "cluster",
+                "create",
+                "dev",
+                "--image",
+                image_arg,
+                "--controlplanes",
+                "0",
+            ],
+        ),
+        &["--controlplanes", "expected 1 to 9"],
+    );
+    refused(
+        &keel(
+            &state,
+            &[
+                "cluster", "create", "dev", "--image", image_arg, "--memory", "64",
+            ],
+        ),
+        &["--memory", "at least 512"],
+    );
+    refused(
+        &keel(
+            &state,
+            &[
+                "cluster",
+                "create",
+                "dev",
+                "--image",
+                image_arg,
+                "--disk-size",
+                "lots",
+            ],
+        ),
+        &["--disk-size", "binary unit"],
+    );
+    refused(
+        &keel(
+            &state,
+            &["cluster", "create", "Not_A_Label", "--image", image_arg],
+        ),
+        &["Not_A_Label"],
+    );
+
+    // Secrets of another cluster.
+    let secrets = dir.path().join("other.secrets.toml");
+    let made = keel(
+        &state,
+        &[
+            "secrets",
+            "gen",
+            "-o",
+            secrets.to_str().unwrap(),
+            "--cluster-name",
+            "other",
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    refused(
+        &keel(
+            &state,
+            &[
+                "cluster",
+                "create",
+                "dev",
+                "--image",
+                image_arg,
+                "--secrets",
+                secrets.to_str().unwrap(),
+            ],
+        ),
+        &["--secrets", "its cluster is \"other\", not \"dev\""],
+    );
+    assert!(!state.join("keel/clusters/dev").exists(), "nothing written");
+    assert!(!state.join("keel-config.toml").exists(), "no context saved");
+
+    for args in [
+        &["cluster", "status", "dev"][..],
+        &["cluster", "destroy", "dev"],
+        &["cluster", "start", "dev"],
+        &["cluster", "upgrade", "dev", "/nonexistent"],
+    ] {
+        refused(&keel(&state, args), &["no cluster named \"dev\""]);
+    }
+    let list = keel(&state, &["cluster", "list", "--json"]);
+    assert!(list.status.success());
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+}

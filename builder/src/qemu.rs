@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error("OVMF firmware not found (looked for {looked}); install the `ovmf` package")]
@@ -20,6 +22,8 @@ pub enum QemuError {
         what: String,
         source: std::io::Error,
     },
+    #[error("QEMU exited ({status}) before its console was up: {stderr}")]
+    Exited { status: String, stderr: String },
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("QEMU did not create {path} within {secs}s")]
@@ -179,11 +183,52 @@ impl VmConfig {
         }
     }
 
+    /// Where QEMU's serial console and QMP sockets live: beside the VM's other files when
+    /// their paths fit a Unix socket address (`sun_path`, 108 bytes with the NUL), otherwise
+    /// in a private directory of this user's runtime directory, named by a hash of the state
+    /// directory, so that every later command (`keel cluster stop`, `destroy`) finds the same
+    /// path. CI's clone put a cluster node's socket at 113 bytes, and QEMU refused to start.
+    pub fn socket_dir(&self) -> PathBuf {
+        if self.state_dir.join(LONGEST_SOCKET_NAME).as_os_str().len() < SUN_PATH_BYTES {
+            return self.state_dir.clone();
+        }
+        let digest = Sha256::digest(self.state_dir.as_os_str().as_encoded_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        runtime_dir().join(format!("vm-{name}"))
+    }
+
+    /// Creates the socket directory (mode 0700) and removes stale sockets from a previous
+    /// run. A shared base such as `/tmp/keel-UID` is only used while it is a directory of
+    /// this user's that nobody else can enter: another user could otherwise plant it.
+    pub fn prepare_sockets(&self) -> Result<(), QemuError> {
+        let dir = self.socket_dir();
+        if dir != self.state_dir {
+            let base = runtime_dir();
+            private_dir(&base)?;
+            private_dir(&dir)?;
+        }
+        for sock in [self.serial_socket(), self.qmp_socket()] {
+            let _ = std::fs::remove_file(sock);
+        }
+        Ok(())
+    }
+
+    /// Removes the sockets, and their directory when it is not the state directory. For
+    /// after QEMU is gone.
+    pub fn remove_sockets(&self) {
+        for sock in [self.serial_socket(), self.qmp_socket()] {
+            let _ = std::fs::remove_file(sock);
+        }
+        let dir = self.socket_dir();
+        if dir != self.state_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
     pub fn serial_socket(&self) -> PathBuf {
-        self.state_dir.join("serial.sock")
+        self.socket_dir().join("serial.sock")
     }
     pub fn qmp_socket(&self) -> PathBuf {
-        self.state_dir.join("qmp.sock")
+        self.socket_dir().join("qmp.sock")
     }
     pub fn console_log(&self) -> PathBuf {
         self.state_dir.join("console.log")
@@ -290,9 +335,7 @@ impl Vm {
             std::fs::copy(&ovmf.vars_template, config.vars_file())
                 .map_err(io_err(format!("copying {}", ovmf.vars_template.display())))?;
         }
-        for sock in [config.serial_socket(), config.qmp_socket()] {
-            let _ = std::fs::remove_file(sock);
-        }
+        config.prepare_sockets()?;
         let mut cmd = config.command(&ovmf);
         // A file, not a pipe: nobody drains a pipe while the VM runs.
         let stderr =
@@ -311,16 +354,24 @@ impl Vm {
                 }
             }
         })?;
-        let vm = Vm { config, child };
-        vm.wait_for_socket(&vm.config.serial_socket(), Duration::from_secs(20))?;
+        let mut vm = Vm { config, child };
+        let serial = vm.config.serial_socket();
+        vm.wait_for_socket(&serial, Duration::from_secs(20))?;
         Ok(vm)
     }
 
-    fn wait_for_socket(&self, path: &Path, timeout: Duration) -> Result<(), QemuError> {
+    /// Waits for QEMU to create `path`; says at once what QEMU printed if it exits first.
+    fn wait_for_socket(&mut self, path: &Path, timeout: Duration) -> Result<(), QemuError> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if path.exists() {
                 return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(QemuError::Exited {
+                    status: status.to_string(),
+                    stderr: self.stderr().trim().to_owned(),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -406,12 +457,88 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+        self.config.remove_sockets();
     }
+}
+
+/// `sun_path`'s size: a socket path must be shorter, for its NUL.
+const SUN_PATH_BYTES: usize = 108;
+/// The longer of the two socket names.
+const LONGEST_SOCKET_NAME: &str = "serial.sock";
+
+/// This user's base for VM sockets: `$XDG_RUNTIME_DIR/keel` (private by the XDG rules) or
+/// else `TMPDIR/keel-UID`.
+fn runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("keel"),
+        // SAFETY: getuid(2) cannot fail.
+        _ => std::env::temp_dir().join(format!("keel-{}", unsafe { libc::getuid() })),
+    }
+}
+
+/// Creates `dir` with mode 0700, or checks that the existing one is a real directory of this
+/// user's that nobody else can enter.
+fn private_dir(dir: &Path) -> Result<(), QemuError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let what = || format!("the VM socket directory {}", dir.display());
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(what())(e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err(what()))?;
+    // SAFETY: getuid(2) cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(QemuError::Io {
+            what: what(),
+            source: std::io::Error::other(format!(
+                "not a directory of uid {uid} closed to others (mode 0700); remove it"
+            )),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_stay_beside_the_vm_unless_their_paths_are_too_long_to_bind() {
+        let short = VmConfig::new("/d.raw", "/var/tmp/vm");
+        assert_eq!(short.socket_dir(), Path::new("/var/tmp/vm"));
+        let deep = format!("/{}", "x".repeat(120));
+        let long = VmConfig::new("/d.raw", &deep);
+        let dir = long.socket_dir();
+        assert!(!dir.starts_with(&deep));
+        assert!(long.serial_socket().as_os_str().len() < SUN_PATH_BYTES);
+        // The same state directory always gets the same sockets; another gets others.
+        assert_eq!(VmConfig::new("/e.raw", &deep).socket_dir(), dir);
+        assert_ne!(
+            VmConfig::new("/d.raw", format!("{deep}y")).socket_dir(),
+            dir
+        );
+    }
+
+    #[test]
+    fn a_socket_directory_others_can_enter_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = private_dir(&open).unwrap_err().to_string();
+        assert!(err.contains("open") && err.contains("0700"), "{err}");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        assert!(private_dir(&link).is_err());
+        let fresh = tmp.path().join("fresh");
+        private_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        private_dir(&fresh).unwrap();
+    }
 
     #[test]
     fn a_network_boot_has_no_disk_and_boots_the_nic_first() {

@@ -72,9 +72,9 @@ pub fn start(config: &VmConfig, node: &str) -> Result<u32, ClusterError> {
         std::fs::copy(&ovmf.vars_template, config.vars_file())
             .map_err(io(ovmf.vars_template.display()))?;
     }
-    for sock in [config.serial_socket(), config.qmp_socket()] {
-        let _ = std::fs::remove_file(sock);
-    }
+    config
+        .prepare_sockets()
+        .map_err(|e| failed(e.to_string()))?;
     let pid_path = pid_file(config);
     let _ = std::fs::remove_file(&pid_path);
     let log = std::fs::File::create(config.stderr_log()).map_err(io("the QEMU log"))?;
@@ -118,10 +118,17 @@ fn is_ours(pid: u32, state_dir: &Path) -> bool {
 
 /// Pulls the plug: SIGKILL, then waits until the process is gone. A disposable cluster's
 /// nodes keep their data through this as through a power cut.
+/// Its sockets go too (they may live outside the node's directory).
 pub fn kill(config: &VmConfig) -> Result<bool, ClusterError> {
-    let Some(pid) = running_pid(config) else {
-        return Ok(false);
+    let killed = match running_pid(config) {
+        Some(pid) => kill_pid(pid, config)?,
+        None => false,
     };
+    config.remove_sockets();
+    Ok(killed)
+}
+
+fn kill_pid(pid: u32, config: &VmConfig) -> Result<bool, ClusterError> {
     let Ok(raw) = libc::pid_t::try_from(pid) else {
         return Ok(false);
     };

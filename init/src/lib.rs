@@ -22,6 +22,7 @@ pub mod deadline;
 pub mod efiboot;
 pub mod entries;
 pub mod etcd_client;
+pub mod etcd_join;
 pub mod fatal;
 pub mod history;
 pub mod hwmod;

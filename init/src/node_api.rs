@@ -256,6 +256,17 @@ impl NodeApi for Node {
         self.local_etcd()?.members().map_err(etcd_error)
     }
 
+    fn etcd_remove_member(&self, name: &str) -> Result<keel_contract::api::EtcdMembers, ApiError> {
+        let etcd = self.local_etcd()?;
+        let before = etcd.members().map_err(etcd_error)?;
+        let id = crate::etcd_join::member_to_remove(&before, name).map_err(ApiError::conflict)?;
+        (self.log)(&format!(
+            "etcd: removing member {name} ({id:x}) through the API"
+        ));
+        etcd.member_remove(id).map_err(etcd_error)?;
+        etcd.members().map_err(etcd_error)
+    }
+
     fn etcd_snapshot(&self) -> Result<Box<dyn Read + Send>, ApiError> {
         (self.log)("etcd snapshot requested through the API");
         self.local_etcd()?.snapshot().map_err(etcd_error)

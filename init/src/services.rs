@@ -205,6 +205,25 @@ fn endpoint(node: &Node, node_ip: IpAddr) -> Result<Endpoint, String> {
     }
 }
 
+/// Why the role could not be prepared.
+#[derive(Debug)]
+pub enum RoleFailure {
+    /// The profile or the secrets cannot work here: the boot fails.
+    Broken(String),
+    /// Something outside the node is missing (the etcd cluster to join): the node stays up,
+    /// degraded, and says why.
+    Degraded(String),
+}
+
+impl From<String> for RoleFailure {
+    fn from(why: String) -> Self {
+        RoleFailure::Broken(why)
+    }
+}
+
+/// How long a control plane asks the running members to add it before it gives up.
+const ETCD_JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Certificates and kubeconfigs derived from the node's secrets, then the role's files and
 /// services. `None` (with the reason printed) when the node has no cluster secrets: it runs
 /// containerd and its system containers, and reports its role as degraded.
@@ -213,7 +232,7 @@ pub fn prepare_role(
     hostname: &str,
     ips: &[IpAddr],
     secrets: Option<&NodeSecrets>,
-) -> Result<Option<roles::RolePlan>, String> {
+) -> Result<Option<roles::RolePlan>, RoleFailure> {
     let Some(secrets) = secrets else {
         log(&format!(
             "role {}: degraded: no cluster secrets (image.secrets, or given at boot); Kubernetes services not started",
@@ -222,11 +241,11 @@ pub fn prepare_role(
         return Ok(None);
     };
     if secrets.role != node.role {
-        return Err(format!(
+        return Err(RoleFailure::Broken(format!(
             "the node's secrets are for a {}, its profile says {}",
             secrets.role.as_str(),
             node.role.as_str()
-        ));
+        )));
     }
     let node_ip = roles::node_ip(ips).map_err(|e| e.to_string())?;
     let identity = NodeIdentity {
@@ -253,6 +272,7 @@ pub fn prepare_role(
         hostname: hostname.to_owned(),
         ips: ips.to_vec(),
         root: PathBuf::from("/"),
+        etcd_joined: join_etcd(node, hostname, node_ip)?,
     };
     let plan =
         roles::plan(node, &facts).map_err(|e| format!("role {}: {e}", node.role.as_str()))?;
@@ -268,6 +288,41 @@ pub fn prepare_role(
         log(&format!("role {}: {degraded}", node.role.as_str()));
     }
     Ok(Some(plan))
+}
+
+/// On a control plane with `node.etcd.join` and no etcd data yet: added to the running
+/// cluster as a learner ([`crate::etcd_join`]). A later boot starts from its data.
+fn join_etcd(
+    node: &Node,
+    hostname: &str,
+    node_ip: IpAddr,
+) -> Result<Option<Vec<(String, String)>>, RoleFailure> {
+    let has_data = Path::new(roles::paths::ETCD_DATA_DIR)
+        .join("member")
+        .is_dir();
+    if node.role != Role::ControlPlane || !node.etcd.join || has_data {
+        return Ok(None);
+    }
+    let own = roles::etcd::own_peer_url(node, hostname, node_ip)
+        .map_err(|e| RoleFailure::Broken(e.to_string()))?;
+    crate::etcd_join::join(node, hostname, &own, ETCD_JOIN_TIMEOUT, &log)
+        .map(Some)
+        .map_err(RoleFailure::Degraded)
+}
+
+/// On a control plane that joined (`node.etcd.join`), in the background: promoted from
+/// learner to voting member once etcd allows it.
+pub fn spawn_etcd_promotion(node: &Node, hostname: &str, ips: &[IpAddr]) {
+    if node.role != Role::ControlPlane || !node.etcd.join {
+        return;
+    }
+    let Ok(node_ip) = roles::node_ip(ips) else {
+        return;
+    };
+    match roles::etcd::own_peer_url(node, hostname, node_ip) {
+        Ok(own) => crate::etcd_join::spawn_promotion(node, hostname, &own, &log),
+        Err(e) => log(&format!("etcd: {e}")),
+    }
 }
 
 /// Starts the role's services and waits until each is healthy (part of the health gate).

@@ -529,11 +529,16 @@ fn run() -> Result<std::convert::Infallible, String> {
     // are written while containerd starts.
     let ips: Vec<IpAddr> = net_state.node_addresses();
     let secrets = cfg.secrets.as_ref();
-    let role = BOOT.step("role", || {
+    let role = match BOOT.step("role", || {
         services::prepare_role(&cfg.node, &hostname, &ips, secrets)
-    })?;
+    }) {
+        Ok(role) => role,
+        Err(services::RoleFailure::Degraded(why)) => degraded(&deadline, &api_node, &why),
+        Err(services::RoleFailure::Broken(why)) => return Err(why),
+    };
     let core = background.containerd()?;
     let start_order = start_services(core, role, &cfg.node, secrets)?;
+    services::spawn_etcd_promotion(&cfg.node, &hostname, &ips);
     if let Ok(mut list) = api_node.supervisors.lock() {
         *list = start_order.clone();
     }

@@ -262,3 +262,188 @@ fn members_and_a_snapshot_through_the_gateway_of_a_real_etcd() {
     wait_until("the restored etcd", &second, || get().status.success());
     assert_eq!(ok(&get()).trim(), "restored");
 }
+
+/// One member's ports and data directory, and its command line with the control plane's
+/// certificates (`pki`: the written `/etc/kubernetes`).
+struct MemberPorts {
+    name: &'static str,
+    client: u16,
+    peer: u16,
+    metrics: u16,
+}
+
+impl MemberPorts {
+    fn new(name: &'static str) -> Self {
+        MemberPorts {
+            name,
+            client: free_port(),
+            peer: free_port(),
+            metrics: free_port(),
+        }
+    }
+    fn peer_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.peer)
+    }
+    fn endpoint(&self, pki: &Path) -> EtcdEndpoint {
+        EtcdEndpoint {
+            client: SocketAddr::from(([127, 0, 0, 1], self.client)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], self.metrics)),
+            ca: pki.join("pki/etcd/ca.crt"),
+            cert: pki.join("pki/apiserver-etcd-client.crt"),
+            key: pki.join("pki/apiserver-etcd-client.key"),
+        }
+    }
+    fn args(&self, dir: &Path, pki: &Path, cluster: &str, state: &str) -> Vec<String> {
+        let p = |rel: &str| pki.join(rel).display().to_string();
+        let client_url = format!("https://127.0.0.1:{}", self.client);
+        vec![
+            format!("--name={}", self.name),
+            format!("--data-dir={}", dir.join(self.name).display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={}", self.peer_url()),
+            format!("--initial-advertise-peer-urls={}", self.peer_url()),
+            format!("--initial-cluster={cluster}"),
+            format!("--initial-cluster-state={state}"),
+            format!("--listen-metrics-urls=http://127.0.0.1:{}", self.metrics),
+            format!("--cert-file={}", p("pki/etcd/server.crt")),
+            format!("--key-file={}", p("pki/etcd/server.key")),
+            format!("--trusted-ca-file={}", p("pki/etcd/ca.crt")),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={}", p("pki/etcd/peer.crt")),
+            format!("--peer-key-file={}", p("pki/etcd/peer.key")),
+            format!("--peer-trusted-ca-file={}", p("pki/etcd/ca.crt")),
+            "--peer-client-cert-auth".into(),
+        ]
+    }
+}
+
+/// `node.etcd.join` against real etcd: the client adds a learner through a running member,
+/// the learner starts with the `--initial-cluster` the init computes from that answer
+/// (`initial-cluster-state=existing`), is promoted once etcd allows, and is removed again;
+/// etcdctl (an independent client) checks each step.
+#[test]
+fn a_learner_joins_through_a_running_member_is_promoted_and_removed() {
+    use keel_init::etcd_join::{self, Membership};
+    let secrets = generate("keel", now()).unwrap();
+    let id = NodeIdentity {
+        hostname: "cp-1".into(),
+        ips: vec!["127.0.0.1".parse().unwrap()],
+        endpoint: "https://127.0.0.1:6443".parse().unwrap(),
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+        cluster_domain: "cluster.local".into(),
+        extra_sans: vec![],
+    };
+    let files = derive(&secrets.for_role(Role::ControlPlane), &id, now()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("etc-kubernetes");
+    write_files(&pki, &files).unwrap();
+    let first = MemberPorts::new("cp-1");
+    let second = MemberPorts::new("cp-2");
+    let first_etcd = Etcd::start(
+        dir.path(),
+        first.name,
+        &first.args(
+            dir.path(),
+            &pki,
+            &format!("cp-1={}", first.peer_url()),
+            "new",
+        ),
+    );
+    let through_first = EtcdClient::new(first.endpoint(&pki)).unwrap();
+    wait_until("the first member's health", &first_etcd, || {
+        through_first.healthy()
+    });
+
+    let members = through_first.member_list().unwrap();
+    assert_eq!(
+        etcd_join::membership(&members, &second.peer_url()),
+        Membership::Absent
+    );
+    let (new_id, members) = through_first.member_add(&second.peer_url(), true).unwrap();
+    assert_eq!(
+        etcd_join::membership(&members, &second.peer_url()),
+        Membership::Added(new_id)
+    );
+    let cluster: Vec<String> = etcd_join::initial_cluster(&members, new_id, second.name)
+        .iter()
+        .map(|(n, u)| format!("{n}={u}"))
+        .collect();
+    let second_etcd = Etcd::start(
+        dir.path(),
+        second.name,
+        &second.args(dir.path(), &pki, &cluster.join(","), "existing"),
+    );
+
+    let ctl_list = || -> serde_json::Value {
+        let out = etcdctl(&[
+            &format!("--endpoints=https://127.0.0.1:{}", first.client),
+            &format!("--cacert={}", pki.join("pki/etcd/ca.crt").display()),
+            &format!(
+                "--cert={}",
+                pki.join("pki/apiserver-etcd-client.crt").display()
+            ),
+            &format!(
+                "--key={}",
+                pki.join("pki/apiserver-etcd-client.key").display()
+            ),
+            "member",
+            "list",
+            "-w",
+            "json",
+        ]);
+        serde_json::from_str(&ok(&out)).unwrap()
+    };
+    // etcd refuses the promotion until the learner has caught up: retried, as the init does.
+    let start = Instant::now();
+    while let Err(e) = through_first.member_promote(new_id) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never promoted: {e}\n{}",
+            second_etcd.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let listed = ctl_list();
+    let members = listed["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{listed}");
+    assert!(
+        members
+            .iter()
+            .all(|m| m.get("isLearner").is_none_or(|l| l == false)),
+        "{listed}"
+    );
+    let joined = members
+        .iter()
+        .find(|m| m["ID"].as_u64() == Some(new_id))
+        .unwrap();
+    assert_eq!(joined["name"], "cp-2", "{listed}");
+    assert_eq!(
+        etcd_join::membership(&through_first.member_list().unwrap(), &second.peer_url()),
+        Membership::Started(new_id)
+    );
+
+    // Removing it, as the node API does: never the answering member itself.
+    let view = through_first.members().unwrap();
+    assert!(etcd_join::member_to_remove(&view, "cp-1").is_err());
+    let id = etcd_join::member_to_remove(&view, "cp-2").unwrap();
+    assert_eq!(id, new_id);
+    // etcd refuses ("unhealthy cluster") while a member joined less than 5 s ago.
+    let start = Instant::now();
+    while let Err(e) = through_first.member_remove(id) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never removed: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let listed = ctl_list();
+    let names: Vec<&str> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cp-1"], "{listed}");
+    drop(second_etcd);
+}

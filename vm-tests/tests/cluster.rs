@@ -124,6 +124,7 @@ fn a_three_control_plane_cluster_from_create_to_destroy() {
     let ctx = create_and_check_etcd(&cli, &dir, &image);
     vip_failover_and_rejoin(&ctx);
     backups(&ctx);
+    membership(&ctx);
     rolling_upgrades(&ctx, &stock_key.with_file_name("keel.key"));
     destroy(&ctx);
 }
@@ -328,6 +329,102 @@ fn backups(ctx: &Ctx) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+}
+
+/// The names of the etcd members and whether any is a learner, as etcdctl (an independent
+/// client) lists them through control plane `i`.
+fn etcd_member_names(ctx: &Ctx, i: usize) -> (Vec<String>, bool) {
+    let list = etcdctl(
+        &ctx.certs,
+        ctx.etcd_port(i),
+        &["member", "list", "-w", "json"],
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(list.trim()).unwrap();
+    let members = doc["members"].as_array().unwrap();
+    let mut names: Vec<String> = members
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    let learner = members.iter().any(|m| m["isLearner"] == true);
+    (names, learner)
+}
+
+/// A control plane added to the running cluster joins etcd as a learner, is promoted and
+/// serves the data; removed, it leaves etcd's member list, and its VM and disk are gone.
+fn membership(ctx: &Ctx) {
+    let added = ctx.cli.run(&[
+        "cluster",
+        "add",
+        CLUSTER,
+        "--controlplanes",
+        "1",
+        "--wait-timeout",
+        "900",
+    ]);
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(added.status.success(), "keel cluster add: {stderr}");
+    assert!(
+        stderr.contains("warning: 4 control planes"),
+        "an even count is warned about: {stderr}"
+    );
+    let (names, learner) = etcd_member_names(ctx, 0);
+    assert_eq!(names, ["kt-cp-1", "kt-cp-2", "kt-cp-3", "kt-cp-4"]);
+    assert!(!learner, "promoted: no learner left");
+    let status: serde_json::Value =
+        serde_json::from_str(&ctx.cli.ok(&["cluster", "status", CLUSTER, "--json"])).unwrap();
+    let new_node = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "kt-cp-4")
+        .unwrap()
+        .clone();
+    assert_eq!(new_node["state"], "ready", "{new_node}");
+    assert_eq!(new_node["etcd_members"], 4, "{new_node}");
+    let port: u16 = new_node["etcd"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Its own copy (a serializable read) has what was written before it joined.
+    let read = etcdctl(
+        &ctx.certs,
+        port,
+        &["get", "keel/first", "--consistency=s", "--print-value-only"],
+    )
+    .unwrap();
+    assert_eq!(read.trim(), "one");
+    let node_dir = ctx.cli.cluster_dir().join("kt-cp-4");
+    let console = std::fs::read_to_string(node_dir.join("vm/console.log")).unwrap();
+    assert!(console.contains("as a learner"), "it joined as a learner");
+    assert!(
+        console.contains("promoted to a voting member"),
+        "and was promoted"
+    );
+
+    let left: serde_json::Value = serde_json::from_str(
+        &ctx.cli
+            .ok(&["cluster", "remove", CLUSTER, "--node", "kt-cp-4", "--json"]),
+    )
+    .unwrap();
+    assert_eq!(left["members"].as_array().unwrap().len(), 3, "{left}");
+    let (names, _) = etcd_member_names(ctx, 1);
+    assert_eq!(names, ["kt-cp-1", "kt-cp-2", "kt-cp-3"]);
+    assert!(!node_dir.exists(), "its disk and files are removed");
+    assert_eq!(qemu_processes_of(&node_dir), 0);
+    let after = ctx.cli.run(&["cluster", "status", CLUSTER]);
+    let said = String::from_utf8_lossy(&after.stderr);
+    assert!(!said.contains("not healthy"), "{said}");
+    // A removal of a node the cluster does not have is refused as bad input.
+    let again = ctx
+        .cli
+        .run(&["cluster", "remove", CLUSTER, "--node", "kt-cp-4"]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
 }
 
 /// A good rollout, then one stopped by a rollback.

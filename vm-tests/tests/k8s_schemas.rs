@@ -68,6 +68,7 @@ fn static_pods(dir: &Path, node: &Node) -> Vec<PathBuf> {
         hostname: "cp-1".into(),
         ips: vec!["10.0.0.5".parse::<IpAddr>().unwrap()],
         root,
+        etcd_joined: None,
     };
     let plan = roles::plan(node, &facts).unwrap();
     let manifests: Vec<PathBuf> = plan

@@ -448,6 +448,20 @@ pub enum EtcdCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take the member NAME (a control plane's node name) out of the etcd cluster, through
+    /// this node's member, which must be another one (etcd's `member remove`). Then stop or
+    /// wipe that node: started again with its data it would try to rejoin a cluster that
+    /// no longer has it. Prints the members left. Admin only.
+    Remove {
+        /// The member's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        conn: NodeConnection,
+        /// Print the node's JSON answer (the members left) as it is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -525,6 +539,31 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 900)]
         wait_timeout: u64,
         /// Print what each node went through as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add nodes to a running cluster, one at a time. A control plane joins etcd as a
+    /// learner and is promoted once it has caught up; each node must leave the cluster
+    /// healthy (every node ready, every control plane a voting member) before the next.
+    Add {
+        name: String,
+        /// Control planes to add.
+        #[arg(long, default_value_t = 0)]
+        controlplanes: u8,
+        /// Workers to add.
+        #[arg(long, default_value_t = 0)]
+        workers: u8,
+        /// Seconds each node may take until the cluster is healthy with it.
+        #[arg(long, default_value_t = 900)]
+        wait_timeout: u64,
+    },
+    /// Remove a node: a control plane is first taken out of etcd's member list through
+    /// another control plane; then its VM is stopped and its disk and files removed.
+    Remove {
+        name: String,
+        #[arg(long)]
+        node: String,
+        /// Print the etcd members left as JSON on stdout.
         #[arg(long)]
         json: bool,
     },

@@ -8,7 +8,9 @@ use serde_json::json;
 use super::args::ClusterCommand;
 use super::commands::ContextFile;
 use super::error::CommandError;
-use crate::cluster::{self, State, create, health, manage};
+use keel_contract::profile::Role;
+
+use crate::cluster::{self, State, create, health, manage, membership};
 use crate::progress::Reporter;
 
 pub fn run(
@@ -68,6 +70,17 @@ pub fn run(
             wait_timeout,
             json,
         } => upgrade(&name, &bundle, wait_timeout, json, rep),
+        ClusterCommand::Add {
+            name,
+            controlplanes,
+            workers,
+            wait_timeout,
+        } => {
+            let roles = std::iter::repeat_n(Role::ControlPlane, controlplanes.into())
+                .chain(std::iter::repeat_n(Role::Worker, workers.into()));
+            add(&name, roles, wait_timeout, contexts, rep)
+        }
+        ClusterCommand::Remove { name, node, json } => remove(&name, &node, json, contexts, rep),
         ClusterCommand::Destroy { name, keep_logs } => {
             let done = manage::destroy(&name, keep_logs, &contexts.path()?)?;
             rep.note(&format!(
@@ -164,6 +177,75 @@ fn upgrade(
         );
     }
     rep.note(&format!("cluster {name}: every node upgraded"));
+    Ok(())
+}
+
+fn add(
+    name: &str,
+    roles: impl Iterator<Item = Role>,
+    wait_timeout: u64,
+    contexts: &ContextFile,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    let (_, state) = State::load(name)?;
+    let creds = credentials(&state)?;
+    let mut added = 0;
+    for role in roles {
+        let start = std::time::Instant::now();
+        let done = membership::add(
+            name,
+            role,
+            &creds,
+            &contexts.path()?,
+            Duration::from_secs(wait_timeout),
+            &|l| rep.note(l),
+        )?;
+        for w in &done.warnings {
+            rep.note(&format!("warning: {w}"));
+        }
+        rep.note(&format!(
+            "{} added; cluster {name} healthy after {:.0} s",
+            done.node.name,
+            start.elapsed().as_secs_f64()
+        ));
+        added += 1;
+    }
+    if added == 0 {
+        return Err(CommandError::BadInput(
+            "nothing to add: expected --controlplanes N and/or --workers N".into(),
+        ));
+    }
+    status(name, false, rep)
+}
+
+fn remove(
+    name: &str,
+    node: &str,
+    json: bool,
+    contexts: &ContextFile,
+    rep: &Reporter,
+) -> Result<(), CommandError> {
+    let (_, state) = State::load(name)?;
+    let done = membership::remove(name, node, &credentials(&state)?, &contexts.path()?, &|l| {
+        rep.note(l)
+    })?;
+    rep.note(&format!(
+        "{node} removed{}",
+        if done.was_running {
+            " (its VM stopped, its disk deleted)"
+        } else {
+            " (its disk deleted)"
+        }
+    ));
+    match (&done.members, json) {
+        (Some(members), true) => println!(
+            "{}",
+            serde_json::to_string_pretty(members).unwrap_or_default()
+        ),
+        (Some(members), false) => print!("{}", super::node_etcd::format_members(members)),
+        (None, true) => println!("null"),
+        (None, false) => {}
+    }
     Ok(())
 }
 

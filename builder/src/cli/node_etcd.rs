@@ -10,7 +10,9 @@ use crate::node::{NodeClient, SnapshotReport};
 impl EtcdCommand {
     pub(super) fn connection(&mut self) -> &mut NodeConnection {
         match self {
-            EtcdCommand::Members { conn, .. } | EtcdCommand::Snapshot { conn, .. } => conn,
+            EtcdCommand::Members { conn, .. }
+            | EtcdCommand::Snapshot { conn, .. }
+            | EtcdCommand::Remove { conn, .. } => conn,
         }
     }
 }
@@ -29,6 +31,18 @@ pub(super) fn run(
                 ))
             } else {
                 Ok(format_members(&node.etcd_members()?))
+            }
+        }
+        EtcdCommand::Remove { name, conn, json } => {
+            let request = Request::EtcdRemoveMember { name };
+            let answer = client(&conn)?.request(&request, None)?;
+            if json {
+                Ok(ensure_newline(answer.text()))
+            } else {
+                let left: EtcdMembers = serde_json::from_str(&answer.text()).map_err(|e| {
+                    CommandError::Failed(format!("the node's answer is not a member list: {e}"))
+                })?;
+                Ok(format_members(&left))
             }
         }
         EtcdCommand::Snapshot { output, conn, json } => {

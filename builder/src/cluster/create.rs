@@ -33,7 +33,7 @@ pub struct Created {
 }
 
 /// A port the kernel says is free now (bound, then released).
-fn free_port() -> Result<u16, ClusterError> {
+pub(super) fn free_port() -> Result<u16, ClusterError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     Ok(listener
         .local_addr()
@@ -218,7 +218,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
+pub(super) fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
     use std::io::Write;
     crate::io::create_new_with_mode(path, 0o600)
         .and_then(|mut f| f.write_all(text.as_bytes()))
@@ -244,7 +244,7 @@ fn start_all(dir: &Path, state: &State, progress: &dyn Fn(&str)) -> Result<(), C
 
 /// The cluster's context (every node's API, the secrets), made the current one, as kind
 /// switches kubectl's context.
-fn save_context(path: &Path, state: &State) -> Result<(), ClusterError> {
+pub(super) fn save_context(path: &Path, state: &State) -> Result<(), ClusterError> {
     let mut config = Config::load(path)?;
     config.set(
         &state.name,

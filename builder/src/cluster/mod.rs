@@ -19,6 +19,7 @@
 pub mod create;
 pub mod health;
 pub mod manage;
+pub mod membership;
 pub mod plan;
 pub mod upgrade;
 pub mod vm;
@@ -53,6 +54,8 @@ pub enum ClusterError {
     },
     #[error("starting {node}: {why}")]
     Start { node: String, why: String },
+    #[error("{node}: {why}")]
+    Membership { node: String, why: String },
     #[error("rolling upgrade stopped at {node}: {why}")]
     Upgrade { node: String, why: String },
     #[error("not healthy after {secs} s: {check}")]

@@ -75,14 +75,18 @@ pub fn check(request: &Request) -> Result<Vec<String>, ClusterError> {
     if request.cpus == 0 {
         return Err(bad("--cpus", "expected at least 1".into()));
     }
-    let mut warnings = Vec::new();
-    if request.control_planes.is_multiple_of(2) {
-        warnings.push(format!(
-            "{} control planes: etcd needs a majority, so an even count tolerates no more failures than one fewer (the Kubernetes docs advise an odd number)",
-            request.control_planes
-        ));
-    }
-    Ok(warnings)
+    Ok(even_count_warning(request.control_planes)
+        .into_iter()
+        .collect())
+}
+
+/// The Kubernetes docs' advice for an even number of etcd members.
+pub fn even_count_warning(control_planes: u8) -> Option<String> {
+    control_planes.is_multiple_of(2).then(|| {
+        format!(
+            "{control_planes} control planes: etcd needs a majority, so an even count tolerates no more failures than one fewer (the Kubernetes docs advise an odd number)"
+        )
+    })
 }
 
 /// The nodes, control planes first. `ports` hands out free host ports.
@@ -113,6 +117,64 @@ pub fn nodes(
         });
     }
     Ok(out)
+}
+
+/// One more node of `role` for a running cluster (`keel cluster add`): the next number of its
+/// kind (`NAME-cp-4`), its address, MACs no node has, and free host ports.
+pub fn next_node(
+    cluster: &ClusterName,
+    existing: &[NodePlan],
+    role: Role,
+    ports: &mut dyn FnMut() -> Result<u16, ClusterError>,
+) -> Result<NodePlan, ClusterError> {
+    let (kind, first_host, last_host, most) = match role {
+        Role::ControlPlane => (
+            "cp",
+            FIRST_CONTROL_PLANE_HOST,
+            FIRST_WORKER_HOST - 1,
+            MAX_CONTROL_PLANES,
+        ),
+        Role::Worker => ("worker", FIRST_WORKER_HOST, 254, MAX_WORKERS),
+    };
+    let prefix = format!("{}-{kind}-", cluster.as_str());
+    let of_role: Vec<u8> = existing
+        .iter()
+        .filter(|n| n.role == role)
+        .filter_map(|n| n.name.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    if of_role.len() >= usize::from(most) {
+        return Err(ClusterError::BadRequest(format!(
+            "cluster {} has {} {kind} nodes already (at most {most})",
+            cluster.as_str(),
+            of_role.len()
+        )));
+    }
+    let number = of_role.iter().max().map_or(1, |n| n + 1);
+    let host = first_host
+        .checked_add(number - 1)
+        .filter(|h| *h <= last_host)
+        .ok_or_else(|| {
+            ClusterError::BadRequest(format!(
+                "no address left for {prefix}{number} (recreate the cluster)"
+            ))
+        })?;
+    let used: std::collections::BTreeSet<&str> =
+        existing.iter().map(|n| n.user_mac.as_str()).collect();
+    let index = (0..256)
+        .find(|i| !used.contains(mac(0, *i).as_str()))
+        .ok_or_else(|| ClusterError::BadRequest("no MAC address left".into()))?;
+    let [a, b, c, _] = CLUSTER_NETWORK.octets();
+    let control_plane = role == Role::ControlPlane;
+    Ok(NodePlan {
+        name: format!("{prefix}{number}"),
+        role,
+        address: Ipv4Addr::new(a, b, c, host),
+        user_mac: mac(0, index),
+        cluster_mac: mac(1, index),
+        api_port: ports()?,
+        etcd_port: control_plane.then(&mut *ports).transpose()?,
+        kube_api_port: control_plane.then(&mut *ports).transpose()?,
+    })
 }
 
 /// Locally administered MACs in QEMU's range, one per NIC and node: `52:54:00:6b:NIC:INDEX`.
@@ -268,6 +330,35 @@ mod tests {
             node.cluster.endpoint.unwrap().to_string(),
             "https://10.5.0.10:6443"
         );
+    }
+
+    #[test]
+    fn an_added_node_takes_the_next_number_and_unused_macs() {
+        let cluster: ClusterName = "dev".parse().unwrap();
+        let mut nodes = planned(3, 1);
+        // cp-2 was removed: the next control plane is cp-4, not a second cp-3.
+        nodes.remove(1);
+        let mut next = 50000;
+        let mut port = || {
+            next += 1;
+            Ok(next)
+        };
+        let cp = next_node(&cluster, &nodes, Role::ControlPlane, &mut port).unwrap();
+        assert_eq!(cp.name, "dev-cp-4");
+        assert_eq!(cp.address, Ipv4Addr::new(10, 5, 0, 14));
+        assert!(cp.etcd_port.is_some());
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n.user_mac != cp.user_mac && n.cluster_mac != cp.cluster_mac)
+        );
+        nodes.push(cp);
+        let worker = next_node(&cluster, &nodes, Role::Worker, &mut port).unwrap();
+        assert_eq!(worker.name, "dev-worker-2");
+        assert_eq!(worker.address, Ipv4Addr::new(10, 5, 0, 102));
+        assert!(nodes.iter().all(|n| n.user_mac != worker.user_mac));
+        let full = planned(9, 0);
+        assert!(next_node(&cluster, &full, Role::ControlPlane, &mut port).is_err());
     }
 
     #[test]

@@ -101,6 +101,15 @@ impl NodeClient {
         self.json(&Request::EtcdMembers, "etcd members")
     }
 
+    /// Takes the member `name` out of the etcd cluster through this node's member; returns
+    /// the members left.
+    pub fn etcd_remove_member(&self, name: &str) -> Result<EtcdMembers, NodeError> {
+        let request = Request::EtcdRemoveMember {
+            name: name.to_owned(),
+        };
+        self.json(&request, "the members left")
+    }
+
     /// Saves a snapshot of the node's etcd at `file` (replacing what was there, only once
     /// the snapshot is complete).
     pub fn etcd_snapshot(&self, file: &Path) -> Result<SnapshotReport, NodeError> {

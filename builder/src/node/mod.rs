@@ -583,6 +583,7 @@ fn describe_request(request: &Request) -> String {
         Request::RenewCertificate => "certificate renewal".into(),
         Request::EtcdMembers => "etcd member list".into(),
         Request::EtcdSnapshot => "etcd snapshot".into(),
+        Request::EtcdRemoveMember { name } => format!("removing etcd member {name}"),
     }
 }
 

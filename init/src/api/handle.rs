@@ -297,6 +297,8 @@ pub(super) fn dispatch(request: Request, api: &dyn NodeApi) -> Result<http::Resp
         Request::EtcdMembers => {
             guarded(|| api.etcd_members()).map(|members| json_response(200, "OK", &members))
         }
+        Request::EtcdRemoveMember { name } => guarded(|| api.etcd_remove_member(&name))
+            .map(|members| json_response(200, "OK", &members)),
         // Routed with their bodies, or streamed, in `handle`.
         Request::Upgrade { .. } | Request::RenewCertificate | Request::EtcdSnapshot => {
             Err(ApiError::internal("a request without its body or stream"))

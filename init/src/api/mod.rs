@@ -127,6 +127,11 @@ pub trait NodeApi: Send + Sync {
     fn etcd_members(&self) -> Result<EtcdMembers, ApiError> {
         Err(ApiError::conflict(NOT_A_CONTROL_PLANE))
     }
+    /// Takes the member `name` out of the etcd cluster through this node's member, and
+    /// answers the members left; 409 on a node that runs none.
+    fn etcd_remove_member(&self, _name: &str) -> Result<EtcdMembers, ApiError> {
+        Err(ApiError::conflict(NOT_A_CONTROL_PLANE))
+    }
     /// A snapshot of the node's etcd as a stream of its bytes, which must fail (not end)
     /// when the snapshot is cut short; 409 on a node that runs none. A failure known before
     /// the first byte is an error here, so that it gets a status of its own.

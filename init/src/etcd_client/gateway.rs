@@ -119,6 +119,59 @@ pub fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(malformed)
 }
 
+impl From<Member> for EtcdMember {
+    fn from(m: Member) -> Self {
+        EtcdMember {
+            id: m.id.0,
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            learner: m.is_learner,
+        }
+    }
+}
+
+impl MemberList {
+    /// The members, in the contract's terms.
+    pub fn into_members(self) -> Vec<EtcdMember> {
+        self.members.into_iter().map(EtcdMember::from).collect()
+    }
+}
+
+/// `POST /v3/cluster/member/add`: the new member (its ID; no name until it starts) and the
+/// cluster's members with it.
+#[derive(Debug, Deserialize)]
+pub struct MemberAdded {
+    member: Member,
+    #[serde(default)]
+    members: Vec<Member>,
+}
+
+impl MemberAdded {
+    /// The new member's ID and every member, the new one included.
+    pub fn into_parts(self) -> (u64, Vec<EtcdMember>) {
+        (
+            self.member.id.0,
+            self.members.into_iter().map(EtcdMember::from).collect(),
+        )
+    }
+}
+
+/// The body of a member add: the peer URL, as a learner or not.
+pub fn member_add_request(peer_url: &str, learner: bool) -> Vec<u8> {
+    serde_json::json!({ "peerURLs": [peer_url], "isLearner": learner })
+        .to_string()
+        .into_bytes()
+}
+
+/// The body of a member promote or remove: the ID (a uint64 as a string, as the gateway's
+/// JSON mapping writes it).
+pub fn member_id_request(id: u64) -> Vec<u8> {
+    serde_json::json!({ "ID": id.to_string() })
+        .to_string()
+        .into_bytes()
+}
+
 /// The node's view: the member list, with the leader and term from this member's status
 /// (the member list's header has no leader) and its health.
 pub fn members_view(list: MemberList, status: MaintenanceStatus, healthy: bool) -> EtcdMembers {
@@ -130,17 +183,7 @@ pub fn members_view(list: MemberList, status: MaintenanceStatus, healthy: bool) 
         raft_term: term.max(list.header.raft_term.0),
         healthy,
         version: status.version,
-        members: list
-            .members
-            .into_iter()
-            .map(|m| EtcdMember {
-                id: m.id.0,
-                name: m.name,
-                peer_urls: m.peer_urls,
-                client_urls: m.client_urls,
-                learner: m.is_learner,
-            })
-            .collect(),
+        members: list.into_members(),
     }
 }
 

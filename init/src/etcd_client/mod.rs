@@ -89,6 +89,15 @@ impl EtcdEndpoint {
             key: CLIENT_KEY.into(),
         }
     }
+
+    /// Another member's client port (`client`), with this node's certificate files. Its
+    /// metrics listener is loopback-only there, so [`EtcdClient::healthy`] says no.
+    pub fn remote(client: SocketAddr) -> Self {
+        EtcdEndpoint {
+            client,
+            ..EtcdEndpoint::local()
+        }
+    }
 }
 
 /// A connection's reader after the response head: the head's status and the body as a
@@ -150,12 +159,57 @@ impl EtcdClient {
         Ok(gateway::members_view(list, status, self.healthy()))
     }
 
+    /// The member list alone (a learner answers it too; it refuses the status).
+    pub fn member_list(&self) -> Result<Vec<keel_contract::api::EtcdMember>, EtcdError> {
+        let list: MemberList = gateway::parse(
+            "member list",
+            &self.call("listing the members", "/v3/cluster/member/list")?,
+        )?;
+        Ok(list.into_members())
+    }
+
+    /// Adds a member with `peer_url` (as a learner: it does not vote, so the quorum does not
+    /// grow until it has caught up). Returns its ID and the members, it included.
+    pub fn member_add(
+        &self,
+        peer_url: &str,
+        learner: bool,
+    ) -> Result<(u64, Vec<keel_contract::api::EtcdMember>), EtcdError> {
+        let body = gateway::member_add_request(peer_url, learner);
+        let added: gateway::MemberAdded = gateway::parse(
+            "member add",
+            &self.call_with("adding a member", "/v3/cluster/member/add", &body)?,
+        )?;
+        Ok(added.into_parts())
+    }
+
+    /// Promotes a learner to a voting member; etcd refuses until it has caught up.
+    pub fn member_promote(&self, id: u64) -> Result<(), EtcdError> {
+        let body = gateway::member_id_request(id);
+        let doing = "promoting a learner";
+        gateway::parse::<serde_json::Value>(
+            "member promote",
+            &self.call_with(doing, "/v3/cluster/member/promote", &body)?,
+        )?;
+        Ok(())
+    }
+
+    /// Takes a member out of the cluster.
+    pub fn member_remove(&self, id: u64) -> Result<(), EtcdError> {
+        let body = gateway::member_id_request(id);
+        gateway::parse::<serde_json::Value>(
+            "member remove",
+            &self.call_with("removing a member", "/v3/cluster/member/remove", &body)?,
+        )?;
+        Ok(())
+    }
+
     /// A consistent snapshot, as the bytes etcd streams (the database, then its SHA-256).
     /// A failure before the first byte is an error here; one after it is an error from the
     /// reader, which never ends as if the snapshot were complete.
     pub fn snapshot(&self) -> Result<Box<dyn Read + Send>, EtcdError> {
         let doing = "taking a snapshot";
-        let reply = self.post(doing, "/v3/maintenance/snapshot")?;
+        let reply = self.post(doing, "/v3/maintenance/snapshot", b"{}")?;
         if reply.status != 200 {
             return Err(self.status_error(doing, reply));
         }
@@ -188,9 +242,19 @@ impl EtcdClient {
         ask().is_ok_and(|body| gateway::healthy(&body))
     }
 
-    /// A unary gateway call: its whole body when etcd answered 200.
+    /// A unary gateway call with an empty request.
     fn call(&self, doing: &'static str, path: &str) -> Result<Vec<u8>, EtcdError> {
-        let reply = self.post(doing, path)?;
+        self.call_with(doing, path, b"{}")
+    }
+
+    /// A unary gateway call: its whole body when etcd answered 200.
+    fn call_with(
+        &self,
+        doing: &'static str,
+        path: &str,
+        request: &[u8],
+    ) -> Result<Vec<u8>, EtcdError> {
+        let reply = self.post(doing, path, request)?;
         if reply.status != 200 {
             return Err(self.status_error(doing, reply));
         }
@@ -234,9 +298,9 @@ impl EtcdClient {
         }
     }
 
-    /// `POST path` with an empty JSON request; returns the status and the body as a stream
-    /// that owns the connection.
-    fn post(&self, doing: &'static str, path: &str) -> Result<Reply, EtcdError> {
+    /// `POST path` with a JSON request; returns the status and the body as a stream that
+    /// owns the connection.
+    fn post(&self, doing: &'static str, path: &str, json: &[u8]) -> Result<Reply, EtcdError> {
         let addr = self.endpoint.client;
         let io_err = |source| self.io_error(doing, source);
         let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(io_err)?;
@@ -248,6 +312,7 @@ impl EtcdClient {
             .map_err(|e| EtcdError::Tls(e.to_string()))?;
         let mut stream = StreamOwned::new(conn, tcp);
         let host = addr.to_string();
+        let length = json.len().to_string();
         let mut request = keel_http::request_head(
             "POST",
             path,
@@ -255,12 +320,12 @@ impl EtcdClient {
                 ("Host", &host),
                 ("User-Agent", "keel-init"),
                 ("Content-Type", "application/json"),
-                ("Content-Length", "2"),
+                ("Content-Length", &length),
                 ("Connection", "close"),
             ],
         )
         .map_err(io_err)?;
-        request.extend_from_slice(b"{}");
+        request.extend_from_slice(json);
         stream
             .write_all(&request)
             .and_then(|()| stream.flush())

@@ -22,14 +22,22 @@ pub const SERVICE: &str = "etcd";
 
 /// etcd's command line (etcd 3.4 flags). `name` is the node name, which is also this node's
 /// member name in `node.etcd.members`.
-pub fn argv(node: &Node, name: &str, node_ip: IpAddr) -> Result<Vec<String>, RoleError> {
-    let members = initial_cluster(node, name, node_ip)?;
-    let own_peer_url = members
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, url)| url.clone())
-        .unwrap_or_else(|| https_url(node_ip, PEER_PORT));
+/// `joined`: the member list a running member gave this node when it added it
+/// ([`crate::etcd_join`]); `None` bootstraps a new cluster from the profile's members.
+pub fn argv(
+    node: &Node,
+    name: &str,
+    node_ip: IpAddr,
+    joined: Option<&[(String, String)]>,
+) -> Result<Vec<String>, RoleError> {
+    let members = match joined {
+        Some(members) => members.to_vec(),
+        None => initial_cluster(node, name, node_ip)?,
+    };
+    let own_peer_url = own_peer_url(node, name, node_ip)?;
     let initial_cluster: Vec<String> = members.iter().map(|(n, u)| format!("{n}={u}")).collect();
+    // Read only when the data directory is empty; later boots reuse the member's data.
+    let state = if joined.is_some() { "existing" } else { "new" };
     let token = node.cluster.name.as_deref().unwrap_or("keel");
     let flags = [
         ("name", name.to_owned()),
@@ -46,9 +54,7 @@ pub fn argv(node: &Node, name: &str, node_ip: IpAddr) -> Result<Vec<String>, Rol
         // Must equal this member's URL in --initial-cluster, or etcd refuses to start.
         ("initial-advertise-peer-urls", own_peer_url),
         ("initial-cluster", initial_cluster.join(",")),
-        // Read only when the data directory is empty; later boots reuse the member's data.
-        // Joining a running cluster ("existing", after `member add`) is not automated yet.
-        ("initial-cluster-state", "new".to_owned()),
+        ("initial-cluster-state", state.to_owned()),
         // Members of two clusters bootstrapping on one network cannot join each other.
         ("initial-cluster-token", token.to_owned()),
         ("cert-file", paths::ETCD_SERVER_CRT.to_owned()),
@@ -73,6 +79,15 @@ pub fn argv(node: &Node, name: &str, node_ip: IpAddr) -> Result<Vec<String>, Rol
     let mut argv = vec![node.etcd.binary.display().to_string()];
     argv.extend(flags.into_iter().map(|(k, v)| format!("--{k}={v}")));
     Ok(argv)
+}
+
+/// This member's peer URL: the profile's for its name, else the node IP's.
+pub fn own_peer_url(node: &Node, name: &str, node_ip: IpAddr) -> Result<String, RoleError> {
+    Ok(initial_cluster(node, name, node_ip)?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, url)| url)
+        .unwrap_or_else(|| https_url(node_ip, PEER_PORT)))
 }
 
 /// The wildcard address of `ip`'s family (`[::]` also takes IPv4 on Linux, but not on a
@@ -174,7 +189,7 @@ mod tests {
 
     #[test]
     fn single_member() {
-        let argv = argv(&cp(), "cp-1", ip("10.0.0.5")).unwrap();
+        let argv = argv(&cp(), "cp-1", ip("10.0.0.5"), None).unwrap();
         assert_eq!(argv[0], "/usr/bin/etcd");
         assert_eq!(flag(&argv, "name"), "cp-1");
         assert_eq!(flag(&argv, "data-dir"), "/var/lib/etcd");
@@ -229,7 +244,11 @@ mod tests {
     #[test]
     fn only_etcd_34_flags() {
         let known: Vec<&str> = ETCD_34_FLAGS.split(' ').collect();
-        for arg in argv(&cp(), "cp-1", ip("10.0.0.5")).unwrap().iter().skip(1) {
+        for arg in argv(&cp(), "cp-1", ip("10.0.0.5"), None)
+            .unwrap()
+            .iter()
+            .skip(1)
+        {
             let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
             assert!(known.contains(&name), "{name} is not an etcd 3.4 flag");
         }
@@ -247,7 +266,7 @@ mod tests {
                 peer_url: format!("https://10.0.0.{}:2380", 11 + i).parse().unwrap(),
             })
             .collect();
-        let argv = argv(&node, "cp-2", ip("10.0.0.12")).unwrap();
+        let argv = argv(&node, "cp-2", ip("10.0.0.12"), None).unwrap();
         assert_eq!(
             flag(&argv, "initial-cluster"),
             "cp-1=https://10.0.0.11:2380,cp-2=https://10.0.0.12:2380,cp-3=https://10.0.0.13:2380"
@@ -261,7 +280,7 @@ mod tests {
         assert_eq!(flag(&argv, "listen-peer-urls"), "https://10.0.0.12:2380");
 
         // This node must be one of the members.
-        let err = super::argv(&node, "cp-4", ip("10.0.0.14")).unwrap_err();
+        let err = super::argv(&node, "cp-4", ip("10.0.0.14"), None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "`node.etcd.members`: this node (cp-4) is not a member (members: cp-1, cp-2, cp-3)"
@@ -269,13 +288,48 @@ mod tests {
         // Peers talk TLS only: a profile cannot even hold another URL.
         assert!("http://10.0.0.11:2380".parse::<PeerUrl>().is_err());
         node.etcd.members[0] = node.etcd.members[1].clone();
-        let err = super::argv(&node, "cp-2", ip("10.0.0.12")).unwrap_err();
+        let err = super::argv(&node, "cp-2", ip("10.0.0.12"), None).unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
     #[test]
+    fn a_joining_member_starts_existing_with_the_cluster_it_was_given() {
+        let mut node = cp();
+        node.etcd.join = true;
+        node.etcd.members = ["cp-1", "cp-4"]
+            .iter()
+            .zip([11, 14])
+            .map(|(n, host)| EtcdMember {
+                name: n.parse().unwrap(),
+                peer_url: format!("https://10.0.0.{host}:2380").parse().unwrap(),
+            })
+            .collect();
+        let given = [
+            ("cp-1".to_owned(), "https://10.0.0.11:2380".to_owned()),
+            ("cp-2".to_owned(), "https://10.0.0.12:2380".to_owned()),
+            ("cp-4".to_owned(), "https://10.0.0.14:2380".to_owned()),
+        ];
+        let argv = argv(&node, "cp-4", ip("10.0.0.14"), Some(&given)).unwrap();
+        assert_eq!(flag(&argv, "initial-cluster-state"), "existing");
+        assert_eq!(
+            flag(&argv, "initial-cluster"),
+            "cp-1=https://10.0.0.11:2380,cp-2=https://10.0.0.12:2380,cp-4=https://10.0.0.14:2380"
+        );
+        assert_eq!(
+            flag(&argv, "initial-advertise-peer-urls"),
+            "https://10.0.0.14:2380"
+        );
+        let fresh = argv_new(&node);
+        assert_eq!(flag(&fresh, "initial-cluster-state"), "new");
+    }
+
+    fn argv_new(node: &Node) -> Vec<String> {
+        argv(node, "cp-4", ip("10.0.0.14"), None).unwrap()
+    }
+
+    #[test]
     fn ipv6_urls_have_brackets() {
-        let argv = argv(&cp(), "cp-1", ip("fd00::5")).unwrap();
+        let argv = argv(&cp(), "cp-1", ip("fd00::5"), None).unwrap();
         assert_eq!(
             flag(&argv, "initial-cluster"),
             "cp-1=https://[fd00::5]:2380"
@@ -285,7 +339,7 @@ mod tests {
 
     #[test]
     fn service_spec() {
-        let spec = service(argv(&cp(), "cp-1", ip("10.0.0.5")).unwrap());
+        let spec = service(argv(&cp(), "cp-1", ip("10.0.0.5"), None).unwrap());
         assert_eq!(spec.name, "etcd");
         assert_eq!(spec.health, health());
         assert!(spec.depends_on.is_empty());

@@ -77,6 +77,9 @@ pub struct NodeFacts {
     /// Where the root filesystem is: `/` on the node, a directory in tests. Binaries the
     /// profile names are looked up under it; the paths in arguments and files stay absolute.
     pub root: PathBuf,
+    /// On a control plane joining a running cluster: the `--initial-cluster` the member that
+    /// added it answered ([`crate::etcd_join`]); `None` otherwise.
+    pub etcd_joined: Option<Vec<(String, String)>>,
 }
 
 /// A directory to create (or fix the mode of) before the services start.
@@ -165,7 +168,7 @@ pub fn plan(node: &Node, facts: &NodeFacts) -> Result<RolePlan, RoleError> {
         dirs.push(dir(paths::ETCD_DATA_DIR, 0o700));
         dirs.push(dir(paths::MANIFESTS_DIR, 0o755));
         files.extend(static_pods::manifest_files(node, node_ip)?);
-        let argv = etcd::argv(node, name, node_ip)?;
+        let argv = etcd::argv(node, name, node_ip, facts.etcd_joined.as_deref())?;
         match find_binary(&facts.root, &node.etcd.binary).degraded("etcd") {
             None => services.push(etcd::service(argv)),
             Some(d) => degraded.push(d),

@@ -38,6 +38,7 @@ fn facts(root: &Path) -> NodeFacts {
         hostname: "cp-1".into(),
         ips: vec![ip("127.0.0.1"), ip("fe80::1"), ip("10.0.0.5")],
         root: root.to_owned(),
+        etcd_joined: None,
     }
 }
 

@@ -599,6 +599,7 @@ fn contract(role: Role) -> String {
         hostname: "cp-1".into(),
         ips: vec!["10.0.0.5".parse::<IpAddr>().unwrap()],
         root: binaries.path().to_owned(),
+        etcd_joined: None,
     };
     let plan = roles::plan(&node, &facts).unwrap();
     assert!(plan.degraded.is_empty());

@@ -14,6 +14,10 @@ pub const SNAPSHOT_CONTENT_TYPE: &str = "application/octet-stream";
 pub const NOT_A_CONTROL_PLANE: &str =
     "this node is not a control plane: it runs no etcd (ask a control plane node)";
 
+/// How a removal of a member that is not in the list begins (409): a client that retries a
+/// removal cut short knows from it that the member is gone.
+pub const NOT_AN_ETCD_MEMBER: &str = "no etcd member named";
+
 /// `GET /v1/etcd/members`: the members as the node's local etcd sees them. IDs are etcd's
 /// 64-bit member and cluster IDs, as numbers (`etcdctl member list -w json` prints the same);
 /// `etcdctl`'s tables show them in hex.

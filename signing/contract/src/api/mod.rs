@@ -20,7 +20,9 @@ mod tests;
 mod types;
 
 pub use errors::{ErrorBody, ErrorKind};
-pub use etcd::{EtcdMember, EtcdMembers, NOT_A_CONTROL_PLANE, SNAPSHOT_CONTENT_TYPE};
+pub use etcd::{
+    EtcdMember, EtcdMembers, NOT_A_CONTROL_PLANE, NOT_AN_ETCD_MEMBER, SNAPSHOT_CONTENT_TYPE,
+};
 pub use role::OperatorRole;
 pub use routes::{Method, Request, RouteError, valid_service_name};
 pub use types::*;
@@ -48,6 +50,8 @@ pub mod path {
     pub const ETCD_MEMBERS: &str = "/v1/etcd/members";
     /// A snapshot of the node's etcd, streamed (admin only).
     pub const ETCD_SNAPSHOT: &str = "/v1/etcd/snapshot";
+    /// Removes a member from the node's etcd cluster (`?name=MEMBER`, admin only).
+    pub const ETCD_REMOVE_MEMBER: &str = "/v1/etcd/members/remove";
 }
 
 /// Content types.

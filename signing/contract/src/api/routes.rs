@@ -40,6 +40,11 @@ pub enum Request {
     EtcdMembers,
     /// A snapshot of the node's etcd, streamed; admin only (it holds every secret).
     EtcdSnapshot,
+    /// Takes the member `name` out of the etcd cluster, through this node's member (which
+    /// must be another); answers the members left ([`EtcdMembers`](super::EtcdMembers)).
+    EtcdRemoveMember {
+        name: String,
+    },
 }
 
 /// Why a method and target name no request.
@@ -112,6 +117,9 @@ impl Request {
             Request::RenewCertificate => path::CERTIFICATE.into(),
             Request::EtcdMembers => path::ETCD_MEMBERS.into(),
             Request::EtcdSnapshot => path::ETCD_SNAPSHOT.into(),
+            Request::EtcdRemoveMember { name } => {
+                format!("{}?name={name}", path::ETCD_REMOVE_MEMBER)
+            }
         }
     }
 
@@ -202,6 +210,8 @@ impl Request {
                 }
             }
             (Method::Post, Request::Upgrade { force, reboot })
+        } else if path_part == path::ETCD_REMOVE_MEMBER {
+            (Method::Post, remove_member(&params)?)
         } else {
             let (method_wanted, request) = match path_part {
                 path::VERSION => (Method::Get, Request::Version),
@@ -224,6 +234,28 @@ impl Request {
         }
         Ok(request)
     }
+}
+
+/// `?name=MEMBER`: a member name is a node name, a DNS subdomain.
+fn remove_member(params: &[(String, String)]) -> Result<Request, RouteError> {
+    let mut name = None;
+    for (k, v) in params {
+        match k.as_str() {
+            "name" => name = Some(v),
+            _ => return Err(unknown_param(k)),
+        }
+    }
+    let name = name.ok_or_else(|| {
+        RouteError::BadQuery("expected ?name=MEMBER (the member to remove)".into())
+    })?;
+    if let Some(problem) = crate::names::subdomain_problem(name) {
+        return Err(RouteError::BadQuery(format!(
+            "name={name}: not a member name: {problem}"
+        )));
+    }
+    Ok(Request::EtcdRemoveMember {
+        name: name.to_owned(),
+    })
 }
 
 fn unknown_param(name: &str) -> RouteError {

@@ -24,6 +24,9 @@ fn all_requests() -> Vec<Request> {
         Request::RenewCertificate,
         Request::EtcdMembers,
         Request::EtcdSnapshot,
+        Request::EtcdRemoveMember {
+            name: "kt-cp-4".into(),
+        },
     ]
 }
 
@@ -294,6 +297,33 @@ fn the_etcd_routes_are_gets_and_a_snapshot_is_for_admins() {
     assert!(!OperatorRole::ReadOnly.allows(&Request::EtcdSnapshot));
     assert!(OperatorRole::ReadOnly.allows(&Request::EtcdMembers));
     assert!(OperatorRole::Admin.allows(&Request::EtcdSnapshot));
+}
+
+#[test]
+fn removing_an_etcd_member_is_a_post_for_admins_naming_the_member() {
+    let remove = Request::EtcdRemoveMember {
+        name: "kt-cp-4".into(),
+    };
+    assert_eq!(
+        Request::parse("POST", "/v1/etcd/members/remove?name=kt-cp-4"),
+        Ok(remove.clone())
+    );
+    assert!(remove.admin_only() && !OperatorRole::ReadOnly.allows(&remove));
+    for bad in [
+        "/v1/etcd/members/remove",
+        "/v1/etcd/members/remove?name=",
+        "/v1/etcd/members/remove?name=Not_A_Node",
+        "/v1/etcd/members/remove?name=a&id=3",
+    ] {
+        assert!(
+            matches!(Request::parse("POST", bad), Err(RouteError::BadQuery(_))),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        Request::parse("GET", "/v1/etcd/members/remove?name=kt-cp-4"),
+        Err(RouteError::MethodNotAllowed(Method::Post))
+    );
 }
 
 #[test]

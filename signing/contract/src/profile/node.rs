@@ -315,6 +315,12 @@ pub struct Etcd {
     /// The cluster's members, this node included. Empty: a single member, this node.
     #[serde(default)]
     pub members: Vec<EtcdMember>,
+    /// This control plane joins the running cluster of the other `members` instead of
+    /// bootstrapping a new one with them: on its first boot (an empty data directory) it asks
+    /// a member to add it as a learner, starts etcd with the cluster it was given, and is
+    /// promoted to a voting member once it has caught up (etcd's runtime reconfiguration).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
 }
 
 impl Default for Etcd {
@@ -322,6 +328,7 @@ impl Default for Etcd {
         Etcd {
             binary: default_etcd(),
             members: Vec::new(),
+            join: false,
         }
     }
 }

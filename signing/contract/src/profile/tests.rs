@@ -328,6 +328,12 @@ fn broken_profiles_are_reported_with_file_line_column_field_and_expectation() {
             &["`node.etcd.members[1].name`", "twice"],
         ),
         (
+            "etcd join without members",
+            "[node]\nrole = \"controlplane\"\n[node.etcd]\njoin = true\n",
+            "DIR/p.toml:4:8",
+            &["`node.etcd.join`", "running members"],
+        ),
+        (
             "cluster name",
             "[node.cluster]\nname = \"Prod_1\"\n",
             "DIR/p.toml:2:8",

@@ -374,6 +374,18 @@ fn check_node(node: &Node, out: &mut Vec<Problem>) {
             ));
         }
     }
+    if node.etcd.join && node.etcd.members.len() < 2 {
+        out.push(problem(
+            "node.etcd.join",
+            "joining needs `node.etcd.members` to list the running members and this node",
+        ));
+    }
+    if node.etcd.join && node.role != super::node::Role::ControlPlane {
+        out.push(problem(
+            "node.etcd.join",
+            "only a control plane runs etcd and can join its cluster",
+        ));
+    }
 }
 
 fn valid_package_name(name: &str) -> bool {

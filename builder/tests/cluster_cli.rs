@@ -123,6 +123,8 @@ fn create_refuses_bad_input_before_writing_anything() {
         &["cluster", "destroy", "dev"],
         &["cluster", "start", "dev"],
         &["cluster", "upgrade", "dev", "/nonexistent"],
+        &["cluster", "add", "dev", "--controlplanes", "1"],
+        &["cluster", "remove", "dev", "--node", "dev-cp-1"],
     ] {
         refused(&keel(&state, args), &["no cluster named \"dev\""]);
     }

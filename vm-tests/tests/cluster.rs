@@ -354,6 +354,7 @@ fn etcd_member_names(ctx: &Ctx, i: usize) -> (Vec<String>, bool) {
 /// A control plane added to the running cluster joins etcd as a learner, is promoted and
 /// serves the data; removed, it leaves etcd's member list, and its VM and disk are gone.
 fn membership(ctx: &Ctx) {
+    let adding = std::time::Instant::now();
     let added = ctx.cli.run(&[
         "cluster",
         "add",
@@ -365,6 +366,10 @@ fn membership(ctx: &Ctx) {
     ]);
     let stderr = String::from_utf8_lossy(&added.stderr);
     assert!(added.status.success(), "keel cluster add: {stderr}");
+    eprintln!(
+        "cluster bench: kt-cp-4 added (booted, joined as a learner, promoted, cluster healthy) in {:.0} s",
+        adding.elapsed().as_secs_f64()
+    );
     assert!(
         stderr.contains("warning: 4 control planes"),
         "an even count is warned about: {stderr}"

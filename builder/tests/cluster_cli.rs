@@ -115,6 +115,24 @@ fn create_refuses_bad_input_before_writing_anything() {
         ),
         &["--secrets", "its cluster is \"other\", not \"dev\""],
     );
+    // A snapshot cut short (its SHA-256 trailer no longer matches) or not one at all.
+    let snapshot = dir.path().join("etcd.snapshot");
+    std::fs::write(&snapshot, vec![7u8; 512 + 32]).unwrap();
+    refused(
+        &keel(
+            &state,
+            &[
+                "cluster",
+                "create",
+                "dev",
+                "--image",
+                image_arg,
+                "--etcd-snapshot",
+                snapshot.to_str().unwrap(),
+            ],
+        ),
+        &["--etcd-snapshot", "SHA-256", "keel node etcd snapshot"],
+    );
     assert!(!state.join("keel/clusters/dev").exists(), "nothing written");
     assert!(!state.join("keel-config.toml").exists(), "no context saved");
 

@@ -16,7 +16,7 @@ use keel_minisign::TrustedKeys;
 use crate::config_trust::Verdict;
 use crate::sys;
 
-const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+pub const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
 pub use keel_contract::layout::config::DRIVE_LABEL as CONFIG_DRIVE_LABEL;
 const CONFIG_DRIVE_MOUNT: &str = "/run/keel/config-drive";
 pub const STATE_PROFILE: &str = layout::state::PROFILE;

@@ -23,6 +23,7 @@ pub mod efiboot;
 pub mod entries;
 pub mod etcd_client;
 pub mod etcd_join;
+pub mod etcd_restore;
 pub mod fatal;
 pub mod history;
 pub mod hwmod;

@@ -272,7 +272,7 @@ pub fn prepare_role(
         hostname: hostname.to_owned(),
         ips: ips.to_vec(),
         root: PathBuf::from("/"),
-        etcd_joined: join_etcd(node, hostname, node_ip)?,
+        etcd_joined: bootstrap_etcd(node, hostname, node_ip)?,
     };
     let plan =
         roles::plan(node, &facts).map_err(|e| format!("role {}: {e}", node.role.as_str()))?;
@@ -290,21 +290,50 @@ pub fn prepare_role(
     Ok(Some(plan))
 }
 
-/// On a control plane with `node.etcd.join` and no etcd data yet: added to the running
-/// cluster as a learner ([`crate::etcd_join`]). A later boot starts from its data.
-fn join_etcd(
+/// A control plane with no etcd data yet either restores the snapshot it was started with
+/// ([`crate::etcd_restore`]: a new single-member cluster) or, with `node.etcd.join`, is added
+/// to the running cluster as a learner ([`crate::etcd_join`]); returns the member list a
+/// join answered. A later boot starts from its data.
+fn bootstrap_etcd(
     node: &Node,
     hostname: &str,
     node_ip: IpAddr,
 ) -> Result<Option<Vec<(String, String)>>, RoleFailure> {
-    let has_data = Path::new(roles::paths::ETCD_DATA_DIR)
-        .join("member")
-        .is_dir();
-    if node.role != Role::ControlPlane || !node.etcd.join || has_data {
+    let data_dir = Path::new(roles::paths::ETCD_DATA_DIR);
+    if node.role != Role::ControlPlane || data_dir.join("member").is_dir() {
         return Ok(None);
     }
     let own = roles::etcd::own_peer_url(node, hostname, node_ip)
         .map_err(|e| RoleFailure::Broken(e.to_string()))?;
+    let snapshot = Path::new(crate::config::FW_CFG_BY_NAME)
+        .join(keel_contract::layout::config::FW_CFG_ETCD_SNAPSHOT)
+        .join("raw");
+    if snapshot.is_file() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cluster = node.cluster.name.as_deref().unwrap_or("keel");
+        let token = crate::etcd_restore::restored_token(cluster, now);
+        log(&format!(
+            "etcd: restoring the snapshot from fw_cfg into a new cluster ({token}) as {hostname}"
+        ));
+        let run = |argv: &[String]| run_command(argv, Duration::from_secs(300));
+        crate::etcd_restore::restore(
+            &snapshot,
+            Path::new(crate::etcd_restore::SCRATCH_DIR),
+            data_dir,
+            hostname,
+            &own,
+            &token,
+            &run,
+        )
+        .map_err(|e| RoleFailure::Degraded(format!("etcd: {e}")))?;
+        log("etcd: snapshot restored");
+        return Ok(None);
+    }
+    if !node.etcd.join {
+        return Ok(None);
+    }
     crate::etcd_join::join(node, hostname, &own, ETCD_JOIN_TIMEOUT, &log)
         .map(Some)
         .map_err(RoleFailure::Degraded)

@@ -224,19 +224,57 @@ fn members_and_a_snapshot_through_the_gateway_of_a_real_etcd() {
     );
     drop(etcd);
 
-    // The snapshot restores into a new member that has the key.
+    // The snapshot restores, as a node restores one (`etcd_restore`, with etcdctl), into a
+    // new single-member cluster that has the key and a cluster ID of its own.
+    let original_cluster = members.cluster_id;
     let (client2, peer2) = (free_port(), free_port());
     let peer2_url = format!("http://127.0.0.1:{peer2}");
     let restored = dir.path().join("restored");
-    ok(&etcdctl(&[
-        "snapshot",
-        "restore",
-        snapshot.to_str().unwrap(),
-        &format!("--data-dir={}", restored.display()),
-        "--name=cp-1",
-        &format!("--initial-cluster=cp-1={peer2_url}"),
-        &format!("--initial-advertise-peer-urls={peer2_url}"),
-    ]));
+    let run = |argv: &[String]| {
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    keel_init::etcd_restore::restore(
+        &snapshot,
+        &dir.path().join("scratch"),
+        &restored,
+        "cp-1",
+        &peer2_url,
+        &keel_init::etcd_restore::restored_token("keel", now()),
+        &run,
+    )
+    .unwrap();
+    assert!(restored.join("member/snap/db").is_file());
+    assert!(
+        !dir.path().join("scratch/etcd-restore.db").exists(),
+        "the copy is gone"
+    );
+    assert!(
+        !dir.path().join("restored.restore").exists(),
+        "the staging is gone"
+    );
+    // A cut snapshot is refused by etcdctl's hash check, and leaves no data directory.
+    let cut = dir.path().join("cut.db");
+    let bytes = std::fs::read(&snapshot).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let refused = dir.path().join("refused");
+    assert!(
+        keel_init::etcd_restore::restore(
+            &cut,
+            &dir.path().join("scratch"),
+            &refused,
+            "cp-1",
+            &peer2_url,
+            "t",
+            &run,
+        )
+        .is_err()
+    );
+    assert!(!refused.join("member").exists());
     let client2_url = format!("http://127.0.0.1:{client2}");
     let second = Etcd::start(
         dir.path(),
@@ -261,6 +299,18 @@ fn members_and_a_snapshot_through_the_gateway_of_a_real_etcd() {
     };
     wait_until("the restored etcd", &second, || get().status.success());
     assert_eq!(ok(&get()).trim(), "restored");
+    let status: serde_json::Value = serde_json::from_str(&ok(&etcdctl(&[
+        &format!("--endpoints={client2_url}"),
+        "endpoint",
+        "status",
+        "-w",
+        "json",
+    ])))
+    .unwrap();
+    let restored_cluster = status[0]["Status"]["header"]["cluster_id"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(restored_cluster, original_cluster, "a new cluster ID");
 }
 
 /// One member's ports and data directory, and its command line with the control plane's

@@ -492,6 +492,11 @@ pub enum ClusterCommand {
         /// Use these cluster secrets (`keel secrets gen`) instead of new ones.
         #[arg(long, value_name = "FILE")]
         secrets: Option<PathBuf>,
+        /// Restore etcd from this snapshot (`keel node etcd snapshot`): the first control
+        /// plane bootstraps a new cluster (a new cluster ID) from it, and the others join.
+        /// Give the old cluster's `--secrets` too, so that what etcd holds stays valid.
+        #[arg(long, value_name = "FILE")]
+        etcd_snapshot: Option<PathBuf>,
         /// Seconds to wait for the cluster to be healthy before failing with the check
         /// that fails (the VMs stay up to look at).
         #[arg(long, default_value_t = 900)]

@@ -28,6 +28,7 @@ pub fn run(
             cpus,
             disk_size,
             secrets,
+            etcd_snapshot,
             wait_timeout,
             json,
         } => {
@@ -42,6 +43,7 @@ pub fn run(
                 image,
                 disk_size,
                 secrets,
+                etcd_snapshot,
                 wait_timeout: Duration::from_secs(wait_timeout),
                 contexts: contexts.path()?,
             };

@@ -19,6 +19,9 @@ pub struct CreateOptions {
     pub disk_size: String,
     /// Cluster secrets to use instead of new ones.
     pub secrets: Option<PathBuf>,
+    /// An etcd snapshot the first control plane restores into a new cluster, which the
+    /// other control planes join.
+    pub etcd_snapshot: Option<PathBuf>,
     pub wait_timeout: Duration,
     /// The contexts file to save the cluster's context in.
     pub contexts: PathBuf,
@@ -56,6 +59,18 @@ struct Checked {
     size: ByteSize,
     secrets: Option<keel_contract::secrets::Secrets>,
     warnings: Vec<String>,
+}
+
+/// The snapshot, whole (etcd's SHA-256 trailer), before anything is written.
+fn check_snapshot(path: &Path) -> Result<(), ClusterError> {
+    crate::node::check_snapshot_file(path)
+        .map(|_| ())
+        .map_err(|why| {
+            ClusterError::BadRequest(format!(
+                "--etcd-snapshot {}: {why} (expected a file from `keel node etcd snapshot`)",
+                path.display()
+            ))
+        })
 }
 
 fn check(opts: &CreateOptions) -> Result<Checked, ClusterError> {
@@ -104,6 +119,9 @@ fn check(opts: &CreateOptions) -> Result<Checked, ClusterError> {
             path.display(),
             secrets.cluster_name
         )));
+    }
+    if let Some(path) = &opts.etcd_snapshot {
+        check_snapshot(path)?;
     }
     Ok(Checked {
         dir,
@@ -175,8 +193,20 @@ fn write_cluster(
             (path, generated.secrets)
         }
     };
-    for node in &nodes {
-        write_node(dir, &opts.request, &nodes, node, &secrets, checked)?;
+    for (i, node) in nodes.iter().enumerate() {
+        let mut section = plan::node_section(&opts.request.name, &nodes, node)?;
+        if let Some(snapshot) = &opts.etcd_snapshot {
+            // The first control plane restores; the others join the cluster it makes.
+            if i == 0 {
+                let copy = super::node_dir(dir, &node.name).join(super::NODE_ETCD_SNAPSHOT);
+                std::fs::create_dir_all(super::node_dir(dir, &node.name))
+                    .map_err(io(dir.display()))?;
+                copy_private(snapshot, &copy)?;
+            } else {
+                section.etcd.join = node.role == Role::ControlPlane;
+            }
+        }
+        write_node(dir, node, &section, &secrets, checked)?;
     }
     let state = State {
         name: opts.request.name.as_str().to_owned(),
@@ -193,16 +223,14 @@ fn write_cluster(
 
 fn write_node(
     dir: &Path,
-    request: &Request,
-    nodes: &[NodePlan],
     node: &NodePlan,
+    section: &keel_contract::profile::Node,
     secrets: &keel_contract::secrets::Secrets,
     checked: &Checked,
 ) -> Result<(), ClusterError> {
     let node_dir = super::node_dir(dir, &node.name);
     std::fs::create_dir_all(&node_dir).map_err(io(node_dir.display()))?;
-    let section = plan::node_section(&request.name, nodes, node)?;
-    write_private(&node_dir.join("profile.toml"), &plan::node_toml(&section)?)?;
+    write_private(&node_dir.join("profile.toml"), &plan::node_toml(section)?)?;
     let role_secrets = secrets
         .for_role(node.role)
         .to_toml()
@@ -223,6 +251,14 @@ pub(super) fn write_private(path: &Path, text: &str) -> Result<(), ClusterError>
     crate::io::create_new_with_mode(path, 0o600)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(io(path.display()))
+}
+
+/// A copy only its owner reads (a snapshot holds every Kubernetes secret).
+fn copy_private(from: &Path, to: &Path) -> Result<(), ClusterError> {
+    let mut input = std::fs::File::open(from).map_err(io(from.display()))?;
+    let mut out = crate::io::create_new_with_mode(to, 0o600).map_err(io(to.display()))?;
+    std::io::copy(&mut input, &mut out).map_err(io(to.display()))?;
+    Ok(())
 }
 
 /// Starts every node's QEMU, control planes first.

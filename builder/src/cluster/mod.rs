@@ -13,6 +13,7 @@
 //! admin.kubeconfig        the Kubernetes admin's kubeconfig for those secrets
 //! NODE/disk.raw           the node's disk (a sparse copy of the image)
 //! NODE/profile.toml       its node section; NODE/secrets.toml its role's secrets
+//! NODE/etcd-snapshot.db   the first control plane's snapshot to restore (--etcd-snapshot)
 //! NODE/vm/                QEMU: console.log, qemu.log, qemu.pid, sockets, OVMF variables
 //! ```
 
@@ -29,6 +30,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use plan::{NodePlan, Request};
+
+/// In a node's directory: the etcd snapshot it restores (`create --etcd-snapshot`), given
+/// to it over fw_cfg.
+pub const NODE_ETCD_SNAPSHOT: &str = "etcd-snapshot.db";
 
 /// The state file's name in a cluster's directory.
 pub const STATE_FILE: &str = "cluster.toml";

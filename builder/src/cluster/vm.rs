@@ -38,6 +38,13 @@ pub fn config(state: &State, dir: &Path, node: &NodePlan) -> VmConfig {
         keel_contract::layout::config::FW_CFG_SECRETS.into(),
         dir.join("secrets.toml"),
     ));
+    let snapshot = dir.join(super::NODE_ETCD_SNAPSHOT);
+    if snapshot.is_file() {
+        config.fw_cfg.push((
+            keel_contract::layout::config::FW_CFG_ETCD_SNAPSHOT.into(),
+            snapshot,
+        ));
+    }
     // One L2 for the cluster: every QEMU on this group and port sees the others' frames.
     // `localaddr` keeps the traffic on loopback (no multicast route needed, nothing leaves
     // the machine). The NIC is the second on the PCI bus, `eth1` in the guest.

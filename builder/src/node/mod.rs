@@ -27,7 +27,7 @@ pub use credentials::{
     ClientCredentials, credentials_for, credentials_from_secrets, credentials_from_secrets_toml,
     credentials_toml_for, operator_section,
 };
-pub use etcd::SnapshotReport;
+pub use etcd::{SnapshotReport, check_snapshot_file};
 pub use identity::NodeIdentity;
 pub use renew::node_certificate_from;
 

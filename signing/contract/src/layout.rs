@@ -295,6 +295,9 @@ pub mod config {
     /// `/sys/firmware/qemu_fw_cfg/by_name/`).
     pub const FW_CFG_PROFILE: &str = "opt/keel/profile";
     pub const FW_CFG_SECRETS: &str = "opt/keel/secrets";
+    /// An etcd snapshot (`keel node etcd snapshot`) a control plane with no etcd data
+    /// restores into a new single-member cluster (`keel cluster create --etcd-snapshot`).
+    pub const FW_CFG_ETCD_SNAPSHOT: &str = "opt/keel/etcd-snapshot";
     /// The volume label of a config drive (FAT or ISO 9660) and the files on it.
     pub const DRIVE_LABEL: &str = "KEELCFG";
     pub const DRIVE_PROFILE: &str = "profile.toml";

@@ -27,7 +27,7 @@ use std::time::Instant;
 const KNOWN_SECONDS: &[(&str, f64)] = &[
     ("keel-vm-tests/upgrade", 960.0),
     ("keel-vm-tests/metal", 432.0),
-    ("keel-vm-tests/cluster", 995.0),
+    ("keel-vm-tests/cluster", 1150.0),
     ("keel-vm-tests/roles", 417.0),
     ("keel-vm-tests/faults", 404.0),
     ("keel-vm-tests/reproducible", 239.0),

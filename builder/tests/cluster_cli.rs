@@ -133,6 +133,23 @@ fn create_refuses_bad_input_before_writing_anything() {
         ),
         &["--etcd-snapshot", "SHA-256", "keel node etcd snapshot"],
     );
+    refused(
+        &keel(
+            &state,
+            &[
+                "cluster",
+                "create",
+                "dev",
+                "--image",
+                image_arg,
+                "--controlplanes",
+                "3",
+                "--segment",
+                "stream",
+            ],
+        ),
+        &["--segment", "exactly two nodes, not 3"],
+    );
     assert!(!state.join("keel/clusters/dev").exists(), "nothing written");
     assert!(!state.join("keel-config.toml").exists(), "no context saved");
 

@@ -497,6 +497,10 @@ pub enum ClusterCommand {
         /// Give the old cluster's `--secrets` too, so that what etcd holds stays valid.
         #[arg(long, value_name = "FILE")]
         etcd_snapshot: Option<PathBuf>,
+        /// The cluster L2's QEMU transport: mcast (any number of nodes), or stream or dgram
+        /// (exactly two nodes; for vm-tests/bench/cluster-l2).
+        #[arg(long, default_value = "mcast", hide = true)]
+        segment: crate::cluster::Segment,
         /// Seconds to wait for the cluster to be healthy before failing with the check
         /// that fails (the VMs stay up to look at).
         #[arg(long, default_value_t = 900)]

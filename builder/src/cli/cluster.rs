@@ -29,6 +29,7 @@ pub fn run(
             disk_size,
             secrets,
             etcd_snapshot,
+            segment,
             wait_timeout,
             json,
         } => {
@@ -44,6 +45,7 @@ pub fn run(
                 disk_size,
                 secrets,
                 etcd_snapshot,
+                segment,
                 wait_timeout: Duration::from_secs(wait_timeout),
                 contexts: contexts.path()?,
             };

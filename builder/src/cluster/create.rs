@@ -22,6 +22,8 @@ pub struct CreateOptions {
     /// An etcd snapshot the first control plane restores into a new cluster, which the
     /// other control planes join.
     pub etcd_snapshot: Option<PathBuf>,
+    /// The cluster L2's transport (benchmarks; the product uses multicast).
+    pub segment: super::Segment,
     pub wait_timeout: Duration,
     /// The contexts file to save the cluster's context in.
     pub contexts: PathBuf,
@@ -51,6 +53,25 @@ fn free_udp_port() -> Result<u16, ClusterError> {
         .local_addr()
         .map_err(io("finding a free port"))?
         .port())
+}
+
+/// The segment's (first) port: UDP for multicast, TCP for a stream, two UDP ports in a row
+/// for datagrams.
+fn segment_port(segment: super::Segment) -> Result<u16, ClusterError> {
+    match segment {
+        super::Segment::Mcast => free_udp_port(),
+        super::Segment::Stream => free_port(),
+        super::Segment::Dgram => {
+            for _ in 0..50 {
+                let port = free_udp_port()?;
+                let next = port.checked_add(1).unwrap_or(port);
+                if next != port && std::net::UdpSocket::bind(("127.0.0.1", next)).is_ok() {
+                    return Ok(port);
+                }
+            }
+            Err(ClusterError::Plan("no two free UDP ports in a row".into()))
+        }
+    }
 }
 
 struct Checked {
@@ -122,6 +143,13 @@ fn check(opts: &CreateOptions) -> Result<Checked, ClusterError> {
     }
     if let Some(path) = &opts.etcd_snapshot {
         check_snapshot(path)?;
+    }
+    let nodes = u16::from(opts.request.control_planes) + u16::from(opts.request.workers);
+    if !opts.segment.is_multicast() && nodes != 2 {
+        return Err(ClusterError::BadRequest(format!(
+            "--segment {:?}: a point-to-point transport joins exactly two nodes, not {nodes}",
+            opts.segment
+        )));
     }
     Ok(Checked {
         dir,
@@ -212,7 +240,8 @@ fn write_cluster(
         name: opts.request.name.as_str().to_owned(),
         image: std::path::absolute(&opts.image).map_err(io(opts.image.display()))?,
         secrets: secrets_path,
-        segment_port: free_udp_port()?,
+        segment_port: segment_port(opts.segment)?,
+        segment: opts.segment,
         memory_mib: opts.request.memory_mib,
         cpus: opts.request.cpus,
         nodes,

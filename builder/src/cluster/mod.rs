@@ -95,11 +95,48 @@ pub struct State {
     pub image: PathBuf,
     /// The cluster secrets file (generated into the cluster directory, or the user's).
     pub secrets: PathBuf,
-    /// The cluster L2's UDP port on 230.0.0.1.
+    /// The cluster L2's UDP port on 230.0.0.1 (with another transport: its first port).
     pub segment_port: u16,
+    /// How the nodes' cluster NICs are connected (the multicast group unless a benchmark
+    /// chose another).
+    #[serde(default, skip_serializing_if = "Segment::is_multicast")]
+    pub segment: Segment,
     pub memory_mib: u32,
     pub cpus: u8,
     pub nodes: Vec<NodePlan>,
+}
+
+/// QEMU's transports for the cluster L2. Multicast is the product's: one segment for any
+/// number of VMs with no hub process. The point-to-point ones join exactly two nodes; they
+/// exist for `vm-tests/bench/cluster-l2`, which measured them against it (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Segment {
+    /// `-netdev socket,mcast=230.0.0.1:PORT,localaddr=127.0.0.1`.
+    #[default]
+    Mcast,
+    /// `-netdev stream`: a TCP connection on 127.0.0.1, the first node listening.
+    Stream,
+    /// `-netdev dgram`: UDP datagrams between two ports on 127.0.0.1.
+    Dgram,
+}
+
+impl Segment {
+    pub fn is_multicast(&self) -> bool {
+        *self == Segment::Mcast
+    }
+}
+
+impl std::str::FromStr for Segment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mcast" => Ok(Segment::Mcast),
+            "stream" => Ok(Segment::Stream),
+            "dgram" => Ok(Segment::Dgram),
+            _ => Err(format!("{s:?}: expected mcast, stream or dgram")),
+        }
+    }
 }
 
 /// `$XDG_STATE_HOME/keel/clusters`, else `~/.local/state/keel/clusters`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::qemu::{self, VmConfig};
 
 use super::plan::{CLUSTER_NIC, NodePlan};
-use super::{ClusterError, State, io};
+use super::{ClusterError, Segment, State, io};
 
 /// The multicast group every cluster's segment uses; the port tells clusters apart.
 pub const SEGMENT_GROUP: &str = "230.0.0.1";
@@ -52,15 +52,38 @@ pub fn config(state: &State, dir: &Path, node: &NodePlan) -> VmConfig {
         "-smp".into(),
         state.cpus.to_string(),
         "-netdev".into(),
-        format!(
-            "socket,id=cluster,mcast={SEGMENT_GROUP}:{},localaddr=127.0.0.1",
-            state.segment_port
-        ),
+        segment_netdev(state, node),
         "-device".into(),
         format!("virtio-net-pci,netdev=cluster,mac={}", node.cluster_mac),
     ]);
     debug_assert_eq!(CLUSTER_NIC, "eth1");
     config
+}
+
+/// The cluster NIC's backend. The point-to-point transports join the first two nodes only
+/// (create refuses them for more).
+fn segment_netdev(state: &State, node: &NodePlan) -> String {
+    let port = state.segment_port;
+    let first = state.nodes.first().is_some_and(|n| n.name == node.name);
+    match state.segment {
+        Segment::Mcast => {
+            format!("socket,id=cluster,mcast={SEGMENT_GROUP}:{port},localaddr=127.0.0.1")
+        }
+        Segment::Stream => format!(
+            "stream,id=cluster,server={},addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
+            if first { "on" } else { "off" }
+        ),
+        Segment::Dgram => {
+            let (local, remote) = if first {
+                (port, port + 1)
+            } else {
+                (port + 1, port)
+            };
+            format!(
+                "dgram,id=cluster,local.type=inet,local.host=127.0.0.1,local.port={local},remote.type=inet,remote.host=127.0.0.1,remote.port={remote}"
+            )
+        }
+    }
 }
 
 pub fn pid_file(config: &VmConfig) -> PathBuf {
@@ -151,4 +174,65 @@ fn kill_pid(pid: u32, config: &VmConfig) -> Result<bool, ClusterError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::plan::{self, Request};
+
+    fn state(segment: Segment) -> State {
+        let request = Request {
+            name: "b".parse().unwrap(),
+            control_planes: 2,
+            workers: 0,
+            memory_mib: 1024,
+            cpus: 1,
+        };
+        let mut port = 40000;
+        let nodes = plan::nodes(&request, &mut || {
+            port += 1;
+            Ok(port)
+        })
+        .unwrap();
+        State {
+            name: "b".into(),
+            image: "/img".into(),
+            secrets: "/s.toml".into(),
+            segment_port: 41000,
+            segment,
+            memory_mib: 1024,
+            cpus: 1,
+            nodes,
+        }
+    }
+
+    #[test]
+    fn each_transport_joins_the_two_nodes() {
+        let s = state(Segment::Mcast);
+        for node in &s.nodes {
+            assert_eq!(
+                segment_netdev(&s, node),
+                "socket,id=cluster,mcast=230.0.0.1:41000,localaddr=127.0.0.1"
+            );
+        }
+        let s = state(Segment::Stream);
+        assert!(segment_netdev(&s, &s.nodes[0]).contains("server=on"));
+        assert!(segment_netdev(&s, &s.nodes[1]).contains("server=off"));
+        assert!(segment_netdev(&s, &s.nodes[1]).contains("addr.port=41000"));
+        let s = state(Segment::Dgram);
+        assert!(
+            segment_netdev(&s, &s.nodes[0]).contains("local.port=41000,")
+                && segment_netdev(&s, &s.nodes[0]).ends_with("remote.port=41001")
+        );
+        assert!(
+            segment_netdev(&s, &s.nodes[1]).contains("local.port=41001,")
+                && segment_netdev(&s, &s.nodes[1]).ends_with("remote.port=41000")
+        );
+        // The state file of a multicast cluster is as before (no `segment` key).
+        let text = toml::to_string(&state(Segment::Mcast)).unwrap();
+        assert!(!text.contains("segment ="), "{text}");
+        let back: State = toml::from_str(&text).unwrap();
+        assert_eq!(back.segment, Segment::Mcast);
+    }
 }

@@ -290,6 +290,30 @@ pub fn prepare_role(
     Ok(Some(plan))
 }
 
+/// How much longer than its boot deadline this boot may take to pass its health gate: a
+/// control plane with no etcd data that will restore a snapshot or join a running cluster
+/// may wait for the cluster (or etcdctl) up to [`ETCD_JOIN_TIMEOUT`], which is not its
+/// slot's fault. Its first boot only; then it comes up or goes degraded.
+pub fn etcd_bootstrap_allowance(node: &Node) -> Duration {
+    let first_boot = !Path::new(roles::paths::ETCD_DATA_DIR)
+        .join("member")
+        .is_dir();
+    let bootstraps = node.etcd.join || etcd_snapshot_given().is_some();
+    if node.role == Role::ControlPlane && first_boot && bootstraps {
+        ETCD_JOIN_TIMEOUT
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// The snapshot to restore, when QEMU's fw_cfg carries one.
+fn etcd_snapshot_given() -> Option<PathBuf> {
+    let path = Path::new(crate::config::FW_CFG_BY_NAME)
+        .join(keel_contract::layout::config::FW_CFG_ETCD_SNAPSHOT)
+        .join("raw");
+    path.is_file().then_some(path)
+}
+
 /// A control plane with no etcd data yet either restores the snapshot it was started with
 /// ([`crate::etcd_restore`]: a new single-member cluster) or, with `node.etcd.join`, is added
 /// to the running cluster as a learner ([`crate::etcd_join`]); returns the member list a
@@ -305,10 +329,7 @@ fn bootstrap_etcd(
     }
     let own = roles::etcd::own_peer_url(node, hostname, node_ip)
         .map_err(|e| RoleFailure::Broken(e.to_string()))?;
-    let snapshot = Path::new(crate::config::FW_CFG_BY_NAME)
-        .join(keel_contract::layout::config::FW_CFG_ETCD_SNAPSHOT)
-        .join("raw");
-    if snapshot.is_file() {
+    if let Some(snapshot) = etcd_snapshot_given() {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

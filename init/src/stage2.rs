@@ -529,6 +529,14 @@ fn run() -> Result<std::convert::Infallible, String> {
     // are written while containerd starts.
     let ips: Vec<IpAddr> = net_state.node_addresses();
     let secrets = cfg.secrets.as_ref();
+    let allowance = services::etcd_bootstrap_allowance(&cfg.node).as_secs();
+    if allowance > 0 {
+        deadline.set_secs(deadline.secs() + allowance);
+        log(&format!(
+            "etcd: restoring or joining may take up to {allowance} s more; boot deadline now {} s",
+            deadline.secs()
+        ));
+    }
     let role = match BOOT.step("role", || {
         services::prepare_role(&cfg.node, &hostname, &ips, secrets)
     }) {

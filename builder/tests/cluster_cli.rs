@@ -167,3 +167,94 @@ fn create_refuses_bad_input_before_writing_anything() {
     assert!(list.status.success());
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
 }
+
+/// The pids of the QEMUs whose command line names `dir`.
+fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A cluster that never becomes healthy (its disks hold nothing to boot: the firmware finds
+/// no OS, real QEMU and OVMF all the same): `create` prints the table, then fails with the
+/// check that failed after `--wait-timeout` (exit 1), leaving the VMs up to look at; `stop`
+/// and `start --node` act on that node alone; `destroy` leaves no QEMU.
+#[test]
+fn a_cluster_that_never_gets_healthy_fails_with_the_check_and_is_destroyed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let image = dir.path().join("out");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::File::create(image.join("disk.raw"))
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let clusters = state.join("keel/clusters/nb");
+    let out = keel(
+        &state,
+        &[
+            "cluster",
+            "create",
+            "nb",
+            "--image",
+            image.to_str().unwrap(),
+            "--controlplanes",
+            "1",
+            "--workers",
+            "1",
+            "--disk-size",
+            "16MiB",
+            "--memory",
+            "512",
+            "--wait-timeout",
+            "3",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("not healthy after 3 s"), "{said}");
+    assert!(
+        said.contains("nb-cp-1: node API"),
+        "the failing check: {said}"
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("nb-cp-1") && table.contains("nb-worker-1"),
+        "{table}"
+    );
+    assert_eq!(qemus_under(&clusters).len(), 2, "the VMs stay up");
+
+    let stopped = keel(&state, &["cluster", "stop", "nb", "--node", "nb-worker-1"]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert_eq!(qemus_under(&clusters.join("nb-worker-1")).len(), 0);
+    assert_eq!(qemus_under(&clusters.join("nb-cp-1")).len(), 1);
+    let started = keel(
+        &state,
+        &[
+            "cluster",
+            "start",
+            "nb",
+            "--node",
+            "nb-worker-1",
+            "--wait-timeout",
+            "1",
+        ],
+    );
+    let said = String::from_utf8_lossy(&started.stderr);
+    assert_eq!(started.status.code(), Some(1), "{said}");
+    assert!(said.contains("started: nb-worker-1"), "{said}");
+    assert_eq!(qemus_under(&clusters.join("nb-worker-1")).len(), 1);
+
+    let destroyed = keel(&state, &["cluster", "destroy", "nb"]);
+    assert!(destroyed.status.success(), "{destroyed:?}");
+    assert!(qemus_under(&clusters).is_empty(), "no QEMU left");
+    assert!(!clusters.exists());
+}

@@ -21,17 +21,36 @@ pub struct Observation {
     pub etcd: Option<Result<EtcdMembers, String>>,
 }
 
-/// Asks every node for its status and, on control planes, its view of the etcd members.
+/// Asks every node for its status and, on control planes, its view of the etcd members,
+/// all at once: a silent node costs one timeout, not one per node.
 pub fn observe(state: &State, creds: &ClientCredentials) -> Vec<Observation> {
-    state
-        .nodes
-        .iter()
-        .map(|node| observe_node(node, creds))
-        .collect()
+    std::thread::scope(|scope| {
+        let asked: Vec<_> = state
+            .nodes
+            .iter()
+            .map(|node| (node, scope.spawn(move || observe_node(node, creds))))
+            .collect();
+        asked
+            .into_iter()
+            .map(|(node, answer)| {
+                answer.join().unwrap_or_else(|_| Observation {
+                    node: node.name.clone(),
+                    role: node.role,
+                    status: Err("observing it failed".into()),
+                    etcd: None,
+                })
+            })
+            .collect()
+    })
 }
 
+/// A node that has not answered in this long is not healthy now (a VM whose firmware found
+/// nothing to boot accepts the forwarded connection and never answers).
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(15);
+
 fn observe_node(node: &NodePlan, creds: &ClientCredentials) -> Observation {
-    let client = NodeClient::new(&format!("127.0.0.1:{}", node.api_port), creds);
+    let client = NodeClient::new(&format!("127.0.0.1:{}", node.api_port), creds)
+        .map(|c| c.with_read_timeout(OBSERVE_TIMEOUT));
     let status = client
         .as_ref()
         .map_err(ToString::to_string)

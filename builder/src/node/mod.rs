@@ -238,6 +238,8 @@ pub struct NodeClient {
     operator_not_after: Option<i64>,
     /// When the certificate the node served on the last connection ends.
     served_not_after: std::sync::Mutex<Option<i64>>,
+    /// How long an answer without an upload may take.
+    read_timeout: Duration,
 }
 
 /// When the certificates of a conversation with a node end (unix seconds).
@@ -297,7 +299,15 @@ impl NodeClient {
             config,
             operator_not_after: None,
             served_not_after: std::sync::Mutex::new(None),
+            read_timeout: READ_TIMEOUT,
         })
+    }
+
+    /// Waits at most `timeout` for an answer (uploads keep theirs): for callers that poll
+    /// many nodes and would rather call a silent one down than wait a minute for it.
+    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
     }
 
     pub fn endpoint(&self) -> &str {
@@ -487,7 +497,7 @@ impl NodeClient {
         let timeout = if request.has_body() {
             UPGRADE_READ_TIMEOUT
         } else {
-            READ_TIMEOUT
+            self.read_timeout
         };
         let mut stream = self.connect(timeout)?;
         let len = upload.as_ref().map_or(0, |u| u.len);

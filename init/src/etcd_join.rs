@@ -182,6 +182,10 @@ pub fn spawn_promotion(
     std::thread::spawn(move || {
         let mut reported: Option<Instant> = None;
         loop {
+            // A voting member answers for itself (a learner refuses the member list).
+            if voting_already(&own_peer_url) {
+                return;
+            }
             let mut last = String::new();
             for peer in &peers {
                 match promote_through(*peer, &own_peer_url) {
@@ -191,12 +195,25 @@ pub fn spawn_promotion(
                 }
             }
             if reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
-                log(&format!("etcd: learner not promoted yet: {last}"));
+                log(&format!(
+                    "etcd: not a voting member yet (promotion refused, or no member answers): {last}"
+                ));
                 reported = Some(Instant::now());
             }
             std::thread::sleep(RETRY);
         }
     });
+}
+
+/// Whether the local member lists itself as a voting member.
+fn voting_already(own_peer_url: &str) -> bool {
+    EtcdClient::new(EtcdEndpoint::local())
+        .and_then(|c| c.member_list())
+        .is_ok_and(|members| {
+            members
+                .iter()
+                .any(|m| !m.learner && m.peer_urls.iter().any(|u| u == own_peer_url))
+        })
 }
 
 /// `Ok(Some(what happened))` or `Ok(None)` when there is nothing to do (already voting) end

@@ -15,11 +15,27 @@ use keel_init::supervisor::{
     ServiceSpec, ServiceState, StopOutcome, Supervisor, WaitError,
 };
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A scratch directory, removed when the test ends (the suite's runs left them in /tmp).
+struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TestDir {
     let dir = std::env::temp_dir().join(format!("keel-sv-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TestDir(dir)
 }
 
 #[derive(Clone, Default)]

@@ -11,10 +11,8 @@ use keel_contract::api::{self, EtcdMembers, Request};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{
-    NodeClient, NodeError, READ_TIMEOUT, ReplyError, Stream, describe_request, head_error,
-    in_context, reply_from,
-};
+use super::transport::{ReplyError, Stream, head_error, in_context, reply_from};
+use super::{NodeClient, NodeError, READ_TIMEOUT, describe_request};
 
 /// The size of etcd's trailer: the SHA-256 of the database before it.
 const TRAILER: usize = 32;

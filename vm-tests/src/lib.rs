@@ -134,7 +134,7 @@ pub fn build_with_init(
     sde: u64,
     init: &Path,
 ) -> BuildReport {
-    let request = BuildRequest {
+    run_build(&BuildRequest {
         profile: profile.to_path_buf(),
         output: out.to_path_buf(),
         key: Some(key.to_path_buf()),
@@ -143,10 +143,14 @@ pub fn build_with_init(
         cache_dir: cache_dir(),
         block_cache: block_cache(),
         source_date_epoch: sde,
-    };
-    match keel_builder::build::build(&request, &Reporter::new(false)) {
+    })
+}
+
+/// Runs a build the test has set up itself (to change a setting [`build`] fixes).
+pub fn run_build(request: &BuildRequest) -> BuildReport {
+    match keel_builder::build::build(request, &Reporter::new(false)) {
         Ok(report) => report,
-        Err(e) => panic!("building {}: {e}", profile.display()),
+        Err(e) => panic!("building {}: {e}", request.profile.display()),
     }
 }
 

@@ -91,6 +91,10 @@ fn resolves_downloads_verifies_and_reuses_the_cache() {
         log.iter().any(|l| l.contains("nothing to download")),
         "second run must not download: {log:?}"
     );
+    assert!(
+        log.iter().any(|l| l.contains("apt's answer reused")),
+        "same source, same lists: apt's answer comes from the resolution cache: {log:?}"
+    );
     let after: Vec<(u64, i64)> = second
         .iter()
         .map(|r| {
@@ -109,6 +113,47 @@ fn resolves_downloads_verifies_and_reuses_the_cache() {
         log.iter().any(|l| l.contains("downloading 1 of")),
         "{log:?}"
     );
+}
+
+/// apt's remembered answer is used only for the same source, and a damaged entry is a miss:
+/// apt runs again and gives the same answer, which is stored again.
+#[test]
+fn apts_answer_is_reused_only_when_intact_and_for_the_same_source() {
+    let cache = tempfile::tempdir().unwrap();
+    let reused = |log: &[String]| log.iter().any(|l| l.contains("apt's answer reused"));
+    let small = source(&["libseccomp2"], &[]);
+    let (first, log) = resolve(&small, cache.path());
+    let first = first.unwrap();
+    assert!(!reused(&log), "{log:?}");
+
+    let bigger = source(&["libseccomp2", "runc"], &[]);
+    let (other, log) = resolve(&bigger, cache.path());
+    assert!(
+        !reused(&log),
+        "another package list is another question: {log:?}"
+    );
+    assert!(names(&other.unwrap()).contains(&"runc"));
+
+    let entries = cache.path().join("debian/resolved/v1");
+    let files: Vec<_> = std::fs::read_dir(&entries)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        // A flipped byte inside the recorded SHA-256 sums: the entry's digest no longer matches.
+        let text = std::fs::read_to_string(f).unwrap();
+        let at = text.find("\"sha256\":\"").unwrap() + 10;
+        let mut bytes = text.into_bytes();
+        bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+        std::fs::write(f, bytes).unwrap();
+    }
+    let (again, log) = resolve(&small, cache.path());
+    assert!(!reused(&log), "a damaged entry must not be used: {log:?}");
+    assert_eq!(again.unwrap(), first);
+    let (again, log) = resolve(&small, cache.path());
+    assert!(reused(&log), "rewritten after the miss: {log:?}");
+    assert_eq!(again.unwrap(), first);
 }
 
 #[test]

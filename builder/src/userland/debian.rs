@@ -30,16 +30,19 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
 use super::deb::{self, DebError, DebStats};
 use crate::tree::Tree;
 
+mod apt_env;
 mod apt_output;
+use apt_env::{AptEnv, CacheLock};
+pub mod resolution_cache;
 pub use super::deb822::{Stanza, parse_stanzas};
 pub use apt_output::*;
+use resolution_cache::{Resolution, ResolutionCache};
 
 /// The profile's `[[image.userland]] debian = { .. }` entry; the schema lives in the contract crate.
 pub use keel_contract::profile::DebianSource;
@@ -152,15 +155,56 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DebianError + '_ {
 
 /// Resolves `src` with the host's apt, downloads what is not cached yet into
 /// `<cache_dir>/debian/archives`, verifies every file's SHA256, and returns the packages sorted
-/// by name. Progress goes to `log`, one line per call.
+/// by name. Progress goes to `log`, one line per call. When the profile's source, apt's
+/// configuration and its package lists are what an earlier build resolved, apt's answer comes
+/// from [`resolution_cache`] instead of four runs of apt.
 pub fn resolve_and_download(
     src: &DebianSource,
     cache_dir: &Path,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<ResolvedDeb>, DebianError> {
     validate(src)?;
+    let debian_cache = cache_dir.join("debian");
+    let archives = debian_cache.join("archives");
+    let cache = ResolutionCache::new(&debian_cache);
+    let key = resolution_cache::key(src);
+    if let Some(hit) = key.as_deref().and_then(|k| cache.load(k)) {
+        let resolved = hit.resolved(&archives);
+        // A hit whose packages were pruned from the cache takes apt's path: downloading
+        // needs apt's state for these exclusions.
+        if all_cached(&resolved) {
+            for line in &hit.log {
+                log(line);
+            }
+            log("debian: apt's answer reused (same source, apt configuration and package lists)");
+            log("debian: every package is in the cache, nothing to download");
+            return Ok(resolved);
+        }
+    }
     let apt = AptEnv::new()?;
+    let mut lines = Vec::new();
+    let resolved = resolve_with_apt(&apt, src, &archives, &mut |line: &str| {
+        lines.push(line.to_owned());
+        log(line);
+    })?;
+    download(&apt, &resolved, &debian_cache, log)?;
+    // Lists updated while apt ran would make the answer belong to neither key.
+    if let Some(key) = key.filter(|k| resolution_cache::key(src).as_ref() == Some(k))
+        && let Err(e) = cache.store(&key, &Resolution::new(lines, &resolved))
+    {
+        log(&format!("debian: apt's answer not cached: {e}"));
+    }
+    Ok(resolved)
+}
 
+/// Runs apt (with the isolated state in `apt`) to resolve `src` into the packages it needs,
+/// with their paths in `archives`.
+fn resolve_with_apt(
+    apt: &AptEnv,
+    src: &DebianSource,
+    archives: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<ResolvedDeb>, DebianError> {
     let policy = apt.run("apt-cache", &["policy".into()])?;
     let known = parse_release_suites(&String::from_utf8_lossy(&policy.stdout));
     if !known.contains(&src.suite) {
@@ -256,22 +300,30 @@ pub fn resolve_and_download(
             .map(|p| format!("{}={}", p.package, p.version)),
     );
     let show = apt.run("apt-cache", &args)?;
-    let archives = cache_dir.join("debian").join("archives");
-    let resolved =
-        resolved_from_index(&planned, &String::from_utf8_lossy(&show.stdout), &archives)?;
+    let resolved = resolved_from_index(&planned, &String::from_utf8_lossy(&show.stdout), archives)?;
     log(&format!(
         "debian: resolved {} packages, {} bytes of .debs",
         resolved.len(),
         resolved.iter().map(|r| r.size).sum::<u64>()
     ));
+    Ok(resolved)
+}
 
+/// Downloads what of `resolved` is not in the cache yet and verifies it.
+fn download(
+    apt: &AptEnv,
+    resolved: &[ResolvedDeb],
+    debian_cache: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), DebianError> {
+    let archives = debian_cache.join("archives");
     std::fs::create_dir_all(archives.join("partial")).map_err(io_err(&archives))?;
     // apt runs with locking disabled (it would want /var/lib/dpkg/lock); this lock keeps two
     // builds sharing the cache from writing the same partial file at once.
-    let _lock = CacheLock::acquire(&cache_dir.join("debian").join("lock"))?;
+    let _lock = CacheLock::acquire(&debian_cache.join("lock"))?;
 
     // Hashing what is already there both decides whether apt must run and verifies it.
-    let cached: Vec<bool> = resolved.iter().map(is_cached).collect();
+    let cached = cached_flags(resolved);
     let missing: Vec<&ResolvedDeb> = resolved
         .iter()
         .zip(&cached)
@@ -310,7 +362,7 @@ pub fn resolve_and_download(
     for (r, _) in resolved.iter().zip(&cached).filter(|(_, c)| !**c) {
         verify(r)?;
     }
-    Ok(resolved)
+    Ok(())
 }
 
 /// Unpacks every package into `tree`, sorted by name so the result does not depend on the
@@ -403,6 +455,16 @@ pub fn is_package_name(name: &str) -> bool {
         })
 }
 
+/// Whether each package is in the cache whole (hashed on every core: 87 MiB for a worker).
+fn cached_flags(resolved: &[ResolvedDeb]) -> Vec<bool> {
+    use rayon::prelude::*;
+    resolved.par_iter().map(is_cached).collect()
+}
+
+fn all_cached(resolved: &[ResolvedDeb]) -> bool {
+    cached_flags(resolved).into_iter().all(|c| c)
+}
+
 fn is_cached(r: &ResolvedDeb) -> bool {
     std::fs::metadata(&r.path).is_ok_and(|m| m.len() == r.size)
         && sha256_file(&r.path).is_ok_and(|h| h == r.sha256)
@@ -447,130 +509,6 @@ fn sha256_file(path: &Path) -> Result<String, DebianError> {
 
 fn write(path: &Path, text: &str) -> Result<(), DebianError> {
     std::fs::write(path, text).map_err(io_err(path))
-}
-
-/// The isolated apt state: a scratch directory holding the status file, preferences and
-/// extended states, and the options that point apt at them.
-struct AptEnv {
-    _scratch: tempfile::TempDir,
-    status: PathBuf,
-    preferences: PathBuf,
-    options: Vec<String>,
-}
-
-impl AptEnv {
-    fn new() -> Result<Self, DebianError> {
-        let scratch = tempfile::Builder::new()
-            .prefix("keel-apt-")
-            .tempdir()
-            .map_err(io_err(&std::env::temp_dir()))?;
-        let dir = scratch.path();
-        let status = dir.join("status");
-        let preferences = dir.join("preferences");
-        let preferences_d = dir.join("preferences.d");
-        write(&status, "")?;
-        write(&preferences, "")?;
-        std::fs::create_dir(&preferences_d).map_err(io_err(&preferences_d))?;
-        let o = |kv: String| ["-o".to_string(), kv];
-        let options = [
-            o(format!("Dir::State::status={}", status.display())),
-            o(format!(
-                "Dir::State::extended_states={}",
-                dir.join("extended_states").display()
-            )),
-            o(format!("Dir::Etc::preferences={}", preferences.display())),
-            o(format!(
-                "Dir::Etc::PreferencesParts={}",
-                preferences_d.display()
-            )),
-            // In-memory package cache: nothing is written under /var/cache/apt (which needs
-            // root), and the host's cache never mixes with our fake status.
-            o("Dir::Cache::pkgcache=".into()),
-            o("Dir::Cache::srcpkgcache=".into()),
-            o("Debug::NoLocking=1".into()),
-            o("APT::Install-Recommends=false".into()),
-            o("APT::Install-Suggests=false".into()),
-            // Our preferences decide the release; a host-wide default would outrank them.
-            o("APT::Default-Release=".into()),
-        ]
-        .concat();
-        Ok(AptEnv {
-            _scratch: scratch,
-            status,
-            preferences,
-            options,
-        })
-    }
-
-    fn command(&self, program: &str, args: &[String]) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.arg("-q");
-        if program == "apt-get" {
-            cmd.arg("-y");
-        }
-        cmd.args(&self.options)
-            .args(args)
-            // Parsed output must not be translated.
-            .env("LC_ALL", "C")
-            .env_remove("LANGUAGE")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run_unchecked(&self, program: &str, args: &[String]) -> Result<Output, DebianError> {
-        self.command(program, args)
-            .output()
-            .map_err(|source| DebianError::Spawn {
-                program: program.to_string(),
-                source,
-            })
-    }
-
-    fn run(&self, program: &str, args: &[String]) -> Result<Output, DebianError> {
-        let out = self.run_unchecked(program, args)?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            let verb = args
-                .iter()
-                .find(|a| !a.starts_with('-'))
-                .map_or("", String::as_str);
-            Err(apt_failure(&format!("{program} {verb}"), &out))
-        }
-    }
-}
-
-/// An exclusive `flock` on a file in the cache, released when dropped (or when the process
-/// dies, which a lock file with a pid inside would not handle).
-struct CacheLock {
-    _file: File,
-}
-
-impl CacheLock {
-    fn acquire(path: &Path) -> Result<Self, DebianError> {
-        use std::os::fd::AsRawFd;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        loop {
-            // SAFETY: flock only reads the descriptor, which `file` keeps open.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io_err(path)(err));
-            }
-        }
-        Ok(CacheLock { _file: file })
-    }
 }
 
 #[cfg(test)]

@@ -47,8 +47,9 @@ use resolution_cache::{Resolution, ResolutionCache};
 /// The profile's `[[image.userland]] debian = { .. }` entry; the schema lives in the contract crate.
 pub use keel_contract::profile::DebianSource;
 
-/// One package apt chose, downloaded and verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One package apt chose, downloaded and verified. Serialised (without its path) in the
+/// resolution cache.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResolvedDeb {
     pub package: String,
     pub version: String,
@@ -59,6 +60,7 @@ pub struct ResolvedDeb {
     pub sha256: String,
     pub size: u64,
     /// Where the verified `.deb` is; empty until downloaded.
+    #[serde(skip)]
     pub path: PathBuf,
 }
 

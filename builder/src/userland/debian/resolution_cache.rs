@@ -50,17 +50,7 @@ pub const MAX_ENTRIES: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolution {
     pub log: Vec<String>,
-    pub packages: Vec<CachedDeb>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedDeb {
-    pub package: String,
-    pub version: String,
-    pub architecture: String,
-    pub filename: String,
-    pub sha256: String,
-    pub size: u64,
+    pub packages: Vec<ResolvedDeb>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,18 +63,10 @@ struct Entry {
 
 impl Resolution {
     pub fn new(log: Vec<String>, resolved: &[ResolvedDeb]) -> Self {
-        let packages = resolved
-            .iter()
-            .map(|r| CachedDeb {
-                package: r.package.clone(),
-                version: r.version.clone(),
-                architecture: r.architecture.clone(),
-                filename: r.filename.clone(),
-                sha256: r.sha256.clone(),
-                size: r.size,
-            })
-            .collect();
-        Resolution { log, packages }
+        Resolution {
+            log,
+            packages: resolved.to_vec(),
+        }
     }
 
     /// The packages with their paths in `archives`.
@@ -92,13 +74,8 @@ impl Resolution {
         self.packages
             .iter()
             .map(|p| ResolvedDeb {
-                package: p.package.clone(),
-                version: p.version.clone(),
-                architecture: p.architecture.clone(),
-                filename: p.filename.clone(),
-                sha256: p.sha256.clone(),
-                size: p.size,
                 path: archives.join(&p.filename),
+                ..p.clone()
             })
             .collect()
     }
@@ -316,13 +293,14 @@ mod tests {
     fn sample() -> Resolution {
         Resolution {
             log: vec!["debian: using suites bookworm (main)".into()],
-            packages: vec![CachedDeb {
+            packages: vec![ResolvedDeb {
                 package: "runc".into(),
                 version: "1.1.5+ds1-1".into(),
                 architecture: "amd64".into(),
                 filename: "runc_1.1.5+ds1-1_amd64.deb".into(),
                 sha256: "ab".repeat(32),
                 size: 42,
+                path: PathBuf::new(),
             }],
         }
     }

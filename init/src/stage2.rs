@@ -413,6 +413,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         "stage 2: {} {} from slot {slot}",
         handoff.name, handoff.version
     ));
+    crate::containerd::prefetch();
     BOOT.step("basics", || system_basics(&handoff))?;
     let mut warnings = Vec::new();
     let state_dir = BOOT.step("state", || storage::mount_state(&handoff, &mut warnings))?;

@@ -177,6 +177,7 @@ fn check_timeline(console: &str) {
         "handoff",
         "switch",
         "basics",
+        "prefetch",
         "state",
         "entries",
         "config",
@@ -216,5 +217,10 @@ fn check_timeline(console: &str) {
     before("var", "role");
     before("images", "bless");
     before("containers", "bless");
+    // containerd's executable is read ahead from the start of stage 2, beside the basics.
+    assert!(
+        find("prefetch").1 <= find("basics").2,
+        "prefetch must start with stage 2, beside the basics: {line}"
+    );
     assert_eq!(steps.last().map(|s| s.0), Some("bless"), "{line}");
 }

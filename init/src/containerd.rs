@@ -16,15 +16,30 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 /// documents it; a profile bakes files there with `image.files`.
 pub const REGISTRY_CONFIG_DIR: &str = "/etc/containerd/certs.d";
 
+/// Plugins a Keel node cannot use, off so that containerd does not try them at every start:
+/// `opt` (/opt belongs to CNI DaemonSets); the aufs, btrfs, zfs and devmapper snapshotters
+/// (`/var` is ext4 and the CRI plugin uses overlayfs; aufs alone ran `modprobe aufs`, 0.2 s
+/// of a 1 s start under TCG, measured from containerd's own log). The v1 runtime stays on
+/// although nothing uses it: containerd 1.6's tasks service, and so the CRI plugin, will not
+/// load without it.
+pub const DISABLED_PLUGINS: &[&str] = &[
+    "io.containerd.internal.v1.opt",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.snapshotter.v1.devmapper",
+];
+
 /// containerd 1.6 configuration (version 2): state on /var and /run, cgroupfs (no systemd),
 /// the CRI plugin on with the pause image the node makes and the CNI directories on /var, and
-/// the `opt` plugin off (Keel does not use it; /opt belongs to CNI DaemonSets).
+/// the [`DISABLED_PLUGINS`] off.
 pub fn config() -> String {
+    let disabled: Vec<String> = DISABLED_PLUGINS.iter().map(|p| format!("{p:?}")).collect();
     format!(
         r#"version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
-disabled_plugins = ["io.containerd.internal.v1.opt"]
+disabled_plugins = [{disabled}]
 
 [grpc]
   address = "/run/containerd/containerd.sock"
@@ -52,6 +67,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt"]
         bin_dir = crate::cni::BIN_DIR,
         conf_dir = crate::cni::CONF_DIR,
         registries = REGISTRY_CONFIG_DIR,
+        disabled = disabled.join(", "),
     )
 }
 
@@ -180,12 +196,23 @@ mod tests {
     use keel_contract::profile::RestartPolicy;
 
     #[test]
-    fn config_parses_as_toml_with_the_opt_plugin_disabled() {
+    fn config_parses_as_toml_with_the_unusable_plugins_disabled() {
         let value: toml::Table = toml::from_str(&config()).unwrap();
         assert_eq!(value["version"].as_integer(), Some(2));
-        assert_eq!(
-            value["disabled_plugins"][0].as_str(),
-            Some("io.containerd.internal.v1.opt")
+        let disabled: Vec<&str> = value["disabled_plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        assert_eq!(disabled, DISABLED_PLUGINS);
+        assert!(disabled.contains(&"io.containerd.internal.v1.opt"));
+        assert!(disabled.contains(&"io.containerd.snapshotter.v1.aufs"));
+        // The CRI plugin's snapshotter and runtime stay on.
+        assert!(
+            !disabled
+                .iter()
+                .any(|p| p.ends_with(".overlayfs") || p.contains(".runtime."))
         );
         assert_eq!(value["root"].as_str(), Some("/var/lib/containerd"));
         let cri = &value["plugins"]["io.containerd.grpc.v1.cri"];

@@ -36,6 +36,16 @@ const BLACKLIST: &[&str] = &[
     "pcspkr",
     "amd76x_edac",
 ];
+/// Drivers no step before ready needs, matched by where their file is: CPU frequency
+/// scaling. They are set aside by [`Hardware::settle`] and loaded after the health gate
+/// ([`load_after_ready`]). On a VM they decline (ENODEV) after probing the platform:
+/// `acpi_cpufreq` and `pcc_cpufreq` cost 90 ms of stage 2 under TCG, measured per module.
+const AFTER_READY_DIRS: &[&str] = &["/kernel/drivers/cpufreq/"];
+
+/// Drivers set aside for after ready: each module with its files, dependencies first.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AfterReady(pub Vec<(String, Vec<PathBuf>)>);
+
 /// Rounds of [`Hardware::settle`]: the deepest chain seen is PCI HBA -> USB/SCSI bus ->
 /// disk driver; more rounds only guard against a surprise, never a loop.
 const MAX_ROUNDS: usize = 4;
@@ -54,11 +64,13 @@ pub struct Hardware {
     pub missing: BTreeSet<String>,
     /// Drivers that would not load (ENODEV: not for this variant of the device).
     pub declined: BTreeSet<String>,
+    /// Drivers a device asked for that wait until after ready ([`AFTER_READY_DIRS`]).
+    pub after_ready: BTreeMap<String, Vec<PathBuf>>,
     /// Whether the kernel has a module already (stage 1 loaded it): `/sys/module/NAME`.
     pub is_loaded: fn(&str) -> bool,
 }
 
-fn in_sys_module(name: &str) -> bool {
+pub fn in_sys_module(name: &str) -> bool {
     Path::new("/sys/module").join(name).exists()
 }
 
@@ -71,6 +83,7 @@ impl Hardware {
             drivers: BTreeMap::new(),
             missing: BTreeSet::new(),
             declined: BTreeSet::new(),
+            after_ready: BTreeMap::new(),
             is_loaded: in_sys_module,
         }
     }
@@ -116,7 +129,12 @@ impl Hardware {
             if self.missing.contains(&module)
                 || self.declined.contains(&module)
                 || BLACKLIST.contains(&module.as_str())
+                || self.after_ready.contains_key(&module)
             {
+                continue;
+            }
+            if let Some(files) = self.deps.load_order(&module).filter(|f| is_after_ready(f)) {
+                self.after_ready.insert(module, files);
                 continue;
             }
             match self.load_one(&module, loaded, load) {
@@ -218,6 +236,72 @@ impl Hardware {
             .collect();
         names.join(", ")
     }
+}
+
+/// Whether a module's own file (the last of its load order) is under [`AFTER_READY_DIRS`].
+fn is_after_ready(files: &[PathBuf]) -> bool {
+    files.last().is_some_and(|own| {
+        let own = own.to_string_lossy();
+        AFTER_READY_DIRS.iter().any(|dir| own.contains(dir))
+    })
+}
+
+impl Hardware {
+    /// The drivers set aside for after ready, taken out of this scan.
+    pub fn take_after_ready(&mut self) -> AfterReady {
+        AfterReady(std::mem::take(&mut self.after_ready).into_iter().collect())
+    }
+}
+
+/// Loads the drivers set aside by [`Hardware::settle`] (skipping files in `loaded` or known
+/// to the kernel); one line says which loaded and which declined (not for this machine).
+pub fn load_after_ready(
+    late: &AfterReady,
+    loaded: &BTreeSet<PathBuf>,
+    is_loaded: fn(&str) -> bool,
+    load: &mut LoadFn<'_>,
+    log: &dyn Fn(&str),
+) -> usize {
+    let (mut drivers, mut declined, mut count) = (Vec::new(), Vec::new(), 0);
+    for (module, files) in &late.0 {
+        let mut ok = true;
+        for file in files {
+            let name = crate::kmod::name_of(&file.display().to_string());
+            if loaded.contains(file) || is_loaded(&name) {
+                continue;
+            }
+            match load(file) {
+                Ok(()) => count += 1,
+                Err(e) => {
+                    if !matches!(e.source.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) {
+                        log(&format!("warning: driver {module}: {e}"));
+                    }
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            drivers.push(module.as_str());
+        } else {
+            declined.push(module.as_str());
+        }
+    }
+    if !late.0.is_empty() {
+        let list = |v: &[&str]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        log(&format!(
+            "drivers after ready: loaded {}; not for this machine {}",
+            list(&drivers),
+            list(&declined)
+        ));
+    }
+    count
 }
 
 enum Failure {

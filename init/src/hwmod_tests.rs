@@ -21,6 +21,8 @@ kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko
 kernel/drivers/acpi/button.ko:
 kernel/drivers/scsi/hv_storvsc.ko:
 kernel/drivers/char/platform_only.ko:
+kernel/drivers/cpufreq/acpi-cpufreq.ko:
+kernel/drivers/cpufreq/pcc-cpufreq.ko:
 ";
 
 const ALIAS: &str = "\
@@ -35,6 +37,8 @@ alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* uas
 alias platform:pcspkr pcspkr
 alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
 alias fs-squashfs squashfs
+alias acpi*:ACPI0007:* acpi_cpufreq
+alias acpi*:PCCA0001:* pcc_cpufreq
 ";
 
 fn write(root: &Path, dir: &str, alias: &str) {
@@ -176,4 +180,50 @@ fn a_missing_driver_is_a_clear_line_once_and_not_an_error() {
     );
     assert_eq!(hw.summary(), "none");
     assert!(hw.declined.contains("platform_only"));
+}
+
+#[test]
+fn frequency_scaling_drivers_wait_until_after_ready_and_a_decline_is_named() {
+    let sys = tempfile::tempdir().unwrap();
+    let root = sys.path();
+    write(root, "LNXSYSTM:00/LNXPWRBN:00", "acpi:LNXPWRBN:");
+    write(root, "LNXSYSTM:00/ACPI0007:00", "acpi:ACPI0007:");
+    write(root, "LNXSYSTM:00/PCCA0001:00", "acpi:PCCA0001:");
+    let calls = RefCell::new(Vec::new());
+    let mut load = |path: &Path| {
+        calls.borrow_mut().push(path.display().to_string());
+        match path.ends_with("pcc-cpufreq.ko") {
+            // Declined: not for this machine, as on a VM.
+            true => Err(sys::SysError {
+                what: format!("load module {}", path.display()),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            }),
+            false => Ok(()),
+        }
+    };
+    let mut hw = hardware();
+    let n = hw.settle(root, &mut BTreeSet::new(), &mut load, &|_| {});
+    assert_eq!(n, 1);
+    assert_eq!(*calls.borrow(), ["/m/kernel/drivers/acpi/button.ko"]);
+    let late = hw.take_after_ready();
+    let names: Vec<&str> = late.0.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(names, ["acpi_cpufreq", "pcc_cpufreq"]);
+    // A second scan does not set them aside again, nor load them.
+    assert_eq!(hw.settle(root, &mut BTreeSet::new(), &mut load, &|_| {}), 0);
+    assert!(hw.take_after_ready().0.is_empty());
+    assert_eq!(calls.borrow().len(), 1);
+
+    let logs = RefCell::new(Vec::new());
+    let n = load_after_ready(&late, &BTreeSet::new(), |_| false, &mut load, &|l| {
+        logs.borrow_mut().push(l.to_owned())
+    });
+    assert_eq!(n, 1);
+    assert_eq!(
+        *logs.borrow(),
+        ["drivers after ready: loaded acpi_cpufreq; not for this machine pcc_cpufreq"]
+    );
+    // Already in the kernel: not loaded again.
+    calls.borrow_mut().clear();
+    load_after_ready(&late, &BTreeSet::new(), |_| true, &mut load, &|_| {});
+    assert!(calls.borrow().is_empty());
 }

@@ -56,8 +56,9 @@ fn warn(warnings: &mut Vec<String>, line: String) {
     warnings.push(line);
 }
 
-/// The drivers the devices found ask for, among all of the root's modules.
-fn load_drivers(loaded: &mut BTreeSet<PathBuf>) {
+/// The drivers the devices found ask for, among all of the root's modules; those no step
+/// before ready needs are returned for [`load_drivers_after_ready`].
+fn load_drivers(loaded: &mut BTreeSet<PathBuf>) -> hwmod::AfterReady {
     match hwmod::Hardware::for_running_kernel() {
         Ok(mut hw) => {
             let n = hw.settle(
@@ -70,14 +71,45 @@ fn load_drivers(loaded: &mut BTreeSet<PathBuf>) {
                 "{n} modules loaded for the devices found: {}",
                 hw.summary()
             ));
+            hw.take_after_ready()
         }
-        Err(e) => log(&format!("warning: no drivers loaded by device: {e}")),
+        Err(e) => {
+            log(&format!("warning: no drivers loaded by device: {e}"));
+            hwmod::AfterReady::default()
+        }
     }
+}
+
+/// The drivers [`load_drivers`] set aside, on a thread of their own once the node is ready.
+fn load_drivers_after_ready(late: Drivers) {
+    if late.after_ready.0.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("drivers-after-ready".into())
+        .spawn(move || {
+            hwmod::load_after_ready(
+                &late.after_ready,
+                &late.loaded,
+                hwmod::in_sys_module,
+                &mut hwmod::finit,
+                &|m| log(m),
+            )
+        });
+    if let Err(e) = spawned {
+        log(&format!("warning: drivers after ready: {e}"));
+    }
+}
+
+/// What stage 2's basics loaded, and the drivers left for after ready.
+struct Drivers {
+    loaded: BTreeSet<PathBuf>,
+    after_ready: hwmod::AfterReady,
 }
 
 /// Signals, the basic mounts, modules, /etc, EFI variables, the power button, the ESP and the
 /// reaper: what every later step stands on.
-fn system_basics(handoff: &Handoff) -> Result<(), String> {
+fn system_basics(handoff: &Handoff) -> Result<Drivers, String> {
     power::install_signal_handlers();
     sys::ctrl_alt_del_to_signal();
     mounts::stage2_basics().map_err(|e| e.to_string())?;
@@ -86,7 +118,7 @@ fn system_basics(handoff: &Handoff) -> Result<(), String> {
         Some(deps) => deps.load(MODULES, &mut loaded, &|m| log(m)),
         None => log("warning: no modules.dep for the running kernel"),
     }
-    load_drivers(&mut loaded);
+    let after_ready = load_drivers(&mut loaded);
     mounts::etc_overlay().map_err(|e| e.to_string())?;
     if let Err(e) = mounts::efivars() {
         log(&format!("warning: {e} (no firmware timing information)"));
@@ -94,7 +126,10 @@ fn system_basics(handoff: &Handoff) -> Result<(), String> {
     power::watch_power_button(log);
     storage::mount_esp(handoff)?;
     Reaper::global().map_err(|e| format!("reaper: {e}"))?;
-    Ok(())
+    Ok(Drivers {
+        loaded,
+        after_ready,
+    })
 }
 
 /// The node's configuration: a boot-time source (fw_cfg, `keel.config=` URL, config drive),
@@ -414,7 +449,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         handoff.name, handoff.version
     ));
     crate::containerd::prefetch();
-    BOOT.step("basics", || system_basics(&handoff))?;
+    let drivers = BOOT.step("basics", || system_basics(&handoff))?;
     let mut warnings = Vec::new();
     let state_dir = BOOT.step("state", || storage::mount_state(&handoff, &mut warnings))?;
     // From here DATA, the host and containerd go on beside the main thread (`startup`). A
@@ -552,6 +587,7 @@ fn run() -> Result<std::convert::Infallible, String> {
         *list = start_order.clone();
     }
     pass_health_gate(&handoff, &state_dir, &deadline, boot);
+    load_drivers_after_ready(drivers);
     serve(&start_order, &net_state, &hostname, boot)
 }
 

@@ -17,6 +17,9 @@ use super::{Health, lock};
 
 /// Check cadence until the first success, so dependents start promptly.
 const STARTUP_CADENCE: Duration = Duration::from_millis(100);
+/// The same for a Unix socket: a `connect` costs next to nothing, and the boot's health gate
+/// waits on containerd's socket, so a finer cadence answers ~40 ms sooner on average.
+const SOCKET_STARTUP_CADENCE: Duration = Duration::from_millis(20);
 const MIN_PAUSE: Duration = Duration::from_millis(10);
 
 /// Stops a checker thread, also in the middle of its sleep.
@@ -82,12 +85,20 @@ impl Checker {
             let pause = if passed {
                 self.interval
             } else {
-                self.interval.min(STARTUP_CADENCE)
+                self.interval.min(startup_cadence(&self.health))
             };
             if self.token.sleep(pause.max(MIN_PAUSE)) {
                 return;
             }
         }
+    }
+}
+
+/// How often a check runs until its first success.
+fn startup_cadence(health: &Health) -> Duration {
+    match health {
+        Health::UnixSocket(_) => SOCKET_STARTUP_CADENCE,
+        _ => STARTUP_CADENCE,
     }
 }
 

@@ -316,6 +316,24 @@ impl VmConfig {
     }
 }
 
+/// Connects to one of QEMU's server sockets. QEMU creates the file when it binds and listens
+/// just after, so a connect in between is refused: seen once in a suite run under load, right
+/// after [`Vm::start`] saw the file. Refusals are retried for up to 5 s.
+fn connect_when_listening(path: &Path) -> std::io::Result<UnixStream> {
+    let start = Instant::now();
+    loop {
+        match UnixStream::connect(path) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && start.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A running VM. Dropping it kills QEMU.
 pub struct Vm {
     pub config: VmConfig,
@@ -383,14 +401,14 @@ impl Vm {
 
     /// A connection to the serial console.
     pub fn serial(&self) -> Result<UnixStream, QemuError> {
-        UnixStream::connect(self.config.serial_socket())
+        connect_when_listening(&self.config.serial_socket())
             .map_err(io_err("connecting to the serial console"))
     }
 
     /// Sends one QMP command and returns the reply line.
     pub fn qmp(&self, command: &str) -> Result<String, QemuError> {
-        let stream =
-            UnixStream::connect(self.config.qmp_socket()).map_err(io_err("connecting to QMP"))?;
+        let stream = connect_when_listening(&self.config.qmp_socket())
+            .map_err(io_err("connecting to QMP"))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(io_err("QMP"))?;

@@ -80,25 +80,19 @@ fn load_drivers(loaded: &mut BTreeSet<PathBuf>) -> hwmod::AfterReady {
     }
 }
 
-/// The drivers [`load_drivers`] set aside, on a thread of their own once the node is ready.
+/// The drivers [`load_drivers`] set aside, once the node is ready, on the main thread before
+/// its loop (a few module loads need no thread of their own, with its stack and arena).
 fn load_drivers_after_ready(late: Drivers) {
     if late.after_ready.0.is_empty() {
         return;
     }
-    let spawned = std::thread::Builder::new()
-        .name("drivers-after-ready".into())
-        .spawn(move || {
-            hwmod::load_after_ready(
-                &late.after_ready,
-                &late.loaded,
-                hwmod::in_sys_module,
-                &mut hwmod::finit,
-                &|m| log(m),
-            )
-        });
-    if let Err(e) = spawned {
-        log(&format!("warning: drivers after ready: {e}"));
-    }
+    hwmod::load_after_ready(
+        &late.after_ready,
+        &late.loaded,
+        hwmod::in_sys_module,
+        &mut hwmod::finit,
+        &|m| log(m),
+    );
 }
 
 /// What stage 2's basics loaded, and the drivers left for after ready.

@@ -179,27 +179,12 @@ impl Hardware {
             return Ok(None);
         }
         let files = files.ok_or_else(|| Failure::Missing(format!("not in {}", modules::DEP)))?;
-        let mut count = 0;
-        for file in files {
-            let name = crate::kmod::name_of(&file.display().to_string());
-            if loaded.contains(&file) || (self.is_loaded)(&name) {
-                continue;
-            }
-            match load(&file) {
-                Ok(()) => {
-                    count += 1;
-                    loaded.insert(file);
-                }
-                Err(e) => {
-                    return Err(match e.source.raw_os_error() {
-                        Some(libc::ENOENT) => Failure::Missing(e.to_string()),
-                        Some(libc::ENODEV) => Failure::Declined,
-                        _ => Failure::Other(e.to_string()),
-                    });
-                }
-            }
-        }
-        Ok(Some(count))
+        load_files(&files, loaded, self.is_loaded, load).map(Some)
+    }
+
+    /// The drivers set aside for after ready, taken out of this scan.
+    pub fn take_after_ready(&mut self) -> AfterReady {
+        AfterReady(std::mem::take(&mut self.after_ready).into_iter().collect())
     }
 
     /// Rounds of scanning `sys_devices` and loading, until a round loads nothing.
@@ -246,45 +231,58 @@ fn is_after_ready(files: &[PathBuf]) -> bool {
     })
 }
 
-impl Hardware {
-    /// The drivers set aside for after ready, taken out of this scan.
-    pub fn take_after_ready(&mut self) -> AfterReady {
-        AfterReady(std::mem::take(&mut self.after_ready).into_iter().collect())
+/// Loads `files` (one module, dependencies first), skipping those in `loaded` or known to the
+/// kernel; each file loaded joins `loaded`. Returns how many were loaded.
+fn load_files(
+    files: &[PathBuf],
+    loaded: &mut BTreeSet<PathBuf>,
+    is_loaded: fn(&str) -> bool,
+    load: &mut LoadFn<'_>,
+) -> Result<usize, Failure> {
+    let mut count = 0;
+    for file in files {
+        let name = crate::kmod::name_of(&file.display().to_string());
+        if loaded.contains(file) || is_loaded(&name) {
+            continue;
+        }
+        match load(file) {
+            Ok(()) => {
+                count += 1;
+                loaded.insert(file.clone());
+            }
+            Err(e) => {
+                return Err(match e.source.raw_os_error() {
+                    Some(libc::ENOENT) => Failure::Missing(e.to_string()),
+                    Some(libc::ENODEV) => Failure::Declined,
+                    _ => Failure::Other(e.to_string()),
+                });
+            }
+        }
     }
+    Ok(count)
 }
 
 /// Loads the drivers set aside by [`Hardware::settle`] (skipping files in `loaded` or known
 /// to the kernel); one line says which loaded and which declined (not for this machine).
 pub fn load_after_ready(
     late: &AfterReady,
-    loaded: &BTreeSet<PathBuf>,
+    loaded: &mut BTreeSet<PathBuf>,
     is_loaded: fn(&str) -> bool,
     load: &mut LoadFn<'_>,
     log: &dyn Fn(&str),
 ) -> usize {
     let (mut drivers, mut declined, mut count) = (Vec::new(), Vec::new(), 0);
     for (module, files) in &late.0 {
-        let mut ok = true;
-        for file in files {
-            let name = crate::kmod::name_of(&file.display().to_string());
-            if loaded.contains(file) || is_loaded(&name) {
-                continue;
+        match load_files(files, loaded, is_loaded, load) {
+            Ok(n) => {
+                count += n;
+                drivers.push(module.as_str());
             }
-            match load(file) {
-                Ok(()) => count += 1,
-                Err(e) => {
-                    if !matches!(e.source.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) {
-                        log(&format!("warning: driver {module}: {e}"));
-                    }
-                    ok = false;
-                    break;
-                }
+            Err(Failure::Missing(_) | Failure::Declined) => declined.push(module.as_str()),
+            Err(Failure::Other(e)) => {
+                log(&format!("warning: driver {module}: {e}"));
+                declined.push(module.as_str());
             }
-        }
-        if ok {
-            drivers.push(module.as_str());
-        } else {
-            declined.push(module.as_str());
         }
     }
     if !late.0.is_empty() {

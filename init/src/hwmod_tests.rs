@@ -214,7 +214,7 @@ fn frequency_scaling_drivers_wait_until_after_ready_and_a_decline_is_named() {
     assert_eq!(calls.borrow().len(), 1);
 
     let logs = RefCell::new(Vec::new());
-    let n = load_after_ready(&late, &BTreeSet::new(), |_| false, &mut load, &|l| {
+    let n = load_after_ready(&late, &mut BTreeSet::new(), |_| false, &mut load, &|l| {
         logs.borrow_mut().push(l.to_owned())
     });
     assert_eq!(n, 1);
@@ -224,6 +224,6 @@ fn frequency_scaling_drivers_wait_until_after_ready_and_a_decline_is_named() {
     );
     // Already in the kernel: not loaded again.
     calls.borrow_mut().clear();
-    load_after_ready(&late, &BTreeSet::new(), |_| true, &mut load, &|_| {});
+    load_after_ready(&late, &mut BTreeSet::new(), |_| true, &mut load, &|_| {});
     assert!(calls.borrow().is_empty());
 }

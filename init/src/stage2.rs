@@ -82,13 +82,13 @@ fn load_drivers(loaded: &mut BTreeSet<PathBuf>) -> hwmod::AfterReady {
 
 /// The drivers [`load_drivers`] set aside, once the node is ready, on the main thread before
 /// its loop (a few module loads need no thread of their own, with its stack and arena).
-fn load_drivers_after_ready(late: Drivers) {
+fn load_drivers_after_ready(mut late: Drivers) {
     if late.after_ready.0.is_empty() {
         return;
     }
     hwmod::load_after_ready(
         &late.after_ready,
-        &late.loaded,
+        &mut late.loaded,
         hwmod::in_sys_module,
         &mut hwmod::finit,
         &|m| log(m),

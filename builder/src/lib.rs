@@ -31,6 +31,7 @@ pub mod disk;
 /// The FAT writer and reader are shared with the node's installer (`keel-fat`).
 pub use keel_fat as fat;
 pub mod formats;
+pub mod in_order;
 pub mod init_binary;
 pub mod initramfs;
 pub mod kernel;

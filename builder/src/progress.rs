@@ -1,11 +1,13 @@
 //! Progress reporting: indicatif bars and spinners when stderr is a terminal, one plain line
 //! per phase otherwise (CI logs), nothing with `--quiet`; details with `-v`, the tools run
-//! with `-vv`.
+//! with `-vv`. Phases may run at the same time on several threads (a build writes the disk
+//! and the update bundle side by side): on a terminal their bars share one `MultiProgress`,
+//! and lines are printed through it so that they never tear a bar.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -27,6 +29,8 @@ pub enum Verbosity {
 pub struct Reporter {
     mode: Mode,
     verbosity: Verbosity,
+    /// The terminal's bars (Terminal mode only); clones share it.
+    bars: Option<MultiProgress>,
 }
 
 impl Reporter {
@@ -46,27 +50,33 @@ impl Reporter {
         } else {
             Mode::Plain
         };
-        Reporter { mode, verbosity }
+        let bars = (mode == Mode::Terminal).then(MultiProgress::new);
+        Reporter {
+            mode,
+            verbosity,
+            bars,
+        }
     }
 
     pub fn quiet() -> Self {
         Reporter {
             mode: Mode::Quiet,
             verbosity: Verbosity::Quiet,
+            bars: None,
         }
     }
 
     /// A line shown with `-v`: what went in, what was checked.
     pub fn detail(&self, text: &str) {
         if self.verbosity >= Verbosity::Verbose {
-            eprintln!("{text}");
+            print_line(self.bars.as_ref(), text);
         }
     }
 
     /// A line shown with `-vv`: the tools run and their arguments.
     pub fn debug(&self, text: &str) {
         if self.verbosity >= Verbosity::Debug {
-            eprintln!("{text}");
+            print_line(self.bars.as_ref(), text);
         }
     }
 
@@ -97,10 +107,15 @@ impl Reporter {
             }
             _ => None,
         };
+        let bar = match (&self.bars, bar) {
+            (Some(bars), Some(bar)) => Some(bars.add(bar)),
+            (_, bar) => bar,
+        };
         Phase {
             name: name.to_owned(),
             mode: self.mode,
             bar,
+            bars: self.bars.clone(),
             started: Instant::now(),
         }
     }
@@ -108,7 +123,7 @@ impl Reporter {
     /// A line of information outside any phase.
     pub fn note(&self, text: &str) {
         if self.mode != Mode::Quiet {
-            eprintln!("{text}");
+            print_line(self.bars.as_ref(), text);
         }
     }
 }
@@ -117,6 +132,7 @@ pub struct Phase {
     name: String,
     mode: Mode,
     bar: Option<ProgressBar>,
+    bars: Option<MultiProgress>,
     started: Instant,
 }
 
@@ -142,10 +158,25 @@ impl Phase {
             Mode::Terminal => {
                 if let Some(bar) = &self.bar {
                     bar.finish_and_clear();
+                    if let Some(bars) = &self.bars {
+                        bars.remove(bar);
+                    }
                 }
-                eprintln!("{:>12} {summary} ({secs:.1}s)", self.name);
+                print_line(
+                    self.bars.as_ref(),
+                    &format!("{:>12} {summary} ({secs:.1}s)", self.name),
+                );
             }
         }
+    }
+}
+
+/// One line on stderr, above the bars when there are any.
+fn print_line(bars: Option<&MultiProgress>, text: &str) {
+    match bars {
+        // The bars are cleared while the line is printed and drawn again below it.
+        Some(bars) => bars.suspend(|| eprintln!("{text}")),
+        None => eprintln!("{text}"),
     }
 }
 

@@ -245,7 +245,7 @@ pub(super) fn write_disk(
         .write_at(&mut disk, slot_a.offset)
         .map_err(io_at(disk_path))?;
     let state = partition(plan, PartitionRole::State)?;
-    write_at(&mut disk, state.offset, c.state_image).map_err(io_at(disk_path))?;
+    write_nonzero_at(&disk, state.offset, c.state_image).map_err(io_at(disk_path))?;
     disk.sync_all().map_err(io_at(disk_path))?;
     drop(disk);
     phase.finish(&format!(
@@ -257,8 +257,59 @@ pub(super) fn write_disk(
     Ok(())
 }
 
-fn write_at(file: &mut std::fs::File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    file.seek(SeekFrom::Start(offset))?;
-    file.write_all(bytes)
+/// Writes the 4 KiB pieces of `bytes` that are not all zeros. Only for a disk file just
+/// created with its full length, whose unwritten ranges read as zeros: STATE is a 64 MiB
+/// FAT image of which a few hundred KiB are not zero, and writing its zeros cost 0.14 s of a
+/// build's single-threaded tail (`strace` of a build: 207 MB written to `disk.raw`).
+fn write_nonzero_at(file: &std::fs::File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const PIECE: usize = 4096;
+    let zero = |piece: usize| {
+        let start = piece * PIECE;
+        bytes[start..bytes.len().min(start + PIECE)]
+            .iter()
+            .all(|&b| b == 0)
+    };
+    let pieces = bytes.len().div_ceil(PIECE);
+    let mut piece = 0;
+    while piece < pieces {
+        if zero(piece) {
+            piece += 1;
+            continue;
+        }
+        // One write per run of pieces that are not zero.
+        let run = (piece..pieces).find(|&p| zero(p)).unwrap_or(pieces);
+        let end = bytes.len().min(run * PIECE);
+        file.write_all_at(&bytes[piece * PIECE..end], offset + (piece * PIECE) as u64)?;
+        piece = run;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pieces_that_are_not_zero_are_written_and_the_file_reads_the_same() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let file = std::fs::File::create_new(&path).unwrap();
+        let offset = 1 << 20;
+        file.set_len(offset + (8 << 20)).unwrap();
+        // Zeros, a run of two pieces, zeros, one byte late in a piece, and a short last piece.
+        let mut bytes = vec![0u8; (6 << 20) + 100];
+        bytes[8192..16384].fill(0xa5);
+        bytes[(3 << 20) + 4095] = 1;
+        *bytes.last_mut().unwrap() = 2;
+        write_nonzero_at(&file, offset, &bytes).unwrap();
+        file.sync_all().unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert!(written[..offset as usize].iter().all(|&b| b == 0));
+        assert_eq!(&written[offset as usize..][..bytes.len()], &bytes[..]);
+        // Four pieces hold data; the rest of the 9 MiB file is holes.
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated <= 64 << 10, "{allocated} bytes allocated");
+    }
 }

@@ -186,13 +186,26 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
     // the disk files are owner-only from their first byte, like the secrets file itself.
     let private = prepared.node_secrets.is_some();
     let disk = out.path().join(output::DISK);
-    image::write_disk(&disk, &plan, private, &contents, sde, rep)?;
-
-    outputs::write_boot_files(&out, &signed, &boot, &initramfs)?;
-    outputs::write_update_bundle(&out, &manifest, &signed, &boot, &initramfs, &payload, rep)?;
-    if image.formats.contains(&OutputFormat::Pxe) {
-        outputs::write_pxe(&out, &manifest, &signed, &boot, &initramfs, &payload, rep)?;
-    }
+    let beside = outputs::BesideDisk {
+        out: &out,
+        manifest: &manifest,
+        signed: &signed,
+        boot: &boot,
+        initramfs: &initramfs,
+        payload: &payload,
+        pxe: image.formats.contains(&OutputFormat::Pxe),
+    };
+    // The disk and the files beside it are written from the same buffers and need nothing
+    // from each other; each is mostly one core copying into the page cache, after a squashfs
+    // phase that kept both cores busy: side by side they take the time of the longer one.
+    std::thread::scope(|scope| {
+        let beside = scope.spawn(|| beside.write(rep));
+        let disk_written = image::write_disk(&disk, &plan, private, &contents, sde, rep);
+        let beside_written = beside
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        disk_written.and(beside_written)
+    })?;
     outputs::write_sbom(&out, &manifest)?;
     outputs::convert_formats(&image.formats, &out, sde, &plan.disk_guid, private, rep)?;
     let files = out.list()?;

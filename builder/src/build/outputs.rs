@@ -14,8 +14,41 @@ use super::{BuildError, OutputDir};
 use crate::initramfs::Initramfs;
 use crate::progress::{Reporter, human_bytes};
 
+/// Everything a build writes from the payload's and boot files' buffers besides the disk:
+/// `manifest.json`, its signature, `vmlinuz`, `initramfs`, the update bundle and, when the
+/// profile asks for it, `pxe/`.
+pub(super) struct BesideDisk<'a> {
+    pub out: &'a OutputDir,
+    pub manifest: &'a Manifest,
+    pub signed: &'a Signed,
+    pub boot: &'a BootFiles,
+    pub initramfs: &'a Initramfs,
+    pub payload: &'a Payload,
+    pub pxe: bool,
+}
+
+impl BesideDisk<'_> {
+    pub fn write(&self, rep: &Reporter) -> Result<(), BuildError> {
+        let BesideDisk {
+            out,
+            manifest,
+            signed,
+            boot,
+            initramfs,
+            payload,
+            pxe,
+        } = *self;
+        write_boot_files(out, signed, boot, initramfs)?;
+        write_update_bundle(out, manifest, signed, boot, initramfs, payload, rep)?;
+        if pxe {
+            write_pxe(out, manifest, signed, boot, initramfs, payload, rep)?;
+        }
+        Ok(())
+    }
+}
+
 /// `manifest.json`, its signature, `vmlinuz` and `initramfs`.
-pub(super) fn write_boot_files(
+fn write_boot_files(
     out: &OutputDir,
     signed: &Signed,
     boot: &BootFiles,
@@ -29,7 +62,7 @@ pub(super) fn write_boot_files(
 
 /// The update bundle: the same signed manifest, signature, kernel and initramfs, and the
 /// payload streamed from the same buffers that were just written into KEEL-A.
-pub(super) fn write_update_bundle(
+fn write_update_bundle(
     out: &OutputDir,
     manifest: &Manifest,
     signed: &Signed,
@@ -69,7 +102,7 @@ pub(super) fn write_update_bundle(
 
 /// `pxe/` when the profile asks for it: the same signed manifest, kernel and initramfs, and
 /// the payload streamed from the same buffers as KEEL-A's, as `root.img`.
-pub(super) fn write_pxe(
+fn write_pxe(
     out: &OutputDir,
     manifest: &Manifest,
     signed: &Signed,

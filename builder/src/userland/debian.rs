@@ -373,29 +373,16 @@ fn download(
 pub fn install(resolved: &[ResolvedDeb], tree: &mut Tree) -> Result<Vec<DebStats>, DebError> {
     let mut ordered: Vec<&ResolvedDeb> = resolved.iter().collect();
     ordered.sort_by(|a, b| (&a.package, &a.architecture).cmp(&(&b.package, &b.architecture)));
-    // Reading, checking and decompressing (xz, one core per package) runs in parallel;
-    // applying stays in name order, so the tree is the same whatever the scheduling.
-    use rayon::prelude::*;
-    let decoded: Vec<Result<deb::DecodedDeb, DebError>> = ordered
-        .par_iter()
-        .map(|r| {
-            let bytes = std::fs::read(&r.path).map_err(|source| DebError::Io {
-                path: r.path.clone(),
-                source,
-            })?;
-            let actual = hex::encode(Sha256::digest(&bytes));
-            if actual != r.sha256 {
-                return Err(DebError::Checksum {
-                    path: r.path.clone(),
-                    expected: r.sha256.clone(),
-                    actual,
-                });
-            }
-            deb::decode_deb(&bytes, &r.path)
-        })
-        .collect();
     let mut stats = Vec::with_capacity(ordered.len());
-    for (r, decoded) in ordered.into_iter().zip(decoded) {
+    // Reading, checking and decompressing (xz, one core per package) runs in parallel,
+    // largest first: the kernel's and containerd's packages take over a second each, and
+    // one started last would keep a core busy long after the others are done. Applying stays
+    // in name order, so the tree is the same whatever the scheduling.
+    let mut largest_first: Vec<usize> = (0..ordered.len()).collect();
+    largest_first.sort_by_key(|&i| std::cmp::Reverse(ordered[i].size));
+    let decode = |r: &&ResolvedDeb| read_and_decode(r);
+    crate::in_order::parallel_then_in_order(&ordered, largest_first, decode, |i, decoded| {
+        let r = ordered[i];
         let s = deb::apply_decoded(decoded?, &r.path, tree)?;
         if (
             s.package.as_str(),
@@ -413,7 +400,8 @@ pub fn install(resolved: &[ResolvedDeb], tree: &mut Tree) -> Result<Vec<DebStats
             });
         }
         stats.push(s);
-    }
+        Ok(())
+    })?;
     // What the packages' postinst scripts would have linked with update-alternatives.
     let wanted = stats
         .iter()
@@ -427,6 +415,22 @@ pub fn install(resolved: &[ResolvedDeb], tree: &mut Tree) -> Result<Vec<DebStats
         }
     })?;
     Ok(stats)
+}
+
+fn read_and_decode(r: &ResolvedDeb) -> Result<deb::DecodedDeb, DebError> {
+    let bytes = std::fs::read(&r.path).map_err(|source| DebError::Io {
+        path: r.path.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != r.sha256 {
+        return Err(DebError::Checksum {
+            path: r.path.clone(),
+            expected: r.sha256.clone(),
+            actual,
+        });
+    }
+    deb::decode_deb(&bytes, &r.path)
 }
 
 fn validate(src: &DebianSource) -> Result<(), DebianError> {

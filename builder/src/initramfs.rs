@@ -24,6 +24,10 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "hv_storvsc",
     // Stage 1 reads which disk systemd-boot booted from in efivarfs.
     keel_contract::layout::efi::EFIVARFS_MODULE,
+    // SHA-256 with SSSE3, AVX2 or SHA-NI, matched by the CPU's features: dm-verity picks the
+    // fastest SHA-256 the kernel has when stage 1 sets up the root, and without this module
+    // that is the generic C code for as long as the node runs (the kernel log names it).
+    "sha256_ssse3",
 ];
 
 /// With `pxe` among the formats, stage 1 may fetch the root over the network

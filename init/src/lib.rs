@@ -64,6 +64,7 @@ pub fn main() -> ! {
     // A panic anywhere (a bug) must not kill PID 1, nor leave it without the thread that
     // panicked (the reaper, a supervisor): it is fatal, on whatever thread it happens.
     std::panic::set_hook(Box::new(fatal::on_panic));
+    sys::keep_malloc_compact();
     let stage2 = std::env::args().any(|a| a == STAGE2_ARG);
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {

@@ -24,11 +24,16 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "hv_storvsc",
     // Stage 1 reads which disk systemd-boot booted from in efivarfs.
     keel_contract::layout::efi::EFIVARFS_MODULE,
-    // SHA-256 with SSSE3, AVX2 or SHA-NI, matched by the CPU's features: dm-verity picks the
-    // fastest SHA-256 the kernel has when stage 1 sets up the root, and without this module
-    // that is the generic C code for as long as the node runs (the kernel log names it).
-    "sha256_ssse3",
 ];
+
+/// The root's hash (SHA-256 with SSSE3, AVX or SHA-NI), loaded by name before the verity
+/// target is set up when the kernel has it as a module. dm-verity takes the fastest SHA-256
+/// the kernel has when the table is loaded and keeps it for as long as the node runs; without
+/// this it is `sha256-generic` on every machine (the kernel log says which). Its aliases are
+/// CPU features, which the drivers by device leave out (`cpu:` modaliases are not devices),
+/// so it goes in the list: on a CPU without those features it declines (ENODEV) and stage 1
+/// names it among the modules not for this machine.
+pub const VERITY_HASH_MODULES: &[&str] = &["sha256_ssse3"];
 
 /// With `pxe` among the formats, stage 1 may fetch the root over the network
 /// (`keel.root=`): the loop device the verified RAM copy is attached to, and the NIC drivers
@@ -98,6 +103,7 @@ pub fn build(
 ) -> Result<Initramfs, InitramfsError> {
     let mut wanted: Vec<&str> = REQUIRED_MODULES.to_vec();
     wanted.extend(OPTIONAL_MODULES.iter().filter(|m| index.contains(m)));
+    wanted.extend(VERITY_HASH_MODULES.iter().filter(|m| index.contains(m)));
     if spec.network_boot {
         wanted.extend(NETWORK_BOOT_MODULES.iter().filter(|m| index.contains(m)));
     }
@@ -118,10 +124,11 @@ pub fn build(
         .iter()
         .copied()
         .filter(|name| {
-            index
-                .modules
-                .get(&name.replace('-', "_"))
-                .is_some_and(|m| !m.is_driver())
+            VERITY_HASH_MODULES.contains(name)
+                || index
+                    .modules
+                    .get(&name.replace('-', "_"))
+                    .is_some_and(|m| !m.is_driver())
         })
         .collect();
     let load_list: String = index
@@ -244,6 +251,14 @@ mod tests {
                     "kernel/drivers/net/virtio_net.ko",
                     "virtio\0alias=virtio:d00000001v*",
                 ),
+                (
+                    "kernel/arch/x86/crypto/sha256-ssse3.ko",
+                    "\0alias=cpu:type:x86,ven*fam*mod*:feature:*0089*",
+                ),
+                (
+                    "kernel/arch/x86/crypto/aesni-intel.ko",
+                    "\0alias=cpu:type:x86,ven*fam*mod*:feature:*0099*",
+                ),
             ],
             &[],
         );
@@ -269,7 +284,8 @@ mod tests {
                 "nls_cp437",
                 "nls_ascii",
                 "virtio",
-                "virtio_blk"
+                "virtio_blk",
+                "sha256_ssse3"
             ]
         );
         let text = String::from_utf8_lossy(&out.bytes);
@@ -286,9 +302,17 @@ mod tests {
         let load = cpio_file(&out.bytes, "etc/keel/modules.load");
         assert!(load.starts_with("/usr/lib/modules/6.1.0-t/kernel/fs/squashfs/squashfs.ko\n/usr/lib/modules/6.1.0-t/kernel/drivers/md/dm-mod.ko\n"), "{load}");
         assert!(!load.contains("virtio"), "{load}");
+        // The verity hash is loaded by name although its aliases are CPU features; other
+        // CPU-feature modules are not shipped.
+        assert!(
+            load.contains("/kernel/arch/x86/crypto/sha256-ssse3.ko\n"),
+            "{load}"
+        );
+        assert!(!out.modules.iter().any(|m| m == "aesni_intel"));
         assert_eq!(
             cpio_file(&out.bytes, "usr/lib/modules/6.1.0-t/modules.alias"),
-            "alias virtio:d00000002v* virtio_blk\n"
+            "alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3\n\
+             alias virtio:d00000002v* virtio_blk\n"
         );
         assert_eq!(
             build(&tree, &index, &spec).unwrap().bytes,

@@ -195,17 +195,10 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         payload: &payload,
         pxe: image.formats.contains(&OutputFormat::Pxe),
     };
-    // The disk and the files beside it are written from the same buffers and need nothing
-    // from each other; each is mostly one core copying into the page cache, after a squashfs
-    // phase that kept both cores busy: side by side they take the time of the longer one.
-    std::thread::scope(|scope| {
-        let beside = scope.spawn(|| beside.write(rep));
-        let disk_written = image::write_disk(&disk, &plan, private, &contents, sde, rep);
-        let beside_written = beside
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        disk_written.and(beside_written)
-    })?;
+    side_by_side(
+        || image::write_disk(&disk, &plan, private, &contents, sde, rep),
+        || beside.write(rep),
+    )?;
     outputs::write_sbom(&out, &manifest)?;
     outputs::convert_formats(&image.formats, &out, sde, &plan.disk_guid, private, rep)?;
     let files = out.list()?;
@@ -214,6 +207,25 @@ pub fn build(req: &BuildRequest, rep: &Reporter) -> Result<BuildReport, BuildErr
         output,
         manifest,
         files,
+    })
+}
+
+/// Runs `first` here and `second` on a thread of its own; the first error wins and a panic
+/// is raised again here. For the disk and the files beside it: they are written from the
+/// same buffers and need nothing from each other, and each is mostly one core copying into
+/// the page cache after a squashfs phase that kept both cores busy, so side by side they
+/// take the time of the longer one (0.5 s instead of 1.0 s for the stock worker).
+fn side_by_side(
+    first: impl FnOnce() -> Result<(), BuildError>,
+    second: impl FnOnce() -> Result<(), BuildError> + Send,
+) -> Result<(), BuildError> {
+    std::thread::scope(|scope| {
+        let second = scope.spawn(second);
+        let first = first();
+        let second = second
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        first.and(second)
     })
 }
 

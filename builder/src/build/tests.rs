@@ -1,5 +1,5 @@
 //! STATE as a build writes it: the node's share of the cluster secrets and nothing more,
-//! read back through `fatfs`.
+//! read back through `fatfs`; the two writers run side by side.
 
 use std::io::Cursor;
 
@@ -119,5 +119,32 @@ fn without_secrets_state_has_only_the_marker() {
     assert_eq!(
         crate::fat::list_fat_dir(Cursor::new(image), "/").unwrap(),
         vec!["keel-state"]
+    );
+}
+
+#[test]
+fn side_by_side_runs_both_writers_and_reports_either_failure_or_panic() {
+    use super::{BuildError, side_by_side};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let second_ran = AtomicBool::new(false);
+    let result = side_by_side(
+        || Err(BuildError::Input("disk".into())),
+        || {
+            second_ran.store(true, Ordering::SeqCst);
+            Ok(())
+        },
+    );
+    assert!(matches!(result, Err(BuildError::Input(m)) if m == "disk"));
+    assert!(
+        second_ran.load(Ordering::SeqCst),
+        "a failed disk does not stop the other"
+    );
+    let result = side_by_side(|| Ok(()), || Err(BuildError::Input("bundle".into())));
+    assert!(matches!(result, Err(BuildError::Input(m)) if m == "bundle"));
+    assert!(side_by_side(|| Ok(()), || Ok(())).is_ok());
+    let panicked = std::panic::catch_unwind(|| side_by_side(|| Ok(()), || panic!("beside")));
+    assert!(
+        panicked.is_err(),
+        "a panic on the other thread is raised again"
     );
 }

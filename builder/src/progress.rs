@@ -82,35 +82,28 @@ impl Reporter {
 
     /// Starts a phase; `total` bytes when the work is measurable, for a bar.
     pub fn phase(&self, name: &str, total: Option<u64>) -> Phase {
-        let bar = match (self.mode, total) {
-            (Mode::Terminal, Some(total)) => {
-                let bar = ProgressBar::new(total);
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                );
-                bar.set_prefix(name.to_owned());
-                Some(bar)
-            }
-            (Mode::Terminal, None) => {
-                let bar = ProgressBar::new_spinner();
-                bar.set_style(
-                    ProgressStyle::with_template("{prefix:>12} {spinner} {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                bar.set_prefix(name.to_owned());
+        // Added to the terminal's bars (there are some only on a terminal) before it is
+        // styled or ticks, so that it is never drawn outside them.
+        let bar = self.bars.as_ref().map(|bars| {
+            let bar = bars.add(match total {
+                Some(total) => ProgressBar::new(total),
+                None => ProgressBar::new_spinner(),
+            });
+            bar.set_style(match total {
+                Some(_) => ProgressStyle::with_template(
+                    "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+                None => ProgressStyle::with_template("{prefix:>12} {spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            });
+            bar.set_prefix(name.to_owned());
+            if total.is_none() {
                 bar.enable_steady_tick(Duration::from_millis(120));
-                Some(bar)
             }
-            _ => None,
-        };
-        let bar = match (&self.bars, bar) {
-            (Some(bars), Some(bar)) => Some(bars.add(bar)),
-            (_, bar) => bar,
-        };
+            bar
+        });
         Phase {
             name: name.to_owned(),
             mode: self.mode,

@@ -11,15 +11,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{TryRecvError, channel};
 
-/// Runs `work` on every item on the current rayon pool, starting them in `start_order` (a
-/// permutation of the indices: the longest first keeps a long one from running alone at the
-/// end), and calls `consume(i, result)` on the calling thread for i = 0, 1, 2... in index
-/// order. Stops at the first error `consume` returns, skips the work not started yet and
-/// returns that error. Safe to call from a thread of the pool itself, even a one-thread pool:
-/// while it waits it runs queued work instead of blocking the pool.
+/// Runs `work` on every item on the current rayon pool, the highest `priority` first (the
+/// longest first keeps a long one from running alone at the end; ties in index order), and
+/// calls `consume(i, result)` on the calling thread for i = 0, 1, 2... in index order. Stops
+/// at the first error `consume` returns, skips the work not started yet and returns that
+/// error. Safe to call from a thread of the pool itself, even a one-thread pool: while it
+/// waits it runs queued work instead of blocking the pool.
 pub fn parallel_then_in_order<T, R, E>(
     items: &[T],
-    start_order: impl IntoIterator<Item = usize>,
+    priority: impl Fn(&T) -> u64,
     work: impl Fn(&T) -> R + Sync,
     mut consume: impl FnMut(usize, R) -> Result<(), E>,
 ) -> Result<(), E>
@@ -27,11 +27,12 @@ where
     T: Sync,
     R: Send,
 {
+    let mut start_order: Vec<usize> = (0..items.len()).collect();
+    start_order.sort_by_key(|&i| std::cmp::Reverse(priority(&items[i])));
     let stop = AtomicBool::new(false);
     let (tx, rx) = channel();
     rayon::in_place_scope_fifo(|scope| {
-        for i in start_order {
-            let Some(item) = items.get(i) else { continue };
+        for (i, item) in start_order.into_iter().map(|i| (i, &items[i])) {
             let (tx, stop, work) = (tx.clone(), &stop, &work);
             scope.spawn_fifo(move |_| {
                 if !stop.load(Ordering::Relaxed) {
@@ -77,7 +78,8 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
-    /// Later items finish first (item i sleeps (n - i) ms), yet are consumed in index order.
+    /// Later items start and finish first (item i sleeps (20 - i) ms), yet are consumed in
+    /// index order.
     fn consumed_order(threads: usize) -> Vec<usize> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -88,7 +90,7 @@ mod tests {
         pool.install(|| {
             parallel_then_in_order(
                 &items,
-                (0..items.len()).rev(),
+                |&i| i,
                 |&i| {
                     std::thread::sleep(Duration::from_millis(20 - i));
                     i * 10
@@ -115,11 +117,11 @@ mod tests {
 
     #[test]
     fn called_from_outside_any_pool_it_uses_the_global_one() {
-        let items = [3, 1, 2];
+        let items = [3u32, 1, 2];
         let mut sum = Vec::new();
         parallel_then_in_order(
             &items,
-            [1, 0, 2],
+            |&x| u64::from(x),
             |&x| x * 2,
             |_, r| {
                 sum.push(r);
@@ -142,7 +144,7 @@ mod tests {
         let result = pool.install(|| {
             parallel_then_in_order(
                 &items,
-                0..items.len(),
+                |_| 0,
                 |&i| {
                     ran.fetch_add(1, Ordering::Relaxed);
                     i
@@ -166,6 +168,6 @@ mod tests {
     #[test]
     fn no_items_is_no_work() {
         let none: [u8; 0] = [];
-        parallel_then_in_order(&none, 0..0, |_| (), |_, ()| Err("never")).unwrap();
+        parallel_then_in_order(&none, |_| 0, |_| (), |_, ()| Err("never")).unwrap();
     }
 }

@@ -378,10 +378,9 @@ pub fn install(resolved: &[ResolvedDeb], tree: &mut Tree) -> Result<Vec<DebStats
     // largest first: the kernel's and containerd's packages take over a second each, and
     // one started last would keep a core busy long after the others are done. Applying stays
     // in name order, so the tree is the same whatever the scheduling.
-    let mut largest_first: Vec<usize> = (0..ordered.len()).collect();
-    largest_first.sort_by_key(|&i| std::cmp::Reverse(ordered[i].size));
+    let size = |r: &&ResolvedDeb| r.size;
     let decode = |r: &&ResolvedDeb| read_and_decode(r);
-    crate::in_order::parallel_then_in_order(&ordered, largest_first, decode, |i, decoded| {
+    crate::in_order::parallel_then_in_order(&ordered, size, decode, |i, decoded| {
         let r = ordered[i];
         let s = deb::apply_decoded(decoded?, &r.path, tree)?;
         if (

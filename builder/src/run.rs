@@ -101,6 +101,7 @@ pub struct RunOptions {
     pub keep_disk: bool,
     pub disk_size: String,
     pub memory: u32,
+    pub cpus: u8,
     pub forwards: Vec<String>,
     /// A profile whose node section (and the secrets for its role) the node gets at boot.
     pub profile: Option<PathBuf>,
@@ -207,6 +208,7 @@ pub fn run(path: &Path, opts: &RunOptions) -> Result<(), RunError> {
     }
     let mut config = VmConfig::new(&disk, &state_dir);
     config.memory_mib = opts.memory;
+    config.cpus = opts.cpus;
     config.forwards = plan.forwards;
     if let Some((profile, secrets)) = plan.boot {
         for (name, entry, text) in [

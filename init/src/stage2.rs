@@ -28,10 +28,13 @@ use crate::{
 
 /// Modules stage 2 loads from the root on every machine, when the kernel has them as
 /// modules: those no device asks for (ext4 for DATA, with the crc32c its checksums ask the
-/// crypto API for, which cannot load modules on demand here; container storage and
-/// networking, EFI variables, ISO 9660 and UTF-8 names for configuration given at boot).
-/// Drivers (the NIC, entropy, the power button, fw_cfg) are loaded for the devices found
-/// (`hwmod`). Debian's cloud kernel has ext4 and crc32c built in, the generic one as modules.
+/// crypto API for, which cannot load modules on demand here; container storage, EFI
+/// variables, ISO 9660 and UTF-8 names for configuration given at boot). The pod network's
+/// modules (bridge, br_netfilter, veth) are not here: nothing before ready uses them (system
+/// containers share the host's network), so they load once containerd is up
+/// (`kubelet_host::spawn_pod_network`). Drivers (the NIC, entropy, the power button, fw_cfg)
+/// are loaded for the devices found (`hwmod`). Debian's cloud kernel has ext4 and crc32c
+/// built in, the generic one as modules.
 const MODULES: &[&str] = &[
     "crc32c_generic",
     "ext4",
@@ -39,9 +42,6 @@ const MODULES: &[&str] = &[
     "efivarfs",
     "nls_utf8",
     "isofs",
-    "bridge",
-    "br_netfilter",
-    "veth",
 ];
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const ESP: &str = layout::root::ESP_MOUNT;

@@ -2,7 +2,9 @@
 //! image (debootstrap, systemd, the same kernel, containerd enabled), booted side by side
 //! with the same QEMU, firmware and settings. Run by `vm-tests/bench/boot-vs-debian`.
 //!
-//! Usage: boot_bench KEEL_OUTDIR DEBIAN_DISK [RUNS]
+//! Usage: boot_bench KEEL_OUTDIR DEBIAN_DISK [RUNS] [CPUS]
+//! CPUS: vCPUs of both VMs (default 1, the setting of the first figures; `keel run`
+//! gives two).
 //! Keel is ready at `keel: ready`; Debian when containerd.service has started (a marker unit).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -28,9 +30,12 @@ fn plain_log(vm: &Machine) -> String {
 
 /// Seconds from starting QEMU until `marker` appears in the console log (QEMU writes the
 /// log as the guest prints, so polling it measures the same moment for both systems).
-fn boot(name: &str, disk: &Path, dir: &Path, marker: &str) -> f64 {
+fn boot(name: &str, disk: &Path, dir: &Path, marker: &str, cpus: u8) -> f64 {
     let start = Instant::now();
-    let vm = Machine::start(name, disk, dir, |c| c.memory_mib = 1024);
+    let vm = Machine::start(name, disk, dir, |c| {
+        c.memory_mib = 1024;
+        c.cpus = cpus;
+    });
     while !plain_log(&vm).contains(marker) {
         if start.elapsed() > Duration::from_secs(600) {
             vm.fail(&format!("no {marker:?} within 600 s"));
@@ -57,6 +62,7 @@ fn main() {
     let keel_out = PathBuf::from(&args[1]);
     let debian_disk = PathBuf::from(&args[2]);
     let runs: usize = args.get(3).map(|r| r.parse().unwrap()).unwrap_or(3);
+    let cpus: u8 = args.get(4).map(|c| c.parse().unwrap()).unwrap_or(1);
     let dir = test_dir("boot_bench");
     let keel_disk = keel_vm_tests::vm_disk(&keel_out, &dir, 4 << 30);
     let deb_disk = dir.join("debian.raw");
@@ -68,12 +74,14 @@ fn main() {
         &keel_disk,
         &dir.join("keel-vm"),
         "keel: ready",
+        cpus,
     );
     boot(
         "bench-debian-warm",
         &deb_disk,
         &dir.join("debian-vm"),
         DEBIAN_READY,
+        cpus,
     );
     let (mut keel, mut debian) = (Vec::new(), Vec::new());
     println!("{:<4} {:>10} {:>12}", "run", "keel_s", "debian_s");
@@ -83,12 +91,14 @@ fn main() {
             &keel_disk,
             &dir.join("keel-vm"),
             "keel: ready",
+            cpus,
         );
         let d = boot(
             &format!("bench-debian-{i}"),
             &deb_disk,
             &dir.join("debian-vm"),
             DEBIAN_READY,
+            cpus,
         );
         println!("{:<4} {k:>10.2} {d:>12.2}", i + 1);
         keel.push(k);
@@ -96,7 +106,7 @@ fn main() {
     }
     let (k, d) = (median(keel), median(debian));
     println!(
-        "median: keel {k:.2}s, debian {d:.2}s, keel/debian {:.2}",
+        "median ({cpus} vCPU): keel {k:.2}s, debian {d:.2}s, keel/debian {:.2}",
         k / d
     );
 }

@@ -227,6 +227,9 @@ impl Machine {
     ) -> Machine {
         let mut config = VmConfig::new(disk, dir);
         config.memory_mib = 1024;
+        // One vCPU unless a test asks for more: the suite runs two lanes of VMs on a two-core
+        // machine, and `keel run`'s default (two) is booted by the node test.
+        config.cpus = 1;
         configure(&mut config);
         let vm = Vm::start(config).unwrap_or_else(|e| panic!("{name}: starting QEMU: {e}"));
         let serial = vm.serial().unwrap();

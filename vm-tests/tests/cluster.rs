@@ -148,6 +148,10 @@ fn create_and_check_etcd<'a>(cli: &'a Cli, dir: &Path, image: &Path) -> Ctx<'a> 
         "3",
         "--workers",
         "1",
+        // One vCPU per node (the default is two): four nodes share this machine's two cores
+        // with the suite's other lane.
+        "--cpus",
+        "1",
         "--wait-timeout",
         "1200",
         "--json",
@@ -456,6 +460,10 @@ fn restore(ctx: &Ctx, image: &Path, secrets: &Path, old_cluster_id: u64) {
         secrets.to_str().unwrap(),
         "--etcd-snapshot",
         snapshot.to_str().unwrap(),
+        // One vCPU per node (the default is two): four nodes share this machine's two cores
+        // with the suite's other lane.
+        "--cpus",
+        "1",
         "--wait-timeout",
         "1200",
         "--json",

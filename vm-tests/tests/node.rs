@@ -59,8 +59,14 @@ fn boots_to_ready_runs_a_system_container_blesses_and_keeps_var_across_reboots()
     let disk = vm_disk(&out, &dir, 6 << 30);
     // First boot: DATA is created, containerd comes up, the image is imported, the
     // container prints its marker, the entry is blessed.
-    let mut vm = Machine::start("node_ready-boot1", &disk, &dir.join("vm"), |_| {});
-    vm.expect("creating DATA", BOOT);
+    // With `keel run`'s vCPUs (two): what a user's node boots with.
+    let keel_run = |c: &mut keel_builder::qemu::VmConfig| c.cpus = keel_builder::qemu::DEFAULT_CPUS;
+    let mut vm = Machine::start("node_ready-boot1", &disk, &dir.join("vm"), keel_run);
+    let kernel = vm.expect("creating DATA", BOOT);
+    assert!(
+        kernel.contains("Brought up 1 node, 2 CPUs"),
+        "the node must boot with two vCPUs:\n{kernel}"
+    );
     vm.expect("boot 1 ", BOOT);
     let before_ready = vm.expect("keel: ready", BOOT);
     assert!(
@@ -89,7 +95,7 @@ fn boots_to_ready_runs_a_system_container_blesses_and_keeps_var_across_reboots()
 
     // Second boot from the same disk and firmware variables: the blessed entry is counted
     // again before anything is read from the slot, and blessed again at the gate; /var kept.
-    let mut vm = Machine::start("node_ready-boot2", &disk, &dir.join("vm"), |_| {});
+    let mut vm = Machine::start("node_ready-boot2", &disk, &dir.join("vm"), keel_run);
     let before_root = vm.expect("switching to", BOOT);
     assert!(
         before_root.contains("boot counted: keel-a.conf -> keel-a+2.conf"),

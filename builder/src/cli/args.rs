@@ -266,6 +266,9 @@ pub struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     pub memory: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = crate::qemu::DEFAULT_CPUS, value_parser = clap::value_parser!(u8).range(1..))]
+    pub cpus: u8,
     /// Forward a host port to the guest: HOST:GUEST (TCP, on 127.0.0.1).
     #[arg(long = "forward", value_name = "HOST:GUEST")]
     pub forwards: Vec<String>,
@@ -484,7 +487,7 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 1024)]
         memory: u32,
         /// Virtual CPUs per node.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = crate::qemu::DEFAULT_CPUS)]
         cpus: u8,
         /// Each node's disk: the image is grown to this and the node fills it with DATA.
         #[arg(long, default_value = "6GiB")]

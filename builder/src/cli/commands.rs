@@ -315,6 +315,7 @@ pub fn run(args: RunArgs) -> Result<(), CommandError> {
             keep_disk: args.keep_disk,
             disk_size: args.disk_size,
             memory: args.memory,
+            cpus: args.cpus,
             forwards: args.forwards,
             profile: args.profile,
             secrets: args.secrets,

@@ -18,6 +18,7 @@ pub const SEGMENT_GROUP: &str = "230.0.0.1";
 pub fn config(state: &State, dir: &Path, node: &NodePlan) -> VmConfig {
     let mut config = VmConfig::new(dir.join("disk.raw"), dir.join("vm"));
     config.memory_mib = state.memory_mib;
+    config.cpus = state.cpus;
     config.mac = Some(node.user_mac.clone());
     config
         .forwards
@@ -49,8 +50,6 @@ pub fn config(state: &State, dir: &Path, node: &NodePlan) -> VmConfig {
     // `localaddr` keeps the traffic on loopback (no multicast route needed, nothing leaves
     // the machine). The NIC is the second on the PCI bus, `eth1` in the guest.
     config.extra_args.extend([
-        "-smp".into(),
-        state.cpus.to_string(),
         "-netdev".into(),
         segment_netdev(state, node),
         "-device".into(),

@@ -87,3 +87,64 @@ pub fn fat(device: &str, target: &str) -> SysResult<()> {
         Some("fmask=0177,dmask=0077,flush"),
     )
 }
+
+/// The mount points that keep `target` busy, to unmount before it, last mounted first: bind
+/// mounts of its filesystem elsewhere (the CNI directories at `/opt` and `/etc/cni`), mounts
+/// below it, and overlays with a directory on it (`/opt/cni/bin`'s upper layer). From
+/// `/proc/self/mountinfo`'s text; pure.
+pub fn holding(mountinfo: &str, target: &str) -> Vec<String> {
+    let entries: Vec<Vec<&str>> = mountinfo
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() >= 10)
+        .collect();
+    let Some(device) = entries.iter().rev().find(|f| f[4] == target).map(|f| f[2]) else {
+        return Vec::new();
+    };
+    let below = format!("{}/", target.trim_end_matches('/'));
+    entries
+        .iter()
+        .rev()
+        .filter(|f| f[4] != target)
+        .filter(|f| {
+            let options = f.last().copied().unwrap_or_default();
+            f[2] == device
+                || f[4].starts_with(&below)
+                || options.split(',').any(|o| {
+                    o.split_once('=')
+                        .is_some_and(|(_, v)| v.split(':').any(|d| d.starts_with(&below)))
+                })
+        })
+        .map(|f| f[4].to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holding;
+
+    #[test]
+    fn what_holds_var_is_found_last_mounted_first() {
+        let mountinfo = "\
+22 1 0:21 / /proc rw,relatime - proc proc rw
+40 1 254:5 / /var rw,nosuid,nodev,relatime - ext4 /dev/vda5 rw
+41 1 254:5 /lib/keel/cni/opt /opt rw,nosuid,nodev - ext4 /dev/vda5 rw
+42 41 0:50 / /opt/cni/bin rw,nosuid,nodev - overlay overlay rw,lowerdir=/usr/lib/cni,upperdir=/var/lib/keel/cni/bin,workdir=/var/lib/keel/cni/work
+43 1 254:5 /lib/keel/cni/net.d /etc/cni/net.d rw,nosuid,nodev,noexec - ext4 /dev/vda5 rw
+44 40 0:60 / /var/lib/kubelet/pods/x/volumes/tmp rw - tmpfs tmpfs rw
+45 1 0:61 / /run/other rw - tmpfs tmpfs rw,size=10k
+46 1 254:1 / /efi rw - vfat /dev/vda1 rw
+";
+        assert_eq!(
+            holding(mountinfo, "/var"),
+            [
+                "/var/lib/kubelet/pods/x/volumes/tmp",
+                "/etc/cni/net.d",
+                "/opt/cni/bin",
+                "/opt"
+            ]
+        );
+        assert!(holding(mountinfo, "/efi").is_empty());
+        assert!(holding(mountinfo, "/nowhere").is_empty());
+    }
+}

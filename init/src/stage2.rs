@@ -230,12 +230,13 @@ fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
         if !s.stop_all(STOP_TIMEOUT).all_gone() {
             log("warning: some services did not stop");
         }
+        // Their log files are on /var: open, they kept it from being unmounted, and every
+        // boot then found DATA's journal to replay.
+        s.close_logs();
     }
     sys::sync();
     for target in ["/var", ESP, STATE] {
-        if sys::umount(target, 0).is_err() {
-            let _ = sys::umount(target, libc::MNT_DETACH);
-        }
+        unmount_before_power_off(target);
     }
     let cmd = match request {
         power::Request::PowerOff => {
@@ -249,6 +250,28 @@ fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
     };
     let err = sys::reboot(cmd);
     crate::fatal::fatal(&format!("{err}"))
+}
+
+/// Unmounts `target`, after the mounts that hold it ([`mounts::holding`]); when something
+/// still holds it, remounts it read-only (the filesystem is then clean for the next boot, its
+/// journal committed) and detaches it, saying so.
+fn unmount_before_power_off(target: &str) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for holder in mounts::holding(&mountinfo, target) {
+        let _ = sys::umount(&holder, libc::MNT_DETACH);
+    }
+    let Err(busy) = sys::umount(target, 0) else {
+        return;
+    };
+    let read_only = sys::mount("", target, "", libc::MS_REMOUNT | libc::MS_RDONLY, None);
+    log(&format!(
+        "warning: {busy}; {}",
+        match read_only {
+            Ok(()) => "remounted read-only, then detached".to_owned(),
+            Err(e) => format!("{e}: detached as it is (the next boot checks it)"),
+        }
+    ));
+    let _ = sys::umount(target, libc::MNT_DETACH);
 }
 
 /// The management API on port 50000, with the node's certificate from its secrets, or the

@@ -4,9 +4,11 @@
 //! DATA is formatted only when Keel created the partition at this boot, or when STATE records
 //! that it was created but never formatted (a power cut between the two). Anything else that
 //! does not look like ext4 is a damaged filesystem, not an empty one: the node leaves it
-//! alone and comes up degraded, saying so, rather than wiping it. Before every mount,
-//! `e2fsck -p` (the root's e2fsprogs) repairs what it safely can; what it cannot repair, and
-//! a mount that fails, leave `/var` unmounted and the node degraded, not rebooting (a broken
+//! alone and comes up degraded, saying so, rather than wiping it. Before a mount, `e2fsck -p`
+//! (the root's e2fsprogs) repairs what it safely can, unless DATA's superblock shows it would
+//! only find the filesystem clean ([`block::ext4`]: cleanly unmounted, no errors, no check
+//! due; a mount that then fails runs it after all). What e2fsck cannot repair, and a mount that
+//! fails after it, leave `/var` unmounted and the node degraded, not rebooting (a broken
 //! `/var` is not the slot's fault, and the other slot would find it just as broken).
 
 use std::path::{Path, PathBuf};
@@ -139,8 +141,7 @@ pub fn check_format_and_mount(
     let device = device.to_path_buf();
     let shown = device.display().to_string();
     let magic = block::is_ext4(&device).map_err(|e| fail(e.to_string()))?;
-    let mut note = None;
-    match plan(created, magic, Marker::read(state)) {
+    let note = match plan(created, magic, Marker::read(state)) {
         Plan::Refuse(why) => return Err(fail(why)),
         Plan::Format => {
             let _ = config::save(state, DATA_MARKER, "formatting\n");
@@ -156,24 +157,11 @@ pub fn check_format_and_mount(
                 &shown,
             ];
             services::run_command(&argv.map(String::from), MKFS_TIMEOUT).map_err(fail)?;
+            mount_at_var(&shown).map_err(fail)?;
+            None
         }
-        Plan::CheckAndMount => {
-            let argv = [E2FSCK, "-p", &shown].map(String::from);
-            let code = services::run_command_code(&argv, FSCK_TIMEOUT).map_err(fail)?;
-            note = fsck_verdict(code).map_err(fail)?.map(str::to_owned);
-            if let Some(n) = &note {
-                log(&format!("warning: {n} ({shown})"));
-            }
-        }
-    }
-    sys::mount(
-        &shown,
-        "/var",
-        "ext4",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        None,
-    )
-    .map_err(|e| fail(format!("mounting {shown}: {e}")))?;
+        Plan::CheckAndMount => check_and_mount(&device, log).map_err(fail)?,
+    };
     if Marker::read(state) != Marker::Formatted {
         let _ = config::save(state, DATA_MARKER, "formatted\n");
     }
@@ -181,6 +169,61 @@ pub fn check_format_and_mount(
         sys::mkdir_p(dir, 0o755).map_err(|e| fail(e.to_string()))?;
     }
     Ok(Mounted { device, note })
+}
+
+/// DATA checked by `e2fsck -p` and mounted at `/var`, or mounted at once when its superblock
+/// shows e2fsck would only find it clean (a mount that then fails gets the check after all).
+/// Returns a line worth a warning when e2fsck repaired something.
+fn check_and_mount(device: &Path, log: &dyn Fn(&str)) -> Result<Option<String>, String> {
+    let shown = device.display().to_string();
+    let clean = block::ext4::read_superblock(device)
+        .map(|sb| block::ext4::check_needed(&sb, unix_now()))
+        .map_err(|e| e.to_string());
+    match clean {
+        Ok(None) => match mount_at_var(&shown) {
+            Ok(()) => {
+                log(&format!(
+                    "DATA {shown} is clean (cleanly unmounted, no errors, no check due): \
+                     mounted without e2fsck"
+                ));
+                return Ok(None);
+            }
+            Err(e) => log(&format!("warning: {e}; checking it with e2fsck")),
+        },
+        Ok(Some(why)) => log(&format!("DATA {shown}: {why}: checking it with e2fsck")),
+        Err(e) => log(&format!("warning: {e}; checking it with e2fsck")),
+    }
+    let note = fsck(&shown, log)?;
+    mount_at_var(&shown)?;
+    Ok(note)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `e2fsck -p` on DATA: a line worth a warning when it repaired something.
+fn fsck(shown: &str, log: &dyn Fn(&str)) -> Result<Option<String>, String> {
+    let argv = [E2FSCK, "-p", shown].map(String::from);
+    let code = services::run_command_code(&argv, FSCK_TIMEOUT)?;
+    let note = fsck_verdict(code)?.map(str::to_owned);
+    if let Some(n) = &note {
+        log(&format!("warning: {n} ({shown})"));
+    }
+    Ok(note)
+}
+
+fn mount_at_var(shown: &str) -> Result<(), String> {
+    sys::mount(
+        shown,
+        "/var",
+        "ext4",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
+    .map_err(|e| format!("mounting {shown}: {e}"))
 }
 
 /// `/var` of a diskless node: a tmpfs (at most half the RAM, the kernel's default), lost at

@@ -8,6 +8,7 @@
 pub mod bootdisk;
 pub mod data;
 pub mod dm;
+pub mod ext4;
 pub mod sysfs;
 pub mod verity;
 

@@ -74,6 +74,16 @@ impl LogStore {
     }
 
     /// Appends one line (without its newline).
+    /// Closes every log file and keeps later lines in memory (bounded, as before
+    /// [`LogStore::attach`]): the log directory's filesystem can then be unmounted.
+    pub(crate) fn detach(&self) {
+        let mut inner = lock(&self.inner);
+        inner.dir = None;
+        for log in inner.services.values_mut() {
+            log.file = None;
+        }
+    }
+
     pub(crate) fn write_line(&self, service: &str, line: &[u8]) {
         let mut inner = lock(&self.inner);
         let Inner { dir, services } = &mut *inner;
@@ -211,6 +221,35 @@ mod tests {
         assert!(current.ends_with("line 029\n"));
         let both = format!("{old}{current}");
         assert!(both.contains("line 018\nline 019\n"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn detached_logs_hold_no_file_and_keep_lines_for_the_next_attach() {
+        let dir = temp_dir("detach");
+        let store = LogStore::new();
+        store.register("svc", 1 << 20);
+        store.attach(&dir).unwrap();
+        store.write_line("svc", b"before");
+        let open_here = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|target| target.starts_with(&dir))
+        };
+        assert!(open_here(), "attached: the log file is open");
+        store.detach();
+        assert!(
+            !open_here(),
+            "detached: no file in the log directory is open"
+        );
+        store.write_line("svc", b"while detached");
+        let text = std::fs::read_to_string(dir.join("svc.log")).unwrap();
+        assert_eq!(text, "before\n");
+        store.attach(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join("svc.log")).unwrap();
+        assert_eq!(text, "before\nwhile detached\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

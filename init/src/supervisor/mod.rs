@@ -316,6 +316,12 @@ impl Supervisor {
         self.logs.attach(&dir.into())
     }
 
+    /// Closes the services' log files (later output is kept in memory): what PID 1 does
+    /// after [`Supervisor::stop_all`], so that the filesystem they are on can be unmounted.
+    pub fn close_logs(&self) {
+        self.logs.detach();
+    }
+
     /// Stops every service, dependents before their dependencies: SIGTERM to the service's
     /// process group, SIGKILL after its `stop_timeout` (or when `timeout`, the bound for the
     /// whole shutdown, runs out). Nothing is restarted afterwards. Returns once every process

@@ -91,18 +91,20 @@ pub fn fat(device: &str, target: &str) -> SysResult<()> {
 /// The mount points that keep `target` busy, to unmount before it, last mounted first: bind
 /// mounts of its filesystem elsewhere (the CNI directories at `/opt` and `/etc/cni`), mounts
 /// below it, and overlays with a directory on it (`/opt/cni/bin`'s upper layer). From
-/// `/proc/self/mountinfo`'s text; pure.
-pub fn holding(mountinfo: &str, target: &str) -> Vec<String> {
+/// `/proc/self/mountinfo`'s text; `None` when `target` is not a mount point. Pure.
+pub fn holding(mountinfo: &str, target: &str) -> Option<Vec<String>> {
     let entries: Vec<Vec<&str>> = mountinfo
         .lines()
         .map(|l| l.split_whitespace().collect())
         .filter(|f: &Vec<&str>| f.len() >= 10)
         .collect();
-    let Some(device) = entries.iter().rev().find(|f| f[4] == target).map(|f| f[2]) else {
-        return Vec::new();
-    };
+    let device = entries
+        .iter()
+        .rev()
+        .find(|f| f[4] == target)
+        .map(|f| f[2])?;
     let below = format!("{}/", target.trim_end_matches('/'));
-    entries
+    let holders = entries
         .iter()
         .rev()
         .filter(|f| f[4] != target)
@@ -116,7 +118,8 @@ pub fn holding(mountinfo: &str, target: &str) -> Vec<String> {
                 })
         })
         .map(|f| f[4].to_owned())
-        .collect()
+        .collect();
+    Some(holders)
 }
 
 #[cfg(test)]
@@ -136,7 +139,7 @@ mod tests {
 46 1 254:1 / /efi rw - vfat /dev/vda1 rw
 ";
         assert_eq!(
-            holding(mountinfo, "/var"),
+            holding(mountinfo, "/var").unwrap(),
             [
                 "/var/lib/kubelet/pods/x/volumes/tmp",
                 "/etc/cni/net.d",
@@ -144,7 +147,7 @@ mod tests {
                 "/opt"
             ]
         );
-        assert!(holding(mountinfo, "/efi").is_empty());
-        assert!(holding(mountinfo, "/nowhere").is_empty());
+        assert_eq!(holding(mountinfo, "/efi"), Some(Vec::new()));
+        assert_eq!(holding(mountinfo, "/nowhere"), None);
     }
 }

@@ -257,7 +257,11 @@ fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
 /// journal committed) and detaches it, saying so.
 fn unmount_before_power_off(target: &str) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for holder in mounts::holding(&mountinfo, target) {
+    // Not mounted (a diskless node's ESP and STATE): nothing to do, nothing to say.
+    let Some(holders) = mounts::holding(&mountinfo, target) else {
+        return;
+    };
+    for holder in holders {
         let _ = sys::umount(&holder, libc::MNT_DETACH);
     }
     let Err(busy) = sys::umount(target, 0) else {

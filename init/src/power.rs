@@ -1,5 +1,6 @@
 //! Requests to stop: SIGTERM / SIGINT (Ctrl-Alt-Del) / SIGPWR to PID 1, and the ACPI power
-//! button, read from its input device since there is no acpid.
+//! button, read from its input device since there is no acpid; and the stop itself
+//! ([`shutdown`]): services, what no service owns, the filesystems, then power off or reboot.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -85,4 +86,118 @@ pub fn watch_power_button(log: fn(&str)) {
             }
         });
     }
+}
+
+/// How long a supervisor's services get to stop, in all.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long what is left (containers' processes and shims, which containerd started and no
+/// supervisor owns) gets after SIGTERM, and after SIGKILL, to be gone.
+const LEFTOVER_TERM_GRACE: Duration = Duration::from_secs(3);
+const LEFTOVER_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops the groups (given in stop order), ends what is left, unmounts, powers off or
+/// reboots.
+pub fn shutdown(
+    request: Request,
+    stop_order: &[std::sync::Arc<crate::supervisor::Supervisor>],
+    log: fn(&str),
+) -> ! {
+    log("stopping services");
+    for s in stop_order {
+        if !s.stop_all(STOP_TIMEOUT).all_gone() {
+            log("warning: some services did not stop");
+        }
+        // Their log files are on /var: open, they kept it from being unmounted, and every
+        // boot then found DATA's journal to replay.
+        s.close_logs();
+    }
+    // A container's processes outlive its `ctr run` (SIGTERM is ignored by a container's
+    // PID 1 without a handler), and with them its rootfs overlay on /var: as systemd's
+    // shutdown does, everything left gets SIGTERM, then SIGKILL.
+    end_leftover_processes(log);
+    crate::sys::sync();
+    for target in [
+        "/var",
+        keel_contract::layout::root::ESP_MOUNT,
+        keel_contract::layout::root::STATE_MOUNT,
+    ] {
+        unmount_before_power_off(target, log);
+    }
+    let cmd = match request {
+        Request::PowerOff => {
+            log("powering off");
+            libc::RB_POWER_OFF
+        }
+        Request::Reboot => {
+            log("rebooting");
+            libc::RB_AUTOBOOT
+        }
+    };
+    let err = crate::sys::reboot(cmd);
+    crate::fatal::fatal(&format!("{err}"))
+}
+
+/// The user-space processes other than PID 1 (kernel threads have no command line).
+fn leftover_processes() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != 1)
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty()))
+        .collect()
+}
+
+/// SIGTERM to every process but PID 1, SIGKILL to those still there after a grace; the
+/// reaper thread collects them. Says how many there were.
+fn end_leftover_processes(log: fn(&str)) {
+    let left = leftover_processes().len();
+    if left == 0 {
+        return;
+    }
+    log(&format!("ending {left} processes no service owned"));
+    for (signal, grace) in [
+        (libc::SIGTERM, LEFTOVER_TERM_GRACE),
+        (libc::SIGKILL, LEFTOVER_KILL_GRACE),
+    ] {
+        // SAFETY: kill(2) with pid -1: every process this one may signal, except itself.
+        unsafe { libc::kill(-1, signal) };
+        let deadline = std::time::Instant::now() + grace;
+        while !leftover_processes().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if leftover_processes().is_empty() {
+            return;
+        }
+    }
+    log("warning: some processes did not end");
+}
+
+/// Unmounts `target`, after the mounts that hold it ([`crate::mounts::holding`]); when
+/// something still holds it, remounts it read-only (the filesystem is then clean for the
+/// next boot, its journal committed) and detaches it, saying so.
+fn unmount_before_power_off(target: &str, log: fn(&str)) {
+    use crate::sys;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Not mounted (a diskless node's ESP and STATE): nothing to do, nothing to say.
+    let Some(holders) = crate::mounts::holding(&mountinfo, target) else {
+        return;
+    };
+    for holder in holders {
+        let _ = sys::umount(&holder, libc::MNT_DETACH);
+    }
+    let Err(busy) = sys::umount(target, 0) else {
+        return;
+    };
+    let read_only = sys::mount("", target, "", libc::MS_REMOUNT | libc::MS_RDONLY, None);
+    log(&format!(
+        "warning: {busy}; {}",
+        match read_only {
+            Ok(()) => "remounted read-only, then detached".to_owned(),
+            Err(e) => format!("{e}: detached as it is (the next boot checks it)"),
+        }
+    ));
+    let _ = sys::umount(target, libc::MNT_DETACH);
 }

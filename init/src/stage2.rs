@@ -43,9 +43,7 @@ const MODULES: &[&str] = &[
     "nls_utf8",
     "isofs",
 ];
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const ESP: &str = layout::root::ESP_MOUNT;
-const STATE: &str = layout::root::STATE_MOUNT;
 
 fn log(line: &str) {
     console::line(line);
@@ -223,61 +221,6 @@ fn status_line(supervisors: &[Arc<Supervisor>], net: &net::NetState, hostname: &
     )
 }
 
-/// Stops the groups (given in stop order), unmounts, powers off or reboots.
-fn shutdown(request: power::Request, stop_order: &[Arc<Supervisor>]) -> ! {
-    log("stopping services");
-    for s in stop_order {
-        if !s.stop_all(STOP_TIMEOUT).all_gone() {
-            log("warning: some services did not stop");
-        }
-        // Their log files are on /var: open, they kept it from being unmounted, and every
-        // boot then found DATA's journal to replay.
-        s.close_logs();
-    }
-    sys::sync();
-    for target in ["/var", ESP, STATE] {
-        unmount_before_power_off(target);
-    }
-    let cmd = match request {
-        power::Request::PowerOff => {
-            log("powering off");
-            libc::RB_POWER_OFF
-        }
-        power::Request::Reboot => {
-            log("rebooting");
-            libc::RB_AUTOBOOT
-        }
-    };
-    let err = sys::reboot(cmd);
-    crate::fatal::fatal(&format!("{err}"))
-}
-
-/// Unmounts `target`, after the mounts that hold it ([`mounts::holding`]); when something
-/// still holds it, remounts it read-only (the filesystem is then clean for the next boot, its
-/// journal committed) and detaches it, saying so.
-fn unmount_before_power_off(target: &str) {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // Not mounted (a diskless node's ESP and STATE): nothing to do, nothing to say.
-    let Some(holders) = mounts::holding(&mountinfo, target) else {
-        return;
-    };
-    for holder in holders {
-        let _ = sys::umount(&holder, libc::MNT_DETACH);
-    }
-    let Err(busy) = sys::umount(target, 0) else {
-        return;
-    };
-    let read_only = sys::mount("", target, "", libc::MS_REMOUNT | libc::MS_RDONLY, None);
-    log(&format!(
-        "warning: {busy}; {}",
-        match read_only {
-            Ok(()) => "remounted read-only, then detached".to_owned(),
-            Err(e) => format!("{e}: detached as it is (the next boot checks it)"),
-        }
-    ));
-    let _ = sys::umount(target, libc::MNT_DETACH);
-}
-
 /// The management API on port 50000, with the node's certificate from its secrets, or the
 /// renewed one an admin pushed since (STATE's [`layout::state::API_CERTIFICATE`]).
 fn start_api(secrets: Option<&NodeSecrets>, node: Arc<node_api::Node>) {
@@ -439,7 +382,7 @@ fn serve(start_order: &[Arc<Supervisor>], net: &net::NetState, hostname: &str, b
         watchdog::main_loop_alive();
         if let Some(request) = power::pending() {
             watchdog::shutting_down();
-            shutdown(request, &stop_order);
+            power::shutdown(request, &stop_order, log);
         }
         let line = status_line(start_order, net, hostname);
         if line != last {
@@ -565,7 +508,7 @@ fn run() -> Result<std::convert::Infallible, String> {
             install::Outcome::Done { disk } => {
                 log(&format!("install: done; rebooting into {disk}"));
                 let core: Vec<_> = background.containerd().into_iter().collect();
-                shutdown(power::Request::Reboot, &core)
+                power::shutdown(power::Request::Reboot, &core, log)
             }
             install::Outcome::Refused(why) => {
                 degraded(&deadline, &api_node, &format!("install: refused: {why}"))

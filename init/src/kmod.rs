@@ -28,27 +28,128 @@ pub struct Loaded {
     pub not_for_this_machine: Vec<String>,
 }
 
-/// Loads every module listed (one absolute path per line, dependencies first). Other
-/// failures are logged as warnings.
-pub fn load_list(list: &Path, log: &dyn Fn(&str)) -> Result<Loaded, sys::SysError> {
+/// The files a module list names, in its order (one absolute path per line, dependencies
+/// first); the error names the list.
+pub fn read_list(list: &Path) -> Result<Vec<PathBuf>, sys::SysError> {
     let text = std::fs::read_to_string(list).map_err(|source| sys::SysError {
         what: format!("read {}", list.display()),
         source,
     })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// Loads `files` (a list's, see [`read_list`]) in order, each outcome told to `progress`,
+/// which is finished at the end. Modules for hardware this machine lacks are counted apart;
+/// other failures are logged as warnings.
+pub fn load_files(files: &[PathBuf], progress: &ListProgress, log: &dyn Fn(&str)) -> Loaded {
+    let _finish = progress.finish_on_drop();
     let mut out = Loaded::default();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        match sys::finit_module(Path::new(line), "") {
+    for file in files {
+        let result = sys::finit_module(file, "");
+        progress.record(file, result.as_ref().map_err(SysErrorCode::of).copied());
+        match result {
             Ok(()) => {
                 out.loaded += 1;
-                out.files.insert(PathBuf::from(line));
+                out.files.insert(file.clone());
             }
             Err(e) if matches!(e.source.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => {
-                out.not_for_this_machine.push(name_of(line));
+                out.not_for_this_machine
+                    .push(name_of(&file.display().to_string()));
             }
             Err(e) => log(&format!("warning: {e}")),
         }
     }
-    Ok(out)
+    out
+}
+
+/// An errno a module load ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SysErrorCode(pub i32);
+
+impl SysErrorCode {
+    fn of(e: &sys::SysError) -> Self {
+        SysErrorCode(e.source.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// How far a thread loading a module list has got, for the drivers loaded beside it (stage 1
+/// loads its list and the drivers for the devices found on two threads): a driver whose
+/// dependency the list holds waits for the list's thread to load it first, as
+/// `modules.dep` orders them.
+pub struct ListProgress {
+    listed: BTreeSet<PathBuf>,
+    state: std::sync::Mutex<ListState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct ListState {
+    tried: BTreeMap<PathBuf, Result<(), SysErrorCode>>,
+    finished: bool,
+}
+
+/// Finishes a [`ListProgress`] when dropped, also when its thread unwinds, so no waiter
+/// waits for a load that will never come.
+pub struct FinishOnDrop<'a>(&'a ListProgress);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lock().finished = true;
+        self.0.changed.notify_all();
+    }
+}
+
+impl ListProgress {
+    pub fn new(files: &[PathBuf]) -> Self {
+        ListProgress {
+            listed: files.iter().cloned().collect(),
+            state: std::sync::Mutex::new(ListState::default()),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ListState> {
+        // A panic while holding this lock leaves a consistent map: keep using it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record(&self, file: &Path, result: Result<(), SysErrorCode>) {
+        self.lock().tried.insert(file.to_path_buf(), result);
+        self.changed.notify_all();
+    }
+
+    pub fn finish_on_drop(&self) -> FinishOnDrop<'_> {
+        FinishOnDrop(self)
+    }
+
+    /// What loading `file` came to on the list's thread, waiting until it has been tried.
+    /// `None` when the list does not name it, or its thread ended without trying it (the
+    /// caller loads it then).
+    pub fn wait_for(&self, file: &Path) -> Option<Result<(), SysErrorCode>> {
+        if !self.listed.contains(file) {
+            return None;
+        }
+        let mut state = self.lock();
+        loop {
+            if let Some(result) = state.tried.get(file) {
+                return Some(*result);
+            }
+            if state.finished {
+                return None;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
 }
 
 /// The modules of the running kernel, from `/usr/lib/modules/<release>/modules.dep`.
@@ -123,6 +224,70 @@ impl ModuleDeps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    fn files(names: &[&str]) -> Vec<PathBuf> {
+        names.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn a_file_the_list_does_not_hold_is_not_waited_for() {
+        let progress = ListProgress::new(&files(&["/m/dm-mod.ko"]));
+        assert_eq!(progress.wait_for(Path::new("/m/virtio.ko")), None);
+    }
+
+    #[test]
+    fn a_listed_file_is_waited_for_until_the_list_thread_tried_it() {
+        let progress = ListProgress::new(&files(&["/m/dm-mod.ko", "/m/fat.ko"]));
+        let recorded = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                recorded.store(true, Ordering::SeqCst);
+                progress.record(Path::new("/m/fat.ko"), Err(SysErrorCode(libc::ENODEV)));
+                std::thread::sleep(Duration::from_millis(50));
+                progress.record(Path::new("/m/dm-mod.ko"), Ok(()));
+            });
+            // The outcome is the list thread's, seen only once it is recorded.
+            assert_eq!(
+                progress.wait_for(Path::new("/m/fat.ko")),
+                Some(Err(SysErrorCode(libc::ENODEV)))
+            );
+            assert!(recorded.load(Ordering::SeqCst));
+            assert_eq!(progress.wait_for(Path::new("/m/dm-mod.ko")), Some(Ok(())));
+        });
+    }
+
+    #[test]
+    fn a_list_thread_that_ends_early_releases_its_waiters() {
+        let progress = ListProgress::new(&files(&["/m/dm-mod.ko", "/m/fat.ko"]));
+        std::thread::scope(|s| {
+            let list = s.spawn(|| {
+                let _finish = progress.finish_on_drop();
+                progress.record(Path::new("/m/dm-mod.ko"), Ok(()));
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("the list's thread unwinds before fat.ko");
+            });
+            // Never tried: the caller loads it itself.
+            assert_eq!(progress.wait_for(Path::new("/m/fat.ko")), None);
+            assert_eq!(progress.wait_for(Path::new("/m/dm-mod.ko")), Some(Ok(())));
+            assert!(list.join().is_err());
+        });
+    }
+
+    #[test]
+    fn a_list_is_read_in_order_without_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("modules.load");
+        std::fs::write(&list, "/m/dm-mod.ko\n\n  /m/dm-verity.ko \n").unwrap();
+        assert_eq!(
+            read_list(&list).unwrap(),
+            files(&["/m/dm-mod.ko", "/m/dm-verity.ko"])
+        );
+        let missing = read_list(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+    }
 
     #[test]
     fn load_order_puts_dependencies_first() {

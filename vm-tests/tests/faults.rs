@@ -1,6 +1,7 @@
 //! Issue 10's faults, reproduced on one node that walks through them in sequence (one disk,
 //! two image builds): an upload cut inside the payload, an upgrade during a trial boot, a
-//! blessed slot that turns bad, a damaged DATA superblock, and malformed secrets over fw_cfg.
+//! blessed slot that turns bad, a damaged DATA superblock, a DATA whose clean superblock
+//! hides a broken group descriptor, and malformed secrets over fw_cfg.
 //! Each must end on a good version, or in a degraded state that says why with the API up;
 //! never in a reboot loop, never with /var wiped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -229,7 +230,9 @@ fn blessed_slot_turns_bad(n: &Node, vm: Machine) -> Machine {
 
 /// Zeroed magic in DATA's superblock: not formatted; the node comes up degraded with its
 /// API, and stays up past its boot deadline; once repaired from a backup superblock (on the
-/// host), /var is back with its history.
+/// host), /var is back with its history. The repaired boot also meets a broken checksum of
+/// group descriptor 0 behind the now clean superblock: the superblock says no check is due,
+/// the kernel refuses the mount, and e2fsck runs after all.
 fn damaged_data_superblock(n: &Node, vm: Machine) -> Machine {
     n.power_off(vm);
     let (data, _) = partition_window(&n.disk, "DATA").expect("DATA");
@@ -251,9 +254,33 @@ fn damaged_data_superblock(n: &Node, vm: Machine) -> Machine {
     assert!(n.client().status().unwrap().degraded.is_some());
     n.power_off(vm);
     repair_from_backup(&n.disk, data);
+    break_group_descriptor_checksum(&n.disk, data);
     let mut vm = n.start("faults-data-repaired", &[]);
-    vm.expect("keel: ready: keel-worker 1.0.0 slot a, boot 7;", BOOT);
+    let before = vm.expect("keel: ready: keel-worker 1.0.0 slot a, boot 7;", BOOT);
+    let refused = before.lines().find(|l| l.contains("warning: mounting"));
+    assert!(
+        refused.is_some_and(
+            |l| l.contains("Structure needs cleaning") && l.contains("checking it with e2fsck")
+        ),
+        "the kernel's refusal and the check after it: {before}"
+    );
+    assert!(!before.contains("mounted without e2fsck"), "{before}");
     vm
+}
+
+/// Flips the checksum of DATA's group descriptor 0 (4 KiB blocks, as `repair_from_backup`
+/// assumes: the table is block 1, `bg_checksum` at 0x1E), leaving the superblock alone.
+fn break_group_descriptor_checksum(disk: &Path, data: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let at = data + 4096 + 0x1E;
+    let mut checksum = [0u8; 2];
+    f.read_exact_at(&mut checksum, at).unwrap();
+    f.write_all_at(&checksum.map(|b| !b), at).unwrap();
 }
 
 fn zero_magic(disk: &Path, at: u64) {

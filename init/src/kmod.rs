@@ -159,6 +159,8 @@ pub struct ModuleDeps {
     entries: BTreeMap<String, (String, Vec<String>)>,
     /// Built into the kernel (`modules.builtin`): nothing to load, nothing to report.
     builtin: BTreeSet<String>,
+    /// Whether the kernel has a module already (`/sys/module/NAME`; tests replace it).
+    is_loaded: fn(&str) -> bool,
 }
 
 /// The kernel's name of a module file: `dm-verity.ko` -> `dm_verity`.
@@ -181,6 +183,7 @@ impl ModuleDeps {
             dir: dir.to_path_buf(),
             entries,
             builtin: BTreeSet::new(),
+            is_loaded: crate::hwmod::in_sys_module,
         }
     }
 
@@ -201,13 +204,16 @@ impl ModuleDeps {
         Some(out)
     }
 
-    /// Loads modules by name; unknown names are reported (they may be built in).
+    /// Loads modules by name; unknown names are reported (they may be built in). A module the
+    /// kernel has already (stage 1 loaded efivarfs) is not loaded again: the kernel would
+    /// hash and check its signature before finding it a duplicate.
     pub fn load(&self, names: &[&str], loaded: &mut BTreeSet<PathBuf>, log: &dyn Fn(&str)) {
         for name in names {
             match self.load_order(name) {
                 Some(files) => {
                     for f in files {
                         if loaded.insert(f.clone())
+                            && !(self.is_loaded)(&name_of(&f.to_string_lossy()))
                             && let Err(e) = sys::finit_module(&f, "")
                         {
                             log(&format!("warning: {e}"));
@@ -304,6 +310,26 @@ mod tests {
             .map(PathBuf::from)
         );
         assert!(deps.load_order("nope").is_none());
+    }
+
+    #[test]
+    fn a_module_the_kernel_has_is_not_loaded_again() {
+        let text = "kernel/fs/efivarfs/efivarfs.ko:\n";
+        let logs = std::cell::RefCell::new(Vec::new());
+        let log = |l: &str| logs.borrow_mut().push(l.to_owned());
+        let mut deps = ModuleDeps::parse(Path::new("/nonexistent"), text);
+        deps.is_loaded = |name| name == "efivarfs";
+        deps.load(&["efivarfs"], &mut BTreeSet::new(), &log);
+        assert!(logs.borrow().is_empty(), "{:?}", logs.borrow());
+        // Not loaded yet: the file is opened (and, missing here, warned about).
+        deps.is_loaded = |_| false;
+        deps.load(&["efivarfs"], &mut BTreeSet::new(), &log);
+        let logs = logs.into_inner();
+        assert_eq!(logs.len(), 1);
+        assert!(
+            logs[0].contains("/nonexistent/kernel/fs/efivarfs/efivarfs.ko"),
+            "{logs:?}"
+        );
     }
 
     #[test]
